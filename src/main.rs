@@ -1,1 +1,58 @@
-fn main(){}
+//! The `rolebridge` binary: parse the command line, run it, and turn any
+//! error into one line on stderr and a non-zero exit.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match rolebridge::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", one_line_usage_error(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    rolebridge::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(rolebridge::cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, joined.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Clap's usage errors span several lines (message, usage, hint); keep the
+/// message and any list of possible values, on one line.
+fn one_line_usage_error(rendered: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for line in rendered.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            continue;
+        }
+        parts.push(line);
+    }
+    let joined = parts.join(" ");
+    if joined.starts_with("error:") {
+        joined
+    } else {
+        format!("error: {joined}")
+    }
+}

@@ -1,1 +1,26 @@
+//! The one integration-test binary (one link step for every test).
 
+// Harness: real servers on 127.0.0.1, a fresh database per test.
+mod support;
+
+// The rolebridge CLI: tenants, tokens, config errors, `serve` defaults.
+mod cli;
+// Discovery endpoints, auth, errors, unknown routes.
+mod scim_discovery;
+// Users: CRUD, meta/ETag, uniqueness, round-trip, password.
+mod scim_users;
+// Groups and membership at scale.
+mod scim_groups;
+// Filtering, sorting, paging and projection.
+mod scim_list;
+// PATCH semantics and atomicity.
+mod scim_patch;
+// Bulk with bulkId references and failOnErrors.
+mod scim_bulk;
+// Exact request shapes of Microsoft Entra ID and Okta.
+mod idp_entra;
+mod idp_okta;
+// Acknowledged writes survive kill -9.
+mod durability;
+// scim2-tester conformance run against a fresh server.
+mod conformance;

@@ -1,1 +1,670 @@
-//! (being written)
+//! In-memory evaluation of SCIM filters (RFC 7644 §3.4.2.2) against stored
+//! JSON resources.
+//!
+//! The service filters lists in SQL ([`crate::sql`]); this module serves the
+//! places where a document is already in memory: PATCH value filters
+//! (`emails[type eq "work"]`) select array elements with
+//! [`matches_element`], and [`matches`] evaluates a whole filter against one
+//! resource (bulk references, tests, and a reference semantics to check the
+//! SQL renderer against). It does no IO.
+//!
+//! Semantics, all read from [`crate::schema`] rather than hard-coded:
+//! - string comparisons honour `caseExact` (case-insensitive comparisons
+//!   lower-case both sides);
+//! - `dateTime` values are compared as strings (canonical RFC 3339 strings
+//!   order chronologically), numbers numerically, booleans only with
+//!   `eq`/`ne`;
+//! - a multi-valued attribute matches when any of its values matches, and a
+//!   complex attribute compared directly means its `value` sub-attribute
+//!   (`emails eq "x"` is `emails.value eq "x"`);
+//! - `ne` is the negation of `eq`, so it is true when the attribute is
+//!   absent, and for a multi-valued attribute it is true when no value
+//!   equals the operand;
+//! - `eq null` is true when the attribute is absent, `ne null` when present;
+//! - an attribute the schema does not know is an error, never a silent
+//!   `false`: a typo in a filter must not look like "no results".
+
+use serde_json::Value;
+
+use crate::ast::{AttrPath, CompValue, CompareOp, Filter};
+use crate::schema::{AttrType, Attribute, ResolveError, ResourceKind};
+
+/// Why a filter cannot be evaluated. Every variant is a client error with
+/// SCIM `scimType` `invalidFilter` (RFC 7644 §3.12).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    /// The path names no attribute of the schema.
+    #[error("unknown attribute '{0}'")]
+    UnknownAttribute(String),
+    /// The path is qualified by a schema URN this resource type lacks.
+    #[error("unknown schema '{0}'")]
+    UnknownSchema(String),
+    /// The operator is meaningless for the attribute's type
+    /// (`active gt true`, `meta co "x"`).
+    #[error("operator '{op}' is not supported for {kind} attribute '{path}'")]
+    UnsupportedOperator {
+        op: &'static str,
+        kind: &'static str,
+        path: String,
+    },
+    /// A complex attribute without a `value` sub-attribute was compared to
+    /// a scalar (`name eq "x"`).
+    #[error(
+        "complex attribute '{0}' cannot be compared to a value; name one of its sub-attributes"
+    )]
+    ComplexComparison(String),
+    /// A value filter inside a value filter (`emails[type[x eq 1]]`).
+    #[error("value filter '{0}' cannot be nested inside another value filter")]
+    NestedValuePath(String),
+    /// A value filter on an attribute that is not complex (`userName[x eq 1]`).
+    #[error("value filter on '{0}', which is not a complex attribute")]
+    NotComplex(String),
+}
+
+impl EvalError {
+    /// The SCIM `scimType` for this error (RFC 7644 §3.12).
+    pub fn scim_type(&self) -> &'static str {
+        "invalidFilter"
+    }
+}
+
+impl From<ResolveError> for EvalError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::UnknownAttribute(p) => EvalError::UnknownAttribute(p),
+            ResolveError::UnknownSchema(s) => EvalError::UnknownSchema(s),
+        }
+    }
+}
+
+/// Whether `resource` (a stored document of kind `kind`) satisfies `filter`.
+///
+/// Both sides of `and`/`or` are always evaluated, so an unknown attribute is
+/// reported whatever the data: the error does not depend on which resource
+/// happens to be tested first.
+pub fn matches(filter: &Filter, kind: ResourceKind, resource: &Value) -> Result<bool, EvalError> {
+    eval(filter, Scope::Resource(kind), resource)
+}
+
+/// Whether one element of the multi-valued complex attribute `parent`
+/// satisfies `filter`, whose paths name sub-attributes of `parent` (the
+/// inside of `emails[type eq "work"]`). Used by PATCH to select elements.
+pub fn matches_element(
+    filter: &Filter,
+    parent: &'static Attribute,
+    element: &Value,
+) -> Result<bool, EvalError> {
+    eval(filter, Scope::Element(parent), element)
+}
+
+/// Checks that every path in `filter` resolves against `kind` and every
+/// operator suits its attribute, without any data. Lets callers reject a bad
+/// filter even when there is nothing to evaluate it against.
+pub fn validate(filter: &Filter, kind: ResourceKind) -> Result<(), EvalError> {
+    validate_in(filter, Scope::Resource(kind))
+}
+
+/// [`validate`] for the inner filter of a value path on `parent`.
+pub fn validate_element(filter: &Filter, parent: &'static Attribute) -> Result<(), EvalError> {
+    validate_in(filter, Scope::Element(parent))
+}
+
+/// What the paths of a filter are relative to.
+#[derive(Clone, Copy)]
+enum Scope {
+    /// A whole resource: paths resolve through the schema.
+    Resource(ResourceKind),
+    /// One element of a multi-valued complex attribute: paths are its
+    /// sub-attributes.
+    Element(&'static Attribute),
+}
+
+impl Scope {
+    /// The definition governing the value at the end of `path`.
+    fn resolve(self, path: &AttrPath) -> Result<&'static Attribute, EvalError> {
+        match self {
+            Scope::Resource(kind) => Ok(kind.resolve(path)?.leaf()),
+            Scope::Element(parent) => {
+                if path.schema.is_some() || path.sub_attr.is_some() {
+                    return Err(EvalError::UnknownAttribute(format!(
+                        "{}.{path}",
+                        parent.name
+                    )));
+                }
+                parent
+                    .sub(&path.attr)
+                    .ok_or_else(|| EvalError::UnknownAttribute(format!("{}.{path}", parent.name)))
+            }
+        }
+    }
+
+    /// The definition and every value at `path` in `node`; multi-valued
+    /// attributes contribute one value per element.
+    fn values<'v>(
+        self,
+        path: &AttrPath,
+        node: &'v Value,
+    ) -> Result<(&'static Attribute, Vec<&'v Value>), EvalError> {
+        match self {
+            Scope::Resource(kind) => {
+                let r = kind.resolve(path)?;
+                let mut cur = node;
+                if let Some(urn) = r.extension {
+                    match get_ci(cur, urn) {
+                        Some(ext) => cur = ext,
+                        None => return Ok((r.leaf(), Vec::new())),
+                    }
+                }
+                let Some(v) = get_ci(cur, r.attr.name) else {
+                    return Ok((r.leaf(), Vec::new()));
+                };
+                let items: Vec<&Value> = match v {
+                    Value::Array(a) => a.iter().collect(),
+                    other => vec![other],
+                };
+                let out = match r.sub {
+                    None => items,
+                    Some(sub) => items
+                        .into_iter()
+                        .filter_map(|i| get_ci(i, sub.name))
+                        .collect(),
+                };
+                Ok((r.leaf(), out))
+            }
+            Scope::Element(_) => {
+                let def = self.resolve(path)?;
+                let out = get_ci(node, def.name).into_iter().collect();
+                Ok((def, out))
+            }
+        }
+    }
+}
+
+/// Looks up `key` in an object, exactly first and then case-insensitively
+/// (stored documents use canonical names, but a value written verbatim for
+/// an unknown-then-known attribute must still be found).
+pub(crate) fn get_ci<'v>(node: &'v Value, key: &str) -> Option<&'v Value> {
+    let obj = node.as_object()?;
+    obj.get(key).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
+}
+
+fn eval(filter: &Filter, scope: Scope, node: &Value) -> Result<bool, EvalError> {
+    match filter {
+        Filter::And(a, b) => {
+            let x = eval(a, scope, node)?;
+            let y = eval(b, scope, node)?;
+            Ok(x && y)
+        }
+        Filter::Or(a, b) => {
+            let x = eval(a, scope, node)?;
+            let y = eval(b, scope, node)?;
+            Ok(x || y)
+        }
+        Filter::Not(f) => Ok(!eval(f, scope, node)?),
+        Filter::Present(path) => {
+            let (_, values) = scope.values(path, node)?;
+            Ok(values.into_iter().any(is_present))
+        }
+        Filter::Compare(path, op, operand) => {
+            let (def, values) = scope.values(path, node)?;
+            let (def, values) = comparable(def, values, path)?;
+            check_operator(def, *op, operand, path)?;
+            if let CompValue::Null = operand {
+                let present = values.into_iter().any(is_present);
+                return Ok(match op {
+                    CompareOp::Eq => !present,
+                    _ => present,
+                });
+            }
+            if *op == CompareOp::Ne {
+                return Ok(!values
+                    .into_iter()
+                    .any(|v| compare(def, CompareOp::Eq, v, operand)));
+            }
+            Ok(values.into_iter().any(|v| compare(def, *op, v, operand)))
+        }
+        Filter::ValuePath(path, inner) => {
+            let Scope::Resource(kind) = scope else {
+                return Err(EvalError::NestedValuePath(path.to_string()));
+            };
+            let r = kind.resolve(path)?;
+            if r.sub.is_some() || r.attr.kind != AttrType::Complex {
+                return Err(EvalError::NotComplex(path.to_string()));
+            }
+            validate_element(inner, r.attr)?;
+            let (_, elements) = scope.values(path, node)?;
+            for e in elements {
+                if eval(inner, Scope::Element(r.attr), e)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+fn validate_in(filter: &Filter, scope: Scope) -> Result<(), EvalError> {
+    match filter {
+        Filter::And(a, b) | Filter::Or(a, b) => {
+            validate_in(a, scope)?;
+            validate_in(b, scope)
+        }
+        Filter::Not(f) => validate_in(f, scope),
+        Filter::Present(path) => scope.resolve(path).map(|_| ()),
+        Filter::Compare(path, op, operand) => {
+            let def = scope.resolve(path)?;
+            let (def, _) = comparable(def, Vec::new(), path)?;
+            check_operator(def, *op, operand, path)
+        }
+        Filter::ValuePath(path, inner) => {
+            let Scope::Resource(kind) = scope else {
+                return Err(EvalError::NestedValuePath(path.to_string()));
+            };
+            let r = kind.resolve(path)?;
+            if r.sub.is_some() || r.attr.kind != AttrType::Complex {
+                return Err(EvalError::NotComplex(path.to_string()));
+            }
+            validate_element(inner, r.attr)
+        }
+    }
+}
+
+/// A complex attribute compared to a scalar means its `value`
+/// sub-attribute (RFC 7644 §3.4.2.2, `emails eq "x"`).
+fn comparable<'v>(
+    def: &'static Attribute,
+    values: Vec<&'v Value>,
+    path: &AttrPath,
+) -> Result<(&'static Attribute, Vec<&'v Value>), EvalError> {
+    if def.kind != AttrType::Complex {
+        return Ok((def, values));
+    }
+    let Some(value_def) = def.sub("value") else {
+        return Err(EvalError::ComplexComparison(path.to_string()));
+    };
+    let inner = values
+        .into_iter()
+        .filter_map(|v| get_ci(v, value_def.name))
+        .collect();
+    Ok((value_def, inner))
+}
+
+fn op_name(op: CompareOp) -> &'static str {
+    match op {
+        CompareOp::Eq => "eq",
+        CompareOp::Ne => "ne",
+        CompareOp::Co => "co",
+        CompareOp::Sw => "sw",
+        CompareOp::Ew => "ew",
+        CompareOp::Gt => "gt",
+        CompareOp::Ge => "ge",
+        CompareOp::Lt => "lt",
+        CompareOp::Le => "le",
+    }
+}
+
+/// Rejects operators the attribute type cannot support (RFC 7644
+/// §3.4.2.2: booleans and binaries have no ordering or substring match).
+fn check_operator(
+    def: &Attribute,
+    op: CompareOp,
+    operand: &CompValue,
+    path: &AttrPath,
+) -> Result<(), EvalError> {
+    let equality = matches!(op, CompareOp::Eq | CompareOp::Ne);
+    let substring = matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew);
+    let ok = match (def.kind, operand) {
+        (_, CompValue::Null) => equality,
+        (AttrType::Boolean, _) | (AttrType::Binary, _) => equality,
+        (AttrType::Integer | AttrType::Decimal, _) => !substring,
+        (AttrType::Complex, _) => false,
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(EvalError::UnsupportedOperator {
+            op: op_name(op),
+            kind: def.kind.as_str(),
+            path: path.to_string(),
+        })
+    }
+}
+
+/// RFC 7644 `pr`: a non-empty value, or a complex value with a non-empty
+/// sub-value.
+fn is_present(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => a.iter().any(is_present),
+        Value::Object(o) => o.values().any(is_present),
+        Value::Bool(_) | Value::Number(_) => true,
+    }
+}
+
+/// One stored value against the operand. Type mismatches (a string operand
+/// for a number attribute that does not parse) are "no match", not errors:
+/// the stored value may be one the schema did not always describe.
+fn compare(def: &Attribute, op: CompareOp, stored: &Value, operand: &CompValue) -> bool {
+    match def.kind {
+        AttrType::Boolean => {
+            let Some(s) = as_bool(stored) else {
+                return false;
+            };
+            let o = match operand {
+                CompValue::Bool(b) => *b,
+                CompValue::String(t) if t.eq_ignore_ascii_case("true") => true,
+                CompValue::String(t) if t.eq_ignore_ascii_case("false") => false,
+                _ => return false,
+            };
+            match op {
+                CompareOp::Eq => s == o,
+                CompareOp::Ne => s != o,
+                _ => false,
+            }
+        }
+        AttrType::Integer | AttrType::Decimal => {
+            let Some(s) = as_f64(stored) else {
+                return false;
+            };
+            let o = match operand {
+                CompValue::Number(n) => n.as_f64(),
+                CompValue::String(t) => t.trim().parse::<f64>().ok(),
+                _ => None,
+            };
+            let Some(o) = o else {
+                return false;
+            };
+            ordered(op, s.partial_cmp(&o))
+        }
+        _ => {
+            let Some(s) = as_text(stored) else {
+                return false;
+            };
+            let o = match operand {
+                CompValue::String(t) => t.clone(),
+                CompValue::Number(n) => n.to_string(),
+                CompValue::Bool(b) => b.to_string(),
+                CompValue::Null => return false,
+            };
+            let (s, o) = if def.case_exact {
+                (s, o)
+            } else {
+                (s.to_lowercase(), o.to_lowercase())
+            };
+            match op {
+                CompareOp::Co => s.contains(&o),
+                CompareOp::Sw => s.starts_with(&o),
+                CompareOp::Ew => s.ends_with(&o),
+                _ => ordered(op, Some(s.as_str().cmp(o.as_str()))),
+            }
+        }
+    }
+}
+
+fn ordered(op: CompareOp, ord: Option<std::cmp::Ordering>) -> bool {
+    use std::cmp::Ordering::*;
+    match (op, ord) {
+        (_, None) => false,
+        (CompareOp::Eq, Some(o)) => o == Equal,
+        (CompareOp::Ne, Some(o)) => o != Equal,
+        (CompareOp::Gt, Some(o)) => o == Greater,
+        (CompareOp::Ge, Some(o)) => o != Less,
+        (CompareOp::Lt, Some(o)) => o == Less,
+        (CompareOp::Le, Some(o)) => o != Greater,
+        (CompareOp::Co | CompareOp::Sw | CompareOp::Ew, _) => false,
+    }
+}
+
+fn as_bool(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    }
+}
+
+fn as_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::ENTERPRISE_URN;
+    use serde_json::json;
+
+    fn p(s: &str) -> AttrPath {
+        match s.split_once('.') {
+            Some((a, b)) => AttrPath {
+                schema: None,
+                attr: a.into(),
+                sub_attr: Some(b.into()),
+            },
+            None => AttrPath::simple(s),
+        }
+    }
+    fn st(s: &str) -> CompValue {
+        CompValue::String(s.into())
+    }
+    fn cmp(path: &str, op: CompareOp, v: CompValue) -> Filter {
+        Filter::Compare(p(path), op, v)
+    }
+    fn and(a: Filter, b: Filter) -> Filter {
+        Filter::And(Box::new(a), Box::new(b))
+    }
+    fn or(a: Filter, b: Filter) -> Filter {
+        Filter::Or(Box::new(a), Box::new(b))
+    }
+
+    fn user() -> Value {
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "id": "2819c223",
+            "externalId": "Ext-1",
+            "userName": "Bjensen@Example.com",
+            "name": {"givenName": "Barbara", "familyName": "Jensen"},
+            "active": true,
+            "emails": [
+                {"value": "bjensen@example.com", "type": "work", "primary": true},
+                {"value": "babs@jensen.org", "type": "home"}
+            ],
+            "meta": {"lastModified": "2024-05-01T10:00:00Z", "resourceType": "User"},
+            ENTERPRISE_URN: {"employeeNumber": "701984", "manager": {"value": "26118915"}}
+        })
+    }
+
+    fn t(f: &Filter) -> bool {
+        matches(f, ResourceKind::User, &user()).expect("evaluates")
+    }
+
+    #[test]
+    fn string_comparisons_honour_case_exact() {
+        use CompareOp::*;
+        // userName is caseExact false; externalId and id are caseExact true.
+        assert!(t(&cmp("userName", Eq, st("bjensen@example.com"))));
+        assert!(t(&cmp("USERNAME", Eq, st("BJENSEN@EXAMPLE.COM"))));
+        assert!(t(&cmp("externalId", Eq, st("Ext-1"))));
+        assert!(!t(&cmp("externalId", Eq, st("ext-1"))));
+        assert!(t(&cmp("name.familyName", Co, st("ENS"))));
+        assert!(t(&cmp("userName", Sw, st("bjen"))));
+        assert!(t(&cmp("userName", Ew, st(".COM"))));
+        assert!(!t(&cmp("userName", Ew, st(".org"))));
+        assert!(t(&cmp("userName", Gt, st("a"))));
+        assert!(t(&cmp("userName", Le, st("bjensen@example.com"))));
+        assert!(!t(&cmp("userName", Lt, st("bjensen@example.com"))));
+    }
+
+    #[test]
+    fn ne_is_true_when_absent_and_pr_checks_presence() {
+        use CompareOp::*;
+        assert!(t(&cmp("nickName", Ne, st("x"))));
+        assert!(!t(&cmp("nickName", Eq, st("x"))));
+        assert!(t(&cmp("userName", Ne, st("someone"))));
+        assert!(!t(&cmp("userName", Ne, st("BJENSEN@example.com"))));
+        assert!(t(&Filter::Present(p("name.givenName"))));
+        assert!(!t(&Filter::Present(p("nickName"))));
+        assert!(t(&Filter::Present(p("emails"))));
+        assert!(t(&cmp("nickName", Eq, CompValue::Null)));
+        assert!(t(&cmp("userName", Ne, CompValue::Null)));
+        assert!(t(&Filter::Not(Box::new(Filter::Present(p("title"))))));
+    }
+
+    #[test]
+    fn multi_valued_any_element_and_implicit_value() {
+        use CompareOp::*;
+        assert!(t(&cmp("emails", Eq, st("BABS@jensen.org"))));
+        assert!(t(&cmp("emails.type", Eq, st("home"))));
+        assert!(!t(&cmp("emails.type", Eq, st("other"))));
+        // ne over a multi-valued attribute: no element equals the operand.
+        assert!(!t(&cmp("emails.type", Ne, st("home"))));
+        assert!(t(&cmp("emails.type", Ne, st("other"))));
+        let vp = Filter::ValuePath(
+            p("emails"),
+            Box::new(and(
+                cmp("type", Eq, st("work")),
+                cmp("value", Co, st("@example")),
+            )),
+        );
+        assert!(t(&vp));
+        // Conditions of a value filter must hold on the same element.
+        let vp = Filter::ValuePath(
+            p("emails"),
+            Box::new(and(
+                cmp("type", Eq, st("home")),
+                cmp("value", Co, st("@example")),
+            )),
+        );
+        assert!(!t(&vp));
+    }
+
+    #[test]
+    fn booleans_numbers_and_date_times() {
+        use CompareOp::*;
+        assert!(t(&cmp("active", Eq, CompValue::Bool(true))));
+        assert!(t(&cmp("active", Ne, CompValue::Bool(false))));
+        assert!(t(&cmp("emails.primary", Eq, CompValue::Bool(true))));
+        assert!(t(&cmp("meta.lastModified", Gt, st("2024-01-01T00:00:00Z"))));
+        assert!(!t(&cmp(
+            "meta.lastModified",
+            Lt,
+            st("2024-01-01T00:00:00Z")
+        )));
+        let e = matches(
+            &cmp("active", Gt, CompValue::Bool(true)),
+            ResourceKind::User,
+            &user(),
+        );
+        assert!(matches!(
+            e,
+            Err(EvalError::UnsupportedOperator { op: "gt", .. })
+        ));
+    }
+
+    #[test]
+    fn extension_paths_and_logic() {
+        use CompareOp::*;
+        let emp = Filter::Compare(
+            AttrPath {
+                schema: Some(ENTERPRISE_URN.into()),
+                attr: "employeeNumber".into(),
+                sub_attr: None,
+            },
+            Eq,
+            st("701984"),
+        );
+        assert!(t(&emp));
+        let mgr = Filter::Compare(
+            AttrPath {
+                schema: Some(ENTERPRISE_URN.to_lowercase()),
+                attr: "manager".into(),
+                sub_attr: Some("value".into()),
+            },
+            Eq,
+            st("26118915"),
+        );
+        assert!(t(&mgr));
+        assert!(t(&or(cmp("userName", Eq, st("nobody")), emp.clone())));
+        assert!(!t(&and(cmp("userName", Eq, st("nobody")), emp)));
+    }
+
+    #[test]
+    fn unknown_attributes_and_bad_shapes_are_errors() {
+        use CompareOp::*;
+        let u = user();
+        let k = ResourceKind::User;
+        assert!(matches!(
+            matches(&cmp("nope", Eq, st("x")), k, &u),
+            Err(EvalError::UnknownAttribute(_))
+        ));
+        // Reported even when the other side of `and` is already false.
+        assert!(matches(
+            &and(cmp("userName", Eq, st("z")), cmp("nope", Eq, st("x"))),
+            k,
+            &u
+        )
+        .is_err());
+        assert!(matches!(
+            matches(&cmp("name", Eq, st("x")), k, &u),
+            Err(EvalError::ComplexComparison(_))
+        ));
+        let nested = Filter::ValuePath(
+            p("emails"),
+            Box::new(Filter::ValuePath(
+                p("type"),
+                Box::new(Filter::Present(p("x"))),
+            )),
+        );
+        assert!(matches!(
+            matches(&nested, k, &u),
+            Err(EvalError::NestedValuePath(_))
+        ));
+        let bad_inner = Filter::ValuePath(p("emails"), Box::new(cmp("nope", Eq, st("x"))));
+        assert!(matches(&bad_inner, k, &json!({"userName": "a"})).is_err());
+        assert!(validate(&bad_inner, k).is_err());
+        assert_eq!(
+            EvalError::UnknownAttribute("x".into()).scim_type(),
+            "invalidFilter"
+        );
+    }
+
+    #[test]
+    fn element_matching_for_patch() {
+        use CompareOp::*;
+        let emails = ResourceKind::User
+            .resolve(&AttrPath::simple("emails"))
+            .expect("emails")
+            .attr;
+        let f = cmp("type", Eq, st("WORK"));
+        assert!(matches_element(&f, emails, &json!({"type": "work", "value": "a"})).expect("ok"));
+        assert!(!matches_element(&f, emails, &json!({"type": "home"})).expect("ok"));
+        assert!(matches_element(&cmp("bogus", Eq, st("x")), emails, &json!({})).is_err());
+        let members = ResourceKind::Group
+            .resolve(&AttrPath::simple("members"))
+            .expect("members")
+            .attr;
+        // members.value is caseExact: ids are compared exactly.
+        let f = cmp("value", Eq, st("ABC"));
+        assert!(matches_element(&f, members, &json!({"value": "ABC"})).expect("ok"));
+        assert!(!matches_element(&f, members, &json!({"value": "abc"})).expect("ok"));
+    }
+}

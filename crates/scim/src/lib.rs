@@ -17,9 +17,9 @@
 #![deny(clippy::unwrap_used, clippy::panic, clippy::todo)]
 
 pub mod ast;
-pub mod schema;
 pub mod eval;
 pub mod filter;
 pub mod patch;
 pub mod projection;
+pub mod schema;
 pub mod sql;

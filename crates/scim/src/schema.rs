@@ -458,30 +458,47 @@ fn multi_valued_std(
 static COMMON: LazyLock<Vec<Attribute>> = LazyLock::new(|| {
     use Mutability::*;
     vec![
-        s("id", "Unique identifier for the SCIM resource as defined by the service provider.")
-            .case_exact()
-            .mutability(ReadOnly)
-            .returned(Returned::Always)
-            .unique(Uniqueness::Server),
-        s("externalId", "Identifier for the resource as defined by the provisioning client.")
-            .case_exact(),
+        s(
+            "id",
+            "Unique identifier for the SCIM resource as defined by the service provider.",
+        )
+        .case_exact()
+        .mutability(ReadOnly)
+        .returned(Returned::Always)
+        .unique(Uniqueness::Server),
+        s(
+            "externalId",
+            "Identifier for the resource as defined by the provisioning client.",
+        )
+        .case_exact(),
         a("meta", AttrType::Complex, "Resource metadata.")
             .mutability(ReadOnly)
             .subs(vec![
-                s("resourceType", "The name of the resource type of the resource.")
-                    .case_exact()
-                    .mutability(ReadOnly),
-                a("created", AttrType::DateTime, "The DateTime that the resource was added.")
-                    .mutability(ReadOnly),
+                s(
+                    "resourceType",
+                    "The name of the resource type of the resource.",
+                )
+                .case_exact()
+                .mutability(ReadOnly),
+                a(
+                    "created",
+                    AttrType::DateTime,
+                    "The DateTime that the resource was added.",
+                )
+                .mutability(ReadOnly),
                 a(
                     "lastModified",
                     AttrType::DateTime,
                     "The most recent DateTime that the details of this resource were updated.",
                 )
                 .mutability(ReadOnly),
-                a("location", AttrType::Reference, "The URI of the resource being returned.")
-                    .case_exact()
-                    .mutability(ReadOnly),
+                a(
+                    "location",
+                    AttrType::Reference,
+                    "The URI of the resource being returned.",
+                )
+                .case_exact()
+                .mutability(ReadOnly),
                 s("version", "The version of the resource being returned.")
                     .case_exact()
                     .mutability(ReadOnly),
@@ -556,15 +573,27 @@ static ENTERPRISE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     name: "EnterpriseUser",
     description: "Enterprise User",
     attributes: vec![
-        s("employeeNumber", "Numeric or alphanumeric identifier assigned to a person."),
+        s(
+            "employeeNumber",
+            "Numeric or alphanumeric identifier assigned to a person.",
+        ),
         s("costCenter", "Identifies the name of a cost center."),
         s("organization", "Identifies the name of an organization."),
         s("division", "Identifies the name of a division."),
         s("department", "Identifies the name of a department."),
         a("manager", AttrType::Complex, "The User's manager.").subs(vec![
-            s("value", "The id of the SCIM resource representing the User's manager."),
-            a("$ref", AttrType::Reference, "The URI of the SCIM resource representing the User's manager.").refs(&["User"]),
-            s("displayName", "The displayName of the User's manager.").mutability(Mutability::ReadOnly),
+            s(
+                "value",
+                "The id of the SCIM resource representing the User's manager.",
+            ),
+            a(
+                "$ref",
+                AttrType::Reference,
+                "The URI of the SCIM resource representing the User's manager.",
+            )
+            .refs(&["User"]),
+            s("displayName", "The displayName of the User's manager.")
+                .mutability(Mutability::ReadOnly),
         ]),
     ],
 });
@@ -575,20 +604,28 @@ static GROUP_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     description: "Group",
     attributes: vec![
         s("displayName", "A human-readable name for the Group.").required(),
-        a("members", AttrType::Complex, "A list of members of the Group.")
-            .multi()
-            .subs(vec![
-                s("value", "Identifier of the member of this Group.")
-                    .case_exact()
-                    .mutability(Mutability::Immutable),
-                a("$ref", AttrType::Reference, "The URI corresponding to a SCIM resource that is a member of this Group.")
-                    .refs(&["User", "Group"])
-                    .mutability(Mutability::Immutable),
-                s("display", "A human-readable name for the member.").mutability(Mutability::ReadOnly),
-                s("type", "A label indicating the type of resource.")
-                    .canonical(&["User", "Group"])
-                    .mutability(Mutability::Immutable),
-            ]),
+        a(
+            "members",
+            AttrType::Complex,
+            "A list of members of the Group.",
+        )
+        .multi()
+        .subs(vec![
+            s("value", "Identifier of the member of this Group.")
+                .case_exact()
+                .mutability(Mutability::Immutable),
+            a(
+                "$ref",
+                AttrType::Reference,
+                "The URI corresponding to a SCIM resource that is a member of this Group.",
+            )
+            .refs(&["User", "Group"])
+            .mutability(Mutability::Immutable),
+            s("display", "A human-readable name for the member.").mutability(Mutability::ReadOnly),
+            s("type", "A label indicating the type of resource.")
+                .canonical(&["User", "Group"])
+                .mutability(Mutability::Immutable),
+        ]),
     ],
 });
 

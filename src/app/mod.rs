@@ -1,0 +1,44 @@
+//! Use cases. The only module that combines the store with the SCIM engine
+//! (and, later, mappings, permissions and the cache), so transactions and
+//! invalidation have one home.
+//!
+//! May use: everything below `http`. Invariant: every write that a caller
+//! sees acknowledged was committed first; a failed operation rolls back and
+//! leaves no partial change.
+
+mod bulk;
+mod error;
+mod resources;
+mod tokens;
+
+pub use crate::domain::{format_timestamp, now};
+pub use bulk::{BulkLimits, BULK_LIMITS};
+pub use error::Error;
+pub use resources::{ListQuery, ListResult, Outcome, RequestContext, MAX_COUNT};
+pub use tokens::{hash_secret, Authenticated, NewToken};
+
+use crate::store::Store;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The application: a cheap handle shared by every request.
+#[derive(Clone)]
+pub struct App {
+    pub store: Store,
+}
+
+impl App {
+    pub fn new(store: Store) -> Self {
+        App { store }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_have_a_fixed_width() {
+        let a = super::now();
+        assert_eq!(a.len(), "2026-11-25T02:41:16.123456Z".len(), "{a}");
+        assert!(a.ends_with('Z'));
+    }
+}

@@ -1,0 +1,236 @@
+//! `rolebridge bench`: bounded end-to-end measurements against a real server
+//! on 127.0.0.1 with a fresh tenant. Prints figures; asserts nothing.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use scim::schema::ResourceKind;
+use serde_json::json;
+
+use crate::app::{now, App};
+use crate::config::Config;
+use crate::domain::{ResourceId, Scope, TenantName};
+use crate::store::{Store, StoredResource};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Users stored before the filter and group measurements.
+    #[arg(long, default_value_t = 100_000)]
+    pub users: usize,
+    /// Concurrent clients for the POST /Users measurement.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Users created through POST /Users.
+    #[arg(long, default_value_t = 4000)]
+    pub posts: usize,
+    /// GET /Users?filter=userName eq ... requests timed.
+    #[arg(long, default_value_t = 2000)]
+    pub queries: usize,
+    /// Group sizes for the PATCH measurement.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1_000usize, 10_000, 100_000])]
+    pub group_sizes: Vec<usize>,
+}
+
+pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
+    let max_group = args.group_sizes.iter().copied().max().unwrap_or(0);
+    if args.users < max_group + 100 * 5 {
+        bail!("--users must be at least the largest group size plus 500");
+    }
+    let store = Store::connect(&config.database_url).await?;
+    let app = App::new(store.clone());
+    let tenant_name = TenantName::parse(&format!(
+        "bench-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ))?;
+    let tenant = store.create_tenant(&tenant_name, &now()).await?;
+    let token = app.create_token(&tenant_name, Scope::Scim).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = crate::http::router(app.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let base = format!("http://{addr}/scim/v2/{tenant_name}");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let auth = format!("Bearer {}", token.token.expose());
+    println!(
+        "rolebridge bench: database {}, {} cores, tenant {tenant_name}",
+        crate::store::redact_url(&config.database_url),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    // 1. POST /Users with N concurrent clients.
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (client, base, auth, next) = (client.clone(), base.clone(), auth.clone(), next.clone());
+        let total = args.posts;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let t = Instant::now();
+                let resp = client
+                    .post(format!("{base}/Users"))
+                    .header("Authorization", &auth)
+                    .json(&json!({
+                        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                        "userName": format!("post{i}@bench.example"),
+                        "name": {"givenName": "Post", "familyName": format!("{i}")},
+                        "emails": [{"value": format!("post{i}@bench.example"), "type": "work", "primary": true}],
+                        "active": true
+                    }))
+                    .send()
+                    .await?;
+                if resp.status().as_u16() != 201 {
+                    bail!("POST /Users answered {}", resp.status());
+                }
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "POST /Users: {} users, {} clients: {:.0} req/s, latency p50 {:.2} ms p99 {:.2} ms",
+        args.posts,
+        args.clients,
+        args.posts as f64 / secs,
+        pct(&mut lat, 50.0),
+        pct(&mut lat, 99.0)
+    );
+
+    // 2. Seed the rest directly through the store, 1,000 per transaction.
+    let seeded = Instant::now();
+    let mut ids = Vec::with_capacity(args.users);
+    let mut i = 0;
+    while args.posts + ids.len() < args.users {
+        let mut tx = store.begin_write().await?;
+        for _ in 0..1000 {
+            if args.posts + ids.len() >= args.users {
+                break;
+            }
+            let ts = now();
+            let r = StoredResource {
+                id: ResourceId::generate(),
+                doc: json!({
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                    "userName": format!("seed{i}@bench.example"),
+                    "active": true
+                }),
+                created: ts.clone(),
+                last_modified: ts,
+                version: 1,
+            };
+            tx.insert(tenant.id, ResourceKind::User, &r).await?;
+            ids.push(r.id);
+            i += 1;
+        }
+        tx.commit().await?;
+    }
+    let total_users = store.count(tenant.id, ResourceKind::User).await?;
+    println!(
+        "seeded {} users in {:.1} s; {total_users} users stored",
+        ids.len(),
+        seeded.elapsed().as_secs_f64()
+    );
+
+    // 3. GET /Users?filter=userName eq "..."
+    let mut lat = Vec::with_capacity(args.queries);
+    for q in 0..args.queries {
+        let n = (q * 7919) % ids.len().max(1);
+        let filter = format!("userName eq \"SEED{n}@bench.example\"");
+        let t = Instant::now();
+        let resp = client
+            .get(format!("{base}/Users"))
+            .query(&[("filter", filter.as_str())])
+            .header("Authorization", &auth)
+            .send()
+            .await?;
+        let body: serde_json::Value = resp.json().await?;
+        lat.push(t.elapsed());
+        if body["totalResults"] != 1 {
+            bail!("filter {filter} found {}", body["totalResults"]);
+        }
+    }
+    println!(
+        "GET /Users?filter=userName eq (case-insensitive) with {total_users} users: p50 {:.2} ms p99 {:.2} ms over {} requests",
+        pct(&mut lat, 50.0),
+        pct(&mut lat, 99.0),
+        args.queries
+    );
+
+    // 4. PATCH adding 100 members to groups of growing size.
+    let mut spare = ids.len();
+    for &size in &args.group_sizes {
+        let resp = client
+            .post(format!("{base}/Groups"))
+            .header("Authorization", &auth)
+            .json(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": format!("bench-{size}")}))
+            .send()
+            .await?;
+        let group: serde_json::Value = resp.json().await?;
+        let gid = ResourceId::from_client(group["id"].as_str().context("group id")?);
+        for chunk in ids[..size].chunks(10_000) {
+            let mut tx = store.begin_write().await?;
+            let members: Vec<(String, &'static str)> =
+                chunk.iter().map(|id| (id.to_string(), "User")).collect();
+            tx.add_members(tenant.id, &gid, &members).await?;
+            tx.commit().await?;
+        }
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            spare -= 100;
+            let members: Vec<_> = ids[spare..spare + 100]
+                .iter()
+                .map(|id| json!({"value": id.as_str()}))
+                .collect();
+            let t = Instant::now();
+            let resp = client
+                .patch(format!("{base}/Groups/{gid}"))
+                .header("Authorization", &auth)
+                .json(&json!({
+                    "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                    "Operations": [{"op": "add", "path": "members", "value": members}]
+                }))
+                .send()
+                .await?;
+            times.push(t.elapsed());
+            if resp.status().as_u16() != 204 {
+                bail!("PATCH /Groups answered {}", resp.status());
+            }
+        }
+        println!(
+            "PATCH add 100 members to a group of {size}: median {:.2} ms (5 runs, min {:.2} max {:.2})",
+            pct(&mut times, 50.0),
+            pct(&mut times, 0.0),
+            pct(&mut times, 100.0)
+        );
+    }
+    server.abort();
+    Ok(())
+}
+
+/// The `p`th percentile in milliseconds (nearest rank).
+fn pct(samples: &mut [Duration], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort();
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)].as_secs_f64() * 1000.0
+}

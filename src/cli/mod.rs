@@ -1,0 +1,202 @@
+//! The command line: `serve`, `tenant`, `token` and `bench`. Other tools
+//! drive this exact interface, so flags and output formats are stable.
+
+mod bench;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::{now, App};
+use crate::config::{Config, Overrides};
+use crate::domain::{Scope, TenantName};
+use crate::store::{self, Store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rolebridge",
+    version,
+    about = "Identity provisioning bridge: SCIM 2.0 in, effective permissions out"
+)]
+pub struct Cli {
+    /// Database: sqlite://PATH (default sqlite://data/rolebridge.db) or postgres://...
+    #[arg(long, env = "ROLEBRIDGE_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Optional TOML file with the same keys and `[[source]]` tables.
+    #[arg(long, env = "ROLEBRIDGE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long, env = "ROLEBRIDGE_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// Redis for the shared permissions cache (default: in-process cache).
+    #[arg(long, env = "ROLEBRIDGE_REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+    /// Directory of mapping files (default ./mappings).
+    #[arg(long, env = "ROLEBRIDGE_MAPPINGS", global = true)]
+    pub mappings: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Measure the service; prints figures.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create { name: String },
+    /// List tenants.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it, alone, on stdout. It is shown only once.
+    Create(TokenCreate),
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreate {
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long, value_enum)]
+    pub scope: Scope,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(
+        cli.config.as_deref(),
+        Overrides {
+            listen: cli.listen,
+            database_url: cli.database_url,
+            redis_url: cli.redis_url,
+            mappings: cli.mappings,
+        },
+    )?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Tenant(cmd) => tenant(&config, cmd).await,
+        Command::Token(cmd) => token(&config, cmd).await,
+        Command::Bench(args) => bench::run(&config, args).await,
+    }
+}
+
+async fn open(config: &Config) -> anyhow::Result<App> {
+    let store = Store::connect(&config.database_url).await?;
+    Ok(App::new(store))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = open(&config).await?;
+    if config.redis_url.is_some() {
+        tracing::warn!("--redis-url is set, but nothing uses Redis yet: the permissions cache arrives with the permissions API");
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        database = %store::redact_url(&config.database_url),
+        "rolebridge listening on http://{addr}"
+    );
+    // Tools that start the server on port 0 read the address from here.
+    eprintln!("rolebridge listening on http://{addr}");
+    axum::serve(listener, crate::http::router(app.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    app.store.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn tenant(config: &Config, cmd: TenantCommand) -> anyhow::Result<()> {
+    let app = open(config).await?;
+    match cmd {
+        TenantCommand::Create { name } => {
+            let name = TenantName::parse(&name)?;
+            let t = app.store.create_tenant(&name, &now()).await?;
+            println!("{}", t.name);
+        }
+        TenantCommand::List => {
+            for t in app.store.list_tenants().await? {
+                println!("{}\t{}\t{}", t.name, t.id, t.created);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn token(config: &Config, cmd: TokenCommand) -> anyhow::Result<()> {
+    let app = open(config).await?;
+    match cmd {
+        TokenCommand::Create(args) => {
+            let name = TenantName::parse(&args.tenant)?;
+            let t = app.create_token(&name, args.scope).await?;
+            println!("{}", t.token.expose());
+        }
+        TokenCommand::List { tenant } => {
+            let tenant_id = match tenant {
+                Some(n) => Some(app.tenant(&TenantName::parse(&n)?).await?.id),
+                None => None,
+            };
+            for t in app.store.list_tokens(tenant_id).await? {
+                let state = match &t.revoked {
+                    Some(at) => format!("revoked {at}"),
+                    None => "active".into(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{state}",
+                    t.id, t.tenant_name, t.scope, t.created
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if !app.store.revoke_token(&id, &now()).await? {
+                bail!("no active token with id '{id}'");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Identifiers and small value types shared by every layer. No IO, no wire
+//! format: `store` converts these to columns and `http` to JSON.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::format_description::FormatItem;
+use time::macros::format_description;
+use uuid::Uuid;
+
+/// A tenant's internal id. Every store query is scoped by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TenantId(Uuid);
+
+impl TenantId {
+    pub fn new() -> Self {
+        TenantId(Uuid::new_v4())
+    }
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+    pub fn from_uuid(id: Uuid) -> Self {
+        TenantId(id)
+    }
+}
+
+impl Default for TenantId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A tenant's name: the `{tenant}` segment of `/scim/v2/{tenant}`. Restricted
+/// to a URL- and file-name-safe alphabet so it can name a mapping file too.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TenantName(String);
+
+impl TenantName {
+    pub fn parse(raw: &str) -> Result<Self, InvalidName> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 63
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && raw.as_bytes()[0].is_ascii_alphanumeric();
+        if ok {
+            Ok(TenantName(raw.to_string()))
+        } else {
+            Err(InvalidName(raw.to_string()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A tenant name that breaks the naming rule.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid tenant name '{0}': use 1-63 characters from a-z, 0-9, '-' and '_', starting with a letter or digit")]
+pub struct InvalidName(pub String);
+
+/// A registered tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: TenantName,
+    pub created: String,
+}
+
+/// The id of a SCIM resource (User or Group), issued by this server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ResourceId(String);
+
+impl ResourceId {
+    pub fn generate() -> Self {
+        ResourceId(Uuid::new_v4().to_string())
+    }
+    /// Wraps an id read from a URL or a body. Ids are opaque to clients, so
+    /// any non-empty string is accepted; lookups simply miss when it is not ours.
+    pub fn from_client(raw: &str) -> Self {
+        ResourceId(raw.to_string())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What an API token may do. A token works only for its tenant and scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Push users and groups through SCIM.
+    Scim,
+    /// Read effective permissions.
+    Permissions,
+    /// Administer the tenant.
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Scim => "scim",
+            Scope::Permissions => "permissions",
+            Scope::Admin => "admin",
+        }
+    }
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "scim" => Some(Scope::Scim),
+            "permissions" => Some(Scope::Permissions),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A secret (API token, bind password, client secret). `Debug` and `Display`
+/// print a placeholder so a secret cannot reach a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(raw: impl Into<String>) -> Self {
+        Secret(raw.into())
+    }
+    /// The secret itself; call only where it must leave the process (printing
+    /// a freshly created token once, sending a credential).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// RFC 3339 UTC with a fixed six-digit fraction, so that text order is time
+/// order in the database and in filters on `meta.lastModified`.
+const TIMESTAMP: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+/// The current time as stored in `meta.created` / `meta.lastModified`.
+pub fn now() -> String {
+    format_timestamp(time::OffsetDateTime::now_utc())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000000Z".to_string())
+}
+
+/// A UTC instant in the stored timestamp format.
+pub fn format_timestamp(t: time::OffsetDateTime) -> Option<String> {
+    t.format(TIMESTAMP).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_names_follow_the_rule() {
+        assert!(TenantName::parse("acme-corp_2").is_ok());
+        for bad in ["", "-acme", "Acme", "a/b", "a b", &"x".repeat(64)] {
+            assert!(TenantName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
+    }
+}

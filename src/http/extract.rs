@@ -1,0 +1,125 @@
+//! Extractors that replace axum's rejections with SCIM errors: a malformed
+//! or oversized body, a bad token or a bad query parameter all answer in the
+//! SCIM error format.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use scim::ast::AttrPath;
+use serde_json::Value;
+
+use super::error::{self, ApiError};
+use crate::app::{App, Error, RequestContext};
+use crate::domain::Scope;
+
+/// A JSON request body. Unparsable JSON is 400 `invalidSyntax`; a body over
+/// the limit is 413.
+pub struct ScimBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for ScimBody {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(_) => error::response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                None,
+                &format!("request body exceeds {} bytes", super::MAX_BODY),
+            ),
+            other => error::response(
+                StatusCode::BAD_REQUEST,
+                Some("invalidSyntax"),
+                &other.body_text(),
+            ),
+        })?;
+        serde_json::from_slice(&bytes).map(ScimBody).map_err(|e| {
+            error::response(
+                StatusCode::BAD_REQUEST,
+                Some("invalidSyntax"),
+                &format!("request body is not valid JSON: {e}"),
+            )
+        })
+    }
+}
+
+/// An authenticated SCIM request: the tenant from the URL, checked against
+/// the bearer token, plus the request's projection and base URL.
+pub struct ScimRequest(pub RequestContext);
+
+impl FromRequestParts<App> for ScimRequest {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let Path(params): Path<HashMap<String, String>> = Path::from_request_parts(parts, app)
+            .await
+            .map_err(|e| error::response(StatusCode::NOT_FOUND, None, &e.body_text()))?;
+        let tenant = params.get("tenant").cloned().unwrap_or_default();
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .ok_or_else(|| ApiError(Error::Unauthorized).into_response())?;
+        let auth = app
+            .authenticate(bearer, &tenant, Scope::Scim)
+            .await
+            .map_err(|e| ApiError(e).into_response())?;
+        let query = parse_query(parts.uri.query().unwrap_or(""));
+        let attributes = attr_list(query.get("attributes"));
+        let excluded = attr_list(query.get("excludedAttributes"));
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost");
+        let proto = parts
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .filter(|p| *p == "https" || *p == "http")
+            .unwrap_or("http");
+        Ok(ScimRequest(RequestContext {
+            tenant: auth.tenant.id,
+            base_url: format!("{proto}://{host}/scim/v2/{}", auth.tenant.name),
+            attributes,
+            excluded,
+        }))
+    }
+}
+
+/// Query parameters, percent-decoded. The last value of a repeated key wins.
+pub fn parse_query(raw: &str) -> HashMap<String, String> {
+    url::form_urlencoded::parse(raw.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// A comma-separated attribute list (`attributes=userName,name.givenName`).
+/// Names that do not parse are ignored, as unknown attributes are
+/// (RFC 7644 §3.9 gives no error for them).
+pub fn attr_list(raw: Option<&String>) -> Vec<AttrPath> {
+    raw.map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| scim::filter::parse_attr_path(p).ok())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The `If-Match` header, if any.
+pub fn if_match(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}

@@ -1,0 +1,40 @@
+//! Store errors. Constraint violations are their own variants so the HTTP
+//! layer can answer 409 `uniqueness` without parsing driver messages.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("unsupported database url '{0}': use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("cannot create database directory '{dir}': {source}")]
+    CreateDir { dir: String, source: std::io::Error },
+    #[error("cannot connect to database '{url}': {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("cannot apply database migrations: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
+    #[error("tenant '{0}' already exists")]
+    TenantExists(String),
+    #[error("{attribute} '{value}' is already taken in this tenant")]
+    Uniqueness {
+        attribute: &'static str,
+        value: String,
+    },
+    #[error("the resource was changed concurrently; retry")]
+    Conflict,
+    #[error("stored document of {kind} '{id}' is not valid JSON: {source}")]
+    Corrupt {
+        kind: &'static str,
+        id: String,
+        source: serde_json::Error,
+    },
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+impl Error {
+    /// True when the database refused a write because of a unique index.
+    pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+        matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+    }
+}

@@ -1,0 +1,169 @@
+//! Durable state: tenants, API tokens, SCIM resources and group membership,
+//! on SQLite (WAL) or PostgreSQL through one sqlx `Any` pool and one set of
+//! migrations.
+//!
+//! May use: `domain`, `scim` (schema, filter AST and its SQL rendering).
+//! Invariant: every resource query takes a [`TenantId`] and is scoped by it;
+//! there is no unscoped read or write of tenant data.
+
+mod columns;
+mod error;
+mod resources;
+mod tenants;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use columns::Columns;
+pub use error::Error;
+pub use resources::{MemberRow, Page, StoredResource, WriteTx};
+pub use scim::sql::Dialect;
+pub use tenants::TokenRecord;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// SQLite allows one writer at a time and answers SQLITE_BUSY at once
+    /// (not after `busy_timeout`) when a deferred transaction upgrades from
+    /// reader to writer. Serialising write transactions in-process avoids
+    /// that failure mode; PostgreSQL needs no such lock.
+    write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl Store {
+    /// Connects, creating the SQLite file (and its directory) if needed, and
+    /// applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(Error::UnsupportedUrl(redact_url(url)));
+        };
+        let url = match dialect {
+            Dialect::Sqlite => prepare_sqlite_url(url)?,
+            Dialect::Postgres => url.to_string(),
+        };
+        let options = AnyConnectOptions::from_str(&url).map_err(|source| Error::Connect {
+            url: redact_url(&url),
+            source,
+        })?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match dialect {
+                Dialect::Sqlite => 8,
+                Dialect::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL lets readers run beside the writer; synchronous=FULL
+                        // makes every acknowledged commit survive power loss, not
+                        // just a process kill.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|source| Error::Connect {
+                url: redact_url(&url),
+                source,
+            })?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(Error::Migrate)?;
+        Ok(Store {
+            pool,
+            dialect,
+            write_lock: (dialect == Dialect::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Makes sure a SQLite URL creates its file, and that the file's directory
+/// exists, so `rolebridge serve` works on a fresh checkout.
+fn prepare_sqlite_url(url: &str) -> Result<String> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" {
+        return Err(Error::UnsupportedUrl(
+            "sqlite in-memory databases are not durable; give a file path".into(),
+        ));
+    }
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+        }
+    }
+    let query = if query.contains("mode=") {
+        query.to_string()
+    } else if query.is_empty() {
+        "mode=rwc".to_string()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// A database URL with any password replaced, for error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://u:s3cret@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
+        assert_eq!(redact_url("sqlite://data/a.db"), "sqlite://data/a.db");
+    }
+
+    #[test]
+    fn sqlite_urls_create_their_file() {
+        let dir = std::env::temp_dir().join(format!("rb-url-{}", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}/x.db", dir.display());
+        let out = prepare_sqlite_url(&url).unwrap();
+        assert!(out.ends_with("x.db?mode=rwc"), "{out}");
+        assert!(dir.is_dir());
+        assert!(prepare_sqlite_url("sqlite::memory:").is_err());
+    }
+}

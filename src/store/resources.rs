@@ -1,0 +1,630 @@
+//! SCIM Users and Groups, and group membership.
+//!
+//! A resource row holds the client's whole document as JSON text, so no
+//! attribute is lost, plus copies of the attributes that need an index or a
+//! unique constraint. Membership lives in `group_members` and is never
+//! embedded in the group document.
+
+use std::collections::HashMap;
+
+use scim::schema::ResourceKind;
+use scim::sql::{SqlCondition, SqlValue};
+use serde_json::Value;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+// Dynamic SQL here interpolates only table names, canonical column
+// expressions and `$N` placeholders chosen by this module and `scim::sql`;
+// every client value is a bind.
+use sqlx::{Any, AssertSqlSafe, Row};
+
+use super::{Dialect, Error, Result, Store};
+use crate::domain::{ResourceId, TenantId};
+
+/// A resource as stored: the document without `id`, `meta` and (for groups)
+/// `members`, plus the metadata columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResource {
+    pub id: ResourceId,
+    pub doc: Value,
+    pub created: String,
+    pub last_modified: String,
+    pub version: i64,
+}
+
+/// One membership edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    pub group_id: String,
+    pub member_id: String,
+    /// `User` or `Group`.
+    pub member_type: String,
+}
+
+/// One page of a list query.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Matches over all pages.
+    pub total: i64,
+    pub items: Vec<StoredResource>,
+}
+
+/// How many rows one multi-row INSERT or IN-list carries: keeps statements
+/// well under SQLite's 32766-parameter limit.
+const CHUNK: usize = 500;
+
+fn table(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::User => "scim_users",
+        ResourceKind::Group => "scim_groups",
+    }
+}
+
+impl Store {
+    /// Starts a write transaction (holding the SQLite writer lock, if any).
+    pub async fn begin_write(&self) -> Result<WriteTx> {
+        let guard = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx {
+            tx,
+            dialect: self.dialect,
+            _guard: guard,
+        })
+    }
+
+    pub async fn get(
+        &self,
+        tenant: TenantId,
+        kind: ResourceKind,
+        id: &ResourceId,
+    ) -> Result<Option<StoredResource>> {
+        let sql = format!(
+            "SELECT id, data, created, last_modified, version FROM {} WHERE tenant_id = $1 AND id = $2",
+            table(kind)
+        );
+        let row = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(tenant.to_string())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| resource_from_row(kind, &r)).transpose()
+    }
+
+    /// One page of resources matching `filter`, in a stable order: the sort
+    /// key (if any), then creation time, then id.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn list(
+        &self,
+        tenant: TenantId,
+        kind: ResourceKind,
+        filter: Option<&SqlCondition>,
+        sort: Option<(&str, bool)>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Page> {
+        let table = table(kind);
+        let condition = filter
+            .map(|f| format!(" AND ({})", f.sql))
+            .unwrap_or_default();
+        let count_sql = format!("SELECT COUNT(*) FROM {table} r WHERE r.tenant_id = $1{condition}");
+        let mut count = sqlx::query(AssertSqlSafe(count_sql.clone())).bind(tenant.to_string());
+        if let Some(f) = filter {
+            count = bind_values(count, &f.binds);
+        }
+        let total: i64 = count.fetch_one(&self.pool).await?.try_get(0)?;
+        if limit == 0 || offset >= total {
+            return Ok(Page {
+                total,
+                items: Vec::new(),
+            });
+        }
+        let order = match sort {
+            // RFC 7644 §3.4.2.3: resources without the attribute sort last
+            // when ascending and first when descending.
+            Some((expr, desc)) => format!(
+                "{expr} {}, r.created, r.id",
+                if desc {
+                    "DESC NULLS FIRST"
+                } else {
+                    "ASC NULLS LAST"
+                }
+            ),
+            None => "r.created, r.id".to_string(),
+        };
+        let next = 2 + filter.map_or(0, |f| f.binds.len());
+        let sql = format!(
+            "SELECT r.id, r.data, r.created, r.last_modified, r.version FROM {table} r \
+             WHERE r.tenant_id = $1{condition} ORDER BY {order} LIMIT ${} OFFSET ${}",
+            next,
+            next + 1
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql.clone())).bind(tenant.to_string());
+        if let Some(f) = filter {
+            q = bind_values(q, &f.binds);
+        }
+        let rows = q.bind(limit).bind(offset).fetch_all(&self.pool).await?;
+        let items = rows
+            .iter()
+            .map(|r| resource_from_row(kind, r))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page { total, items })
+    }
+
+    /// The members of the given groups, in a stable order.
+    pub async fn members_of(&self, tenant: TenantId, groups: &[&str]) -> Result<Vec<MemberRow>> {
+        let mut out = Vec::new();
+        for chunk in groups.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT group_id, member_id, member_type FROM group_members \
+                 WHERE tenant_id = $1 AND group_id IN ({}) ORDER BY group_id, member_id",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql.clone())).bind(tenant.to_string());
+            for g in chunk {
+                q = q.bind(*g);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                out.push(member_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The groups that directly contain each of `members`, with the group's
+    /// displayName, for the User `groups` attribute.
+    pub async fn groups_of(
+        &self,
+        tenant: TenantId,
+        members: &[&str],
+    ) -> Result<Vec<(MemberRow, String)>> {
+        let mut out = Vec::new();
+        for chunk in members.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT m.group_id, m.member_id, m.member_type, g.display_name \
+                 FROM group_members m JOIN scim_groups g ON g.tenant_id = m.tenant_id AND g.id = m.group_id \
+                 WHERE m.tenant_id = $1 AND m.member_id IN ({}) ORDER BY m.member_id, g.display_name_lc, m.group_id",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql.clone())).bind(tenant.to_string());
+            for m in chunk {
+                q = q.bind(*m);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                out.push((member_from_row(&row)?, row.try_get(3)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts resources of a kind in a tenant.
+    pub async fn count(&self, tenant: TenantId, kind: ResourceKind) -> Result<i64> {
+        let sql = format!("SELECT COUNT(*) FROM {} WHERE tenant_id = $1", table(kind));
+        Ok(sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(tenant.to_string())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
+    }
+}
+
+/// A write transaction. Dropping it without [`WriteTx::commit`] rolls back,
+/// which is how a failed PATCH or PUT leaves nothing half-applied.
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, Any>,
+    dialect: Dialect,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Reads a resource and, on PostgreSQL, locks its row until commit so
+    /// concurrent PATCHes of one resource serialise instead of losing updates.
+    pub async fn get_for_update(
+        &mut self,
+        tenant: TenantId,
+        kind: ResourceKind,
+        id: &ResourceId,
+    ) -> Result<Option<StoredResource>> {
+        let lock = match self.dialect {
+            Dialect::Postgres => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT id, data, created, last_modified, version FROM {} WHERE tenant_id = $1 AND id = $2{lock}",
+            table(kind)
+        );
+        let row = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(tenant.to_string())
+            .bind(id.as_str())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|r| resource_from_row(kind, &r)).transpose()
+    }
+
+    pub async fn insert(
+        &mut self,
+        tenant: TenantId,
+        kind: ResourceKind,
+        res: &StoredResource,
+    ) -> Result<()> {
+        let cols = IndexedColumns::of(kind, &res.doc);
+        self.check_unique(tenant, kind, &res.id, &cols).await?;
+        let data = res.doc.to_string();
+        let result = match kind {
+            ResourceKind::User => {
+                sqlx::query(
+                    "INSERT INTO scim_users (tenant_id, id, user_name, user_name_lc, external_id, active, data, created, last_modified, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(tenant.to_string())
+                .bind(res.id.as_str())
+                .bind(cols.name.clone())
+                .bind(cols.name_lc.clone())
+                .bind(cols.external_id.clone())
+                .bind(i64::from(cols.active))
+                .bind(data)
+                .bind(&res.created)
+                .bind(&res.last_modified)
+                .bind(res.version)
+                .execute(&mut *self.tx)
+                .await
+            }
+            ResourceKind::Group => {
+                sqlx::query(
+                    "INSERT INTO scim_groups (tenant_id, id, display_name, display_name_lc, external_id, data, created, last_modified, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(tenant.to_string())
+                .bind(res.id.as_str())
+                .bind(cols.name.clone())
+                .bind(cols.name_lc.clone())
+                .bind(cols.external_id.clone())
+                .bind(data)
+                .bind(&res.created)
+                .bind(&res.last_modified)
+                .bind(res.version)
+                .execute(&mut *self.tx)
+                .await
+            }
+        };
+        result.map_err(|e| unique_or(e, kind, &cols))?;
+        Ok(())
+    }
+
+    /// Replaces a resource's document and metadata; fails with
+    /// [`Error::Conflict`] when its version is no longer `prev_version`.
+    pub async fn update(
+        &mut self,
+        tenant: TenantId,
+        kind: ResourceKind,
+        res: &StoredResource,
+        prev_version: i64,
+    ) -> Result<()> {
+        let cols = IndexedColumns::of(kind, &res.doc);
+        self.check_unique(tenant, kind, &res.id, &cols).await?;
+        let data = res.doc.to_string();
+        let result = match kind {
+            ResourceKind::User => {
+                sqlx::query(
+                    "UPDATE scim_users SET user_name = $1, user_name_lc = $2, external_id = $3, active = $4, data = $5, last_modified = $6, version = $7 \
+                     WHERE tenant_id = $8 AND id = $9 AND version = $10",
+                )
+                .bind(cols.name.clone())
+                .bind(cols.name_lc.clone())
+                .bind(cols.external_id.clone())
+                .bind(i64::from(cols.active))
+                .bind(data)
+                .bind(&res.last_modified)
+                .bind(res.version)
+                .bind(tenant.to_string())
+                .bind(res.id.as_str())
+                .bind(prev_version)
+                .execute(&mut *self.tx)
+                .await
+            }
+            ResourceKind::Group => {
+                sqlx::query(
+                    "UPDATE scim_groups SET display_name = $1, display_name_lc = $2, external_id = $3, data = $4, last_modified = $5, version = $6 \
+                     WHERE tenant_id = $7 AND id = $8 AND version = $9",
+                )
+                .bind(cols.name.clone())
+                .bind(cols.name_lc.clone())
+                .bind(cols.external_id.clone())
+                .bind(data)
+                .bind(&res.last_modified)
+                .bind(res.version)
+                .bind(tenant.to_string())
+                .bind(res.id.as_str())
+                .bind(prev_version)
+                .execute(&mut *self.tx)
+                .await
+            }
+        };
+        let done = result.map_err(|e| unique_or(e, kind, &cols))?;
+        if done.rows_affected() != 1 {
+            return Err(Error::Conflict);
+        }
+        Ok(())
+    }
+
+    /// Deletes a resource and every membership edge that names it.
+    pub async fn delete(
+        &mut self,
+        tenant: TenantId,
+        kind: ResourceKind,
+        id: &ResourceId,
+    ) -> Result<bool> {
+        let sql = format!(
+            "DELETE FROM {} WHERE tenant_id = $1 AND id = $2",
+            table(kind)
+        );
+        let done = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(tenant.to_string())
+            .bind(id.as_str())
+            .execute(&mut *self.tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM group_members WHERE tenant_id = $1 AND member_id = $2")
+            .bind(tenant.to_string())
+            .bind(id.as_str())
+            .execute(&mut *self.tx)
+            .await?;
+        if kind == ResourceKind::Group {
+            sqlx::query("DELETE FROM group_members WHERE tenant_id = $1 AND group_id = $2")
+                .bind(tenant.to_string())
+                .bind(id.as_str())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// For each id that names a User or Group of this tenant, its type.
+    /// Ids that name nothing are absent from the map.
+    pub async fn member_types(
+        &mut self,
+        tenant: TenantId,
+        ids: &[String],
+    ) -> Result<HashMap<String, &'static str>> {
+        let mut out = HashMap::with_capacity(ids.len());
+        for (kind, name) in [(ResourceKind::User, "User"), (ResourceKind::Group, "Group")] {
+            for chunk in ids.chunks(CHUNK) {
+                let sql = format!(
+                    "SELECT id FROM {} WHERE tenant_id = $1 AND id IN ({})",
+                    table(kind),
+                    placeholders(2, chunk.len())
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql.clone())).bind(tenant.to_string());
+                for id in chunk {
+                    q = q.bind(id.as_str());
+                }
+                for row in q.fetch_all(&mut *self.tx).await? {
+                    out.entry(row.try_get::<String, _>(0)?).or_insert(name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds members; existing edges are left as they are, so a repeated add
+    /// is idempotent. Cost is O(members added).
+    pub async fn add_members(
+        &mut self,
+        tenant: TenantId,
+        group: &ResourceId,
+        members: &[(String, &'static str)],
+    ) -> Result<u64> {
+        let mut added = 0;
+        for chunk in members.chunks(CHUNK) {
+            let values = (0..chunk.len())
+                .map(|i| {
+                    let b = 3 + i * 2;
+                    format!("($1, $2, ${}, ${})", b, b + 1)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO group_members (tenant_id, group_id, member_id, member_type) VALUES {values} \
+                 ON CONFLICT (tenant_id, group_id, member_id) DO NOTHING"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(tenant.to_string())
+                .bind(group.as_str());
+            for (id, ty) in chunk {
+                q = q.bind(id.as_str()).bind(*ty);
+            }
+            added += q.execute(&mut *self.tx).await?.rows_affected();
+        }
+        Ok(added)
+    }
+
+    /// Removes the named members. Cost is O(members removed).
+    pub async fn remove_members(
+        &mut self,
+        tenant: TenantId,
+        group: &ResourceId,
+        ids: &[String],
+    ) -> Result<u64> {
+        let mut removed = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "DELETE FROM group_members WHERE tenant_id = $1 AND group_id = $2 AND member_id IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(tenant.to_string())
+                .bind(group.as_str());
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            removed += q.execute(&mut *self.tx).await?.rows_affected();
+        }
+        Ok(removed)
+    }
+
+    /// Removes every member of a group.
+    pub async fn clear_members(&mut self, tenant: TenantId, group: &ResourceId) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM group_members WHERE tenant_id = $1 AND group_id = $2")
+                .bind(tenant.to_string())
+                .bind(group.as_str())
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Looks for another resource holding the same unique values, so the
+    /// client learns which attribute clashed. The unique indexes remain the
+    /// guard against races; this only names the attribute.
+    async fn check_unique(
+        &mut self,
+        tenant: TenantId,
+        kind: ResourceKind,
+        id: &ResourceId,
+        cols: &IndexedColumns,
+    ) -> Result<()> {
+        if kind == ResourceKind::User {
+            let taken = sqlx::query(
+                "SELECT 1 FROM scim_users WHERE tenant_id = $1 AND user_name_lc = $2 AND id <> $3",
+            )
+            .bind(tenant.to_string())
+            .bind(cols.name_lc.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+            if taken.is_some() {
+                return Err(Error::Uniqueness {
+                    attribute: "userName",
+                    value: cols.name.clone(),
+                });
+            }
+        }
+        if let Some(ext) = &cols.external_id {
+            let sql = format!(
+                "SELECT 1 FROM {} WHERE tenant_id = $1 AND external_id = $2 AND id <> $3",
+                table(kind)
+            );
+            let taken = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(tenant.to_string())
+                .bind(ext.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&mut *self.tx)
+                .await?;
+            if taken.is_some() {
+                return Err(Error::Uniqueness {
+                    attribute: "externalId",
+                    value: ext.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The indexed copies of a document's attributes.
+struct IndexedColumns {
+    /// userName for Users, displayName for Groups.
+    name: String,
+    name_lc: String,
+    external_id: Option<String>,
+    active: bool,
+}
+
+impl IndexedColumns {
+    fn of(kind: ResourceKind, doc: &Value) -> Self {
+        let key = match kind {
+            ResourceKind::User => "userName",
+            ResourceKind::Group => "displayName",
+        };
+        let name = doc
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        IndexedColumns {
+            name_lc: name.to_lowercase(),
+            name,
+            external_id: doc
+                .get("externalId")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            // RFC 7643 leaves `active` optional; an account nobody
+            // deactivated is active.
+            active: doc.get("active").and_then(Value::as_bool).unwrap_or(true),
+        }
+    }
+}
+
+fn unique_or(err: sqlx::Error, kind: ResourceKind, cols: &IndexedColumns) -> Error {
+    if Error::is_unique_violation(&err) {
+        match kind {
+            ResourceKind::User => Error::Uniqueness {
+                attribute: "userName or externalId",
+                value: cols.name.clone(),
+            },
+            ResourceKind::Group => Error::Uniqueness {
+                attribute: "externalId",
+                value: cols.external_id.clone().unwrap_or_default(),
+            },
+        }
+    } else {
+        err.into()
+    }
+}
+
+fn resource_from_row(kind: ResourceKind, row: &AnyRow) -> Result<StoredResource> {
+    let id: String = row.try_get(0)?;
+    let data: String = row.try_get(1)?;
+    let doc = serde_json::from_str(&data).map_err(|source| Error::Corrupt {
+        kind: kind.name(),
+        id: id.clone(),
+        source,
+    })?;
+    Ok(StoredResource {
+        id: ResourceId::from_client(&id),
+        doc,
+        created: row.try_get(2)?,
+        last_modified: row.try_get(3)?,
+        version: row.try_get(4)?,
+    })
+}
+
+fn member_from_row(row: &AnyRow) -> Result<MemberRow> {
+    Ok(MemberRow {
+        group_id: row.try_get(0)?,
+        member_id: row.try_get(1)?,
+        member_type: row.try_get(2)?,
+    })
+}
+
+/// `$first, $first+1, ...` for an IN list of `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn bind_values<'q>(
+    mut q: Query<'q, Any, AnyArguments>,
+    values: &'q [SqlValue],
+) -> Query<'q, Any, AnyArguments> {
+    for v in values {
+        q = match v {
+            SqlValue::Text(s) => q.bind(s.as_str()),
+            SqlValue::Int(i) => q.bind(*i),
+            SqlValue::Float(f) => q.bind(*f),
+            SqlValue::Bool(b) => q.bind(*b),
+        };
+    }
+    q
+}

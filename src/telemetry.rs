@@ -1,0 +1,13 @@
+//! Logging setup: `tracing` to stderr, filtered by `RUST_LOG`
+//! (default `info`). Secrets are typed [`crate::domain::Secret`] and print as
+//! `***`, so no log line can carry one.
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,134 @@
+//! A write acknowledged with 2xx survives `kill -9` of the server process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{fresh_database, Backend, USER};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rolebridge")
+}
+
+/// Runs a CLI command to completion; returns (status, stdout, stderr).
+pub fn cli(db: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("ROLEBRIDGE_DATABASE_URL", db)
+        .env_remove("ROLEBRIDGE_CONFIG")
+        .output()
+        .expect("run rolebridge");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Starts `rolebridge serve` on a free port; returns the child and its address.
+pub fn spawn_server(db: &str, cwd: Option<&std::path::Path>, extra: &[&str]) -> (Child, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if !db.is_empty() {
+        cmd.env("ROLEBRIDGE_DATABASE_URL", db);
+    } else {
+        cmd.env_remove("ROLEBRIDGE_DATABASE_URL");
+    }
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn().expect("spawn server");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "server did not start in 30 s");
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let addr = addr.trim().to_string();
+                    // Keep draining stderr so the server never blocks on it.
+                    std::thread::spawn(move || for _ in lines {});
+                    return (child, addr);
+                }
+            }
+            _ => panic!("server exited before listening"),
+        }
+    }
+}
+
+async fn kill_nine_keeps_acknowledged_writes(backend: Backend) {
+    let db = fresh_database(backend).await;
+    let tenant = crate::support::unique("dur");
+    assert_eq!(cli(&db, &["tenant", "create", &tenant]).0, 0);
+    let (code, token, err) = cli(
+        &db,
+        &["token", "create", "--tenant", &tenant, "--scope", "scim"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    let (mut child, addr) = spawn_server(&db, None, &[]);
+    let client = reqwest::Client::new();
+    let base = format!("{addr}/scim/v2/{tenant}");
+    // 20 creates acknowledged one by one, then 40 concurrent ones with a
+    // kill -9 while they are in flight: every acknowledged one must survive.
+    let create = |i: usize| {
+        let (client, base, token) = (client.clone(), base.clone(), token.clone());
+        async move {
+            let r = client
+                .post(format!("{base}/Users"))
+                .bearer_auth(&token)
+                .json(&json!({"schemas": [USER], "userName": format!("durable{i}")}))
+                .send()
+                .await
+                .ok()?;
+            if r.status() != 201 {
+                return None;
+            }
+            let body: serde_json::Value = r.json().await.ok()?;
+            body["id"].as_str().map(str::to_string)
+        }
+    };
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push(create(i).await.expect("sequential create acknowledged"));
+    }
+    let tasks: Vec<_> = (20..60).map(|i| tokio::spawn(create(i))).collect();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    child.kill().expect("kill -9");
+    for t in tasks {
+        if let Some(id) = t.await.expect("task") {
+            acked.push(id);
+        }
+    }
+    let _ = child.wait();
+    eprintln!("{} writes acknowledged before kill -9", acked.len());
+    let (mut child, addr) = spawn_server(&db, None, &[]);
+    for id in &acked {
+        let r = client
+            .get(format!("{addr}/scim/v2/{tenant}/Users/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200, "acknowledged user {id} lost after kill -9");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn kill_nine_sqlite() {
+    kill_nine_keeps_acknowledged_writes(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn kill_nine_postgres() {
+    kill_nine_keeps_acknowledged_writes(Backend::Postgres).await;
+}

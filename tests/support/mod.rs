@@ -1,0 +1,343 @@
+//! Test harness: boots the real app on 127.0.0.1:0 over a fresh SQLite file
+//! or a fresh PostgreSQL database, with its own tenant and SCIM token.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use rolebridge::app::App;
+use rolebridge::domain::{Scope, TenantName};
+use rolebridge::store::Store;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+/// Runs a test body once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! both_backends {
+    ($(#[$meta:meta])* async fn $name:ident($srv:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run($srv: $crate::support::TestServer) $body
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run($crate::support::TestServer::start($crate::support::Backend::Sqlite).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run($crate::support::TestServer::start($crate::support::Backend::Postgres).await).await
+            }
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique name for this process and test.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The PostgreSQL server tests use; `.ci/run` makes sure it is up.
+pub fn postgres_admin_url() -> String {
+    std::env::var("ROLEBRIDGE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+static PG_CLEANUP: OnceCell<()> = OnceCell::const_new();
+
+/// A fresh database URL for one test.
+pub async fn fresh_database(backend: Backend) -> String {
+    match backend {
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join("rolebridge-tests");
+            std::fs::create_dir_all(&dir).expect("create test dir");
+            format!("sqlite://{}/{}.db", dir.display(), unique("t"))
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let admin = postgres_admin_url();
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("PostgreSQL at {admin} is not reachable ({e}); start it (.ci/run does)")
+                });
+            PG_CLEANUP
+                .get_or_init(|| async {
+                    // Databases of earlier runs: drop them once per process.
+                    let old: Vec<(String,)> = sqlx::query_as(
+                        "SELECT datname FROM pg_database WHERE datname LIKE 'rbtest\\_%' \
+                         AND datname NOT LIKE $1",
+                    )
+                    .bind(format!("rbtest\\_{}x%", std::process::id()))
+                    .fetch_all(
+                        &mut sqlx::PgConnection::connect(&postgres_admin_url())
+                            .await
+                            .expect("pg"),
+                    )
+                    .await
+                    .unwrap_or_default();
+                    let mut c = sqlx::PgConnection::connect(&postgres_admin_url())
+                        .await
+                        .expect("pg");
+                    for (name,) in old {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        )))
+                        .execute(&mut c)
+                        .await;
+                    }
+                })
+                .await;
+            let name = unique("rbtest_");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                .execute(&mut conn)
+                .await
+                .expect("create test database");
+            let mut url = url::Url::parse(&admin).expect("admin url");
+            url.set_path(&format!("/{name}"));
+            url.to_string()
+        }
+    }
+}
+
+/// A running server with a tenant and a SCIM token.
+pub struct TestServer {
+    pub backend: Backend,
+    pub app: App,
+    pub database_url: String,
+    pub addr: std::net::SocketAddr,
+    pub tenant: String,
+    pub token: String,
+    /// `http://127.0.0.1:PORT/scim/v2/{tenant}`.
+    pub base: String,
+    pub client: reqwest::Client,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A response: status, headers and JSON body (Null when empty).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// Asserts a SCIM error with this status and scimType.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, scim_type: Option<&str>) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(
+            self.body["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:Error",
+            "{}",
+            self.body
+        );
+        assert_eq!(self.body["status"], status.to_string(), "{}", self.body);
+        assert_eq!(
+            self.body.get("scimType").and_then(Value::as_str),
+            scim_type,
+            "{}",
+            self.body
+        );
+        assert_eq!(self.header("content-type"), Some("application/scim+json"));
+    }
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> TestServer {
+        let database_url = fresh_database(backend).await;
+        let store = Store::connect(&database_url).await.expect("connect store");
+        let app = App::new(store);
+        let tenant = unique("tenant");
+        let name = TenantName::parse(&tenant).expect("tenant name");
+        app.store
+            .create_tenant(&name, &rolebridge::app::now())
+            .await
+            .expect("create tenant");
+        let token = app.create_token(&name, Scope::Scim).await.expect("token");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = rolebridge::http::router(app.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        TestServer {
+            backend,
+            base: format!("http://{addr}/scim/v2/{tenant}"),
+            app,
+            database_url,
+            addr,
+            tenant,
+            token: token.token.expose().to_string(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+            server,
+        }
+    }
+
+    /// A second tenant with its own token, on the same server.
+    pub async fn other_tenant(&self) -> (String, String) {
+        let tenant = unique("other");
+        let name = TenantName::parse(&tenant).expect("name");
+        self.app
+            .store
+            .create_tenant(&name, &rolebridge::app::now())
+            .await
+            .expect("tenant");
+        let t = self
+            .app
+            .create_token(&name, Scope::Scim)
+            .await
+            .expect("token");
+        (tenant, t.token.expose().to_string())
+    }
+
+    /// Sends a request to `{base}{path}` with this server's token.
+    pub async fn send(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        self.send_with(
+            method,
+            &format!("{}{}", self.base, path),
+            body,
+            &[],
+            Some(&self.token),
+        )
+        .await
+    }
+
+    pub async fn send_with(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+        token: Option<&str>,
+    ) -> Resp {
+        let mut req = self.client.request(method, url);
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/scim+json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body ({e}): {text}"))
+        };
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.send(Method::POST, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> Resp {
+        self.send(Method::PUT, path, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, body: Value) -> Resp {
+        self.send(Method::PATCH, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.send(Method::DELETE, path, None).await
+    }
+
+    /// GET with a query string built from pairs (percent-encoded).
+    pub async fn query(&self, path: &str, params: &[(&str, &str)]) -> Resp {
+        let url = reqwest::Url::parse_with_params(&format!("{}{}", self.base, path), params)
+            .expect("url");
+        self.send_with(Method::GET, url.as_str(), None, &[], Some(&self.token))
+            .await
+    }
+
+    /// Creates a user and returns its id.
+    pub async fn user(&self, user_name: &str) -> String {
+        let r = self
+            .post(
+                "/Users",
+                serde_json::json!({
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                    "userName": user_name,
+                }),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.body["id"].as_str().expect("id").to_string()
+    }
+
+    /// Creates a group and returns its id.
+    pub async fn group(&self, display_name: &str) -> String {
+        let r = self
+            .post(
+                "/Groups",
+                serde_json::json!({
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                    "displayName": display_name,
+                }),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.body["id"].as_str().expect("id").to_string()
+    }
+
+    /// The member ids of a group, sorted.
+    pub async fn member_ids(&self, group: &str) -> Vec<String> {
+        let r = self.get(&format!("/Groups/{group}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let mut ids: Vec<String> = r.body["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| m["value"].as_str().expect("value").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+}
+
+pub const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+pub const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+pub const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
