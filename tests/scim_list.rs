@@ -183,3 +183,30 @@ both_backends! {
         srv.post("/Users/.search", json!({"filter": "userName pr"})).await.assert_error(400, Some("invalidSyntax"));
     }
 }
+
+both_backends! {
+    async fn root_search_spans_users_and_groups(srv) {
+        seed(&srv).await;
+        srv.group("admins").await;
+        let search = |body: serde_json::Value| {
+            let mut b = body;
+            b["schemas"] = json!(["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]);
+            srv.post("/.search", b)
+        };
+        let all = search(json!({})).await;
+        assert_eq!(all.status, 200, "{}", all.body);
+        assert_eq!(all.body["totalResults"], 4);
+        // Paging runs across the two types.
+        let page = search(json!({"startIndex": 3, "count": 2, "attributes": ["displayName"]})).await;
+        let items = page.body["Resources"].as_array().unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[1]["displayName"], "admins");
+        assert!(items[1].get("members").is_none());
+        // An attribute only Users have matches no Group; one no type has is an error.
+        let users = search(json!({"filter": "userName sw \"a\""})).await;
+        assert_eq!(users.body["totalResults"], 1);
+        let groups = search(json!({"filter": "displayName eq \"admins\""})).await;
+        assert_eq!(groups.body["totalResults"], 1);
+        search(json!({"filter": "nothing eq 1"})).await.assert_error(400, Some("invalidFilter"));
+    }
+}

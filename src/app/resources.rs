@@ -212,6 +212,48 @@ impl App {
         Ok(())
     }
 
+    /// `POST /.search` at the root (RFC 7644 §3.4.3): Users, then Groups,
+    /// paged as one list. A filter naming an attribute one type lacks
+    /// matches nothing of that type; it is `invalidFilter` only when no type
+    /// can evaluate it.
+    pub async fn search_all(&self, ctx: &RequestContext, query: &ListQuery) -> Result<ListResult> {
+        let start_index = query.start_index.unwrap_or(1).max(1);
+        let count = query.count.unwrap_or(DEFAULT_COUNT).clamp(0, MAX_COUNT);
+        let mut skip = start_index - 1;
+        let mut total = 0;
+        let mut resources = Vec::new();
+        let mut first_error = None;
+        let mut evaluated = false;
+        for kind in [ResourceKind::User, ResourceKind::Group] {
+            let want = count - resources.len() as i64;
+            let q = ListQuery {
+                start_index: Some(skip + 1),
+                count: Some(want),
+                ..query.clone()
+            };
+            match self.list(ctx, kind, &q).await {
+                Ok(page) => {
+                    evaluated = true;
+                    total += page.total;
+                    skip = (skip - page.total).max(0);
+                    resources.extend(page.resources);
+                }
+                Err(e @ (Error::InvalidFilter(_) | Error::InvalidValue(_))) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match (evaluated, first_error) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(ListResult {
+                total,
+                start_index,
+                resources,
+            }),
+        }
+    }
+
     /// Lists resources. The filter and sort run in the database.
     pub async fn list(
         &self,

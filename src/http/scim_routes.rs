@@ -43,6 +43,7 @@ pub fn routes() -> Router<App> {
                 .delete(delete_group),
         )
         .route("/Bulk", post(bulk))
+        .route("/.search", post(search_all))
 }
 
 fn resource(status: StatusCode, outcome: Outcome) -> Response {
@@ -213,8 +214,12 @@ async fn list_response(
     kind: ResourceKind,
     query: &ListQuery,
 ) -> Result<Response> {
-    let page = app.list(ctx, kind, query).await?;
-    Ok(scim_json(
+    Ok(list_body(app.list(ctx, kind, query).await?))
+}
+
+/// A ListResponse (RFC 7644 §3.4.2) with integer counters.
+fn list_body(page: crate::app::ListResult) -> Response {
+    scim_json(
         StatusCode::OK,
         &json!({
             "schemas": [LIST_RESPONSE_URN],
@@ -223,7 +228,7 @@ async fn list_response(
             "startIndex": page.start_index,
             "Resources": page.resources,
         }),
-    ))
+    )
 }
 
 /// An integer query parameter; anything else is 400 `invalidValue`.
@@ -296,6 +301,15 @@ fn search_query(body: &Value, ctx: &mut crate::app::RequestContext) -> Result<Li
         start_index: int("startIndex")?,
         count: int("count")?,
     })
+}
+
+async fn search_all(
+    State(app): State<App>,
+    ScimRequest(mut ctx): ScimRequest,
+    ScimBody(body): ScimBody,
+) -> Result<Response> {
+    let query = search_query(&body, &mut ctx)?;
+    Ok(list_body(app.search_all(&ctx, &query).await?))
 }
 
 async fn bulk(
