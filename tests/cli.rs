@@ -38,7 +38,7 @@ async fn tenants_and_tokens() {
     let raw = std::fs::read(db.trim_start_matches("sqlite://")).unwrap();
     assert!(!raw
         .windows(token.len() - 36)
-        .any(|w| w == token[36..].as_bytes()));
+        .any(|w| w == &token.as_bytes()[36..]));
     let (code, out, _) = cli(&db, &["token", "revoke", id]);
     assert_eq!((code, out.trim().to_string()), (0, format!("revoked {id}")));
     let (code, _, err) = cli(&db, &["token", "revoke", id]);

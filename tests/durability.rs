@@ -48,7 +48,11 @@ pub fn spawn_server(db: &str, cwd: Option<&std::path::Path>, extra: &[&str]) -> 
     let mut lines = BufReader::new(stderr).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        assert!(Instant::now() < deadline, "server did not start in 30 s");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server did not start in 30 s");
+        }
         match lines.next() {
             Some(Ok(line)) => {
                 if let Some(addr) = line.split("listening on ").nth(1) {
@@ -58,7 +62,10 @@ pub fn spawn_server(db: &str, cwd: Option<&std::path::Path>, extra: &[&str]) -> 
                     return (child, addr);
                 }
             }
-            _ => panic!("server exited before listening"),
+            _ => {
+                let _ = child.wait();
+                panic!("server exited before listening");
+            }
         }
     }
 }

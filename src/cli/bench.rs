@@ -36,9 +36,6 @@ pub struct BenchArgs {
 
 pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let max_group = args.group_sizes.iter().copied().max().unwrap_or(0);
-    if args.users < max_group + 100 * 5 {
-        bail!("--users must be at least the largest group size plus 500");
-    }
     let store = Store::connect(&config.database_url).await?;
     let app = App::new(store.clone());
     let tenant_name = TenantName::parse(&format!(
@@ -117,31 +114,13 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     // 2. Seed the rest directly through the store, 1,000 per transaction.
     let seeded = Instant::now();
     let mut ids = Vec::with_capacity(args.users);
-    let mut i = 0;
-    while args.posts + ids.len() < args.users {
-        let mut tx = store.begin_write().await?;
-        for _ in 0..1000 {
-            if args.posts + ids.len() >= args.users {
-                break;
-            }
-            let ts = now();
-            let r = StoredResource {
-                id: ResourceId::generate(),
-                doc: json!({
-                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-                    "userName": format!("seed{i}@bench.example"),
-                    "active": true
-                }),
-                created: ts.clone(),
-                last_modified: ts,
-                version: 1,
-            };
-            tx.insert(tenant.id, ResourceKind::User, &r).await?;
-            ids.push(r.id);
-            i += 1;
-        }
-        tx.commit().await?;
-    }
+    seed_users(
+        &store,
+        tenant.id,
+        args.users.saturating_sub(args.posts),
+        &mut ids,
+    )
+    .await?;
     let total_users = store.count(tenant.id, ResourceKind::User).await?;
     println!(
         "seeded {} users in {:.1} s; {total_users} users stored",
@@ -174,8 +153,16 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         args.queries
     );
 
-    // 4. PATCH adding 100 members to groups of growing size.
+    // 4. PATCH adding 100 members to groups of growing size. Each run adds
+    // users that are in no group yet, so every PATCH inserts 100 rows.
+    let spare_needed = max_group + 100 * 5 * args.group_sizes.len();
+    if ids.len() < spare_needed {
+        seed_users(&store, tenant.id, spare_needed - ids.len(), &mut ids).await?;
+    }
     let mut spare = ids.len();
+    // Fill every group first, so each PATCH runs against the same table size
+    // and only the target group's size differs.
+    let mut groups = Vec::new();
     for &size in &args.group_sizes {
         let resp = client
             .post(format!("{base}/Groups"))
@@ -192,6 +179,9 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
             tx.add_members(tenant.id, &gid, &members).await?;
             tx.commit().await?;
         }
+        groups.push((size, gid));
+    }
+    for (size, gid) in groups {
         let mut times = Vec::new();
         for _ in 0..5 {
             spare -= 100;
@@ -222,6 +212,37 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     server.abort();
+    Ok(())
+}
+
+/// Inserts `n` users straight through the store, 1,000 per transaction.
+async fn seed_users(
+    store: &Store,
+    tenant: crate::domain::TenantId,
+    n: usize,
+    ids: &mut Vec<ResourceId>,
+) -> anyhow::Result<()> {
+    let target = ids.len() + n;
+    while ids.len() < target {
+        let mut tx = store.begin_write().await?;
+        for _ in 0..1000.min(target - ids.len()) {
+            let ts = now();
+            let r = StoredResource {
+                id: ResourceId::generate(),
+                doc: json!({
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                    "userName": format!("seed{}@bench.example", ids.len()),
+                    "active": true
+                }),
+                created: ts.clone(),
+                last_modified: ts,
+                version: 1,
+            };
+            tx.insert(tenant, ResourceKind::User, &r).await?;
+            ids.push(r.id);
+        }
+        tx.commit().await?;
+    }
     Ok(())
 }
 

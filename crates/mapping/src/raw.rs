@@ -1,0 +1,667 @@
+//! The parse step: YAML text to `Raw*` structs that keep the position of every value. Owns the YAML
+//! reader (`marked-yaml`, YAML 1.2: every scalar stays a string, so `on`/`off` are not booleans) and the
+//! strict key check. Imports `error` only. Invariant: nothing here resolves a reference; unknown keys,
+//! missing keys and wrong shapes are reported, everything else is left to `validate`.
+
+use crate::error::{ErrorKind, Location, MappingError};
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::{LoadError, LoaderOptions, Node, Span};
+
+/// A string value with where it was written.
+#[derive(Debug, Clone)]
+pub(crate) struct Str {
+    pub value: String,
+    pub at: Location,
+}
+
+/// A `key: value` pair of a toggle map (`toggles`, `account_defaults`).
+#[derive(Debug, Clone)]
+pub(crate) struct RawToggle {
+    pub permission: Str,
+    pub state: Str,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RawCatalog {
+    pub id: Option<Str>,
+    pub name: Option<Str>,
+    pub description: Option<Str>,
+    pub source: Option<Str>,
+    pub combinable_roles: Option<(bool, Location)>,
+    pub max_profiles_per_user: Option<(u32, Location)>,
+    pub max_profiles_per_role_per_user: Option<(u32, Location)>,
+    pub policies: Vec<RawPolicy>,
+    pub permissions: Vec<RawPermission>,
+    pub roles: Vec<RawRole>,
+    pub profiles: Vec<RawProfile>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RawPolicy {
+    pub id: Option<Str>,
+    pub text: Option<Str>,
+    pub roles: Vec<Str>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RawPermission {
+    pub id: Option<Str>,
+    pub name: Option<Str>,
+    pub description: Option<Str>,
+    pub area: Option<Str>,
+    pub level: Option<Str>,
+    pub requires: Vec<Str>,
+}
+
+/// A catalog role or a tenant custom role (which may only use `id`, `name`, `description`, `base`, `toggles`).
+#[derive(Debug)]
+pub(crate) struct RawRole {
+    pub id: Option<Str>,
+    pub at: Location,
+    pub name: Option<Str>,
+    pub description: Option<Str>,
+    pub group: Option<Str>,
+    pub rank: Option<(i64, Location)>,
+    pub max_per_tenant: Option<(u32, Location)>,
+    pub core: Option<(Vec<Str>, Location)>,
+    pub configurable: Option<(Vec<RawConfigurable>, Location)>,
+    pub base: Option<Str>,
+    pub toggles: Option<(Vec<RawToggle>, Location)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RawConfigurable {
+    pub permission: Option<Str>,
+    pub default: Option<Str>,
+    pub name: Option<Str>,
+    pub description: Option<Str>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RawProfile {
+    pub id: Option<Str>,
+    pub name: Option<Str>,
+    pub description: Option<Str>,
+    pub role: Option<Str>,
+    pub toggles: Vec<RawToggle>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RawTenant {
+    pub catalog: Option<Str>,
+    pub default_role: Option<Str>,
+    pub account_defaults: Vec<RawToggle>,
+    pub custom_roles: Vec<RawRole>,
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RawRule {
+    pub at: Location,
+    pub id: Option<Str>,
+    pub matcher: Option<RawMatch>,
+    pub assign: Option<RawAssign>,
+    pub priority: Option<(i64, Location)>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RawMatch {
+    pub at: Option<Location>,
+    pub display_name: Option<Str>,
+    pub external_id: Option<Str>,
+    pub dn: Option<Str>,
+    pub name_regex: Option<Str>,
+    pub source: Option<Str>,
+}
+
+/// Which list of `assign` an id came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AssignKey {
+    Roles,
+    Profiles,
+    CustomRoles,
+}
+
+#[derive(Debug)]
+pub(crate) struct RawAssign {
+    pub at: Location,
+    /// In document order: this order is the "position in the assign list" used to break ties.
+    pub items: Vec<(AssignKey, Str)>,
+}
+
+/// Collects errors for one file while walking its nodes.
+pub(crate) struct Reader<'e> {
+    pub file: String,
+    pub errors: &'e mut Vec<MappingError>,
+}
+
+impl Reader<'_> {
+    pub fn error(&mut self, at: Location, kind: ErrorKind) {
+        self.errors.push(MappingError { at, kind });
+    }
+
+    fn loc(&self, span: &Span) -> Location {
+        let (line, column) = span.start().map_or((1, 1), |m| (m.line(), m.column()));
+        Location {
+            file: self.file.clone(),
+            line,
+            column,
+        }
+    }
+
+    /// Parses YAML text into its top-level mapping, reporting a syntax error with its position.
+    pub fn parse(&mut self, text: &str) -> Option<Node> {
+        let options = LoaderOptions::default()
+            .error_on_duplicate_keys(true)
+            .prevent_coercion(true);
+        match marked_yaml::parse_yaml_with_options(0, text, options) {
+            Ok(node) => Some(node),
+            Err(err) => {
+                let (marker, kind) = match err {
+                    LoadError::TopLevelMustBeMapping(m) => {
+                        (m, ErrorKind::Yaml("the top level must be a mapping".into()))
+                    }
+                    LoadError::TopLevelMustBeSequence(m) => (
+                        m,
+                        ErrorKind::Yaml("the top level must be a sequence".into()),
+                    ),
+                    LoadError::UnexpectedAnchor(m) => (
+                        m,
+                        ErrorKind::Yaml("anchors and aliases are not supported".into()),
+                    ),
+                    LoadError::MappingKeyMustBeScalar(m) => (
+                        m,
+                        ErrorKind::Yaml("mapping keys must be plain strings".into()),
+                    ),
+                    LoadError::UnexpectedTag(m) => {
+                        (m, ErrorKind::Yaml("explicit tags are not supported".into()))
+                    }
+                    LoadError::ScanError(m, e) => (m, ErrorKind::Yaml(e.info().to_owned())),
+                    LoadError::DuplicateKey(inner) => {
+                        let key = inner.key.as_str().to_owned();
+                        match inner.key.span().start() {
+                            Some(m) => (*m, ErrorKind::DuplicateKey(key)),
+                            None => (
+                                marked_yaml::Marker::new(0, 0, 1, 1),
+                                ErrorKind::DuplicateKey(key),
+                            ),
+                        }
+                    }
+                };
+                let at = Location {
+                    file: self.file.clone(),
+                    line: marker.line(),
+                    column: marker.column(),
+                };
+                self.error(at, kind);
+                None
+            }
+        }
+    }
+
+    /// Views `node` as a mapping with the allowed keys; reports unknown keys and a wrong shape.
+    pub fn object<'n>(
+        &mut self,
+        node: &'n Node,
+        key: &str,
+        context: &str,
+        allowed: &[&str],
+    ) -> Option<Obj<'n>> {
+        let Some(map) = node.as_mapping() else {
+            let at = self.loc(node.span());
+            self.error(
+                at,
+                ErrorKind::WrongType {
+                    key: key.to_owned(),
+                    expected: "a mapping".into(),
+                },
+            );
+            return None;
+        };
+        for k in map.keys() {
+            if !allowed.contains(&k.as_str()) {
+                let at = self.loc(k.span());
+                self.error(
+                    at,
+                    ErrorKind::UnknownKey {
+                        key: k.as_str().to_owned(),
+                        context: context.to_owned(),
+                        expected: allowed.join(", "),
+                    },
+                );
+            }
+        }
+        // A block mapping's span starts at its first value; point at its first key instead.
+        let at = match map.keys().next() {
+            Some(first) => self.loc(first.span()),
+            None => self.loc(node.span()),
+        };
+        Some(Obj {
+            map,
+            at,
+            context: context.to_owned(),
+        })
+    }
+
+    /// The elements of a sequence value; an empty value (`key:`) is an empty list.
+    pub fn list<'n>(&mut self, node: &'n Node, key: &str) -> Vec<&'n Node> {
+        match node {
+            Node::Sequence(seq) => seq.iter().collect(),
+            Node::Scalar(s) if s.as_str().is_empty() => Vec::new(),
+            _ => {
+                let at = self.loc(node.span());
+                self.error(
+                    at,
+                    ErrorKind::WrongType {
+                        key: key.to_owned(),
+                        expected: "a list".into(),
+                    },
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// A scalar value as a string.
+    pub fn scalar(&mut self, node: &Node, key: &str) -> Option<Str> {
+        match node.as_scalar() {
+            Some(s) => Some(self.str_of(s)),
+            None => {
+                let at = self.loc(node.span());
+                self.error(
+                    at,
+                    ErrorKind::WrongType {
+                        key: key.to_owned(),
+                        expected: "a string".into(),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    fn str_of(&self, s: &MarkedScalarNode) -> Str {
+        Str {
+            value: s.as_str().to_owned(),
+            at: self.loc(s.span()),
+        }
+    }
+
+    /// A `permission: on|off` map, in document order.
+    pub fn toggles(&mut self, node: &Node, key: &str) -> Vec<RawToggle> {
+        match node {
+            Node::Mapping(map) => map
+                .iter()
+                .filter_map(|(k, v)| {
+                    let state = self.scalar(v, k.as_str())?;
+                    Some(RawToggle {
+                        permission: self.str_of(k),
+                        state,
+                    })
+                })
+                .collect(),
+            Node::Scalar(s) if s.as_str().is_empty() => Vec::new(),
+            _ => {
+                let at = self.loc(node.span());
+                self.error(
+                    at,
+                    ErrorKind::WrongType {
+                        key: key.to_owned(),
+                        expected: "a mapping of permission: on|off".into(),
+                    },
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    pub fn str_list(&mut self, node: &Node, key: &str) -> Vec<Str> {
+        self.list(node, key)
+            .into_iter()
+            .filter_map(|n| self.scalar(n, key))
+            .collect()
+    }
+
+    pub fn int<T: std::str::FromStr>(
+        &mut self,
+        node: &Node,
+        key: &str,
+        expected: &str,
+    ) -> Option<(T, Location)> {
+        let s = self.scalar(node, key)?;
+        match s.value.parse::<T>() {
+            Ok(v) => Some((v, s.at)),
+            Err(_) => {
+                self.error(
+                    s.at,
+                    ErrorKind::BadValue {
+                        key: key.to_owned(),
+                        value: s.value,
+                        expected: expected.to_owned(),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// `true`/`false` (YAML 1.2); `yes`/`no`/`on`/`off` are refused so YAML 1.1 habits do not slip in.
+    pub fn boolean(&mut self, node: &Node, key: &str) -> Option<(bool, Location)> {
+        let s = self.scalar(node, key)?;
+        match s.value.as_str() {
+            "true" => Some((true, s.at)),
+            "false" => Some((false, s.at)),
+            _ => {
+                self.error(
+                    s.at,
+                    ErrorKind::BadValue {
+                        key: key.to_owned(),
+                        value: s.value,
+                        expected: "true or false".into(),
+                    },
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A mapping node whose keys were checked against an allow list.
+pub(crate) struct Obj<'n> {
+    pub map: &'n MarkedMappingNode,
+    pub at: Location,
+    pub context: String,
+}
+
+impl<'n> Obj<'n> {
+    pub fn get(&self, key: &str) -> Option<&'n Node> {
+        self.map.get_node(key)
+    }
+
+    pub fn opt_str(&self, r: &mut Reader<'_>, key: &str) -> Option<Str> {
+        self.get(key).and_then(|n| r.scalar(n, key))
+    }
+
+    pub fn req_str(&self, r: &mut Reader<'_>, key: &str) -> Option<Str> {
+        match self.get(key) {
+            Some(n) => r.scalar(n, key),
+            None => {
+                r.error(
+                    self.at.clone(),
+                    ErrorKind::MissingKey {
+                        context: self.context.clone(),
+                        key: key.to_owned(),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    pub fn str_list(&self, r: &mut Reader<'_>, key: &str) -> Vec<Str> {
+        self.get(key)
+            .map(|n| r.str_list(n, key))
+            .unwrap_or_default()
+    }
+}
+
+const CATALOG_KEYS: &[&str] = &[
+    "catalog",
+    "limits",
+    "policies",
+    "permissions",
+    "roles",
+    "profiles",
+];
+const HEADER_KEYS: &[&str] = &["id", "name", "description", "source"];
+const LIMIT_KEYS: &[&str] = &[
+    "combinable_roles",
+    "max_profiles_per_user",
+    "max_profiles_per_role_per_user",
+];
+const POLICY_KEYS: &[&str] = &["id", "text", "roles"];
+const PERMISSION_KEYS: &[&str] = &["id", "name", "description", "area", "level", "requires"];
+const ROLE_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "group",
+    "rank",
+    "max_per_tenant",
+    "core",
+    "configurable",
+    "base",
+    "toggles",
+];
+const CUSTOM_ROLE_KEYS: &[&str] = &["id", "name", "description", "base", "toggles"];
+const CONFIGURABLE_KEYS: &[&str] = &["permission", "default", "name", "description"];
+const PROFILE_KEYS: &[&str] = &["id", "name", "description", "role", "toggles"];
+const TENANT_KEYS: &[&str] = &[
+    "catalog",
+    "default_role",
+    "account_defaults",
+    "custom_roles",
+    "rules",
+];
+const RULE_KEYS: &[&str] = &["id", "match", "assign", "priority"];
+const MATCH_KEYS: &[&str] = &["display_name", "external_id", "dn", "name_regex", "source"];
+const ASSIGN_KEYS: &[&str] = &["roles", "profiles", "custom_roles"];
+
+/// Reads a catalog file; `None` only when the YAML itself is unreadable.
+pub(crate) fn read_catalog(r: &mut Reader<'_>, text: &str) -> Option<RawCatalog> {
+    let root = r.parse(text)?;
+    let top = r.object(&root, "catalog file", "catalog file", CATALOG_KEYS)?;
+    let mut raw = RawCatalog::default();
+    match top.get("catalog") {
+        Some(n) => {
+            if let Some(h) = r.object(n, "catalog", "catalog", HEADER_KEYS) {
+                raw.id = h.req_str(r, "id");
+                raw.name = h.opt_str(r, "name");
+                raw.description = h.opt_str(r, "description");
+                raw.source = h.opt_str(r, "source");
+            }
+        }
+        None => r.error(
+            top.at.clone(),
+            ErrorKind::MissingKey {
+                context: "catalog file".into(),
+                key: "catalog".into(),
+            },
+        ),
+    }
+    if let Some(n) = top.get("limits") {
+        if let Some(l) = r.object(n, "limits", "limits", LIMIT_KEYS) {
+            raw.combinable_roles = l
+                .get("combinable_roles")
+                .and_then(|n| r.boolean(n, "combinable_roles"));
+            for (key, slot) in [
+                ("max_profiles_per_user", &mut raw.max_profiles_per_user),
+                (
+                    "max_profiles_per_role_per_user",
+                    &mut raw.max_profiles_per_role_per_user,
+                ),
+            ] {
+                *slot = l.get(key).and_then(|n| r.int(n, key, "a positive integer"));
+            }
+        }
+    }
+    for n in top
+        .get("policies")
+        .map(|n| r.list(n, "policies"))
+        .unwrap_or_default()
+    {
+        if let Some(o) = r.object(n, "policies", "policy", POLICY_KEYS) {
+            raw.policies.push(RawPolicy {
+                id: o.req_str(r, "id"),
+                text: o.req_str(r, "text"),
+                roles: o.str_list(r, "roles"),
+            });
+        }
+    }
+    for n in top
+        .get("permissions")
+        .map(|n| r.list(n, "permissions"))
+        .unwrap_or_default()
+    {
+        if let Some(o) = r.object(n, "permissions", "permission", PERMISSION_KEYS) {
+            raw.permissions.push(RawPermission {
+                id: o.req_str(r, "id"),
+                name: o.opt_str(r, "name"),
+                description: o.req_str(r, "description"),
+                area: o.opt_str(r, "area"),
+                level: o.opt_str(r, "level"),
+                requires: o.str_list(r, "requires"),
+            });
+        }
+    }
+    for n in top
+        .get("roles")
+        .map(|n| r.list(n, "roles"))
+        .unwrap_or_default()
+    {
+        if let Some(role) = read_role(r, n, ROLE_KEYS, "role") {
+            raw.roles.push(role);
+        }
+    }
+    for n in top
+        .get("profiles")
+        .map(|n| r.list(n, "profiles"))
+        .unwrap_or_default()
+    {
+        if let Some(o) = r.object(n, "profiles", "profile", PROFILE_KEYS) {
+            raw.profiles.push(RawProfile {
+                id: o.req_str(r, "id"),
+                name: o.opt_str(r, "name"),
+                description: o.opt_str(r, "description"),
+                role: o.req_str(r, "role"),
+                toggles: o
+                    .get("toggles")
+                    .map(|n| r.toggles(n, "toggles"))
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    Some(raw)
+}
+
+fn read_role(r: &mut Reader<'_>, n: &Node, keys: &[&str], what: &str) -> Option<RawRole> {
+    let o = r.object(n, what, what, keys)?;
+    let core = o
+        .get("core")
+        .map(|n| (r.str_list(n, "core"), r.loc(n.span())));
+    let configurable = o.get("configurable").map(|cn| {
+        let at = r.loc(cn.span());
+        let items = r
+            .list(cn, "configurable")
+            .into_iter()
+            .filter_map(|e| {
+                let c = r.object(e, "configurable", "configurable entry", CONFIGURABLE_KEYS)?;
+                Some(RawConfigurable {
+                    permission: c.req_str(r, "permission"),
+                    default: c.req_str(r, "default"),
+                    name: c.opt_str(r, "name"),
+                    description: c.opt_str(r, "description"),
+                })
+            })
+            .collect();
+        (items, at)
+    });
+    Some(RawRole {
+        id: o.req_str(r, "id"),
+        at: o.at.clone(),
+        name: o.opt_str(r, "name"),
+        description: o.opt_str(r, "description"),
+        group: o.opt_str(r, "group"),
+        rank: o.get("rank").and_then(|n| r.int(n, "rank", "an integer")),
+        max_per_tenant: o
+            .get("max_per_tenant")
+            .and_then(|n| r.int(n, "max_per_tenant", "a positive integer")),
+        core,
+        configurable,
+        base: o.opt_str(r, "base"),
+        toggles: o
+            .get("toggles")
+            .map(|n| (r.toggles(n, "toggles"), r.loc(n.span()))),
+    })
+}
+
+/// Reads a tenant mapping file; `None` only when the YAML itself is unreadable.
+pub(crate) fn read_tenant(r: &mut Reader<'_>, text: &str) -> Option<RawTenant> {
+    let root = r.parse(text)?;
+    let top = r.object(&root, "tenant file", "tenant file", TENANT_KEYS)?;
+    let mut raw = RawTenant {
+        catalog: top.req_str(r, "catalog"),
+        default_role: top.opt_str(r, "default_role"),
+        account_defaults: top
+            .get("account_defaults")
+            .map(|n| r.toggles(n, "account_defaults"))
+            .unwrap_or_default(),
+        ..RawTenant::default()
+    };
+    for n in top
+        .get("custom_roles")
+        .map(|n| r.list(n, "custom_roles"))
+        .unwrap_or_default()
+    {
+        if let Some(role) = read_role(r, n, CUSTOM_ROLE_KEYS, "custom role") {
+            raw.custom_roles.push(role);
+        }
+    }
+    for n in top
+        .get("rules")
+        .map(|n| r.list(n, "rules"))
+        .unwrap_or_default()
+    {
+        let Some(o) = r.object(n, "rules", "rule", RULE_KEYS) else {
+            continue;
+        };
+        let matcher = match o.get("match") {
+            Some(m) => r.object(m, "match", "match", MATCH_KEYS).map(|m| RawMatch {
+                at: Some(m.at.clone()),
+                display_name: m.opt_str(r, "display_name"),
+                external_id: m.opt_str(r, "external_id"),
+                dn: m.opt_str(r, "dn"),
+                name_regex: m.opt_str(r, "name_regex"),
+                source: m.opt_str(r, "source"),
+            }),
+            None => {
+                o.req_str(r, "match");
+                None
+            }
+        };
+        let assign = match o.get("assign") {
+            Some(a) => r.object(a, "assign", "assign", ASSIGN_KEYS).map(|a| {
+                let mut items = Vec::new();
+                for (k, v) in a.map.iter() {
+                    let key = match k.as_str() {
+                        "roles" => AssignKey::Roles,
+                        "profiles" => AssignKey::Profiles,
+                        "custom_roles" => AssignKey::CustomRoles,
+                        _ => continue,
+                    };
+                    for s in r.str_list(v, k.as_str()) {
+                        items.push((key, s));
+                    }
+                }
+                RawAssign {
+                    at: a.at.clone(),
+                    items,
+                }
+            }),
+            None => {
+                o.req_str(r, "assign");
+                None
+            }
+        };
+        raw.rules.push(RawRule {
+            at: o.at.clone(),
+            id: o.opt_str(r, "id"),
+            matcher,
+            assign,
+            priority: o
+                .get("priority")
+                .and_then(|n| r.int(n, "priority", "an integer")),
+        });
+    }
+    Some(raw)
+}

@@ -1,0 +1,456 @@
+//! Each seed's model, computed from the shipped catalogs and tenant files.
+use super::*;
+
+#[test]
+fn shipped_mappings_validate_without_errors() {
+    let set = shipped();
+    assert_eq!(set.catalogs().len(), 5);
+    assert_eq!(set.tenants().len(), 5);
+}
+
+fn tenant(name: &str) -> CompiledTenant {
+    shipped()
+        .tenant(&TenantName::from(name))
+        .expect("tenant")
+        .clone()
+}
+
+fn ldap(dn: &str) -> GroupFact {
+    GroupFact {
+        dn: Some(dn.into()),
+        source: Some("ldap".into()),
+        ..group("ldap-group")
+    }
+}
+
+#[test]
+fn liveperson_agent_profiles_and_limits() {
+    let t = tenant("acme-liveperson");
+    let support = ldap("cn=support agents,ou=groups,dc=acme,dc=example");
+    let lead = GroupFact {
+        source: Some("okta".into()),
+        ..group("lp-team-leads-emea")
+    };
+    let r = compute_tenant(
+        &t,
+        &[
+            user("agent", vec![support.clone()]),
+            user("senior", vec![support.clone(), group("Support Seniors")]),
+            user("lead", vec![lead, support]),
+        ],
+    );
+    // Default Agent: "Initiate CoBrowse view-only session" Yes; "Join agents' conversations in group" No;
+    // core permissions always present.
+    check_perms(
+        &r,
+        "agent",
+        &[
+            "initiate_cobrowse_view_only_session",
+            "view_own_performance",
+            "change_own_user_settings",
+        ],
+        &["join_agents_conversations_in_group"],
+    );
+    // Senior agent profile toggles the join permission on; agent_default loses (one profile per role).
+    check_perms(&r, "senior", &["join_agents_conversations_in_group"], &[]);
+    assert_eq!(held(&r, "senior"), ["senior_agent"]);
+    let lost = &r.user("senior").unwrap().lost;
+    assert_eq!(
+        lost[0].target,
+        Target::Profile(ProfileId::from("agent_default"))
+    );
+    assert_eq!(lost[0].reason.kind(), "max_profiles_per_role_per_user");
+    // Two roles, one profile each: allowed; the duplicate agent_default is merged, not a conflict.
+    assert_eq!(held(&r, "lead"), ["senior_agent_manager", "agent_default"]);
+    check_perms(
+        &r,
+        "lead",
+        &[
+            "manage_agent_users_in_group",
+            "view_queue_health_dashboard",
+            "initiate_voice_conversation",
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn liveperson_account_defaults_and_five_profiles() {
+    let cat = std::fs::read_to_string(format!("{SHIPPED}/catalogs/liveperson.yaml")).unwrap();
+    let tenant_yaml = "catalog: liveperson\nrules:\n  - {match: {display_name: A}, assign: {profiles: [agent_default, junior_agent, senior_agent_manager, campaign_manager_default, admin_default]}}\n";
+    let set = validate_sources(&[
+        ("m/catalogs/liveperson.yaml", cat.as_str()),
+        ("m/tenants/t.yaml", tenant_yaml),
+    ])
+    .unwrap();
+    let r = compute_tenant(
+        set.tenant(&TenantName::from("t")).unwrap(),
+        &[user("u", vec![group("A")])],
+    );
+    // junior_agent is a second Agent profile: refused ("only one from within each role"); with four
+    // roles, the four remaining profiles are the most a user can hold.
+    assert_eq!(
+        held(&r, "u"),
+        [
+            "agent_default",
+            "senior_agent_manager",
+            "campaign_manager_default",
+            "admin_default"
+        ]
+    );
+    let kinds: Vec<&str> = r
+        .user("u")
+        .unwrap()
+        .lost
+        .iter()
+        .map(|l| l.reason.kind())
+        .collect();
+    assert_eq!(kinds, ["max_profiles_per_role_per_user"]);
+    // "Dependant on account" with no account_defaults: off.
+    let am = &r.tenant().targets()[&Target::Profile(ProfileId::from("agent_manager_default"))];
+    assert_eq!(
+        am.states[&PermissionId::from("handle_messaging_conversations")],
+        PermState::Off(StateReason::AccountDefaultUnset)
+    );
+    let tenant_yaml = "catalog: liveperson\nrules:\n  - {match: {display_name: A}, assign: {profiles: [agent_default, agent_manager_default, campaign_manager_default, admin_default]}}\n  - {match: {display_name: A}, assign: {roles: [agent]}, priority: -1}\n";
+    let set = validate_sources(&[
+        ("m/catalogs/liveperson.yaml", cat.as_str()),
+        ("m/tenants/t.yaml", tenant_yaml),
+    ])
+    .unwrap();
+    let r = compute_tenant(
+        set.tenant(&TenantName::from("t")).unwrap(),
+        &[user("u", vec![group("A")])],
+    );
+    assert_eq!(r.user("u").unwrap().assignments.len(), 4);
+    assert_eq!(
+        r.user("u").unwrap().lost[0].reason.kind(),
+        "max_profiles_per_role_per_user"
+    );
+}
+
+#[test]
+fn liveperson_api_credentials_manager_needs_lite_and_api_developer() {
+    let cat = std::fs::read_to_string(format!("{SHIPPED}/catalogs/liveperson.yaml")).unwrap();
+    let cat = cat.replacen("profiles:\n", "profiles:\n  - {id: creds_only, role: admin, toggles: {cb_api_credentials_manager: on}}\n  - {id: creds_full, role: campaign_manager, toggles: {cb_api_credentials_manager: on, cb_bot_builder_lite: on, cb_api_developer: on}}\n", 1);
+    let tenant_yaml = "catalog: liveperson\naccount_defaults: {handle_messaging_conversations: on}\nrules:\n  - {match: {display_name: A}, assign: {profiles: [creds_only, agent_default]}}\n  - {match: {display_name: B}, assign: {profiles: [creds_full]}}\n";
+    let set = validate_sources(&[
+        ("m/catalogs/liveperson.yaml", cat.as_str()),
+        ("m/tenants/t.yaml", tenant_yaml),
+    ])
+    .unwrap();
+    let r = compute_tenant(
+        set.tenant(&TenantName::from("t")).unwrap(),
+        &[user("a", vec![group("A")]), user("b", vec![group("B")])],
+    );
+    check_perms(
+        &r,
+        "a",
+        &["handle_messaging_conversations", "cb_bot_builder"],
+        &["cb_api_credentials_manager"],
+    );
+    let why = explain(
+        &r,
+        "a",
+        Some(&PermissionId::from("cb_api_credentials_manager")),
+    )
+    .unwrap();
+    assert!(
+        matches!(&why.permissions[0].why_not[0], WhyNot::MissingRequires { missing, .. } if missing.len() == 2),
+        "{why}"
+    );
+    assert!(
+        why.to_string()
+            .contains("requires 'cb_bot_builder_lite', 'cb_api_developer'"),
+        "{why}"
+    );
+    check_perms(
+        &r,
+        "b",
+        &[
+            "cb_api_credentials_manager",
+            "cb_bot_builder_lite",
+            "cb_api_developer",
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn gms_single_owner_ranks_and_single_role() {
+    let t = tenant("initech-gms");
+    let mut late = user("zz-late", vec![group("Platform Leads")]);
+    late.created = "2024-06-01T00:00:00Z".into();
+    let mut early = user("aa-early", vec![group("Platform Leads")]);
+    early.created = "2023-01-01T00:00:00Z".into();
+    let admin = user(
+        "admin",
+        vec![
+            GroupFact {
+                source: Some("okta".into()),
+                ..group("Bot Admins")
+            },
+            group("bot-designers-fr"),
+        ],
+    );
+    let r = compute_tenant(&t, &[late, early, admin, user("nobody", vec![])]);
+    // "Number per company: 1": the earliest-created Platform Lead keeps Owner; the other is refused.
+    assert_eq!(held(&r, "aa-early"), ["owner"]);
+    assert_eq!(held(&r, "zz-late"), ["designer"]);
+    let refused = r
+        .refusals()
+        .iter()
+        .find(|x| x.user_id == "zz-late" && x.lost.reason.kind() == "max_per_tenant")
+        .expect("refusal");
+    assert_eq!(
+        refused.lost.reason,
+        LossReason::MaxPerTenant {
+            role: RoleId::from("owner"),
+            max: 1,
+            holders: vec!["aa-early".into()]
+        }
+    );
+    let why = explain(
+        &r,
+        "zz-late",
+        Some(&PermissionId::from("company_billing_plan_update")),
+    )
+    .unwrap();
+    assert!(
+        why.to_string()
+            .contains("refused by limit max_per_tenant 1 of role 'owner', held by user 'aa-early'"),
+        "{why}"
+    );
+    // Owner has "Company billing plan: Data creation, viewing, updating, deletion"; Designer only viewing,
+    // and "Agent import: Action not allowed".
+    check_perms(
+        &r,
+        "aa-early",
+        &["company_billing_plan_update", "agent_import"],
+        &[],
+    );
+    check_perms(
+        &r,
+        "zz-late",
+        &["company_billing_plan_view", "agent_scenario_update"],
+        &[
+            "company_billing_plan_update",
+            "agent_import",
+            "project_create",
+        ],
+    );
+    // Administrator (50) beats designer (10): one role per user; Administrator may invite users.
+    assert_eq!(held(&r, "admin"), ["administrator"]);
+    check_perms(
+        &r,
+        "admin",
+        &["invited_users_create", "agent_import"],
+        &["company_name_update"],
+    );
+    assert_eq!(held(&r, "nobody"), ["designer"]);
+    let catalog = t.catalog();
+    let rank = |id: &str| catalog.role(&RoleId::from(id)).unwrap().rank.unwrap();
+    assert!(
+        rank("designer") < rank("manager")
+            && rank("manager") < rank("administrator")
+            && rank("administrator") < rank("owner")
+    );
+}
+
+#[test]
+fn gms_new_user_never_displaces_the_owner() {
+    let t = tenant("initech-gms");
+    let cto = GroupFact {
+        external_id: Some("initech-cto".into()),
+        ..group("CTO")
+    };
+    let mut holder = user("m-holder", vec![group("Platform Leads")]);
+    holder.created = "2020-01-01T00:00:00Z".into();
+    let mut cto_user = user("a-cto", vec![cto]);
+    cto_user.created = "2025-01-01T00:00:00Z".into();
+    // company_owner has priority 100 > platform_leads 90: the CTO rule wins the slot by priority.
+    let r = compute_tenant(&t, &[holder.clone(), cto_user]);
+    assert_eq!(held(&r, "a-cto"), ["owner"]);
+    assert_eq!(held(&r, "m-holder"), ["designer"]);
+    // Same rule: the earlier-created keeps it.
+    let mut newcomer = user("a-new", vec![group("Platform Leads")]);
+    newcomer.created = "2025-01-01T00:00:00Z".into();
+    let r = compute_tenant(&t, &[holder, newcomer]);
+    assert_eq!(held(&r, "m-holder"), ["owner"]);
+}
+
+#[test]
+fn loyjoy_combined_roles_union() {
+    let t = tenant("globex-loyjoy");
+    let analysts = GroupFact {
+        source: Some("azure-ad".into()),
+        ..group("bi-analytics-de")
+    };
+    let r = compute_tenant(
+        &t,
+        &[
+            user("u", vec![analysts, group("chatbot content")]),
+            user("plain", vec![]),
+        ],
+    );
+    // Data viewer + Knowledge editor + Editor + default Revision: all combined.
+    assert_eq!(
+        held(&r, "u"),
+        ["data_viewer", "knowledge_editor", "editor", "revision"]
+    );
+    check_perms(
+        &r,
+        "u",
+        &[
+            "data_view",
+            "knowledge_edit",
+            "data_anonymized_view",
+            "analytics_edit",
+            "live_view",
+        ],
+        &["data_export", "secrets_edit"],
+    );
+    check_perms(
+        &r,
+        "plain",
+        &["data_view", "analytics_view"],
+        &["data_edit", "knowledge_edit"],
+    );
+    assert!(r.refusals().is_empty());
+}
+
+#[test]
+fn iadvize_custom_roles_and_reports_requirement() {
+    let t = tenant("hooli-iadvize");
+    let cc = GroupFact {
+        source: Some("okta".into()),
+        ..group("cc-managers-de")
+    };
+    let r = compute_tenant(
+        &t,
+        &[
+            user("both", vec![group("Customer Care Managers"), cc]),
+            user(
+                "out",
+                vec![GroupFact {
+                    external_id: Some("hooli-outsourcing-sup".into()),
+                    ..group("x")
+                }],
+            ),
+        ],
+    );
+    // manager_anonymized (20) beats manager (10): one role per user, loser explained.
+    assert_eq!(held(&r, "both"), ["manager_anonymized"]);
+    check_perms(
+        &r,
+        "both",
+        &["access_to_supervision_report", "access_to_reports"],
+        &["access_to_user_performance_data_in_reports"],
+    );
+    let why = explain(
+        &r,
+        "both",
+        Some(&PermissionId::from(
+            "access_to_user_performance_data_in_reports",
+        )),
+    )
+    .unwrap();
+    let text = why.to_string();
+    assert!(
+        text.contains(
+            "off in custom role 'manager_anonymized' (toggled by custom role 'manager_anonymized')"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("role 'manager' from rule 'managers'")
+            && text.contains("lost to custom role 'manager_anonymized'"),
+        "{text}"
+    );
+    check_perms(
+        &r,
+        "out",
+        &["access_to_reports", "access_to_people"],
+        &["access_to_website_sales_indicators", "access_to_automation"],
+    );
+    // A custom role without "access to reports" loses the Supervision report through `requires`.
+    let cat = std::fs::read_to_string(format!("{SHIPPED}/catalogs/iadvize.yaml")).unwrap();
+    let tenant_yaml = "catalog: iadvize\nrules:\n  - {match: {display_name: N}, assign: {custom_roles: [manager_no_automation_reports]}}\n";
+    let set = validate_sources(&[
+        ("m/catalogs/iadvize.yaml", cat.as_str()),
+        ("m/tenants/t.yaml", tenant_yaml),
+    ])
+    .unwrap();
+    let r = compute_tenant(
+        set.tenant(&TenantName::from("t")).unwrap(),
+        &[user("n", vec![group("N")])],
+    );
+    check_perms(
+        &r,
+        "n",
+        &["access_to_people"],
+        &[
+            "access_to_supervision_report",
+            "access_to_production_report",
+            "access_to_reports",
+        ],
+    );
+    let why = explain(
+        &r,
+        "n",
+        Some(&PermissionId::from("access_to_supervision_report")),
+    )
+    .unwrap();
+    assert!(
+        matches!(&why.permissions[0].why_not[0], WhyNot::MissingRequires { missing, .. } if missing == &[PermissionId::from("access_to_reports")])
+    );
+}
+
+#[test]
+fn haptik_flags_are_roles_of_their_own() {
+    let t = tenant("umbrella-haptik");
+    let tl = GroupFact {
+        source: Some("azure-ad".into()),
+        ..group("sac-tl-north")
+    };
+    let r = compute_tenant(
+        &t,
+        &[
+            user("tl", vec![group("Support Chat Agents"), tl]),
+            user("agent", vec![group("Support Chat Agents")]),
+        ],
+    );
+    // chat_agent offered twice: granted once, from the higher-priority team_leads rule.
+    let tl_eff = r.user("tl").unwrap();
+    let chat = tl_eff
+        .assignments
+        .iter()
+        .find(|a| a.target.id() == "chat_agent")
+        .unwrap();
+    assert!(
+        matches!(&chat.source, Source::Rule { rule, .. } if rule.id == Some(RuleId::from("team_leads")))
+    );
+    assert_eq!(chat.also_from.len(), 1);
+    check_perms(
+        &r,
+        "tl",
+        &[
+            "take_and_respond_to_chats",
+            "manage_teams",
+            "view_businesses_canned_responses_user_search",
+            "assign_chats_same_team",
+            "assign_chats_different_team",
+        ],
+        &[],
+    );
+    check_perms(
+        &r,
+        "agent",
+        &[
+            "take_and_respond_to_chats",
+            "inactive_auto_logout",
+            "assign_chats_same_team",
+        ],
+        &["manage_teams", "view_end_user_personal_details"],
+    );
+}
