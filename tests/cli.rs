@@ -89,10 +89,107 @@ async fn bad_input_is_one_line_and_non_zero() {
 async fn serve_defaults_create_a_sqlite_file_under_data() {
     let dir = std::env::temp_dir().join(crate::support::unique("rb-defaults"));
     std::fs::create_dir_all(&dir).unwrap();
-    let (mut child, addr) = spawn_server("", Some(&dir), &[]);
+    let mappings = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings");
+    let (mut child, addr) = spawn_server("", Some(&dir), &["--mappings", mappings]);
     let health = reqwest::get(format!("{addr}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
     assert!(dir.join("data/rolebridge.db").is_file());
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test]
+async fn mappings_validate_points_at_the_line() {
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings");
+    let (code, out, err) = cli("sqlite://unused.db", &["mappings", "validate", repo]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ok: 5 catalog(s), 5 tenant mapping(s)"),
+        "{out}"
+    );
+
+    let dir = std::env::temp_dir().join(crate::support::unique("rb-badmap"));
+    std::fs::create_dir_all(dir.join("catalogs")).unwrap();
+    std::fs::create_dir_all(dir.join("tenants")).unwrap();
+    std::fs::write(
+        dir.join("catalogs/c.yaml"),
+        "catalog:\n  id: c\n  name: C\npermissions:\n  - {id: a, description: A}\nroles:\n  - id: r\n    name: R\n    core: [a, nope]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("tenants/t.yaml"), "catalog: missing\nrules: []\n").unwrap();
+    let (code, _, err) = cli(
+        "sqlite://unused.db",
+        &["mappings", "validate", dir.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{err}");
+    let c = dir.join("catalogs/c.yaml").display().to_string();
+    let t = dir.join("tenants/t.yaml").display().to_string();
+    assert!(
+        err.contains(&format!("{c}:9:15: ")) && err.contains("'nope'"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{t}:1:10: ")) && err.contains("unknown catalog 'missing'"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn explain_text_and_json() {
+    use serde_json::json;
+    let srv = crate::support::TestServer::start_mapped(
+        Backend::Sqlite,
+        "catalog: gms\ndefault_role: designer\nrules:\n  - id: owners\n    match: {display_name: \"Owners\"}\n    assign: {roles: [owner]}\n",
+    )
+    .await;
+    let a = srv.user("first").await;
+    let b = srv.user("second").await;
+    let g = srv
+        .post("/Groups", json!({"schemas": [crate::support::GROUP], "displayName": "Owners", "members": [{"value": a}, {"value": b}]}))
+        .await;
+    assert_eq!(g.status, 201);
+    let dir = srv.mappings_dir();
+    let args = |extra: &[&str]| {
+        let mut v = vec![
+            "--mappings",
+            dir.to_str().unwrap(),
+            "explain",
+            "--tenant",
+            &srv.tenant,
+        ];
+        v.extend_from_slice(extra);
+        v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        cli(&srv.database_url, &refs)
+    };
+    let (code, out, err) = run(args(&[
+        "--user",
+        "first",
+        "--permission",
+        "invited_users_create",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Owners") && out.contains("owners") && out.contains("owner"),
+        "{out}"
+    );
+    let (code, out, err) = run(args(&[
+        "--user",
+        &b,
+        "--permission",
+        "invited_users_create",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["permissions"][0]["granted"], false, "{v}");
+    assert!(
+        out.contains("max_per_tenant") || out.contains("MaxPerTenant"),
+        "{out}"
+    );
+    let (code, _, err) = run(args(&["--user", "ghost"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("'ghost'"), "{err}");
 }

@@ -20,6 +20,8 @@ mod scim_bulk;
 // Exact request shapes of Microsoft Entra ID and Okta.
 mod idp_entra;
 mod idp_okta;
+// Effective permissions through the HTTP API, per catalog, and reload.
+mod permissions_api;
 // Acknowledged writes survive kill -9.
 mod durability;
 // scim2-tester conformance run against a fresh server.

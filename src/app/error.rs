@@ -37,6 +37,12 @@ pub enum Error {
     Forbidden(String),
     #[error("{0}")]
     Usage(String),
+    #[error("tenant '{0}' has no mapping file (mappings/tenants/{0}.yaml)")]
+    TenantNotMapped(String),
+    #[error("user '{0}' not found in this tenant")]
+    UnknownUser(String),
+    #[error("{0}")]
+    UnknownPermission(String),
     #[error(transparent)]
     Store(store::Error),
 }

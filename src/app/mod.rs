@@ -8,14 +8,18 @@
 
 mod bulk;
 mod error;
+mod permissions;
 mod resources;
 mod tokens;
 
 pub use crate::domain::{format_timestamp, now};
 pub use bulk::{BulkLimits, BULK_LIMITS};
 pub use error::Error;
+pub use permissions::{user_facts, Mappings, UserRef, SYNC_URN};
 pub use resources::{ListQuery, ListResult, Outcome, RequestContext, MAX_COUNT};
 pub use tokens::{hash_secret, Authenticated, NewToken};
+
+use std::sync::Arc;
 
 use crate::store::Store;
 
@@ -25,11 +29,24 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct App {
     pub store: Store,
+    /// The mapping files in force; swapped whole on reload.
+    pub mappings: Arc<Mappings>,
 }
 
 impl App {
+    /// An app with no mapping files: SCIM works, no tenant is mapped.
     pub fn new(store: Store) -> Self {
-        App { store }
+        App {
+            store,
+            mappings: Arc::new(Mappings::empty()),
+        }
+    }
+
+    pub fn with_mappings(store: Store, mappings: Mappings) -> Self {
+        App {
+            store,
+            mappings: Arc::new(mappings),
+        }
     }
 }
 

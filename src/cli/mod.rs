@@ -3,12 +3,12 @@
 
 mod bench;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::{now, App};
+use crate::app::{now, App, Mappings, UserRef};
 use crate::config::{Config, Overrides};
 use crate::domain::{Scope, TenantName};
 use crate::store::{self, Store};
@@ -49,8 +49,38 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Check mapping files.
+    #[command(subcommand)]
+    Mappings(MappingsCommand),
+    /// Explain a user's permissions: group -> rule -> role/profile -> permission.
+    Explain(ExplainArgs),
     /// Measure the service; prints figures.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingsCommand {
+    /// Validate every catalog and tenant file; print each error as
+    /// file:line:column and exit 1 on any.
+    Validate {
+        /// The mappings directory (default: --mappings, else ./mappings).
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[arg(long)]
+    pub tenant: String,
+    /// SCIM id or userName.
+    #[arg(long)]
+    pub user: String,
+    /// Explain only this permission (granted or not).
+    #[arg(long)]
+    pub permission: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +127,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Tenant(cmd) => tenant(&config, cmd).await,
         Command::Token(cmd) => token(&config, cmd).await,
+        Command::Mappings(MappingsCommand::Validate { dir }) => {
+            validate(dir.as_deref().unwrap_or(&config.mappings))
+        }
+        Command::Explain(args) => explain(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,
     }
 }
@@ -106,8 +140,61 @@ async fn open(config: &Config) -> anyhow::Result<App> {
     Ok(App::new(store))
 }
 
+/// Loads the mapping directory, refusing to go on with an invalid one.
+fn load_mappings(dir: &Path) -> anyhow::Result<Mappings> {
+    if !dir.is_dir() {
+        bail!("mappings directory '{}' does not exist", dir.display());
+    }
+    Mappings::load(dir).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!("{} error(s) in mappings '{}'", errors.len(), dir.display())
+    })
+}
+
+fn validate(dir: &Path) -> anyhow::Result<()> {
+    let set = load_mappings(dir)?.current();
+    println!(
+        "ok: {} catalog(s), {} tenant mapping(s) in {}",
+        set.catalogs().len(),
+        set.tenants().len(),
+        dir.display()
+    );
+    Ok(())
+}
+
+async fn explain(config: &Config, args: ExplainArgs) -> anyhow::Result<()> {
+    let store = Store::connect(&config.database_url).await?;
+    let app = App::with_mappings(store, load_mappings(&config.mappings)?);
+    let tenant = app.tenant(&TenantName::parse(&args.tenant)?).await?;
+    let (result, user_id) = match app
+        .permissions(&tenant, &UserRef::Id(args.user.clone()))
+        .await
+    {
+        Err(crate::app::Error::UnknownUser(_)) => {
+            app.permissions(&tenant, &UserRef::UserName(args.user.clone()))
+                .await?
+        }
+        other => other?,
+    };
+    let permission = match &args.permission {
+        Some(p) => Some(app.known_permission(&result, p)?),
+        None => None,
+    };
+    let explanation = mapping::explain(&result, &user_id, permission.as_ref())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    } else {
+        print!("{explanation}");
+    }
+    Ok(())
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = open(&config).await?;
+    let store = Store::connect(&config.database_url).await?;
+    let app = App::with_mappings(store, load_mappings(&config.mappings)?);
+    spawn_reload_on_sighup(app.clone());
     if config.redis_url.is_some() {
         tracing::warn!("--redis-url is set, but nothing uses Redis yet: the permissions cache arrives with the permissions API");
     }
@@ -126,6 +213,33 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await?;
     app.store.close().await;
     Ok(())
+}
+
+/// SIGHUP re-reads the mapping directory; an invalid edit is logged with
+/// every error and the mappings in force stay.
+fn spawn_reload_on_sighup(app: App) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::error!("cannot listen for SIGHUP; mapping reload is unavailable");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match app.reload_mappings() {
+                Ok(()) => tracing::info!("mappings reloaded"),
+                Err(errors) => {
+                    for e in &errors {
+                        tracing::error!(error = %e, "mapping reload rejected");
+                    }
+                    tracing::error!(
+                        count = errors.len(),
+                        "mappings unchanged: the edit is rejected whole"
+                    );
+                }
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

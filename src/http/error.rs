@@ -43,6 +43,9 @@ pub fn classify(err: &Error) -> (StatusCode, Option<&'static str>) {
         PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, None),
         Unauthorized => (StatusCode::UNAUTHORIZED, None),
         Forbidden(_) => (StatusCode::FORBIDDEN, None),
+        TenantNotMapped(_) => (StatusCode::CONFLICT, None),
+        UnknownUser(_) => (StatusCode::NOT_FOUND, None),
+        UnknownPermission(_) => (StatusCode::BAD_REQUEST, None),
         Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
     }
 }
@@ -76,6 +79,51 @@ pub fn body(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Value 
 /// route, unsupported method, oversized body).
 pub fn response(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Response {
     super::scim_json(status, &body(status, scim_type, detail))
+}
+
+/// A stable machine-readable code for the permissions API's JSON errors.
+pub fn code(err: &Error) -> &'static str {
+    use Error::*;
+    match err {
+        NotFound { .. } => "not_found",
+        TenantNotMapped(_) => "unknown_tenant",
+        UnknownUser(_) => "unknown_user",
+        UnknownPermission(_) => "unknown_permission",
+        Unauthorized => "unauthorized",
+        Forbidden(_) => "forbidden",
+        Store(_) => "internal",
+        PayloadTooLarge(_) => "payload_too_large",
+        _ => "invalid_request",
+    }
+}
+
+/// An error of the permissions API (`/api/v1`): plain JSON, not the SCIM
+/// error schema, because its clients are platforms, not SCIM clients.
+#[derive(Debug)]
+pub struct JsonApiError(pub Error);
+
+impl From<Error> for JsonApiError {
+    fn from(err: Error) -> Self {
+        JsonApiError(err)
+    }
+}
+
+impl IntoResponse for JsonApiError {
+    fn into_response(self) -> Response {
+        let (status, _) = classify(&self.0);
+        let message = if status.is_server_error() {
+            "internal error; see the server log".to_string()
+        } else {
+            self.0.to_string()
+        };
+        let body = json!({"error": {"status": status.as_u16(), "code": code(&self.0), "message": message}});
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status.is_server_error() {
+            resp.extensions_mut()
+                .insert(InternalError(format!("{:#}", anyhow::Error::from(self.0))));
+        }
+        resp
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -137,6 +185,23 @@ mod tests {
         check(Error::Unauthorized, 401, None);
         check(Error::Forbidden("x".into()), 403, None);
         check(Error::PayloadTooLarge("x".into()), 413, None);
+    }
+
+    #[test]
+    fn permission_api_errors_are_distinct() {
+        let cases = [
+            (Error::TenantNotMapped("t".into()), 409, "unknown_tenant"),
+            (Error::UnknownUser("u".into()), 404, "unknown_user"),
+            (
+                Error::UnknownPermission("p".into()),
+                400,
+                "unknown_permission",
+            ),
+        ];
+        for (err, status, c) in cases {
+            assert_eq!(classify(&err).0.as_u16(), status);
+            assert_eq!(code(&err), c);
+        }
     }
 
     #[test]

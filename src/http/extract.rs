@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use scim::ast::AttrPath;
 use serde_json::Value;
 
-use super::error::{self, ApiError};
-use crate::app::{App, Error, RequestContext};
+use super::error::{self, ApiError, JsonApiError};
+use crate::app::{App, Authenticated, Error, RequestContext};
 use crate::domain::Scope;
 
 /// A JSON request body. Unparsable JSON is 400 `invalidSyntax`; a body over
@@ -59,17 +59,7 @@ impl FromRequestParts<App> for ScimRequest {
             .await
             .map_err(|e| error::response(StatusCode::NOT_FOUND, None, &e.body_text()))?;
         let tenant = params.get("tenant").cloned().unwrap_or_default();
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .ok_or_else(|| ApiError(Error::Unauthorized).into_response())?;
-        let auth = app
-            .authenticate(bearer, &tenant, Scope::Scim)
+        let auth = authenticate(parts, app, &tenant, Scope::Scim)
             .await
             .map_err(|e| ApiError(e).into_response())?;
         let query = parse_query(parts.uri.query().unwrap_or(""));
@@ -92,6 +82,44 @@ impl FromRequestParts<App> for ScimRequest {
             attributes,
             excluded,
         }))
+    }
+}
+
+/// The bearer token of a request, checked for `scope` on `tenant`.
+async fn authenticate(
+    parts: &Parts,
+    app: &App,
+    tenant: &str,
+    scope: Scope,
+) -> Result<Authenticated, Error> {
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .ok_or(Error::Unauthorized)?;
+    app.authenticate(bearer, tenant, scope).await
+}
+
+/// A request to the permissions API: the tenant from the URL, checked
+/// against a token of scope `permissions`.
+pub struct PermissionsRequest(pub Authenticated);
+
+impl FromRequestParts<App> for PermissionsRequest {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let Path(params): Path<HashMap<String, String>> = Path::from_request_parts(parts, app)
+            .await
+            .map_err(|e| JsonApiError(Error::InvalidValue(e.body_text())).into_response())?;
+        let tenant = params.get("tenant").cloned().unwrap_or_default();
+        authenticate(parts, app, &tenant, Scope::Permissions)
+            .await
+            .map(PermissionsRequest)
+            .map_err(|e| JsonApiError(e).into_response())
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod error;
 mod extract;
+mod permissions_routes;
 mod scim_routes;
 
 use std::time::Duration;
@@ -34,7 +35,9 @@ pub const MAX_BODY: usize = crate::app::BULK_LIMITS.max_payload_size;
 pub fn router(app: App) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .nest("/scim/v2/{tenant}", scim_routes::routes())
+        .nest("/api/v1/tenants/{tenant}", permissions_routes::routes())
         .fallback(|| async { error::response(StatusCode::NOT_FOUND, None, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             error::response(
@@ -51,6 +54,26 @@ pub fn router(app: App) -> Router {
             Duration::from_secs(60),
         ))
         .with_state(app)
+}
+
+/// Prometheus text format. Refusals are a gauge: the refused assignments
+/// of each tenant's last permissions computation, by limit kind.
+async fn metrics(axum::extract::State(app): axum::extract::State<App>) -> Response {
+    let mut out = String::from(
+        "# HELP rolebridge_mapping_refusals Assignments that mapping conflicts or limits refused, by tenant and kind.\n\
+         # TYPE rolebridge_mapping_refusals gauge\n",
+    );
+    for ((tenant, kind), n) in app.mappings.refusal_gauge() {
+        out.push_str(&format!(
+            "rolebridge_mapping_refusals{{tenant=\"{tenant}\",kind=\"{kind}\"}} {n}\n"
+        ));
+    }
+    let mut resp = out.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
 }
 
 /// Logs the error text that [`error::ApiError`] attached to a 5xx response.

@@ -7,6 +7,7 @@
 //! there is no unscoped read or write of tenant data.
 
 mod columns;
+mod directory;
 mod error;
 mod resources;
 mod tenants;
@@ -19,6 +20,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use columns::Columns;
+pub use directory::{Directory, DirectoryGroup, DirectoryUser};
 pub use error::Error;
 pub use resources::{MemberRow, Page, StoredResource, WriteTx};
 pub use scim::sql::Dialect;

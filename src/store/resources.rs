@@ -598,7 +598,7 @@ fn resource_from_row(kind: ResourceKind, row: &AnyRow) -> Result<StoredResource>
     })
 }
 
-fn member_from_row(row: &AnyRow) -> Result<MemberRow> {
+pub(super) fn member_from_row(row: &AnyRow) -> Result<MemberRow> {
     Ok(MemberRow {
         group_id: row.try_get(0)?,
         member_id: row.try_get(1)?,

@@ -33,6 +33,26 @@ macro_rules! both_backends {
     };
 }
 
+/// Runs a test body once per backend, for tests that start their own server.
+#[macro_export]
+macro_rules! each_backend {
+    ($(#[$meta:meta])* async fn $name:ident($backend:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run($backend: $crate::support::Backend) $body
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run($crate::support::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run($crate::support::Backend::Postgres).await
+            }
+        }
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -167,10 +187,63 @@ impl Resp {
 
 impl TestServer {
     pub async fn start(backend: Backend) -> TestServer {
+        Self::start_inner(backend, None).await
+    }
+
+    /// A server whose mappings directory holds the shipped catalogs and
+    /// `tenant_yaml` as this test tenant's mapping file.
+    pub async fn start_mapped(backend: Backend, tenant_yaml: &str) -> TestServer {
+        Self::start_inner(backend, Some(tenant_yaml)).await
+    }
+
+    /// The mappings directory of a mapped server.
+    pub fn mappings_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir()
+            .join("rolebridge-tests")
+            .join(format!("{}-mappings", self.tenant))
+    }
+
+    /// A token of scope `permissions` for this tenant.
+    pub async fn permissions_token(&self) -> String {
+        let name = TenantName::parse(&self.tenant).expect("name");
+        self.app
+            .create_token(&name, Scope::Permissions)
+            .await
+            .expect("token")
+            .token
+            .expose()
+            .to_string()
+    }
+
+    async fn start_inner(backend: Backend, tenant_yaml: Option<&str>) -> TestServer {
         let database_url = fresh_database(backend).await;
         let store = Store::connect(&database_url).await.expect("connect store");
-        let app = App::new(store);
         let tenant = unique("tenant");
+        let app = match tenant_yaml {
+            None => App::new(store),
+            Some(yaml) => {
+                let dir = std::env::temp_dir()
+                    .join("rolebridge-tests")
+                    .join(format!("{tenant}-mappings"));
+                std::fs::create_dir_all(dir.join("catalogs")).expect("mkdir");
+                std::fs::create_dir_all(dir.join("tenants")).expect("mkdir");
+                let shipped =
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/catalogs");
+                for entry in std::fs::read_dir(shipped).expect("catalogs") {
+                    let path = entry.expect("entry").path();
+                    std::fs::copy(
+                        &path,
+                        dir.join("catalogs").join(path.file_name().expect("name")),
+                    )
+                    .expect("copy catalog");
+                }
+                std::fs::write(dir.join("tenants").join(format!("{tenant}.yaml")), yaml)
+                    .expect("write tenant mapping");
+                let mappings = rolebridge::app::Mappings::load(&dir)
+                    .unwrap_or_else(|e| panic!("test mapping invalid: {e:?}"));
+                App::with_mappings(store, mappings)
+            }
+        };
         let name = TenantName::parse(&tenant).expect("tenant name");
         app.store
             .create_tenant(&name, &rolebridge::app::now())

@@ -1,6 +1,6 @@
 //! The compile step: for each target a tenant can assign, the state of every permission its role lists,
 //! with the reason for that state. Owns `CompiledTarget`, `PermState` and `StateReason`; imports
-//! `catalog` and `tenant::Target`. Invariant: a state is decided in FORMAT.md's order (role default,
+//! `catalog` and `tenant::Target`. Invariant: a state is decided in mappings/README.md's order (role default,
 //! `account` from the tenant's `account_defaults`, then the derived role's toggles, then the profile's).
 
 use crate::catalog::{Catalog, DefaultState, Role, RoleKind};

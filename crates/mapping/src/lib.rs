@@ -1,5 +1,5 @@
 //! The mapping engine of rolebridge: role catalogs and tenant group-to-role mappings (`mappings/`,
-//! format in `mappings/FORMAT.md`), and the effective permissions computed from them.
+//! format in `mappings/README.md`), and the effective permissions computed from them.
 //!
 //! Layout, in data-flow order:
 //! - `raw`: YAML text to `Raw*` structs keeping every value's line:column (`marked-yaml`).

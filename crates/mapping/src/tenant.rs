@@ -73,7 +73,7 @@ impl CompiledTenant {
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.inner.catalog
     }
-    /// Assigned to every active user, below every rule (FORMAT.md `default_role`).
+    /// Assigned to every active user, below every rule (mappings/README.md `default_role`).
     pub fn default_role(&self) -> Option<&Target> {
         self.inner.default_role.as_ref().map(|(t, _)| t)
     }

@@ -1,5 +1,5 @@
 //! The validate step for catalogs, and the entry points that validate a whole mapping set. Owns the
-//! rules of FORMAT.md "Validation errors"; imports `raw`, `catalog`, `tenant`, `error`, `ids`.
+//! rules of mappings/README.md "Validation errors"; imports `raw`, `catalog`, `tenant`, `error`, `ids`.
 //! Invariant: validation collects every error of every file; a set with any error yields no
 //! `MappingSet`, so the service keeps its last good mappings.
 
@@ -15,7 +15,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Every catalog and tenant mapping of one mappings directory, all valid together.
-#[derive(Debug, Clone)]
+/// The default is the empty set: no tenant is mapped.
+#[derive(Debug, Clone, Default)]
 pub struct MappingSet {
     pub(crate) catalogs: BTreeMap<CatalogId, Arc<Catalog>>,
     pub(crate) tenants: BTreeMap<TenantName, CompiledTenant>,

@@ -1,0 +1,104 @@
+//! A tenant's whole directory in three queries (users, groups, membership
+//! edges), as input to the permissions computation.
+
+use serde_json::Value;
+use sqlx::Row;
+
+use super::{MemberRow, Result, Store};
+use crate::domain::TenantId;
+
+/// A user as the permissions computation needs it.
+#[derive(Debug, Clone)]
+pub struct DirectoryUser {
+    pub id: String,
+    pub user_name: String,
+    pub active: bool,
+    pub created: String,
+}
+
+/// A group as rules match it.
+#[derive(Debug, Clone)]
+pub struct DirectoryGroup {
+    pub id: String,
+    pub display_name: String,
+    pub external_id: Option<String>,
+    /// The group document, for attributes that directory sync records.
+    pub doc: Value,
+}
+
+/// Everything a tenant's permissions depend on in the store.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    pub users: Vec<DirectoryUser>,
+    pub groups: Vec<DirectoryGroup>,
+    pub edges: Vec<MemberRow>,
+}
+
+impl Store {
+    /// Reads the tenant's users, groups and memberships. Runs in one
+    /// repeatable-read snapshot on PostgreSQL (one read transaction on
+    /// SQLite), so the three lists agree with each other.
+    pub async fn directory(&self, tenant: TenantId) -> Result<Directory> {
+        let mut tx = self.pool.begin().await?;
+        if self.dialect == super::Dialect::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let t = tenant.to_string();
+        let users = sqlx::query(
+            "SELECT id, user_name, active, created FROM scim_users WHERE tenant_id = $1 ORDER BY created, id",
+        )
+        .bind(&t)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(DirectoryUser {
+                id: r.try_get(0)?,
+                user_name: r.try_get(1)?,
+                active: r.try_get::<i64, _>(2)? != 0,
+                created: r.try_get(3)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let groups = sqlx::query(
+            "SELECT id, display_name, external_id, data FROM scim_groups WHERE tenant_id = $1 ORDER BY created, id",
+        )
+        .bind(&t)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            let id: String = r.try_get(0)?;
+            let data: String = r.try_get(3)?;
+            let doc = serde_json::from_str(&data).map_err(|source| super::Error::Corrupt {
+                kind: "Group",
+                id: id.clone(),
+                source,
+            })?;
+            Ok(DirectoryGroup {
+                id,
+                display_name: r.try_get(1)?,
+                external_id: r.try_get(2)?,
+                doc,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let edges = sqlx::query(
+            "SELECT group_id, member_id, member_type FROM group_members WHERE tenant_id = $1 ORDER BY group_id, member_id",
+        )
+        .bind(&t)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(super::resources::member_from_row)
+        .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(Directory {
+            users,
+            groups,
+            edges,
+        })
+    }
+}
