@@ -42,6 +42,21 @@ impl App {
         }
     }
 
+    /// App-level metrics (mapping refusals, cache) in Prometheus text
+    /// format, for `/metrics` to append to the HTTP metrics.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::from(
+            "# HELP rolebridge_mapping_refusals Assignments that mapping limits refused, by tenant and kind.\n\
+             # TYPE rolebridge_mapping_refusals gauge\n",
+        );
+        for ((tenant, kind), n) in self.mappings.refusal_gauge() {
+            out.push_str(&format!(
+                "rolebridge_mapping_refusals{{tenant=\"{tenant}\",kind=\"{kind}\"}} {n}\n"
+            ));
+        }
+        out
+    }
+
     pub fn with_mappings(store: Store, mappings: Mappings) -> Self {
         App {
             store,

@@ -56,19 +56,9 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-/// Prometheus text format. Refusals are a gauge: the refused assignments
-/// of each tenant's last permissions computation, by limit kind.
+/// Prometheus text format.
 async fn metrics(axum::extract::State(app): axum::extract::State<App>) -> Response {
-    let mut out = String::from(
-        "# HELP rolebridge_mapping_refusals Assignments that mapping conflicts or limits refused, by tenant and kind.\n\
-         # TYPE rolebridge_mapping_refusals gauge\n",
-    );
-    for ((tenant, kind), n) in app.mappings.refusal_gauge() {
-        out.push_str(&format!(
-            "rolebridge_mapping_refusals{{tenant=\"{tenant}\",kind=\"{kind}\"}} {n}\n"
-        ));
-    }
-    let mut resp = out.into_response();
+    let mut resp = app.metrics_text().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
