@@ -1,7 +1,9 @@
 //! Typed configuration, loaded once: command-line flags and environment
 //! variables (through clap) over an optional TOML file over defaults.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -10,6 +12,16 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/rolebridge.db";
 pub const DEFAULT_MAPPINGS: &str = "./mappings";
+
+/// Provisioning quotas (`[rate_limit]`). An identity provider's initial sync
+/// sends a few hundred requests a second at most; these defaults leave it
+/// room and stop only a runaway client.
+pub const DEFAULT_PER_TENANT_PER_SECOND: u32 = 500;
+pub const DEFAULT_PER_TENANT_BURST: u32 = 1000;
+pub const DEFAULT_PER_TOKEN_PER_SECOND: u32 = 500;
+pub const DEFAULT_PER_TOKEN_BURST: u32 = 1000;
+/// Requests served at once (`[http] max_in_flight`); more are shed with 503.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 
 /// The settings every subcommand shares.
 #[derive(Debug, Clone)]
@@ -20,6 +32,80 @@ pub struct Config {
     pub mappings: PathBuf,
     /// `[[source]]` tables, kept for the directory-sync framework.
     pub sources: Vec<toml::Table>,
+    /// Quotas and limits of the HTTP edge (`[rate_limit]`, `[http]`).
+    pub http: HttpSettings,
+}
+
+/// What the HTTP edge needs from the configuration: plain validated values,
+/// so `http::router_with` can be driven by tests without a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub rate_limit: RateLimitSettings,
+    /// Requests processed at once across the SCIM and permissions APIs.
+    pub max_in_flight: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            rate_limit: RateLimitSettings::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+impl Quota {
+    /// A quota from plain numbers; `None` if either is zero.
+    pub fn new(per_second: u32, burst: u32) -> Option<Quota> {
+        Some(Quota {
+            per_second: NonZeroU32::new(per_second)?,
+            burst: NonZeroU32::new(burst)?,
+        })
+    }
+}
+
+/// The two quotas a SCIM request is held to: its tenant's and its token's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantQuotas {
+    pub tenant: Quota,
+    pub token: Quota,
+}
+
+/// Provisioning quotas: one default for every tenant, and overrides by
+/// tenant name from `[rate_limit.tenants.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    pub default: TenantQuotas,
+    pub tenants: BTreeMap<String, TenantQuotas>,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        let quota = |per_second, burst| {
+            Quota::new(per_second, burst).expect("the default quotas are non-zero constants")
+        };
+        RateLimitSettings {
+            default: TenantQuotas {
+                tenant: quota(DEFAULT_PER_TENANT_PER_SECOND, DEFAULT_PER_TENANT_BURST),
+                token: quota(DEFAULT_PER_TOKEN_PER_SECOND, DEFAULT_PER_TOKEN_BURST),
+            },
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+impl RateLimitSettings {
+    /// The quotas in force for a tenant.
+    pub fn for_tenant(&self, name: &str) -> &TenantQuotas {
+        self.tenants.get(name).unwrap_or(&self.default)
+    }
 }
 
 /// Values given on the command line or in the environment; `None` falls
@@ -42,6 +128,90 @@ struct FileConfig {
     mappings: Option<PathBuf>,
     #[serde(default)]
     source: Vec<toml::Table>,
+    #[serde(default)]
+    rate_limit: RawRateLimit,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+/// `[rate_limit]` as written; zeros are refused by [`RawRateLimit::validate`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_tenant_per_second: Option<u32>,
+    per_tenant_burst: Option<u32>,
+    per_token_per_second: Option<u32>,
+    per_token_burst: Option<u32>,
+    #[serde(default)]
+    tenants: BTreeMap<String, RawQuotas>,
+}
+
+/// `[rate_limit.tenants.NAME]`: the same keys; a missing one keeps the
+/// `[rate_limit]` value.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuotas {
+    per_tenant_per_second: Option<u32>,
+    per_tenant_burst: Option<u32>,
+    per_token_per_second: Option<u32>,
+    per_token_burst: Option<u32>,
+}
+
+/// `[http]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    max_in_flight: Option<usize>,
+}
+
+impl RawQuotas {
+    /// These quotas over `base`; `table` names the TOML table in errors.
+    fn resolve(&self, base: &TenantQuotas, table: &str) -> Result<TenantQuotas, String> {
+        let pick = |value: Option<u32>, fallback: NonZeroU32, key: &str| match value {
+            None => Ok(fallback),
+            Some(v) => {
+                NonZeroU32::new(v).ok_or_else(|| format!("{table}.{key} must be at least 1, got 0"))
+            }
+        };
+        Ok(TenantQuotas {
+            tenant: Quota {
+                per_second: pick(
+                    self.per_tenant_per_second,
+                    base.tenant.per_second,
+                    "per_tenant_per_second",
+                )?,
+                burst: pick(self.per_tenant_burst, base.tenant.burst, "per_tenant_burst")?,
+            },
+            token: Quota {
+                per_second: pick(
+                    self.per_token_per_second,
+                    base.token.per_second,
+                    "per_token_per_second",
+                )?,
+                burst: pick(self.per_token_burst, base.token.burst, "per_token_burst")?,
+            },
+        })
+    }
+}
+
+impl RawRateLimit {
+    fn validate(self) -> Result<RateLimitSettings, String> {
+        let defaults = RateLimitSettings::default();
+        let default = RawQuotas {
+            per_tenant_per_second: self.per_tenant_per_second,
+            per_tenant_burst: self.per_tenant_burst,
+            per_token_per_second: self.per_token_per_second,
+            per_token_burst: self.per_token_burst,
+        }
+        .resolve(&defaults.default, "rate_limit")?;
+        let mut tenants = BTreeMap::new();
+        for (name, raw) in self.tenants {
+            let table = format!("rate_limit.tenants.{name}");
+            crate::domain::TenantName::parse(&name).map_err(|e| format!("[{table}]: {e}"))?;
+            tenants.insert(name, raw.resolve(&default, &table)?);
+        }
+        Ok(RateLimitSettings { default, tenants })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +225,8 @@ pub enum Error {
     Parse { path: String, message: String },
     #[error("invalid listen address '{0}': expected HOST:PORT such as 127.0.0.1:8080")]
     Listen(String),
+    #[error("config file '{path}': {message}")]
+    Invalid { path: String, message: String },
 }
 
 impl Config {
@@ -86,6 +258,20 @@ impl Config {
         let listen = listen_raw
             .parse()
             .map_err(|_| Error::Listen(listen_raw.clone()))?;
+        let invalid = |message: String| Error::Invalid {
+            path: file.map(|p| p.display().to_string()).unwrap_or_default(),
+            message,
+        };
+        let rate_limit = file_cfg.rate_limit.validate().map_err(invalid)?;
+        let max_in_flight = match file_cfg.http.max_in_flight {
+            None => DEFAULT_MAX_IN_FLIGHT,
+            Some(0) => {
+                return Err(invalid(
+                    "http.max_in_flight must be at least 1, got 0".into(),
+                ))
+            }
+            Some(n) => n,
+        };
         Ok(Config {
             listen,
             database_url: over
@@ -98,6 +284,10 @@ impl Config {
                 .or(file_cfg.mappings)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_MAPPINGS)),
             sources: file_cfg.source,
+            http: HttpSettings {
+                rate_limit,
+                max_in_flight,
+            },
         })
     }
 }
@@ -127,6 +317,59 @@ mod tests {
         assert_eq!(c.database_url, "postgres://h/db");
         assert_eq!(c.mappings, PathBuf::from(DEFAULT_MAPPINGS));
         assert_eq!(c.sources.len(), 1);
+    }
+
+    #[test]
+    fn rate_limits_default_and_override_per_tenant() {
+        let c = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(c.http, HttpSettings::default());
+        assert_eq!(c.http.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+        let p = write(
+            "[http]\nmax_in_flight = 8\n[rate_limit]\nper_tenant_per_second = 20\nper_token_burst = 7\n\
+             [rate_limit.tenants.acme]\nper_tenant_burst = 3\n",
+        );
+        let c = Config::load(Some(&p), Overrides::default()).unwrap();
+        let rl = &c.http.rate_limit;
+        assert_eq!(c.http.max_in_flight, 8);
+        assert_eq!(
+            rl.default.tenant,
+            Quota::new(20, DEFAULT_PER_TENANT_BURST).unwrap()
+        );
+        assert_eq!(
+            rl.default.token,
+            Quota::new(DEFAULT_PER_TOKEN_PER_SECOND, 7).unwrap()
+        );
+        // The override inherits what it does not set from [rate_limit].
+        assert_eq!(rl.for_tenant("acme").tenant, Quota::new(20, 3).unwrap());
+        assert_eq!(rl.for_tenant("acme").token, rl.default.token);
+        assert_eq!(rl.for_tenant("other"), &rl.default);
+    }
+
+    #[test]
+    fn bad_rate_limits_give_one_line() {
+        for (text, needle) in [
+            (
+                "[rate_limit]\nper_tenant_burst = 0\n",
+                "rate_limit.per_tenant_burst must be at least 1",
+            ),
+            (
+                "[rate_limit.tenants.acme]\nper_token_per_second = 0\n",
+                "rate_limit.tenants.acme.per_token_per_second must be at least 1",
+            ),
+            ("[rate_limit.tenants.\"Bad Name\"]\n", "Bad Name"),
+            ("[rate_limit]\nburst = 3\n", "burst"),
+            (
+                "[http]\nmax_in_flight = 0\n",
+                "http.max_in_flight must be at least 1",
+            ),
+            ("[rate_limit]\nper_tenant_burst = -1\n", "per_tenant_burst"),
+        ] {
+            let err = Config::load(Some(&write(text)), Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 
     #[test]

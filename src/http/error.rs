@@ -81,6 +81,64 @@ pub fn response(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Re
     super::scim_json(status, &body(status, scim_type, detail))
 }
 
+/// 429 for a request over a provisioning quota (RFC 6585 §4): a SCIM error
+/// without `scimType` (RFC 7644 §3.12 defines none for 429) and
+/// `Retry-After` in whole seconds.
+pub fn too_many_requests(retry_after_secs: u64) -> Response {
+    let mut resp = response(
+        StatusCode::TOO_MANY_REQUESTS,
+        None,
+        &format!("request rate over quota; retry after {retry_after_secs} s"),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    resp
+}
+
+/// 503 for a request shed by the in-flight cap, in the format of the API
+/// that `path` addresses, with `Retry-After: 1`.
+pub fn overloaded(path: &str) -> Response {
+    let detail = "server busy: too many requests in flight; retry shortly";
+    let mut resp = if path.starts_with("/api/") {
+        json_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", detail)
+    } else {
+        response(StatusCode::SERVICE_UNAVAILABLE, None, detail)
+    };
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+    resp
+}
+
+/// A generic 500 for a failure outside any handler; `error` rides along for
+/// the logging middleware.
+pub fn internal(path: &str, error: &str) -> Response {
+    let detail = "internal error; see the server log";
+    let mut resp = if path.starts_with("/api/") {
+        json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    } else {
+        response(StatusCode::INTERNAL_SERVER_ERROR, None, detail)
+    };
+    resp.extensions_mut()
+        .insert(InternalError(error.to_string()));
+    resp
+}
+
+/// `/readyz` when a dependency does not answer: 503 naming the dependency
+/// only; the probe is unauthenticated, so the error itself goes to the log.
+pub fn not_ready(dependency: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"status": "unavailable", "failing": dependency})),
+    )
+        .into_response()
+}
+
+/// The permissions API's error body, `{"error": {status, code, message}}`.
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({"error": {"status": status.as_u16(), "code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
+}
+
 /// A stable machine-readable code for the permissions API's JSON errors.
 pub fn code(err: &Error) -> &'static str {
     use Error::*;
@@ -116,8 +174,7 @@ impl IntoResponse for JsonApiError {
         } else {
             self.0.to_string()
         };
-        let body = json!({"error": {"status": status.as_u16(), "code": code(&self.0), "message": message}});
-        let mut resp = (status, axum::Json(body)).into_response();
+        let mut resp = json_error(status, code(&self.0), &message);
         if status.is_server_error() {
             resp.extensions_mut()
                 .insert(InternalError(format!("{:#}", anyhow::Error::from(self.0))));
@@ -185,6 +242,20 @@ mod tests {
         check(Error::Unauthorized, 401, None);
         check(Error::Forbidden("x".into()), 403, None);
         check(Error::PayloadTooLarge("x".into()), 413, None);
+    }
+
+    #[test]
+    fn load_errors_answer_in_the_format_of_their_api() {
+        let resp = too_many_requests(3);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], crate::http::SCIM_JSON);
+        let scim = overloaded("/scim/v2/acme/Users");
+        assert_eq!(scim.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(scim.headers()[header::CONTENT_TYPE], crate::http::SCIM_JSON);
+        assert_eq!(scim.headers()[header::RETRY_AFTER], "1");
+        let api = overloaded("/api/v1/tenants/acme/check");
+        assert_eq!(api.headers()[header::CONTENT_TYPE], "application/json");
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Extractors that replace axum's rejections with SCIM errors: a malformed
 //! or oversized body, a bad token or a bad query parameter all answer in the
-//! SCIM error format.
+//! SCIM error format. Authentication, and the provisioning quotas that
+//! depend on who is asking, happen here before any handler runs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +16,8 @@ use scim::ast::AttrPath;
 use serde_json::Value;
 
 use super::error::{self, ApiError, JsonApiError};
+use super::limits::{self, RateLimits};
+use super::metrics::{self, HttpMetrics};
 use crate::app::{App, Authenticated, Error, RequestContext};
 use crate::domain::Scope;
 
@@ -62,6 +66,7 @@ impl FromRequestParts<App> for ScimRequest {
         let auth = authenticate(parts, app, &tenant, Scope::Scim)
             .await
             .map_err(|e| ApiError(e).into_response())?;
+        admit(parts, &auth).map_err(error::too_many_requests)?;
         let query = parse_query(parts.uri.query().unwrap_or(""));
         let attributes = attr_list(query.get("attributes"));
         let excluded = attr_list(query.get("excludedAttributes"));
@@ -83,6 +88,40 @@ impl FromRequestParts<App> for ScimRequest {
             excluded,
         }))
     }
+}
+
+/// Holds an authenticated provisioning request to its token's and tenant's
+/// quotas and counts it as a SCIM operation; when over either, the error is
+/// the `Retry-After` in seconds, for [`error::too_many_requests`]. Every
+/// extractor of a quota-bound API calls it right after authentication; the
+/// permissions API's does not. The router puts [`RateLimits`] and
+/// [`HttpMetrics`] in the request extensions; a router built without them
+/// (none is) would admit everything.
+fn admit(parts: &Parts, auth: &Authenticated) -> Result<(), u64> {
+    let tenant = auth.tenant.name.as_str();
+    let metrics = parts.extensions.get::<Arc<HttpMetrics>>();
+    if let Some(limits) = parts.extensions.get::<Arc<RateLimits>>() {
+        if let Err(refused) = limits.admit(auth.tenant.id, tenant, &auth.token_id) {
+            if let Some(m) = metrics {
+                m.rate_limited(tenant, refused.bucket.as_str());
+            }
+            tracing::debug!(
+                tenant,
+                token_id = %auth.token_id,
+                bucket = refused.bucket.as_str(),
+                "request over quota"
+            );
+            return Err(limits::retry_after_secs(refused.retry_after));
+        }
+    }
+    if let Some(m) = metrics {
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str);
+        m.scim_operation(tenant, &metrics::scim_operation(&parts.method, route));
+    }
+    Ok(())
 }
 
 /// The bearer token of a request, checked for `scope` on `tenant`.

@@ -1,5 +1,6 @@
-//! The HTTP edge: axum router, authentication, body limits, and the mapping
-//! between SCIM wire requests and `app` calls.
+//! The HTTP edge: axum router, authentication, quotas and load limits, body
+//! limits, metrics and probes, and the mapping between SCIM wire requests
+//! and `app` calls.
 //!
 //! May use: `app`, `scim`, `domain`. Invariant: never touches the store or
 //! SQL; it is the only module that knows HTTP status codes and the SCIM error
@@ -7,22 +8,30 @@
 
 pub mod error;
 mod extract;
+pub mod limits;
+pub mod metrics;
 mod permissions_routes;
 mod scim_routes;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::DefaultBodyLimit;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
-use serde_json::Value;
-use tower_http::trace::TraceLayer;
+use axum::{Extension, Router};
+use serde_json::{json, Value};
+use tower::ServiceBuilder;
+use tower_http::trace::{DefaultMakeSpan, TraceLayer};
 
 use crate::app::App;
+pub use crate::config::HttpSettings;
+use limits::RateLimits;
+use metrics::HttpMetrics;
 
 /// The SCIM media type (RFC 7644 §3.1).
 pub const SCIM_JSON: &str = "application/scim+json";
@@ -31,13 +40,41 @@ pub const SCIM_JSON: &str = "application/scim+json";
 /// which ServiceProviderConfig advertises as `bulk.maxPayloadSize`.
 pub const MAX_BODY: usize = crate::app::BULK_LIMITS.max_payload_size;
 
-/// The whole HTTP API.
+/// How long `/readyz` waits for the store before answering 503.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The whole HTTP API with the default quotas and limits.
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
+    router_with(app, HttpSettings::default())
+}
+
+/// The whole HTTP API with the given quotas and limits.
+///
+/// Layers, outermost first: metrics (so they see every final status,
+/// including 408, 413, 429 and 503), tracing, the 60 s timeout, then, for
+/// the SCIM and permissions APIs only, the in-flight cap. Probes and
+/// `/metrics` stay outside the cap so that an overloaded service still
+/// answers its monitoring. Provisioning quotas are enforced after
+/// authentication, in `extract::ScimRequest` (see [`limits`]).
+pub fn router_with(app: App, settings: HttpSettings) -> Router {
+    let http_metrics = Arc::new(HttpMetrics::new());
+    let rate_limits = Arc::new(RateLimits::new(&settings.rate_limit));
+    let apis = Router::new()
         .nest("/scim/v2/{tenant}", scim_routes::routes())
         .nest("/api/v1/tenants/{tenant}", permissions_routes::routes())
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(limits::shed))
+                .layer(tower::load_shed::LoadShedLayer::new())
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    settings.max_in_flight,
+                )),
+        );
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .merge(apis)
         .fallback(|| async { error::response(StatusCode::NOT_FOUND, None, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             error::response(
@@ -48,22 +85,54 @@ pub fn router(app: App) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(log_internal_errors))
-        .layer(TraceLayer::new_for_http())
+        .layer(Extension(rate_limits))
+        .layer(Extension(http_metrics.clone()))
+        // Spans carry method, URI and version only: request headers hold
+        // bearer tokens, so they are never recorded, at any log level.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().include_headers(false)),
+        )
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(60),
         ))
+        .layer(middleware::from_fn_with_state(http_metrics, metrics::track))
         .with_state(app)
 }
 
-/// Prometheus text format.
-async fn metrics(axum::extract::State(app): axum::extract::State<App>) -> Response {
-    let mut resp = app.metrics_text().into_response();
+/// Prometheus text format: the HTTP metrics, then the application's.
+async fn metrics_text(
+    State(app): State<App>,
+    Extension(http_metrics): Extension<Arc<HttpMetrics>>,
+) -> Response {
+    let mut text = http_metrics.render();
+    text.push_str(&app.metrics_text());
+    let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     resp
+}
+
+/// Readiness: 200 once the store (and Redis, when configured) answers
+/// within [`READY_TIMEOUT`], else 503 naming the failing dependency.
+async fn readyz(State(app): State<App>) -> Response {
+    match tokio::time::timeout(READY_TIMEOUT, app.ready()).await {
+        Ok(Ok(())) => axum::Json(json!({"status": "ready"})).into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready");
+            error::not_ready(
+                e.split_once(':')
+                    .map_or(e.as_str(), |(dependency, _)| dependency),
+            )
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?READY_TIMEOUT, "readiness check timed out");
+            error::not_ready("timeout")
+        }
+    }
 }
 
 /// Logs the error text that [`error::ApiError`] attached to a 5xx response.
