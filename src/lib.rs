@@ -15,6 +15,7 @@
 )]
 
 pub mod app;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod domain;

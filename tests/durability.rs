@@ -57,8 +57,15 @@ pub fn spawn_server(db: &str, cwd: Option<&std::path::Path>, extra: &[&str]) -> 
             Some(Ok(line)) => {
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let addr = addr.trim().to_string();
-                    // Keep draining stderr so the server never blocks on it.
-                    std::thread::spawn(move || for _ in lines {});
+                    // Keep draining stderr so the server never blocks on it;
+                    // errors are echoed so a failing test shows the cause.
+                    std::thread::spawn(move || {
+                        for line in lines.map_while(Result::ok) {
+                            if line.contains("ERROR") {
+                                eprintln!("server: {line}");
+                            }
+                        }
+                    });
                     return (child, addr);
                 }
             }

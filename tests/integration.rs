@@ -22,7 +22,13 @@ mod idp_entra;
 mod idp_okta;
 // Effective permissions through the HTTP API, per catalog, and reload.
 mod permissions_api;
+// The permissions cache: Redis, invalidation, revocation cycles, outages.
+mod cache;
 // Acknowledged writes survive kill -9.
 mod durability;
 // scim2-tester conformance run against a fresh server.
 mod conformance;
+// Provisioning quotas (429, Retry-After, per tenant and token) and the in-flight cap.
+mod rate_limits;
+// /metrics per route template, /readyz, JSON logs without tokens.
+mod observability;

@@ -15,7 +15,9 @@ mod tokens;
 pub use crate::domain::{format_timestamp, now};
 pub use bulk::{BulkLimits, BULK_LIMITS};
 pub use error::Error;
-pub use permissions::{user_facts, Mappings, UserRef, SYNC_URN};
+pub use permissions::{
+    user_facts, LoadedMappings, Mappings, PermissionCache, Summary, SummaryUser, UserRef, SYNC_URN,
+};
 pub use resources::{ListQuery, ListResult, Outcome, RequestContext, MAX_COUNT};
 pub use tokens::{hash_secret, Authenticated, NewToken};
 
@@ -31,6 +33,8 @@ pub struct App {
     pub store: Store,
     /// The mapping files in force; swapped whole on reload.
     pub mappings: Arc<Mappings>,
+    /// Effective-permission caches (in-process, and Redis when configured).
+    pub cache: Arc<PermissionCache>,
 }
 
 impl App {
@@ -39,7 +43,18 @@ impl App {
         App {
             store,
             mappings: Arc::new(Mappings::empty()),
+            cache: Arc::new(PermissionCache::default()),
         }
+    }
+
+    /// Readiness: the store answers (and Redis, when configured). The error
+    /// says which dependency failed, without secrets.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.store.ping().await.map_err(|e| format!("store: {e}"))?;
+        if let Some(redis) = &self.cache.redis {
+            redis.ping().await.map_err(|e| format!("redis: {e}"))?;
+        }
+        Ok(())
     }
 
     /// App-level metrics (mapping refusals, cache) in Prometheus text
@@ -54,6 +69,46 @@ impl App {
                 "rolebridge_mapping_refusals{{tenant=\"{tenant}\",kind=\"{kind}\"}} {n}\n"
             ));
         }
+        let m = &self.cache.metrics;
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        for (name, help, value) in [
+            (
+                "rolebridge_cache_hits_total{layer=\"local\"}",
+                "Permission lookups answered from a cache.",
+                read(&m.local_hits),
+            ),
+            (
+                "rolebridge_cache_hits_total{layer=\"redis\"}",
+                "",
+                read(&m.redis_hits),
+            ),
+            (
+                "rolebridge_cache_misses_total",
+                "Permission lookups that had to compute.",
+                read(&m.misses),
+            ),
+            (
+                "rolebridge_cache_computes_total",
+                "Tenant permission computations.",
+                read(&m.computes),
+            ),
+            (
+                "rolebridge_cache_invalidations_total",
+                "In-process entries replaced by a newer tenant version.",
+                read(&m.invalidations),
+            ),
+            (
+                "rolebridge_redis_errors_total",
+                "Redis calls that failed or timed out.",
+                read(&m.redis_errors),
+            ),
+        ] {
+            let base = name.split('{').next().unwrap_or(name);
+            if !help.is_empty() {
+                out.push_str(&format!("# HELP {base} {help}\n# TYPE {base} counter\n"));
+            }
+            out.push_str(&format!("{name} {value}\n"));
+        }
         out
     }
 
@@ -61,7 +116,35 @@ impl App {
         App {
             store,
             mappings: Arc::new(mappings),
+            cache: Arc::new(PermissionCache::default()),
         }
+    }
+
+    /// Reads bypass the in-process cache (benchmarks of the Redis path).
+    pub fn without_local_cache_reads(self) -> Self {
+        let redis = Arc::try_unwrap(self.cache).map(|c| c.redis).unwrap_or(None);
+        App {
+            cache: Arc::new(PermissionCache {
+                redis,
+                skip_local: true,
+                ..PermissionCache::default()
+            }),
+            ..self
+        }
+    }
+
+    /// Shares cached permissions through Redis at `url`, under `prefix`.
+    /// Only the URL is checked here: the service starts, and answers from
+    /// the store, while Redis is down.
+    pub fn with_redis(self, url: &str, prefix: &str) -> Result<Self, crate::cache::RedisError> {
+        let redis = crate::cache::RedisCache::new(url, prefix)?;
+        Ok(App {
+            cache: Arc::new(PermissionCache {
+                redis: Some(redis),
+                ..PermissionCache::default()
+            }),
+            ..self
+        })
     }
 }
 

@@ -1,5 +1,12 @@
 //! Effective permissions: the tenant's directory from the store, the
-//! tenant's compiled mapping, and `mapping::compute_tenant` over them.
+//! tenant's compiled mapping, and `mapping::compute_tenant` over them, behind
+//! the caches.
+//!
+//! Correctness of the cache rests on one read per check: the tenant's epoch
+//! from the database (bumped in the same transaction as every write). The
+//! cache key holds that epoch and the mapping fingerprint, so an entry from
+//! before a committed write or a mapping reload is never used after it, in
+//! this process or any other sharing the database.
 //!
 //! The mapping set in force is swapped whole on reload: an invalid edit is
 //! rejected with every error and the last good set stays (see
@@ -9,19 +16,34 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use mapping::{GroupFact, MappingError, MappingSet, PermissionId, TenantResult, UserFact};
+use mapping::{
+    CompiledTenant, EffectivePermissions, GroupFact, MappingError, MappingSet, PermissionId,
+    Target, TenantResult, UserFact,
+};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::{App, Error, Result};
+use crate::cache::{user_key, CacheMetrics, Version};
 use crate::domain::Tenant;
 use crate::store::Directory;
+
+/// A validated mapping set and the fingerprint of the files it came from.
+pub struct LoadedMappings {
+    pub set: MappingSet,
+    /// SHA-256 (first 16 hex digits) over every file's path and content:
+    /// part of every cache key, so replicas with different mappings never
+    /// share entries.
+    pub fingerprint: String,
+}
 
 /// The mapping files in force and where they come from.
 pub struct Mappings {
     /// The directory reloads read; `None` for an app built without one.
     dir: Option<PathBuf>,
     /// The last set that validated whole.
-    current: RwLock<Arc<MappingSet>>,
+    current: RwLock<Arc<LoadedMappings>>,
     /// Refused assignments per (tenant, limit kind), from the last
     /// computation of each tenant: the `rolebridge_mapping_refusals` gauge.
     refusals: Mutex<BTreeMap<(String, String), usize>>,
@@ -32,7 +54,10 @@ impl Mappings {
     pub fn empty() -> Self {
         Mappings {
             dir: None,
-            current: RwLock::new(Arc::new(MappingSet::default())),
+            current: RwLock::new(Arc::new(LoadedMappings {
+                set: MappingSet::default(),
+                fingerprint: "none".into(),
+            })),
             refusals: Mutex::new(BTreeMap::new()),
         }
     }
@@ -40,15 +65,14 @@ impl Mappings {
     /// Loads and validates `dir`; every error is returned, nothing is loaded
     /// on any error.
     pub fn load(dir: &Path) -> Result<Self, Vec<MappingError>> {
-        let set = mapping::validate_dir(dir)?;
         Ok(Mappings {
             dir: Some(dir.to_path_buf()),
-            current: RwLock::new(Arc::new(set)),
+            current: RwLock::new(Arc::new(read_dir(dir)?)),
             refusals: Mutex::new(BTreeMap::new()),
         })
     }
 
-    pub fn current(&self) -> Arc<MappingSet> {
+    pub fn current(&self) -> Arc<LoadedMappings> {
         match self.current.read() {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -61,11 +85,112 @@ impl Mappings {
     }
 }
 
+/// Reads `catalogs/*.yaml` and `tenants/*.yaml` once, fingerprints exactly
+/// the bytes read, and validates those same bytes (so the fingerprint can
+/// never describe another version of a file than the one validated).
+fn read_dir(dir: &Path) -> Result<LoadedMappings, Vec<MappingError>> {
+    let mut files: Vec<(String, String)> = Vec::new();
+    let mut errors = Vec::new();
+    for sub in ["catalogs", "tenants"] {
+        let folder = dir.join(sub);
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
+            match std::fs::read_to_string(&path) {
+                Ok(text) => files.push((path.display().to_string(), text)),
+                Err(e) => errors.push(path.display().to_string() + ": " + &e.to_string()),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        // Unreadable files: let the crate's own loader report them with its
+        // error type and positions.
+        return mapping::validate_dir(dir).map(|set| LoadedMappings {
+            set,
+            fingerprint: "unreadable".into(),
+        });
+    }
+    files.sort();
+    let mut hash = Sha256::new();
+    for (name, text) in &files {
+        hash.update(name.as_bytes());
+        hash.update([0]);
+        hash.update(text.as_bytes());
+        hash.update([0]);
+    }
+    let fingerprint = hex::encode(hash.finalize())[..16].to_string();
+    let set = mapping::validate_sources(&files)?;
+    Ok(LoadedMappings { set, fingerprint })
+}
+
 /// Who a permissions request is about: a SCIM id, or a userName.
 #[derive(Debug, Clone)]
 pub enum UserRef {
     Id(String),
     UserName(String),
+}
+
+/// One user's effective permissions, as served and as cached in Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub user: SummaryUser,
+    pub roles: Vec<String>,
+    pub profiles: Vec<String>,
+    /// Sorted permission ids.
+    pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummaryUser {
+    pub id: String,
+    #[serde(rename = "userName")]
+    pub user_name: String,
+    pub active: bool,
+}
+
+impl Summary {
+    fn of(eff: &EffectivePermissions) -> Summary {
+        let mut roles: Vec<String> = Vec::new();
+        let mut profiles: Vec<String> = Vec::new();
+        for a in &eff.assignments {
+            match &a.target {
+                Target::Role(r) | Target::CustomRole(r) => roles.push(r.to_string()),
+                Target::Profile(p) => {
+                    profiles.push(p.to_string());
+                    roles.push(a.base_role.to_string());
+                }
+            }
+        }
+        roles.sort();
+        roles.dedup();
+        profiles.sort();
+        Summary {
+            user: SummaryUser {
+                id: eff.user_id.clone(),
+                user_name: eff.user_name.clone(),
+                active: eff.active,
+            },
+            roles,
+            profiles,
+            permissions: eff.permissions.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+}
+
+/// The caches of an app.
+#[derive(Default)]
+pub struct PermissionCache {
+    pub local: crate::cache::LocalCache,
+    /// Skip the in-process layer on reads, so a benchmark can measure the
+    /// Redis path alone. Never set by `serve`.
+    pub skip_local: bool,
+    pub redis: Option<crate::cache::RedisCache>,
+    pub metrics: CacheMetrics,
 }
 
 impl App {
@@ -75,57 +200,162 @@ impl App {
         let Some(dir) = &self.mappings.dir else {
             return Ok(());
         };
-        let set = mapping::validate_dir(dir)?;
+        let loaded = Arc::new(read_dir(dir)?);
         match self.mappings.current.write() {
-            Ok(mut g) => *g = Arc::new(set),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(set),
+            Ok(mut g) => *g = loaded,
+            Err(poisoned) => *poisoned.into_inner() = loaded,
         }
         Ok(())
     }
 
-    /// Computes the permissions of every user of `tenant` and returns the
-    /// result with the SCIM id of `user`.
+    /// One user's permissions: from the in-process cache, else Redis, else
+    /// computed (once per tenant and version, however many ask).
+    pub async fn user_permissions(&self, tenant: &Tenant, user: &UserRef) -> Result<Summary> {
+        let loaded = self.mappings.current();
+        let compiled = mapped(&loaded, tenant)?;
+        let (user_id, version) = self.resolve(tenant, user, &loaded).await?;
+        let m = &self.cache.metrics;
+        if !self.cache.skip_local {
+            if let Some(result) = self.cache.local.get(tenant.id, &version) {
+                CacheMetrics::add(&m.local_hits);
+                return summary(&result, &user_id);
+            }
+        }
+        let key = self
+            .cache
+            .redis
+            .as_ref()
+            .map(|r| user_key(&r.prefix, tenant.id, &version, &user_id));
+        if let (Some(redis), Some(key)) = (&self.cache.redis, &key) {
+            match redis.get(key).await {
+                Ok(Some(json)) => {
+                    if let Ok(s) = serde_json::from_str::<Summary>(&json) {
+                        CacheMetrics::add(&m.redis_hits);
+                        return Ok(s);
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => CacheMetrics::add(&m.redis_errors),
+            }
+        }
+        CacheMetrics::add(&m.misses);
+        let result = self
+            .compute(tenant, compiled, &loaded.fingerprint, &version)
+            .await?;
+        summary(&result, &user_id)
+    }
+
+    /// The whole tenant's result and the user's id, for explanations.
     pub async fn permissions(
         &self,
         tenant: &Tenant,
         user: &UserRef,
-    ) -> Result<(TenantResult, String)> {
-        let set = self.mappings.current();
-        let name = mapping::TenantName::new(tenant.name.as_str());
-        let compiled = set
-            .tenant(&name)
-            .ok_or_else(|| Error::TenantNotMapped(tenant.name.to_string()))?;
-        let directory = self.store.directory(tenant.id).await?;
-        let facts = user_facts(&directory);
-        let result = mapping::compute_tenant(compiled, &facts);
-        self.record_refusals(tenant, &result);
-        let found = match user {
-            UserRef::Id(id) => result.user(id),
-            UserRef::UserName(n) => result.user_by_name(n),
+    ) -> Result<(Arc<TenantResult>, String)> {
+        let loaded = self.mappings.current();
+        let compiled = mapped(&loaded, tenant)?;
+        let (user_id, version) = self.resolve(tenant, user, &loaded).await?;
+        let result = match self.cache.local.get(tenant.id, &version) {
+            Some(r) => {
+                CacheMetrics::add(&self.cache.metrics.local_hits);
+                r
+            }
+            None => {
+                CacheMetrics::add(&self.cache.metrics.misses);
+                self.compute(tenant, compiled, &loaded.fingerprint, &version)
+                    .await?
+            }
         };
-        let id = found.map(|u| u.user_id.clone()).ok_or_else(|| {
-            Error::UnknownUser(match user {
-                UserRef::Id(s) | UserRef::UserName(s) => s.clone(),
-            })
-        })?;
-        Ok((result, id))
+        if result.user(&user_id).is_none() {
+            return Err(Error::UnknownUser(user_id));
+        }
+        Ok((result, user_id))
     }
 
     /// Checks that a permission id exists in the tenant's catalog.
-    pub fn known_permission(
-        &self,
-        result: &TenantResult,
-        permission: &str,
-    ) -> Result<PermissionId> {
+    pub fn known_permission(&self, tenant: &Tenant, permission: &str) -> Result<PermissionId> {
+        let loaded = self.mappings.current();
+        let compiled = mapped(&loaded, tenant)?;
         let p = PermissionId::new(permission);
-        if result.tenant().has_permission(&p) {
+        if compiled.has_permission(&p) {
             Ok(p)
         } else {
             Err(Error::UnknownPermission(format!(
                 "permission '{permission}' is not in catalog '{}'",
-                result.tenant().catalog().id()
+                compiled.catalog().id()
             )))
         }
+    }
+
+    /// The user's id and the version a cached answer must have.
+    async fn resolve(
+        &self,
+        tenant: &Tenant,
+        user: &UserRef,
+        loaded: &LoadedMappings,
+    ) -> Result<(String, Version)> {
+        let (key, by_name) = match user {
+            UserRef::Id(id) => (id.as_str(), false),
+            UserRef::UserName(n) => (n.as_str(), true),
+        };
+        let at = self.store.user_at_epoch(tenant.id, key, by_name).await?;
+        let (user_id, _) = at.user.ok_or_else(|| Error::UnknownUser(key.to_string()))?;
+        Ok((
+            user_id,
+            Version {
+                epoch: at.epoch,
+                mapping: loaded.fingerprint.clone(),
+            },
+        ))
+    }
+
+    /// Computes the tenant once per version: concurrent misses wait on the
+    /// tenant's flight lock and then find the first one's result.
+    async fn compute(
+        &self,
+        tenant: &Tenant,
+        compiled: &CompiledTenant,
+        fingerprint: &str,
+        wanted: &Version,
+    ) -> Result<Arc<TenantResult>> {
+        let flight = self.cache.local.flight(tenant.id);
+        let _turn = flight.lock().await;
+        if let Some(r) = self.cache.local.get(tenant.id, wanted) {
+            return Ok(r);
+        }
+        // The directory snapshot carries its own epoch: the result is
+        // stored under exactly the version it was computed from, which is
+        // the wanted one or newer.
+        let directory = self.store.directory(tenant.id).await?;
+        let version = Version {
+            epoch: directory.epoch,
+            mapping: fingerprint.to_string(),
+        };
+        let result = Arc::new(mapping::compute_tenant(compiled, &user_facts(&directory)));
+        CacheMetrics::add(&self.cache.metrics.computes);
+        self.record_refusals(tenant, &result);
+        if self
+            .cache
+            .local
+            .put(tenant.id, version.clone(), result.clone())
+        {
+            CacheMetrics::add(&self.cache.metrics.invalidations);
+        }
+        if let Some(redis) = &self.cache.redis {
+            let entries: Vec<(String, String)> = result
+                .users()
+                .filter_map(|eff| {
+                    let json = serde_json::to_string(&Summary::of(eff)).ok()?;
+                    Some((
+                        user_key(&redis.prefix, tenant.id, &version, &eff.user_id),
+                        json,
+                    ))
+                })
+                .collect();
+            if redis.put_many(&entries).await.is_err() {
+                CacheMetrics::add(&self.cache.metrics.redis_errors);
+            }
+        }
+        Ok(result)
     }
 
     /// Updates the refusal gauge and logs when a tenant's refusals change.
@@ -166,6 +396,21 @@ impl App {
             }
         }
     }
+}
+
+/// The tenant's compiled mapping, or why there is none.
+fn mapped<'a>(loaded: &'a LoadedMappings, tenant: &Tenant) -> Result<&'a CompiledTenant> {
+    loaded
+        .set
+        .tenant(&mapping::TenantName::new(tenant.name.as_str()))
+        .ok_or_else(|| Error::TenantNotMapped(tenant.name.to_string()))
+}
+
+fn summary(result: &TenantResult, user_id: &str) -> Result<Summary> {
+    result
+        .user(user_id)
+        .map(Summary::of)
+        .ok_or_else(|| Error::UnknownUser(user_id.to_string()))
 }
 
 /// Where directory sync records a group's DN and source in its document;

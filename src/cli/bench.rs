@@ -17,6 +17,20 @@ use crate::store::{Store, StoredResource};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchWhat {
+    /// SCIM: POST /Users throughput, filter latency, large-group PATCH.
+    Scim(ScimArgs),
+    /// Permission checks over HTTP: warm (in-process, Redis), cold.
+    Checks(super::bench_checks::ChecksArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScimArgs {
     /// Users stored before the filter and group measurements.
     #[arg(long, default_value_t = 100_000)]
     pub users: usize,
@@ -35,6 +49,13 @@ pub struct BenchArgs {
 }
 
 pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
+    match args.what {
+        BenchWhat::Scim(a) => scim(config, a).await,
+        BenchWhat::Checks(a) => super::bench_checks::run(config, a).await,
+    }
+}
+
+async fn scim(config: &Config, args: ScimArgs) -> anyhow::Result<()> {
     let max_group = args.group_sizes.iter().copied().max().unwrap_or(0);
     let store = Store::connect(&config.database_url).await?;
     let app = App::new(store.clone());
@@ -216,7 +237,7 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Inserts `n` users straight through the store, 1,000 per transaction.
-async fn seed_users(
+pub(super) async fn seed_users(
     store: &Store,
     tenant: crate::domain::TenantId,
     n: usize,
@@ -247,7 +268,7 @@ async fn seed_users(
 }
 
 /// The `p`th percentile in milliseconds (nearest rank).
-fn pct(samples: &mut [Duration], p: f64) -> f64 {
+pub(super) fn pct(samples: &mut [Duration], p: f64) -> f64 {
     if samples.is_empty() {
         return 0.0;
     }

@@ -2,6 +2,7 @@
 //! drive this exact interface, so flags and output formats are stable.
 
 mod bench;
+mod bench_checks;
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,9 @@ pub struct Cli {
     /// Directory of mapping files (default ./mappings).
     #[arg(long, env = "ROLEBRIDGE_MAPPINGS", global = true)]
     pub mappings: Option<PathBuf>,
+    /// Log lines on stderr: text, or one JSON object per line.
+    #[arg(long, env = "ROLEBRIDGE_LOG_FORMAT", global = true, value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -135,6 +139,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Prefix of every Redis key rolebridge writes.
+pub const REDIS_PREFIX: &str = "rolebridge:";
+
 async fn open(config: &Config) -> anyhow::Result<App> {
     let store = Store::connect(&config.database_url).await?;
     Ok(App::new(store))
@@ -154,7 +161,8 @@ fn load_mappings(dir: &Path) -> anyhow::Result<Mappings> {
 }
 
 fn validate(dir: &Path) -> anyhow::Result<()> {
-    let set = load_mappings(dir)?.current();
+    let loaded = load_mappings(dir)?.current();
+    let set = &loaded.set;
     println!(
         "ok: {} catalog(s), {} tenant mapping(s) in {}",
         set.catalogs().len(),
@@ -179,7 +187,7 @@ async fn explain(config: &Config, args: ExplainArgs) -> anyhow::Result<()> {
         other => other?,
     };
     let permission = match &args.permission {
-        Some(p) => Some(app.known_permission(&result, p)?),
+        Some(p) => Some(app.known_permission(&tenant, p)?),
         None => None,
     };
     let explanation = mapping::explain(&result, &user_id, permission.as_ref())?;
@@ -193,11 +201,13 @@ async fn explain(config: &Config, args: ExplainArgs) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Store::connect(&config.database_url).await?;
-    let app = App::with_mappings(store, load_mappings(&config.mappings)?);
-    spawn_reload_on_sighup(app.clone());
-    if config.redis_url.is_some() {
-        tracing::warn!("--redis-url is set, but nothing uses Redis yet: the permissions cache arrives with the permissions API");
+    let mut app = App::with_mappings(store, load_mappings(&config.mappings)?);
+    if let Some(url) = &config.redis_url {
+        app = app
+            .with_redis(url, REDIS_PREFIX)
+            .map_err(|e| anyhow::anyhow!("invalid --redis-url: {e}"))?;
     }
+    spawn_reload_on_sighup(app.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -208,9 +218,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     // Tools that start the server on port 0 read the address from here.
     eprintln!("rolebridge listening on http://{addr}");
-    axum::serve(listener, crate::http::router(app.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        crate::http::router_with(app.clone(), config.http.clone()),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     app.store.close().await;
     Ok(())
 }

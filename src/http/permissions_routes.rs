@@ -4,7 +4,6 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mapping::{EffectivePermissions, Target};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -38,11 +37,9 @@ async fn user_permissions(
             .into())
         }
     };
-    let (result, user_id) = app.permissions(&auth.tenant, &user).await?;
-    let eff = result
-        .user(&user_id)
-        .ok_or_else(|| Error::UnknownUser(user_id.clone()))?;
-    Ok(Json(summary(eff)))
+    Ok(Json(json!(
+        app.user_permissions(&auth.tenant, &user).await?
+    )))
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,54 +59,27 @@ async fn check(
     body: std::result::Result<Json<CheckRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>> {
     let Json(req) = body.map_err(|e| Error::InvalidSyntax(e.body_text()))?;
+    let permission = app.known_permission(&auth.tenant, &req.permission)?;
     // A SCIM id first, then a userName: ids are UUIDs, so the two never clash.
-    let (result, user_id) = match app
-        .permissions(&auth.tenant, &UserRef::Id(req.user.clone()))
-        .await
-    {
-        Err(Error::UnknownUser(_)) => {
-            app.permissions(&auth.tenant, &UserRef::UserName(req.user.clone()))
-                .await?
-        }
+    let by_id = UserRef::Id(req.user.clone());
+    let by_name = UserRef::UserName(req.user.clone());
+    if !req.explain {
+        let summary = match app.user_permissions(&auth.tenant, &by_id).await {
+            Err(Error::UnknownUser(_)) => app.user_permissions(&auth.tenant, &by_name).await?,
+            other => other?,
+        };
+        let allowed = summary.permissions.iter().any(|p| p == permission.as_str());
+        return Ok(Json(json!({"allowed": allowed})));
+    }
+    let (result, user_id) = match app.permissions(&auth.tenant, &by_id).await {
+        Err(Error::UnknownUser(_)) => app.permissions(&auth.tenant, &by_name).await?,
         other => other?,
     };
-    let permission = app.known_permission(&result, &req.permission)?;
-    let eff = result
-        .user(&user_id)
-        .ok_or_else(|| Error::UnknownUser(user_id.clone()))?;
-    let allowed = eff.permissions.contains(&permission);
-    let mut out = json!({"allowed": allowed});
-    if req.explain {
-        let explanation = mapping::explain(&result, &user_id, Some(&permission))
-            .map_err(|e| Error::UnknownUser(e.to_string()))?;
-        out["explanation"] = json!({
-            "text": explanation.to_string(),
-            "detail": explanation,
-        });
-    }
-    Ok(Json(out))
-}
-
-/// `{"user", "roles", "profiles", "permissions"}` with sorted ids.
-fn summary(eff: &EffectivePermissions) -> Value {
-    let mut roles: Vec<String> = Vec::new();
-    let mut profiles: Vec<String> = Vec::new();
-    for a in &eff.assignments {
-        match &a.target {
-            Target::Role(r) | Target::CustomRole(r) => roles.push(r.to_string()),
-            Target::Profile(p) => {
-                profiles.push(p.to_string());
-                roles.push(a.base_role.to_string());
-            }
-        }
-    }
-    roles.sort();
-    roles.dedup();
-    profiles.sort();
-    json!({
-        "user": {"id": eff.user_id, "userName": eff.user_name, "active": eff.active},
-        "roles": roles,
-        "profiles": profiles,
-        "permissions": eff.permissions.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-    })
+    let explanation = mapping::explain(&result, &user_id, Some(&permission))
+        .map_err(|e| Error::UnknownUser(e.to_string()))?;
+    let allowed = explanation.permissions.iter().any(|p| p.granted);
+    Ok(Json(json!({
+        "allowed": allowed,
+        "explanation": {"text": explanation.to_string(), "detail": explanation},
+    })))
 }

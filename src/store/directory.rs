@@ -29,12 +29,56 @@ pub struct DirectoryGroup {
 /// Everything a tenant's permissions depend on in the store.
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
+    /// The tenant's epoch in the same snapshot as the lists: a result
+    /// computed from them is exactly as new as this epoch.
+    pub epoch: i64,
     pub users: Vec<DirectoryUser>,
     pub groups: Vec<DirectoryGroup>,
     pub edges: Vec<MemberRow>,
 }
 
+/// A user resolved for a permissions request, with the tenant's epoch.
+#[derive(Debug, Clone)]
+pub struct UserAtEpoch {
+    pub epoch: i64,
+    /// `(id, userName)`, or `None` when no user has this id or userName.
+    pub user: Option<(String, String)>,
+}
+
 impl Store {
+    /// The tenant's current epoch and the user whose SCIM id (or, with
+    /// `by_name`, userName, case-insensitively) is `key`: one indexed query.
+    pub async fn user_at_epoch(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        by_name: bool,
+    ) -> Result<UserAtEpoch> {
+        let sql = if by_name {
+            "SELECT t.epoch, u.id, u.user_name FROM tenants t \
+             LEFT JOIN scim_users u ON u.tenant_id = t.id AND u.user_name_lc = $2 WHERE t.id = $1"
+        } else {
+            "SELECT t.epoch, u.id, u.user_name FROM tenants t \
+             LEFT JOIN scim_users u ON u.tenant_id = t.id AND u.id = $2 WHERE t.id = $1"
+        };
+        let key = if by_name {
+            key.to_lowercase()
+        } else {
+            key.to_string()
+        };
+        let row = sqlx::query(sql)
+            .bind(tenant.to_string())
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await?;
+        let id: Option<String> = row.try_get(1)?;
+        let name: Option<String> = row.try_get(2)?;
+        Ok(UserAtEpoch {
+            epoch: row.try_get(0)?,
+            user: id.zip(name),
+        })
+    }
+
     /// Reads the tenant's users, groups and memberships. Runs in one
     /// repeatable-read snapshot on PostgreSQL (one read transaction on
     /// SQLite), so the three lists agree with each other.
@@ -46,6 +90,11 @@ impl Store {
                 .await?;
         }
         let t = tenant.to_string();
+        let epoch: i64 = sqlx::query("SELECT epoch FROM tenants WHERE id = $1")
+            .bind(&t)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
         let users = sqlx::query(
             "SELECT id, user_name, active, created FROM scim_users WHERE tenant_id = $1 ORDER BY created, id",
         )
@@ -96,6 +145,7 @@ impl Store {
         .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         Ok(Directory {
+            epoch,
             users,
             groups,
             edges,

@@ -20,7 +20,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use columns::Columns;
-pub use directory::{Directory, DirectoryGroup, DirectoryUser};
+pub use directory::{Directory, DirectoryGroup, DirectoryUser, UserAtEpoch};
 pub use error::Error;
 pub use resources::{MemberRow, Page, StoredResource, WriteTx};
 pub use scim::sql::Dialect;
@@ -63,9 +63,12 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(match dialect {
                 Dialect::Sqlite => 8,
-                Dialect::Postgres => 16,
+                // sqlx's default; several replicas and the test suite share
+                // PostgreSQL's max_connections (100 by default).
+                Dialect::Postgres => 10,
             })
             .acquire_timeout(Duration::from_secs(30))
+            .idle_timeout(Duration::from_secs(60))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
@@ -102,6 +105,12 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Closes the pool, waiting for connections to be returned.

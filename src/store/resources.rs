@@ -70,6 +70,7 @@ impl Store {
         Ok(WriteTx {
             tx,
             dialect: self.dialect,
+            touched: std::collections::BTreeSet::new(),
             _guard: guard,
         })
     }
@@ -214,11 +215,23 @@ impl Store {
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, Any>,
     dialect: Dialect,
+    /// Tenants whose data this transaction wrote: their epochs are bumped at
+    /// commit, inside the transaction.
+    touched: std::collections::BTreeSet<TenantId>,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl WriteTx {
-    pub async fn commit(self) -> Result<()> {
+    /// Commits, bumping the epoch of every tenant written in the same
+    /// transaction, so no cache entry computed before this write can be
+    /// reached after it (the cache keys on the epoch read from the database).
+    pub async fn commit(mut self) -> Result<()> {
+        for tenant in std::mem::take(&mut self.touched) {
+            sqlx::query("UPDATE tenants SET epoch = epoch + 1 WHERE id = $1")
+                .bind(tenant.to_string())
+                .execute(&mut *self.tx)
+                .await?;
+        }
         self.tx.commit().await?;
         Ok(())
     }
@@ -253,6 +266,7 @@ impl WriteTx {
         kind: ResourceKind,
         res: &StoredResource,
     ) -> Result<()> {
+        self.touched.insert(tenant);
         let cols = IndexedColumns::of(kind, &res.doc);
         self.check_unique(tenant, kind, &res.id, &cols).await?;
         let data = res.doc.to_string();
@@ -306,6 +320,7 @@ impl WriteTx {
         res: &StoredResource,
         prev_version: i64,
     ) -> Result<()> {
+        self.touched.insert(tenant);
         let cols = IndexedColumns::of(kind, &res.doc);
         self.check_unique(tenant, kind, &res.id, &cols).await?;
         let data = res.doc.to_string();
@@ -360,6 +375,7 @@ impl WriteTx {
         kind: ResourceKind,
         id: &ResourceId,
     ) -> Result<bool> {
+        self.touched.insert(tenant);
         let sql = format!(
             "DELETE FROM {} WHERE tenant_id = $1 AND id = $2",
             table(kind)
@@ -422,6 +438,7 @@ impl WriteTx {
         group: &ResourceId,
         members: &[(String, &'static str)],
     ) -> Result<u64> {
+        self.touched.insert(tenant);
         let mut added = 0;
         for chunk in members.chunks(CHUNK) {
             let values = (0..chunk.len())
@@ -453,6 +470,7 @@ impl WriteTx {
         group: &ResourceId,
         ids: &[String],
     ) -> Result<u64> {
+        self.touched.insert(tenant);
         let mut removed = 0;
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
@@ -472,6 +490,7 @@ impl WriteTx {
 
     /// Removes every member of a group.
     pub async fn clear_members(&mut self, tenant: TenantId, group: &ResourceId) -> Result<u64> {
+        self.touched.insert(tenant);
         Ok(
             sqlx::query("DELETE FROM group_members WHERE tenant_id = $1 AND group_id = $2")
                 .bind(tenant.to_string())

@@ -187,13 +187,36 @@ impl Resp {
 
 impl TestServer {
     pub async fn start(backend: Backend) -> TestServer {
-        Self::start_inner(backend, None).await
+        Self::start_inner(backend, None, None).await
     }
 
     /// A server whose mappings directory holds the shipped catalogs and
     /// `tenant_yaml` as this test tenant's mapping file.
     pub async fn start_mapped(backend: Backend, tenant_yaml: &str) -> TestServer {
-        Self::start_inner(backend, Some(tenant_yaml)).await
+        Self::start_inner(backend, Some(tenant_yaml), None).await
+    }
+
+    /// A mapped server whose permissions cache is shared through Redis at
+    /// `redis_url` under `prefix`.
+    pub async fn start_mapped_redis(
+        backend: Backend,
+        tenant_yaml: &str,
+        redis_url: &str,
+        prefix: &str,
+    ) -> TestServer {
+        Self::start_inner(backend, Some(tenant_yaml), Some((redis_url, prefix))).await
+    }
+
+    /// Another app on this server's database and mappings, as a second
+    /// process would be: its own in-process cache, the same Redis if given.
+    pub async fn sibling_app(&self, redis: Option<(&str, &str)>) -> App {
+        let store = Store::connect(&self.database_url).await.expect("connect");
+        let mappings = rolebridge::app::Mappings::load(&self.mappings_dir()).expect("mappings");
+        let app = App::with_mappings(store, mappings);
+        match redis {
+            Some((url, prefix)) => app.with_redis(url, prefix).expect("redis url"),
+            None => app,
+        }
     }
 
     /// The mappings directory of a mapped server.
@@ -215,7 +238,11 @@ impl TestServer {
             .to_string()
     }
 
-    async fn start_inner(backend: Backend, tenant_yaml: Option<&str>) -> TestServer {
+    async fn start_inner(
+        backend: Backend,
+        tenant_yaml: Option<&str>,
+        redis: Option<(&str, &str)>,
+    ) -> TestServer {
         let database_url = fresh_database(backend).await;
         let store = Store::connect(&database_url).await.expect("connect store");
         let tenant = unique("tenant");
@@ -241,7 +268,11 @@ impl TestServer {
                     .expect("write tenant mapping");
                 let mappings = rolebridge::app::Mappings::load(&dir)
                     .unwrap_or_else(|e| panic!("test mapping invalid: {e:?}"));
-                App::with_mappings(store, mappings)
+                let app = App::with_mappings(store, mappings);
+                match redis {
+                    Some((url, prefix)) => app.with_redis(url, prefix).expect("redis url"),
+                    None => app,
+                }
             }
         };
         let name = TenantName::parse(&tenant).expect("tenant name");
@@ -272,6 +303,39 @@ impl TestServer {
                 .expect("client"),
             server,
         }
+    }
+
+    /// A server built with `http::router_with`; `settings` is given this
+    /// server's tenant name, for `[rate_limit.tenants.NAME]` overrides.
+    pub async fn start_with_settings(
+        backend: Backend,
+        settings: impl FnOnce(&str) -> rolebridge::http::HttpSettings,
+    ) -> TestServer {
+        let mut srv = Self::start(backend).await;
+        srv.server.abort();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = rolebridge::http::router_with(srv.app.clone(), settings(&srv.tenant));
+        srv.server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        srv.addr = addr;
+        srv.base = format!("http://{addr}/scim/v2/{}", srv.tenant);
+        srv
+    }
+
+    /// Another token of scope `scim` for this tenant.
+    pub async fn scim_token(&self) -> String {
+        let name = TenantName::parse(&self.tenant).expect("name");
+        self.app
+            .create_token(&name, Scope::Scim)
+            .await
+            .expect("token")
+            .token
+            .expose()
+            .to_string()
     }
 
     /// A second tenant with its own token, on the same server.
