@@ -454,3 +454,32 @@ fn haptik_flags_are_roles_of_their_own() {
         &["manage_teams", "view_end_user_personal_details"],
     );
 }
+
+#[test]
+fn liveperson_profile_may_not_disable_an_agent_core_permission() {
+    // "core permissions ... can never be disabled": a profile of the shipped
+    // Agent role that turns off its core "View own performance" is refused,
+    // at the line and column of that toggle.
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../mappings/catalogs/liveperson.yaml"
+    );
+    let text = std::fs::read_to_string(dir).unwrap();
+    let bad = text.replacen(
+        "profiles:\n",
+        "profiles:\n  - id: broken\n    name: Broken\n    role: agent\n    toggles: {view_own_performance: off}\n",
+        1,
+    );
+    let line = bad
+        .lines()
+        .position(|l| l.contains("toggles: {view_own_performance: off}"))
+        .unwrap()
+        + 1;
+    let errors = validate_sources(&[("m/catalogs/liveperson.yaml", bad.as_str())]).unwrap_err();
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        texts,
+        [format!("m/catalogs/liveperson.yaml:{line}:15: profile 'broken' disables core permission 'view_own_performance' of role 'agent'; core permissions can never be disabled")],
+        "{texts:?}"
+    );
+}
