@@ -85,7 +85,7 @@ impl Store {
             "SELECT id, data, created, last_modified, version FROM {} WHERE tenant_id = $1 AND id = $2",
             table(kind)
         );
-        let row = sqlx::query(AssertSqlSafe(sql.clone()))
+        let row = sqlx::query(AssertSqlSafe(sql))
             .bind(tenant.to_string())
             .bind(id.as_str())
             .fetch_optional(&self.pool)
@@ -110,7 +110,7 @@ impl Store {
             .map(|f| format!(" AND ({})", f.sql))
             .unwrap_or_default();
         let count_sql = format!("SELECT COUNT(*) FROM {table} r WHERE r.tenant_id = $1{condition}");
-        let mut count = sqlx::query(AssertSqlSafe(count_sql.clone())).bind(tenant.to_string());
+        let mut count = sqlx::query(AssertSqlSafe(count_sql)).bind(tenant.to_string());
         if let Some(f) = filter {
             count = bind_values(count, &f.binds);
         }
@@ -141,7 +141,7 @@ impl Store {
             next,
             next + 1
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql.clone())).bind(tenant.to_string());
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
         if let Some(f) = filter {
             q = bind_values(q, &f.binds);
         }
@@ -162,7 +162,7 @@ impl Store {
                  WHERE tenant_id = $1 AND group_id IN ({}) ORDER BY group_id, member_id",
                 placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql.clone())).bind(tenant.to_string());
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
             for g in chunk {
                 q = q.bind(*g);
             }
@@ -188,7 +188,7 @@ impl Store {
                  WHERE m.tenant_id = $1 AND m.member_id IN ({}) ORDER BY m.member_id, g.display_name_lc, m.group_id",
                 placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql.clone())).bind(tenant.to_string());
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
             for m in chunk {
                 q = q.bind(*m);
             }
@@ -202,7 +202,7 @@ impl Store {
     /// Counts resources of a kind in a tenant.
     pub async fn count(&self, tenant: TenantId, kind: ResourceKind) -> Result<i64> {
         let sql = format!("SELECT COUNT(*) FROM {} WHERE tenant_id = $1", table(kind));
-        Ok(sqlx::query(AssertSqlSafe(sql.clone()))
+        Ok(sqlx::query(AssertSqlSafe(sql))
             .bind(tenant.to_string())
             .fetch_one(&self.pool)
             .await?
@@ -252,7 +252,7 @@ impl WriteTx {
             "SELECT id, data, created, last_modified, version FROM {} WHERE tenant_id = $1 AND id = $2{lock}",
             table(kind)
         );
-        let row = sqlx::query(AssertSqlSafe(sql.clone()))
+        let row = sqlx::query(AssertSqlSafe(sql))
             .bind(tenant.to_string())
             .bind(id.as_str())
             .fetch_optional(&mut *self.tx)
@@ -380,7 +380,7 @@ impl WriteTx {
             "DELETE FROM {} WHERE tenant_id = $1 AND id = $2",
             table(kind)
         );
-        let done = sqlx::query(AssertSqlSafe(sql.clone()))
+        let done = sqlx::query(AssertSqlSafe(sql))
             .bind(tenant.to_string())
             .bind(id.as_str())
             .execute(&mut *self.tx)
@@ -418,7 +418,7 @@ impl WriteTx {
                     table(kind),
                     placeholders(2, chunk.len())
                 );
-                let mut q = sqlx::query(AssertSqlSafe(sql.clone())).bind(tenant.to_string());
+                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
                 for id in chunk {
                     q = q.bind(id.as_str());
                 }
@@ -452,7 +452,7 @@ impl WriteTx {
                 "INSERT INTO group_members (tenant_id, group_id, member_id, member_type) VALUES {values} \
                  ON CONFLICT (tenant_id, group_id, member_id) DO NOTHING"
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql.clone()))
+            let mut q = sqlx::query(AssertSqlSafe(sql))
                 .bind(tenant.to_string())
                 .bind(group.as_str());
             for (id, ty) in chunk {
@@ -477,7 +477,7 @@ impl WriteTx {
                 "DELETE FROM group_members WHERE tenant_id = $1 AND group_id = $2 AND member_id IN ({})",
                 placeholders(3, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql.clone()))
+            let mut q = sqlx::query(AssertSqlSafe(sql))
                 .bind(tenant.to_string())
                 .bind(group.as_str());
             for id in chunk {
@@ -532,7 +532,7 @@ impl WriteTx {
                 "SELECT 1 FROM {} WHERE tenant_id = $1 AND external_id = $2 AND id <> $3",
                 table(kind)
             );
-            let taken = sqlx::query(AssertSqlSafe(sql.clone()))
+            let taken = sqlx::query(AssertSqlSafe(sql))
                 .bind(tenant.to_string())
                 .bind(ext.as_str())
                 .bind(id.as_str())
