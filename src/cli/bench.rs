@@ -67,7 +67,18 @@ async fn scim(config: &Config, args: ScimArgs) -> anyhow::Result<()> {
     let token = app.create_token(&tenant_name, Scope::Scim).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let router = crate::http::router(app.clone());
+    // The bench measures the service, not the provisioning quota: the bench
+    // tenant gets a quota far above what 2 cores can serve.
+    let mut settings = config.http.clone();
+    let unlimited = crate::config::Quota::new(u32::MAX / 2, u32::MAX / 2).context("bench quota")?;
+    settings.rate_limit.tenants.insert(
+        tenant_name.to_string(),
+        crate::config::TenantQuotas {
+            tenant: unlimited,
+            token: unlimited,
+        },
+    );
+    let router = crate::http::router_with(app.clone(), settings);
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     let base = format!("http://{addr}/scim/v2/{tenant_name}");
     let client = reqwest::Client::builder()

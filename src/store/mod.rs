@@ -71,6 +71,14 @@ impl Store {
             .idle_timeout(Duration::from_secs(60))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
+                    if dialect == Dialect::Postgres {
+                        // Prepared statements otherwise switch to a generic
+                        // plan after five runs, costed on the table's size
+                        // when the session began: a bulk load into a new
+                        // tenant then checks uniqueness with sequential scans.
+                        conn.execute("SET plan_cache_mode = force_custom_plan")
+                            .await?;
+                    }
                     if dialect == Dialect::Sqlite {
                         // WAL lets readers run beside the writer; synchronous=FULL
                         // makes every acknowledged commit survive power loss, not
