@@ -133,6 +133,9 @@ fn read_dir(dir: &Path) -> Result<LoadedMappings, Vec<MappingError>> {
 pub enum UserRef {
     Id(String),
     UserName(String),
+    /// A SCIM id, else a userName: what `check` and `explain` accept.
+    /// Ids are UUIDs, so the two never clash in practice.
+    IdOrUserName(String),
 }
 
 /// One user's effective permissions, as served and as cached in Redis.
@@ -293,11 +296,12 @@ impl App {
         user: &UserRef,
         loaded: &LoadedMappings,
     ) -> Result<(String, Version)> {
-        let (key, by_name) = match user {
-            UserRef::Id(id) => (id.as_str(), false),
-            UserRef::UserName(n) => (n.as_str(), true),
+        let (key, id, user_name) = match user {
+            UserRef::Id(k) => (k, Some(k.as_str()), None),
+            UserRef::UserName(k) => (k, None, Some(k.as_str())),
+            UserRef::IdOrUserName(k) => (k, Some(k.as_str()), Some(k.as_str())),
         };
-        let at = self.store.user_at_epoch(tenant.id, key, by_name).await?;
+        let at = self.store.user_at_epoch(tenant.id, id, user_name).await?;
         let (user_id, _) = at.user.ok_or_else(|| Error::UnknownUser(key.to_string()))?;
         Ok((
             user_id,

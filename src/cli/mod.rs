@@ -176,16 +176,9 @@ async fn explain(config: &Config, args: ExplainArgs) -> anyhow::Result<()> {
     let store = Store::connect(&config.database_url).await?;
     let app = App::with_mappings(store, load_mappings(&config.mappings)?);
     let tenant = app.tenant(&TenantName::parse(&args.tenant)?).await?;
-    let (result, user_id) = match app
-        .permissions(&tenant, &UserRef::Id(args.user.clone()))
-        .await
-    {
-        Err(crate::app::Error::UnknownUser(_)) => {
-            app.permissions(&tenant, &UserRef::UserName(args.user.clone()))
-                .await?
-        }
-        other => other?,
-    };
+    let (result, user_id) = app
+        .permissions(&tenant, &UserRef::IdOrUserName(args.user.clone()))
+        .await?;
     let permission = match &args.permission {
         Some(p) => Some(app.known_permission(&tenant, p)?),
         None => None,

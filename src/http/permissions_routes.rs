@@ -60,21 +60,13 @@ async fn check(
 ) -> Result<Json<Value>> {
     let Json(req) = body.map_err(|e| Error::InvalidSyntax(e.body_text()))?;
     let permission = app.known_permission(&auth.tenant, &req.permission)?;
-    // A SCIM id first, then a userName: ids are UUIDs, so the two never clash.
-    let by_id = UserRef::Id(req.user.clone());
-    let by_name = UserRef::UserName(req.user.clone());
+    let user = UserRef::IdOrUserName(req.user);
     if !req.explain {
-        let summary = match app.user_permissions(&auth.tenant, &by_id).await {
-            Err(Error::UnknownUser(_)) => app.user_permissions(&auth.tenant, &by_name).await?,
-            other => other?,
-        };
+        let summary = app.user_permissions(&auth.tenant, &user).await?;
         let allowed = summary.permissions.iter().any(|p| p == permission.as_str());
         return Ok(Json(json!({"allowed": allowed})));
     }
-    let (result, user_id) = match app.permissions(&auth.tenant, &by_id).await {
-        Err(Error::UnknownUser(_)) => app.permissions(&auth.tenant, &by_name).await?,
-        other => other?,
-    };
+    let (result, user_id) = app.permissions(&auth.tenant, &user).await?;
     let explanation = mapping::explain(&result, &user_id, Some(&permission))
         .map_err(|e| Error::UnknownUser(e.to_string()))?;
     let allowed = explanation.permissions.iter().any(|p| p.granted);

@@ -46,31 +46,26 @@ pub struct UserAtEpoch {
 }
 
 impl Store {
-    /// The tenant's current epoch and the user whose SCIM id (or, with
-    /// `by_name`, userName, case-insensitively) is `key`: one indexed query.
+    /// The tenant's current epoch and the user whose SCIM id is `id` or
+    /// whose userName (case-insensitively) is `user_name`: one indexed
+    /// query. An absent key binds NULL, which matches nothing; when both are
+    /// given and match different users, the id wins.
     pub async fn user_at_epoch(
         &self,
         tenant: TenantId,
-        key: &str,
-        by_name: bool,
+        id: Option<&str>,
+        user_name: Option<&str>,
     ) -> Result<UserAtEpoch> {
-        let sql = if by_name {
+        let row = sqlx::query(
             "SELECT t.epoch, u.id, u.user_name FROM tenants t \
-             LEFT JOIN scim_users u ON u.tenant_id = t.id AND u.user_name_lc = $2 WHERE t.id = $1"
-        } else {
-            "SELECT t.epoch, u.id, u.user_name FROM tenants t \
-             LEFT JOIN scim_users u ON u.tenant_id = t.id AND u.id = $2 WHERE t.id = $1"
-        };
-        let key = if by_name {
-            key.to_lowercase()
-        } else {
-            key.to_string()
-        };
-        let row = sqlx::query(sql)
-            .bind(tenant.to_string())
-            .bind(key)
-            .fetch_one(&self.pool)
-            .await?;
+             LEFT JOIN scim_users u ON u.tenant_id = t.id AND (u.id = $2 OR u.user_name_lc = $3) \
+             WHERE t.id = $1 ORDER BY CASE WHEN u.id = $2 THEN 0 ELSE 1 END LIMIT 1",
+        )
+        .bind(tenant.to_string())
+        .bind(id)
+        .bind(user_name.map(str::to_lowercase))
+        .fetch_one(&self.pool)
+        .await?;
         let id: Option<String> = row.try_get(1)?;
         let name: Option<String> = row.try_get(2)?;
         Ok(UserAtEpoch {
