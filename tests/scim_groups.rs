@@ -100,6 +100,10 @@ both_backends! {
         let one = srv.query(&format!("/Groups/{gid}"), &[("excludedAttributes", "members")]).await;
         assert!(one.body.get("members").is_none());
         assert_eq!(one.body["id"], gid);
+        // Excluding a sub-attribute keeps the members themselves.
+        let partial = srv.query(&format!("/Groups/{gid}"), &[("excludedAttributes", "members.type")]).await;
+        assert_eq!(partial.body["members"][0]["value"], u.as_str(), "{}", partial.body);
+        assert!(partial.body["members"][0].get("type").is_none(), "{}", partial.body);
     }
 }
 

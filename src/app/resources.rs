@@ -339,7 +339,10 @@ impl App {
         let ids: Vec<&str> = items.iter().map(|r| r.id.as_str()).collect();
         let mut related: HashMap<String, Vec<Value>> = HashMap::new();
         match kind {
-            ResourceKind::Group if wants(ctx, "members") && !ids.is_empty() => {
+            // Skipping the membership query when the response will not show
+            // it keeps `GET /Groups?excludedAttributes=members` cheap for
+            // huge groups.
+            ResourceKind::Group if shows(ctx, kind, "members") && !ids.is_empty() => {
                 for row in self.store.members_of(ctx.tenant, &ids).await? {
                     related
                         .entry(row.group_id.clone())
@@ -347,7 +350,7 @@ impl App {
                         .push(member_json(ctx, &row));
                 }
             }
-            ResourceKind::User if wants(ctx, "groups") && !ids.is_empty() => {
+            ResourceKind::User if shows(ctx, kind, "groups") && !ids.is_empty() => {
                 for (row, display) in self.store.groups_of(ctx.tenant, &ids).await? {
                     related
                         .entry(row.member_id.clone())
@@ -381,15 +384,8 @@ impl App {
     }
 }
 
-/// Whether a response with this projection shows `attr`: skipping the
-/// membership query is what keeps `GET /Groups?excludedAttributes=members`
-/// cheap for huge groups.
-fn wants(ctx: &RequestContext, attr: &str) -> bool {
-    let named = |p: &AttrPath| p.attr.eq_ignore_ascii_case(attr) && p.schema.is_none();
-    if ctx.excluded.iter().any(named) {
-        return false;
-    }
-    ctx.attributes.is_empty() || ctx.attributes.iter().any(named)
+fn shows(ctx: &RequestContext, kind: ResourceKind, attr: &str) -> bool {
+    scim::projection::includes_attribute(kind, attr, &ctx.attributes, &ctx.excluded)
 }
 
 fn member_json(ctx: &RequestContext, row: &MemberRow) -> Value {
