@@ -52,6 +52,14 @@ pub struct Page {
 /// well under SQLite's 32766-parameter limit.
 const CHUNK: usize = 500;
 
+/// One resource by tenant and id, with an optional locking suffix.
+fn select_one(kind: ResourceKind, suffix: &str) -> String {
+    format!(
+        "SELECT id, data, created, last_modified, version FROM {} WHERE tenant_id = $1 AND id = $2{suffix}",
+        table(kind)
+    )
+}
+
 fn table(kind: ResourceKind) -> &'static str {
     match kind {
         ResourceKind::User => "scim_users",
@@ -81,11 +89,7 @@ impl Store {
         kind: ResourceKind,
         id: &ResourceId,
     ) -> Result<Option<StoredResource>> {
-        let sql = format!(
-            "SELECT id, data, created, last_modified, version FROM {} WHERE tenant_id = $1 AND id = $2",
-            table(kind)
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
+        let row = sqlx::query(AssertSqlSafe(select_one(kind, "")))
             .bind(tenant.to_string())
             .bind(id.as_str())
             .fetch_optional(&self.pool)
@@ -248,11 +252,7 @@ impl WriteTx {
             Dialect::Postgres => " FOR UPDATE",
             Dialect::Sqlite => "",
         };
-        let sql = format!(
-            "SELECT id, data, created, last_modified, version FROM {} WHERE tenant_id = $1 AND id = $2{lock}",
-            table(kind)
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
+        let row = sqlx::query(AssertSqlSafe(select_one(kind, lock)))
             .bind(tenant.to_string())
             .bind(id.as_str())
             .fetch_optional(&mut *self.tx)
