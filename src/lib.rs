@@ -21,4 +21,5 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
