@@ -312,6 +312,12 @@ each_backend! {
         assert!(p.body["roles"].to_string().contains("editor"), "{}", p.body);
         let p1 = get("user1@example.org").await;
         assert!(p1.body["roles"].to_string().contains("owner"), "{}", p1.body);
+        // explain names the nesting path that led to Editors.
+        let url = format!("http://{}/api/v1/tenants/{}/check", srv.addr, srv.tenant);
+        let c = srv.send_with(Method::POST, &url, Some(serde_json::json!({"user": "user0@example.org", "permission": "knowledge_edit", "explain": true})), &[], Some(&token)).await;
+        assert_eq!(c.body["allowed"], true, "{}", c.body);
+        let text = c.body["explanation"]["text"].as_str().unwrap_or("").to_string();
+        assert!(text.contains("(nested: 'Team' > 'Editors')"), "{text}");
         // user1 leaves Owners in the directory: the next check after the
         // sync must not grant owner (a revoked grant is never served).
         dir.with(|s| s.groups[2] = team("g-own", "Owners", &[]));
