@@ -327,3 +327,33 @@ each_backend! {
         assert!(!p1.body["roles"].to_string().contains("owner"), "{}", p1.body);
     }
 }
+
+each_backend! {
+    async fn a_vanished_user_is_deactivated_then_deleted_after_the_grace_period(backend) {
+        let srv = TestServer::start(backend).await;
+        let dir = Directory::default();
+        dir.with(|s| {
+            s.users = (0..3).map(person).collect();
+            s.groups = vec![team("g1", "Ops", &[0, 1, 2])];
+        });
+        let cfg = config(&srv, &format!("delete_after = \"2s\"\n{LENIENT}"));
+        run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        dir.with(|s| {
+            s.users.truncate(2);
+            s.groups = vec![team("g1", "Ops", &[0, 1])];
+        });
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!((r.users_deactivated, r.users_deleted), (1, 0), "{r:?}");
+        let u = user_by_name(&srv, "user2@example.org").await;
+        assert_eq!(u["active"], false);
+        // Still within the grace period: nothing more.
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!((r.outcome.as_str(), r.users_deleted), ("unchanged", 0), "{r:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(r.users_deleted, 1, "{r:?}");
+        let gone = srv.get("/Users?filter=userName%20eq%20%22user2@example.org%22").await;
+        assert_eq!(gone.body["totalResults"], 0, "{}", gone.body);
+        assert_eq!(users(&srv).await["totalResults"], 2);
+    }
+}
