@@ -32,3 +32,5 @@ mod conformance;
 mod rate_limits;
 // /metrics per route template, /readyz, JSON logs without tokens.
 mod observability;
+// The LDAP source against a real slapd.
+mod sync_ldap;
