@@ -34,3 +34,5 @@ mod rate_limits;
 mod observability;
 // The directory-sync runner: apply, failure, guard, dry run, lease, permissions.
 mod sync_framework;
+// The LDAP source against a real slapd.
+mod sync_ldap;
