@@ -32,3 +32,5 @@ mod conformance;
 mod rate_limits;
 // /metrics per route template, /readyz, JSON logs without tokens.
 mod observability;
+// The Entra ID source against a local Microsoft Graph stand-in.
+mod sync_entra;

@@ -174,7 +174,7 @@ impl GraphClient {
                 .send()
                 .await;
             let transient = match sent {
-                Err(e) => Transient::Unreachable(error_chain(&e)),
+                Err(e) => Transient::Unreachable(error_chain(&e.without_url())),
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {
@@ -188,7 +188,7 @@ impl GraphClient {
                                     &mut attempt,
                                     &mut waited,
                                     None,
-                                    Transient::Unreachable(error_chain(&e)),
+                                    Transient::Unreachable(error_chain(&e.without_url())),
                                 )
                                 .await?;
                                 continue;

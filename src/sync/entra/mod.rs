@@ -469,6 +469,9 @@ impl GroupScan {
             }
             return Ok(());
         }
+        // Attributes on the page mean they changed (a members-only change
+        // carries none), which is the only way a group can leave scope.
+        let attributes_changed = g.display_name.is_some() || g.security_enabled.is_some();
         let mut name = g.display_name;
         let mut security = g.security_enabled;
         let decidable = match &self.selection {
@@ -508,9 +511,10 @@ impl GroupScan {
         };
         self.seen.insert(g.id.clone(), in_scope);
         if !in_scope {
-            // A changed group outside the selection: if an earlier read
-            // synced it (it was renamed out of a list), it has left scope.
-            if !self.full && (looked_up || name.is_some()) {
+            // A group whose attributes changed and is outside the
+            // selection: if an earlier read synced it (it was renamed out of
+            // a list), it has left scope. Unknown keys are ignored.
+            if !self.full && attributes_changed {
                 batch.push(Change::Deleted {
                     key: g.id,
                     kind: Some(Kind::Group),
