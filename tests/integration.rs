@@ -32,5 +32,7 @@ mod conformance;
 mod rate_limits;
 // /metrics per route template, /readyz, JSON logs without tokens.
 mod observability;
+// The directory-sync runner: apply, failure, guard, dry run, lease, permissions.
+mod sync_framework;
 // The Entra ID source against a local Microsoft Graph stand-in.
 mod sync_entra;

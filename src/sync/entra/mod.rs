@@ -249,6 +249,15 @@ async fn fetch_page<T: serde::de::DeserializeOwned>(
     Ok((page.value, next))
 }
 
+impl EntraSource {
+    /// Builds the source from its config; does no IO.
+    pub fn new(config: &EntraConfig) -> Result<Self, EntraError> {
+        Ok(EntraSource {
+            config: config.clone(),
+        })
+    }
+}
+
 impl Source for EntraSource {
     async fn read(
         &mut self,
