@@ -572,3 +572,240 @@ async fn attribute_mapping_is_applied() {
     assert!(!batch.users.contains_key(&d.bob));
     assert!(batch.present.contains(&d.bob));
 }
+
+// ---- whole runs through the runner, on SQLite and PostgreSQL ----
+
+use rolebridge::sync::{parse_sources, run_source, RunOptions, SourceConfig, SyncError};
+
+use crate::each_backend;
+use crate::support::TestServer;
+
+/// A `[[source]]` for this test server's tenant and this stand-in.
+fn source_config(srv: &TestServer, g: &GraphStandIn, common: &str, extra: &str) -> SourceConfig {
+    let text = format!(
+        "name = \"entra-{}\"\ntenant = \"{}\"\nkind = \"entra\"\n{}\n{common}",
+        srv.tenant,
+        srv.tenant,
+        entra_toml(g, &g.options.client_secret, extra)
+    );
+    let t: toml::Table = toml::from_str(&text).expect("toml");
+    parse_sources(&[t])
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .remove(0)
+}
+
+const LENIENT: &str = "[guard]\nmax_deletes = 1000\nmax_delete_percent = 100\n";
+
+async fn scim_user(srv: &TestServer, user_name: &str) -> serde_json::Value {
+    let r = srv
+        .get(&format!("/Users?filter=userName%20eq%20%22{user_name}%22"))
+        .await;
+    assert_eq!(r.body["totalResults"], 1, "{user_name}: {}", r.body);
+    r.body["Resources"][0].clone()
+}
+
+/// The members of a synced group, as user names and group display names.
+async fn scim_group_members(srv: &TestServer, name: &str) -> BTreeSet<String> {
+    let r = srv
+        .get(&format!("/Groups?filter=displayName%20eq%20%22{name}%22"))
+        .await;
+    assert_eq!(r.body["totalResults"], 1, "{name}: {}", r.body);
+    let mut out = BTreeSet::new();
+    for m in r.body["Resources"][0]["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let id = m["value"].as_str().expect("member value");
+        let u = srv.get(&format!("/Users/{id}")).await;
+        if u.status == 200 {
+            out.insert(u.body["userName"].as_str().unwrap().to_string());
+            continue;
+        }
+        let g = srv.get(&format!("/Groups/{id}")).await;
+        assert_eq!(g.status, 200, "member {id} of {name}: {}", g.body);
+        out.insert(g.body["displayName"].as_str().unwrap().to_string());
+    }
+    out
+}
+
+each_backend! {
+    async fn runner_full_then_incremental(backend) {
+        let srv = TestServer::start(backend).await;
+        let g = GraphStandIn::start().await;
+        let d = populate(&g);
+        let cfg = source_config(&srv, &g, LENIENT, "");
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!((r.mode.as_str(), r.outcome.as_str()), ("full", "applied"), "{r:?}");
+        assert_eq!((r.users_created, r.groups_created, r.members_added), (3, 3, 4), "{r:?}");
+        assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+        let ann = scim_user(&srv, "ann@contoso.example").await;
+        assert_eq!(ann["externalId"], d.ann.as_str());
+        assert_eq!(ann["name"]["familyName"], "Ames");
+        assert_eq!(ann["active"], true);
+        assert_eq!(scim_user(&srv, "cid@contoso.example").await["active"], false);
+        assert_eq!(scim_group_members(&srv, "Admins").await, set(&["ann@contoso.example", "Ops"]));
+        let group = srv.get("/Groups?filter=displayName%20eq%20%22Admins%22").await;
+        assert_eq!(group.body["Resources"][0]["urn:rolebridge:params:sync:1.0:Group"]["source"], cfg.name.as_str());
+
+        // Changes in the directory arrive incrementally.
+        g.set_user(&d.ann, "surname", json!("Ames-Smith"));
+        g.set_user(&d.bob, "accountEnabled", json!(false));
+        g.remove_member(&d.admins, &d.ann);
+        let dan = g.add_user("dan@contoso.example", "Dan", "Dale");
+        g.add_member(&d.ops, &dan);
+        g.delete_user(&d.cid, false);
+        g.delete_group(&d.m365);
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!((r.mode.as_str(), r.outcome.as_str()), ("incremental", "applied"), "{r:?}");
+        assert_eq!(r.users_created, 1, "{r:?}");
+        assert_eq!(r.users_deactivated, 2, "bob disabled, cid deleted: {r:?}");
+        assert_eq!(r.groups_deleted, 1, "{r:?}");
+        assert_eq!((r.members_added, r.members_removed), (1, 1), "{r:?}");
+        assert_eq!(scim_user(&srv, "ann@contoso.example").await["name"]["familyName"], "Ames-Smith");
+        assert_eq!(scim_user(&srv, "bob@contoso.example").await["active"], false);
+        assert_eq!(scim_user(&srv, "cid@contoso.example").await["active"], false);
+        assert_eq!(scim_group_members(&srv, "Admins").await, set(&["Ops"]));
+        assert_eq!(scim_group_members(&srv, "Ops").await, set(&["bob@contoso.example", "dan@contoso.example"]));
+        let gone = srv.get("/Groups?filter=displayName%20eq%20%22Marketing%22").await;
+        assert_eq!(gone.body["totalResults"], 0);
+
+        // Nothing changed: nothing to do.
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!(r.outcome, "unchanged", "{r:?}");
+    }
+}
+
+each_backend! {
+    async fn runner_expired_delta_token_resyncs_in_full(backend) {
+        let srv = TestServer::start(backend).await;
+        let g = GraphStandIn::start().await;
+        let d = populate(&g);
+        let cfg = source_config(&srv, &g, LENIENT, "");
+        run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        g.expire_delta_tokens();
+        // A deletion Graph will never report as such: only the full read
+        // that follows the expired token can notice it.
+        g.delete_user(&d.bob, true);
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!((r.mode.as_str(), r.outcome.as_str()), ("full", "applied"), "{r:?}");
+        assert_eq!(r.users_deactivated, 1, "{r:?}");
+        assert_eq!(scim_user(&srv, "bob@contoso.example").await["active"], false);
+        // The new cursor works.
+        g.set_user(&d.ann, "givenName", json!("Anne"));
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!((r.mode.as_str(), r.users_updated), ("incremental", 1), "{r:?}");
+    }
+}
+
+each_backend! {
+    async fn runner_outage_mid_run_changes_nothing(backend) {
+        let srv = TestServer::start(backend).await;
+        let g = GraphStandIn::start_with(GraphOptions { page_size: 1, ..GraphOptions::default() }).await;
+        let d = populate(&g);
+        let cfg = source_config(&srv, &g, LENIENT, "max_retries = 2");
+        run_source(&srv.app, &cfg, RunOptions { force_full: true, ..RunOptions::default() }).await.unwrap();
+        let cursor = srv.app.store.sync_state(&cfg.name).await.unwrap().cursor;
+        assert!(cursor.is_some());
+        // Bob is gone, but the stand-in dies before the read completes: a
+        // forced full read must not take the missing pages for deletions.
+        g.delete_user(&d.bob, true);
+        g.go_down_after(2);
+        let err = run_source(&srv.app, &cfg, RunOptions { force_full: true, ..RunOptions::default() }).await.unwrap_err();
+        assert!(matches!(err, SyncError::Source { .. }), "{err}");
+        assert!(err.to_string().contains("unreachable after 3 attempts"), "{err}");
+        for u in ["ann@contoso.example", "bob@contoso.example"] {
+            assert_eq!(scim_user(&srv, u).await["active"], true, "{u}");
+        }
+        assert_eq!(scim_group_members(&srv, "Ops").await, set(&["bob@contoso.example"]));
+        assert_eq!(srv.app.store.sync_state(&cfg.name).await.unwrap().cursor, cursor, "cursor kept");
+        assert_eq!(srv.app.store.sync_runs(&cfg.name, 1).await.unwrap()[0].outcome, "failed");
+    }
+}
+
+each_backend! {
+    async fn runner_mass_delete_is_held_and_dry_run_changes_nothing(backend) {
+        let srv = TestServer::start(backend).await;
+        let g = GraphStandIn::start().await;
+        let ids: Vec<String> = (0..20)
+            .map(|i| g.add_user(&format!("p{i}@contoso.example"), "P", &format!("{i}")))
+            .collect();
+        let cfg = source_config(&srv, &g, "[guard]\nmax_deletes = 5\nmax_delete_percent = 100\n", "");
+
+        // A dry run of the first sync writes nothing, not even the cursor.
+        let r = run_source(&srv.app, &cfg, RunOptions { dry_run: true, ..RunOptions::default() }).await.unwrap();
+        assert_eq!((r.outcome.as_str(), r.users_created), ("dry-run", 20), "{r:?}");
+        assert!(r.diff.contains(&"+ user p7@contoso.example".to_string()), "{:?}", r.diff);
+        assert_eq!(srv.get("/Users").await.body["totalResults"], 0);
+        assert_eq!(srv.app.store.sync_state(&cfg.name).await.unwrap().cursor, None);
+
+        run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        for id in &ids[..12] {
+            g.delete_user(id, false);
+        }
+        let held = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!(held.outcome, "held", "{held:?}");
+        assert!(held.held_reason.as_deref().unwrap_or("").contains("12 user"), "{held:?}");
+        let active = |v: serde_json::Value| v["Resources"].as_array().unwrap().iter().filter(|u| u["active"] == true).count();
+        assert_eq!(active(srv.get("/Users?count=100").await.body), 20, "held: nothing deactivated");
+        // Held again (the cursor did not move past the deletions).
+        let again = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!(again.outcome, "held", "{again:?}");
+        let confirmed = run_source(&srv.app, &cfg, RunOptions { confirm_deletes: true, ..RunOptions::default() }).await.unwrap();
+        assert_eq!((confirmed.outcome.as_str(), confirmed.users_deactivated), ("applied", 12), "{confirmed:?}");
+        assert_eq!(active(srv.get("/Users?count=100").await.body), 8);
+    }
+}
+
+each_backend! {
+    async fn runner_permissions_follow_nested_entra_groups(backend) {
+        let yaml = "catalog: loyjoy\nrules:\n  - id: editors\n    match: {display_name: \"Editors\"}\n    assign: {roles: [editor]}\n";
+        let srv = TestServer::start_mapped(backend, yaml).await;
+        let token = srv.permissions_token().await;
+        let g = GraphStandIn::start().await;
+        let ann = g.add_user("ann@contoso.example", "Ann", "Ames");
+        let bob = g.add_user("bob@contoso.example", "Bob", "Bell");
+        let editors = g.add_group("Editors", true);
+        let team = g.add_group("Team", true);
+        g.add_member(&editors, &team);
+        g.add_member(&team, &ann);
+        g.add_member(&editors, &bob);
+        let cfg = source_config(&srv, &g, LENIENT, "groups = \"security\"");
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!(r.permission_changes, 2, "{r:?}");
+        let perms = |user: &'static str| {
+            let url = format!("http://{}/api/v1/tenants/{}/users/{user}/permissions?by=userName", srv.addr, srv.tenant);
+            let token = token.clone();
+            let srv = &srv;
+            async move { srv.send_with(reqwest::Method::GET, &url, None, &[], Some(&token)).await }
+        };
+        let p = perms("ann@contoso.example").await;
+        assert_eq!(p.status, 200, "{}", p.body);
+        assert!(p.body["roles"].to_string().contains("editor"), "through Team ⊂ Editors: {}", p.body);
+        assert!(perms("bob@contoso.example").await.body["roles"].to_string().contains("editor"));
+        // Team leaves Editors in Entra: ann loses the role at the next run.
+        g.remove_member(&editors, &team);
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!((r.mode.as_str(), r.members_removed, r.permission_changes), ("incremental", 1, 1), "{r:?}");
+        let p = perms("ann@contoso.example").await;
+        assert!(!p.body["roles"].to_string().contains("editor"), "{}", p.body);
+    }
+}
+
+each_backend! {
+    async fn runner_bad_secret_fails_clearly(backend) {
+        let srv = TestServer::start(backend).await;
+        let g = GraphStandIn::start().await;
+        populate(&g);
+        let mut cfg = source_config(&srv, &g, LENIENT, "");
+        if let rolebridge::sync::SourceKind::Entra(e) = &mut cfg.kind {
+            e.client_secret.file = Some(secret_file("not-the-secret"));
+        }
+        let err = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("source '{}': token endpoint", cfg.name)), "{text}");
+        assert!(text.contains("invalid_client: AADSTS7000215"), "{text}");
+        assert!(!text.contains("not-the-secret"));
+        assert_eq!(srv.get("/Users").await.body["totalResults"], 0);
+    }
+}

@@ -151,6 +151,8 @@ pub struct EntraSource {
 }
 
 impl EntraSource {
+    /// Builds the source from its config; does no IO (the token is fetched
+    /// by the first read).
     pub fn new(config: &EntraConfig) -> Result<EntraSource, EntraError> {
         Ok(EntraSource {
             config: config.clone(),
@@ -247,15 +249,6 @@ async fn fetch_page<T: serde::de::DeserializeOwned>(
         }
     };
     Ok((page.value, next))
-}
-
-impl EntraSource {
-    /// Builds the source from its config; does no IO.
-    pub fn new(config: &EntraConfig) -> Result<Self, EntraError> {
-        Ok(EntraSource {
-            config: config.clone(),
-        })
-    }
 }
 
 impl Source for EntraSource {
