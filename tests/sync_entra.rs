@@ -809,3 +809,74 @@ each_backend! {
         assert_eq!(srv.get("/Users").await.body["totalResults"], 0);
     }
 }
+
+// ---- the real binary ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_sync_dry_run_run_and_status() {
+    use crate::durability::{bin, cli};
+    let g = GraphStandIn::start().await;
+    populate(&g);
+    let db = crate::support::fresh_database(crate::support::Backend::Sqlite).await;
+    let tenant = crate::support::unique("entracli");
+    assert_eq!(cli(&db, &["tenant", "create", &tenant]).0, 0);
+    let dir = std::env::temp_dir().join("rolebridge-tests");
+    let config = dir.join(format!("{tenant}.toml"));
+    let bad = dir.join(format!("{tenant}-bad.toml"));
+    let source = |name: &str, secret: &str| {
+        format!(
+            "[[source]]\nname = \"{name}\"\ntenant = \"{tenant}\"\nkind = \"entra\"\n{}",
+            entra_toml(&g, secret, "")
+        )
+    };
+    std::fs::write(&config, source("aad", &g.options.client_secret)).unwrap();
+    std::fs::write(&bad, source("aad", "wrong-secret")).unwrap();
+    let run = |cfg: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .arg("--config")
+            .arg(cfg)
+            .args(args)
+            .env("ROLEBRIDGE_DATABASE_URL", &db)
+            .output()
+            .expect("run rolebridge");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    let (code, out, err) = run(&config, &["sync", "--source", "aad", "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(report["outcome"], "dry-run");
+    assert_eq!(report["users_created"], 3);
+    assert!(report["diff"].to_string().contains("+ user ann@contoso.example"), "{report}");
+
+    let (code, out, err) = run(&config, &["sync", "--source", "aad", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!((report["outcome"].as_str(), report["mode"].as_str()), (Some("applied"), Some("full")));
+    assert_eq!(report["groups_created"], 3);
+
+    // A wrong secret: one clear line, non-zero, the secret not echoed.
+    let (code, out, err) = run(&bad, &["sync", "--source", "aad"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("invalid_client: AADSTS7000215"), "{err}");
+    assert!(!err.contains("wrong-secret"), "{err}");
+
+    let (code, out, err) = run(&config, &["sync", "status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(status[0]["source"], "aad");
+    assert_eq!(status[0]["kind"], "entra");
+    assert_eq!(status[0]["has_cursor"], true);
+    assert_eq!(status[0]["last_run"]["outcome"], "failed", "{status}");
+    assert!(status[0]["last_run"]["error"].to_string().contains("AADSTS7000215"), "{status}");
+
+    // Incremental with the good secret again.
+    let (code, out, err) = run(&config, &["sync", "--source", "aad", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!((report["outcome"].as_str(), report["mode"].as_str()), (Some("unchanged"), Some("incremental")), "{report}");
+}
