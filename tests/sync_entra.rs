@@ -851,12 +851,20 @@ async fn cli_sync_dry_run_run_and_status() {
     let report: serde_json::Value = serde_json::from_str(&out).expect(&out);
     assert_eq!(report["outcome"], "dry-run");
     assert_eq!(report["users_created"], 3);
-    assert!(report["diff"].to_string().contains("+ user ann@contoso.example"), "{report}");
+    assert!(
+        report["diff"]
+            .to_string()
+            .contains("+ user ann@contoso.example"),
+        "{report}"
+    );
 
     let (code, out, err) = run(&config, &["sync", "--source", "aad", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
     let report: serde_json::Value = serde_json::from_str(&out).expect(&out);
-    assert_eq!((report["outcome"].as_str(), report["mode"].as_str()), (Some("applied"), Some("full")));
+    assert_eq!(
+        (report["outcome"].as_str(), report["mode"].as_str()),
+        (Some("applied"), Some("full"))
+    );
     assert_eq!(report["groups_created"], 3);
 
     // A wrong secret: one clear line, non-zero, the secret not echoed.
@@ -872,11 +880,20 @@ async fn cli_sync_dry_run_run_and_status() {
     assert_eq!(status[0]["kind"], "entra");
     assert_eq!(status[0]["has_cursor"], true);
     assert_eq!(status[0]["last_run"]["outcome"], "failed", "{status}");
-    assert!(status[0]["last_run"]["error"].to_string().contains("AADSTS7000215"), "{status}");
+    assert!(
+        status[0]["last_run"]["error"]
+            .to_string()
+            .contains("AADSTS7000215"),
+        "{status}"
+    );
 
     // Incremental with the good secret again.
     let (code, out, err) = run(&config, &["sync", "--source", "aad", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
     let report: serde_json::Value = serde_json::from_str(&out).expect(&out);
-    assert_eq!((report["outcome"].as_str(), report["mode"].as_str()), (Some("unchanged"), Some("incremental")), "{report}");
+    assert_eq!(
+        (report["outcome"].as_str(), report["mode"].as_str()),
+        (Some("unchanged"), Some("incremental")),
+        "{report}"
+    );
 }
