@@ -38,3 +38,5 @@ mod sync_framework;
 mod sync_cli;
 // The LDAP source against a real slapd.
 mod sync_ldap;
+// The Entra ID source against a local Microsoft Graph stand-in.
+mod sync_entra;
