@@ -23,7 +23,7 @@ async fn dc_serves_ldap_and_guids_decode_like_samba() {
     let sam = unique("h");
     let user = admin.user(&ou, &sam, true).await;
     let bytes = admin.guid_bytes(&user.dn).await;
-    assert_eq!(guid_string(&bytes), dc.samba_tool_guid(&sam));
+    assert_eq!(guid_string(&bytes), dc.samba_tool_guid("user", &sam));
     let entry = admin.read(&user.dn, &["userAccountControl"]).await;
     assert_eq!(entry.attrs["userAccountControl"], vec!["512".to_string()]);
     let usn = admin.usn_changed(&user.dn).await;

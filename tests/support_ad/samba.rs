@@ -48,6 +48,8 @@ pub struct Dc {
     /// A plain domain user the sync binds as (not an administrator).
     pub sync_dn: String,
     pub sync_password: String,
+    /// A file holding `sync_password`, for `bind_password = { file = .. }`.
+    pub sync_password_file: PathBuf,
     pub dir: PathBuf,
     pub provision_time: Duration,
     pub start_time: Duration,
@@ -261,6 +263,10 @@ fn start_dc() -> Result<Dc, String> {
         "samba-tool user create",
     )?;
 
+    let sync_password_file = dir.join("sync.pw");
+    std::fs::write(&sync_password_file, format!("{SYNC_PASSWORD}\n"))
+        .map_err(|e| format!("write sync.pw: {e}"))?;
+
     let t1 = Instant::now();
     let out = std::fs::File::create(dir.join("samba.out")).map_err(|e| e.to_string())?;
     let mut child = Command::new("samba")
@@ -305,6 +311,7 @@ fn start_dc() -> Result<Dc, String> {
         admin_password: ADMIN_PASSWORD.to_string(),
         sync_dn: format!("CN={SYNC_USER},CN=Users,{BASE_DN}"),
         sync_password: SYNC_PASSWORD.to_string(),
+        sync_password_file,
         dir,
         provision_time,
         start_time,
@@ -359,12 +366,12 @@ impl Dc {
         Admin { ldap }
     }
 
-    /// `samba-tool user show NAME`'s objectGUID: samba's own decoding of
-    /// the GUID, independent of rolebridge's.
-    pub fn samba_tool_guid(&self, sam_account_name: &str) -> String {
+    /// `samba-tool {user|group} show NAME`'s objectGUID: samba's own
+    /// decoding of the GUID, independent of rolebridge's.
+    pub fn samba_tool_guid(&self, kind: &str, sam_account_name: &str) -> String {
         let out = run_bounded(
             Command::new("samba-tool")
-                .args(["user", "show", sam_account_name, "-H", &self.url, "-U"])
+                .args([kind, "show", sam_account_name, "-H", &self.url, "-U"])
                 .arg(format!("Administrator%{}", self.admin_password))
                 .args(["--attributes=objectGUID"])
                 .arg(format!(
