@@ -186,9 +186,23 @@ pub fn format_timestamp(t: time::OffsetDateTime) -> Option<String> {
     t.format(TIMESTAMP).ok()
 }
 
+/// Reads a stored timestamp back; `None` if it is not in that format.
+pub fn parse_timestamp(s: &str) -> Option<time::OffsetDateTime> {
+    time::PrimitiveDateTime::parse(s, TIMESTAMP)
+        .ok()
+        .map(|t| t.assume_utc())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        let s = now();
+        assert_eq!(parse_timestamp(&s).and_then(format_timestamp), Some(s));
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
 
     #[test]
     fn tenant_names_follow_the_rule() {

@@ -10,6 +10,7 @@ mod bulk;
 mod error;
 mod permissions;
 mod resources;
+mod sync;
 mod tokens;
 
 pub use crate::domain::{format_timestamp, now};
@@ -19,6 +20,7 @@ pub use permissions::{
     user_facts, LoadedMappings, Mappings, PermissionCache, Summary, SummaryUser, UserRef, SYNC_URN,
 };
 pub use resources::{ListQuery, ListResult, Outcome, RequestContext, MAX_COUNT};
+pub use sync::{group_doc, user_doc, Applied, CursorUpdate, SyncMetrics, SYNC_USER_URN};
 pub use tokens::{hash_secret, Authenticated, NewToken};
 
 use std::sync::Arc;
@@ -35,6 +37,8 @@ pub struct App {
     pub mappings: Arc<Mappings>,
     /// Effective-permission caches (in-process, and Redis when configured).
     pub cache: Arc<PermissionCache>,
+    /// Directory-sync run counters (`/metrics`).
+    pub sync_metrics: Arc<SyncMetrics>,
 }
 
 impl App {
@@ -44,6 +48,7 @@ impl App {
             store,
             mappings: Arc::new(Mappings::empty()),
             cache: Arc::new(PermissionCache::default()),
+            sync_metrics: Arc::new(SyncMetrics::default()),
         }
     }
 
@@ -109,6 +114,7 @@ impl App {
             }
             out.push_str(&format!("{name} {value}\n"));
         }
+        out.push_str(&self.sync_metrics.text());
         out
     }
 
@@ -117,6 +123,7 @@ impl App {
             store,
             mappings: Arc::new(mappings),
             cache: Arc::new(PermissionCache::default()),
+            sync_metrics: Arc::new(SyncMetrics::default()),
         }
     }
 

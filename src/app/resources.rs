@@ -478,7 +478,10 @@ fn not_found(kind: ResourceKind, id: &ResourceId) -> Error {
 
 /// Validates and normalises a POST/PUT body into the stored document, and
 /// takes out group members (stored in their own table).
-fn prepare(kind: ResourceKind, mut body: Value) -> Result<(Value, Option<Vec<MemberRef>>)> {
+pub(super) fn prepare(
+    kind: ResourceKind,
+    mut body: Value,
+) -> Result<(Value, Option<Vec<MemberRef>>)> {
     let obj = body
         .as_object_mut()
         .ok_or_else(|| Error::InvalidSyntax("the request body must be a JSON object".into()))?;

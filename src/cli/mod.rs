@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_checks;
+mod sync;
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +61,9 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Measure the service; prints figures.
     Bench(bench::BenchArgs),
+    /// Run a directory source once (`--source S`), or show every source's
+    /// state (`sync status`).
+    Sync(sync::SyncArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +140,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Explain(args) => explain(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,
+        Command::Sync(args) => sync::run(&config, args).await,
     }
 }
 
@@ -148,7 +153,7 @@ async fn open(config: &Config) -> anyhow::Result<App> {
 }
 
 /// Loads the mapping directory, refusing to go on with an invalid one.
-fn load_mappings(dir: &Path) -> anyhow::Result<Mappings> {
+pub(crate) fn load_mappings(dir: &Path) -> anyhow::Result<Mappings> {
     if !dir.is_dir() {
         bail!("mappings directory '{}' does not exist", dir.display());
     }
@@ -193,6 +198,12 @@ async fn explain(config: &Config, args: ExplainArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let sources = crate::sync::parse_sources(&config.sources).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!("{} error(s) in [[source]] configuration", errors.len())
+    })?;
     let store = Store::connect(&config.database_url).await?;
     let mut app = App::with_mappings(store, load_mappings(&config.mappings)?);
     if let Some(url) = &config.redis_url {
@@ -201,6 +212,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("invalid --redis-url: {e}"))?;
     }
     spawn_reload_on_sighup(app.clone());
+    for source in sources {
+        spawn_sync_schedule(app.clone(), source);
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -219,6 +233,43 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .await?;
     app.store.close().await;
     Ok(())
+}
+
+/// Runs a source now and then every `schedule`, one run after another, so
+/// runs of one source never overlap in this process; the store lease keeps
+/// other replicas and `rolebridge sync` out while a run is going.
+fn spawn_sync_schedule(app: App, source: crate::sync::SourceConfig) {
+    tokio::spawn(async move {
+        // A moment after start, so the listener is up before a long run.
+        let mut next = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            tokio::time::sleep_until(next).await;
+            match crate::sync::run_source(&app, &source, crate::sync::RunOptions::default()).await {
+                Ok(r) => tracing::info!(
+                    source = %source.name,
+                    outcome = %r.outcome,
+                    mode = %r.mode,
+                    users_created = r.users_created,
+                    users_updated = r.users_updated,
+                    users_deactivated = r.users_deactivated,
+                    users_deleted = r.users_deleted,
+                    members_added = r.members_added,
+                    members_removed = r.members_removed,
+                    held = r.held_reason.as_deref().unwrap_or(""),
+                    elapsed_ms = r.elapsed_ms,
+                    "sync run finished"
+                ),
+                Err(crate::sync::SyncError::Busy(_)) => tracing::info!(
+                    source = %source.name,
+                    "sync run skipped: another process is running this source"
+                ),
+                Err(e) => {
+                    tracing::error!(source = %source.name, error = %e, "sync run failed; nothing was changed")
+                }
+            }
+            next = tokio::time::Instant::now() + source.schedule;
+        }
+    });
 }
 
 /// SIGHUP re-reads the mapping directory; an invalid edit is logged with

@@ -226,6 +226,11 @@ pub struct WriteTx {
 }
 
 impl WriteTx {
+    /// The transaction's connection, for the store's other modules.
+    pub(super) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+
     /// Commits, bumping the epoch of every tenant written in the same
     /// transaction, so no cache entry computed before this write can be
     /// reached after it (the cache keys on the epoch read from the database).

@@ -9,7 +9,9 @@
 
 pub mod config;
 pub mod entra;
+pub mod guard;
 pub mod ldap;
+pub mod plan;
 pub mod record;
 pub mod runner;
 pub mod source;

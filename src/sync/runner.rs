@@ -2,8 +2,18 @@
 
 use serde::Serialize;
 
-use super::{SourceConfig, SourceError};
-use crate::app::App;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use super::entra::EntraSource;
+use super::ldap::LdapSource;
+use super::plan::{self, PlanInput};
+use super::{
+    guard, Batch, ReadOutcome, ReadRequest, Source, SourceConfig, SourceError, SourceKind,
+};
+use crate::app::{format_timestamp, now, user_facts, App, CursorUpdate};
+use crate::domain::{parse_timestamp, ResourceId, TenantId};
+use crate::store::SyncRunRecord;
 
 /// How a run was asked for.
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,12 +79,280 @@ pub enum SyncError {
     Store(#[from] crate::store::Error),
 }
 
+/// How long a run may hold its source's lease. A run that crashes leaves
+/// the lease to expire; one that finishes releases it at once.
+const LEASE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Reports entries read so far (the CLI draws a progress bar with it).
+pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
+
 /// Runs one source once.
 pub async fn run_source(
     app: &App,
     config: &SourceConfig,
     options: RunOptions,
 ) -> Result<RunReport, SyncError> {
-    let _ = (app, options);
-    Err(SyncError::Busy(config.name.clone()))
+    run_source_with_progress(app, config, options, None).await
+}
+
+/// Runs one source once, reporting progress. Takes the source's lease (so
+/// no two runs of one source overlap, in any process), records the run in
+/// `sync_runs` whatever its result, and releases the lease.
+pub async fn run_source_with_progress(
+    app: &App,
+    config: &SourceConfig,
+    options: RunOptions,
+    progress: Option<Progress>,
+) -> Result<RunReport, SyncError> {
+    let started = now();
+    let clock = Instant::now();
+    let tenant = app
+        .store
+        .tenant_by_name(&config.tenant)
+        .await?
+        .ok_or_else(|| SyncError::UnknownTenant(config.tenant.to_string()))?;
+    let owner = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4());
+    let until = format_timestamp(time::OffsetDateTime::now_utc() + LEASE)
+        .ok_or_else(|| SyncError::Busy(config.name.clone()))?;
+    if !app
+        .store
+        .acquire_sync_lease(&config.name, &owner, &started, &until)
+        .await?
+    {
+        return Err(SyncError::Busy(config.name.clone()));
+    }
+    let result = run_leased(app, config, tenant.id, options, progress, &started).await;
+    let released = app.store.release_sync_lease(&config.name, &owner).await;
+    let finished = now();
+    let (outcome, report_json, error) = match &result {
+        Ok(r) => (
+            r.outcome.clone(),
+            serde_json::to_string(&RunReport {
+                elapsed_ms: clock.elapsed().as_millis() as u64,
+                ..r.clone()
+            })
+            .unwrap_or_default(),
+            None,
+        ),
+        Err(e) => ("failed".to_string(), "{}".to_string(), Some(e.to_string())),
+    };
+    app.sync_metrics.record(&config.name, &outcome);
+    if !options.dry_run || result.is_err() {
+        app.store
+            .record_sync_run(&SyncRunRecord {
+                id: uuid::Uuid::new_v4().to_string(),
+                source: config.name.clone(),
+                started,
+                finished,
+                outcome,
+                report: report_json,
+                error,
+            })
+            .await?;
+    }
+    released?;
+    let mut report = result?;
+    report.elapsed_ms = clock.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+async fn run_leased(
+    app: &App,
+    config: &SourceConfig,
+    tenant: TenantId,
+    options: RunOptions,
+    progress: Option<Progress>,
+    started: &str,
+) -> Result<RunReport, SyncError> {
+    let state = app.store.sync_state(&config.name).await?;
+    let reconcile_due = match &state.last_full {
+        None => true,
+        Some(at) => parse_timestamp(at)
+            .map(|t| time::OffsetDateTime::now_utc() - t >= config.full_every)
+            .unwrap_or(true),
+    };
+    let mut full = options.force_full || state.cursor.is_none() || reconcile_due;
+    let source_error = |error| SyncError::Source {
+        source_name: config.name.clone(),
+        error,
+    };
+    let mut source = AnySource::new(&config.kind).map_err(source_error)?;
+    let new_batch = || {
+        let batch = Batch::new();
+        match &progress {
+            Some(p) => {
+                let p = p.clone();
+                batch.with_progress(move |n| p(n))
+            }
+            None => batch,
+        }
+    };
+    let mut batch = new_batch();
+    let request = ReadRequest {
+        full,
+        cursor: if full { None } else { state.cursor.clone() },
+    };
+    let outcome = match source.read(&request, &mut batch).await {
+        Err(SourceError::CursorExpired) if !full => {
+            tracing::warn!(source = %config.name, "saved cursor expired; running a full resync");
+            full = true;
+            batch = new_batch();
+            source
+                .read(
+                    &ReadRequest {
+                        full: true,
+                        cursor: None,
+                    },
+                    &mut batch,
+                )
+                .await
+                .map_err(source_error)?
+        }
+        other => other.map_err(source_error)?,
+    };
+    let links = app.store.sync_links(&config.name, tenant).await?;
+    let before = app.store.directory(tenant).await?;
+    // A grace period too long to represent deletes nothing.
+    let delete_before = time::Duration::try_from(config.delete_after)
+        .ok()
+        .and_then(|d| time::OffsetDateTime::now_utc().checked_sub(d))
+        .and_then(format_timestamp)
+        .unwrap_or_default();
+    let new_id = || ResourceId::generate().as_str().to_string();
+    let plan = plan::plan(
+        &batch,
+        &outcome,
+        &PlanInput {
+            source: &config.name,
+            tenant,
+            links: &links,
+            before: &before,
+            now: started,
+            delete_before: &delete_before,
+            new_id: &new_id,
+        },
+    );
+    let entries_read = batch.received;
+    drop(batch);
+    let counts = plan.counts();
+    let mut report = RunReport {
+        source: config.name.clone(),
+        tenant: config.tenant.to_string(),
+        mode: if full { "full" } else { "incremental" }.to_string(),
+        users_created: counts.users_created,
+        users_updated: counts.users_updated,
+        users_deactivated: counts.users_deactivated,
+        users_reactivated: counts.users_reactivated,
+        users_deleted: counts.users_deleted,
+        groups_created: counts.groups_created,
+        groups_updated: counts.groups_updated,
+        groups_deleted: counts.groups_deleted,
+        members_added: counts.members_added,
+        members_removed: counts.members_removed,
+        skipped: plan.skipped.clone(),
+        entries_read,
+        ..RunReport::default()
+    };
+    report.permission_changes = permission_changes(app, &config.tenant, &before, &plan);
+    let held = guard::check(&config.guard, &plan, &counts);
+    if options.dry_run {
+        report.outcome = "dry-run".into();
+        report.held_reason = held;
+        report.diff = plan.diff(&before);
+        return Ok(report);
+    }
+    if let Some(reason) = held {
+        if !options.confirm_deletes {
+            tracing::warn!(source = %config.name, %reason, "sync run held by the deletion guard");
+            report.outcome = "held".into();
+            report.held_reason = Some(reason);
+            report.diff = plan.diff(&before);
+            return Ok(report);
+        }
+        tracing::warn!(source = %config.name, %reason, "deletion guard overridden by --confirm-deletes");
+    }
+    let applied = app
+        .apply_sync(
+            tenant,
+            &config.name,
+            &plan,
+            CursorUpdate {
+                cursor: outcome.cursor.as_deref(),
+                full_at: outcome.complete.then_some(started),
+            },
+        )
+        .await?;
+    report.skipped.extend(applied.skipped);
+    report.outcome = if plan.is_empty() {
+        "unchanged"
+    } else {
+        "applied"
+    }
+    .into();
+    Ok(report)
+}
+
+/// Users whose effective permissions differ between the stored directory
+/// and the directory the plan leads to; 0 when the tenant has no mapping.
+fn permission_changes(
+    app: &App,
+    tenant: &crate::domain::TenantName,
+    before: &crate::store::Directory,
+    plan: &plan::Plan,
+) -> u64 {
+    if plan.is_empty() {
+        return 0;
+    }
+    let loaded = app.mappings.current();
+    let Some(compiled) = loaded
+        .set
+        .tenant(&mapping::TenantName::new(tenant.as_str()))
+    else {
+        return 0;
+    };
+    let after = plan.simulate(before);
+    let a = mapping::compute_tenant(compiled, &user_facts(before));
+    let b = mapping::compute_tenant(compiled, &user_facts(&after));
+    let perms = |r: &mapping::TenantResult| -> HashMap<String, BTreeSet<String>> {
+        r.users()
+            .map(|u| {
+                (
+                    u.user_id.clone(),
+                    u.permissions.iter().map(|p| p.to_string()).collect(),
+                )
+            })
+            .collect()
+    };
+    let (pa, pb) = (perms(&a), perms(&b));
+    let empty = BTreeSet::new();
+    let ids: BTreeSet<&String> = pa.keys().chain(pb.keys()).collect();
+    ids.into_iter()
+        .filter(|id| pa.get(*id).unwrap_or(&empty) != pb.get(*id).unwrap_or(&empty))
+        .count() as u64
+}
+
+/// A source of any kind, built from its config without IO.
+enum AnySource {
+    Ldap(Box<LdapSource>),
+    Entra(Box<EntraSource>),
+}
+
+impl AnySource {
+    fn new(kind: &SourceKind) -> Result<Self, SourceError> {
+        Ok(match kind {
+            SourceKind::Ldap(c) => AnySource::Ldap(Box::new(LdapSource::new(c)?)),
+            SourceKind::Entra(c) => AnySource::Entra(Box::new(EntraSource::new(c)?)),
+        })
+    }
+
+    async fn read(
+        &mut self,
+        request: &ReadRequest,
+        batch: &mut Batch,
+    ) -> Result<ReadOutcome, SourceError> {
+        match self {
+            AnySource::Ldap(s) => s.read(request, batch).await,
+            AnySource::Entra(s) => s.read(request, batch).await,
+        }
+    }
 }

@@ -26,6 +26,15 @@ pub struct EntraSource {
     pub config: EntraConfig,
 }
 
+impl EntraSource {
+    /// Builds the source from its config; does no IO.
+    pub fn new(config: &EntraConfig) -> Result<Self, EntraError> {
+        Ok(EntraSource {
+            config: config.clone(),
+        })
+    }
+}
+
 impl Source for EntraSource {
     async fn read(
         &mut self,

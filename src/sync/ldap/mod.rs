@@ -26,6 +26,15 @@ pub struct LdapSource {
     pub config: LdapConfig,
 }
 
+impl LdapSource {
+    /// Builds the source from its config; does no IO.
+    pub fn new(config: &LdapConfig) -> Result<Self, LdapError> {
+        Ok(LdapSource {
+            config: config.clone(),
+        })
+    }
+}
+
 impl Source for LdapSource {
     async fn read(
         &mut self,

@@ -1,0 +1,233 @@
+//! Directory-sync bookkeeping: links from a source's stable ids to
+//! resources, each source's cursor and run lease, and the run log.
+
+use sqlx::Row;
+
+use super::{Result, Store, WriteTx};
+use crate::domain::TenantId;
+
+/// A source's entry and the resource it became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncLink {
+    pub source: String,
+    /// `User` or `Group`.
+    pub kind: String,
+    pub external_key: String,
+    pub tenant: TenantId,
+    pub resource_id: String,
+    pub locator: Option<String>,
+    pub name_lc: String,
+    pub base: String,
+    pub content_hash: String,
+    pub missing_since: Option<String>,
+}
+
+/// A source's persisted state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncState {
+    pub cursor: Option<String>,
+    pub last_full: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<String>,
+}
+
+/// One finished run, as `sync status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRunRecord {
+    pub id: String,
+    pub source: String,
+    pub started: String,
+    pub finished: String,
+    /// `applied`, `unchanged`, `held`, `dry-run` or `failed`.
+    pub outcome: String,
+    /// The run report as JSON.
+    pub report: String,
+    pub error: Option<String>,
+}
+
+impl Store {
+    /// Every link a source holds in a tenant.
+    pub async fn sync_links(&self, source: &str, tenant: TenantId) -> Result<Vec<SyncLink>> {
+        let rows = sqlx::query(
+            "SELECT source, kind, external_key, tenant_id, resource_id, locator, name_lc, base, content_hash, missing_since \
+             FROM sync_links WHERE source = $1 AND tenant_id = $2",
+        )
+        .bind(source)
+        .bind(tenant.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SyncLink {
+                    source: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    external_key: r.try_get(2)?,
+                    tenant,
+                    resource_id: r.try_get(4)?,
+                    locator: r.try_get(5)?,
+                    name_lc: r.try_get(6)?,
+                    base: r.try_get(7)?,
+                    content_hash: r.try_get(8)?,
+                    missing_since: r.try_get(9)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn sync_state(&self, source: &str) -> Result<SyncState> {
+        let row = sqlx::query(
+            "SELECT cursor, last_full, lease_owner, lease_until FROM sync_state WHERE source = $1",
+        )
+        .bind(source)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => SyncState {
+                cursor: r.try_get(0)?,
+                last_full: r.try_get(1)?,
+                lease_owner: r.try_get(2)?,
+                lease_until: r.try_get(3)?,
+            },
+            None => SyncState::default(),
+        })
+    }
+
+    /// Takes the source's run lease for `owner` until `until`, unless
+    /// another owner holds an unexpired one. Returns whether it was taken.
+    /// The lease is a row update, so it excludes runs in other processes
+    /// and replicas as well as in this one.
+    pub async fn acquire_sync_lease(
+        &self,
+        source: &str,
+        owner: &str,
+        now: &str,
+        until: &str,
+    ) -> Result<bool> {
+        sqlx::query("INSERT INTO sync_state (source) VALUES ($1) ON CONFLICT (source) DO NOTHING")
+            .bind(source)
+            .execute(&self.pool)
+            .await?;
+        let done = sqlx::query(
+            "UPDATE sync_state SET lease_owner = $1, lease_until = $2 \
+             WHERE source = $3 AND (lease_owner IS NULL OR lease_until IS NULL OR lease_until < $4)",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(source)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn release_sync_lease(&self, source: &str, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE sync_state SET lease_owner = NULL, lease_until = NULL WHERE source = $1 AND lease_owner = $2",
+        )
+        .bind(source)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn record_sync_run(&self, run: &SyncRunRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sync_runs (id, source, started, finished, outcome, report, error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&run.id)
+        .bind(&run.source)
+        .bind(&run.started)
+        .bind(&run.finished)
+        .bind(&run.outcome)
+        .bind(&run.report)
+        .bind(run.error.as_deref())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The source's most recent runs, newest first.
+    pub async fn sync_runs(&self, source: &str, limit: i64) -> Result<Vec<SyncRunRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, source, started, finished, outcome, report, error FROM sync_runs \
+             WHERE source = $1 ORDER BY started DESC, id DESC LIMIT $2",
+        )
+        .bind(source)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SyncRunRecord {
+                    id: r.try_get(0)?,
+                    source: r.try_get(1)?,
+                    started: r.try_get(2)?,
+                    finished: r.try_get(3)?,
+                    outcome: r.try_get(4)?,
+                    report: r.try_get(5)?,
+                    error: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl WriteTx {
+    /// Creates or replaces a link.
+    pub async fn upsert_sync_link(&mut self, link: &SyncLink) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sync_links (source, kind, external_key, tenant_id, resource_id, locator, name_lc, base, content_hash, missing_since) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (source, kind, external_key) DO UPDATE SET tenant_id = $4, resource_id = $5, \
+             locator = $6, name_lc = $7, base = $8, content_hash = $9, missing_since = $10",
+        )
+        .bind(&link.source)
+        .bind(&link.kind)
+        .bind(&link.external_key)
+        .bind(link.tenant.to_string())
+        .bind(&link.resource_id)
+        .bind(link.locator.as_deref())
+        .bind(&link.name_lc)
+        .bind(&link.base)
+        .bind(&link.content_hash)
+        .bind(link.missing_since.as_deref())
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_sync_link(&mut self, source: &str, kind: &str, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sync_links WHERE source = $1 AND kind = $2 AND external_key = $3")
+            .bind(source)
+            .bind(kind)
+            .bind(key)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Saves the cursor a run returned, in the transaction that applied the
+    /// run, so the cursor never runs ahead of the data.
+    pub async fn save_sync_cursor(
+        &mut self,
+        source: &str,
+        cursor: Option<&str>,
+        full_at: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO sync_state (source) VALUES ($1) ON CONFLICT (source) DO NOTHING")
+            .bind(source)
+            .execute(self.conn())
+            .await?;
+        sqlx::query(
+            "UPDATE sync_state SET cursor = $1, last_full = COALESCE($2, last_full) WHERE source = $3",
+        )
+        .bind(cursor)
+        .bind(full_at)
+        .bind(source)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+}
