@@ -32,3 +32,7 @@ mod conformance;
 mod rate_limits;
 // /metrics per route template, /readyz, JSON logs without tokens.
 mod observability;
+// The directory-sync runner: apply, failure, guard, dry run, lease, permissions.
+mod sync_framework;
+// The LDAP source against a real slapd.
+mod sync_ldap;

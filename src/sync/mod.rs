@@ -15,10 +15,12 @@ pub mod plan;
 pub mod record;
 pub mod runner;
 pub mod source;
+#[cfg(test)]
+mod tests;
 
 pub use config::{parse_sources, ConfigError, GuardConfig, SecretRef, SourceConfig, SourceKind};
 pub use record::{Change, ExternalGroup, ExternalUser, Kind, MemberRef, Members};
-pub use runner::{run_source, RunOptions, RunReport, SyncError};
+pub use runner::{run_source, run_with_source, RunOptions, RunReport, SyncError};
 pub use source::{Batch, GroupChange, ReadOutcome, ReadRequest, Source};
 
 /// Why a source could not be read. Every variant aborts the run with no

@@ -104,6 +104,22 @@ pub async fn run_source_with_progress(
     options: RunOptions,
     progress: Option<Progress>,
 ) -> Result<RunReport, SyncError> {
+    let mut source = AnySource::new(&config.kind).map_err(|error| SyncError::Source {
+        source_name: config.name.clone(),
+        error,
+    })?;
+    run_with_source(app, config, &mut source, options, progress).await
+}
+
+/// Runs `config` once, reading from `source` (which must be the directory
+/// `config` describes; `run_source` builds it from the config).
+pub async fn run_with_source<S: Source>(
+    app: &App,
+    config: &SourceConfig,
+    source: &mut S,
+    options: RunOptions,
+    progress: Option<Progress>,
+) -> Result<RunReport, SyncError> {
     let started = now();
     let clock = Instant::now();
     let tenant = app
@@ -121,7 +137,7 @@ pub async fn run_source_with_progress(
     {
         return Err(SyncError::Busy(config.name.clone()));
     }
-    let result = run_leased(app, config, tenant.id, options, progress, &started).await;
+    let result = run_leased(app, config, source, tenant.id, options, progress, &started).await;
     let released = app.store.release_sync_lease(&config.name, &owner).await;
     let finished = now();
     let (outcome, report_json, error) = match &result {
@@ -156,9 +172,10 @@ pub async fn run_source_with_progress(
     Ok(report)
 }
 
-async fn run_leased(
+async fn run_leased<S: Source>(
     app: &App,
     config: &SourceConfig,
+    source: &mut S,
     tenant: TenantId,
     options: RunOptions,
     progress: Option<Progress>,
@@ -176,7 +193,6 @@ async fn run_leased(
         source_name: config.name.clone(),
         error,
     };
-    let mut source = AnySource::new(&config.kind).map_err(source_error)?;
     let new_batch = || {
         let batch = Batch::new();
         match &progress {
@@ -219,8 +235,9 @@ async fn run_leased(
         .and_then(format_timestamp)
         .unwrap_or_default();
     let new_id = || ResourceId::generate().as_str().to_string();
+    let entries_read = batch.received;
     let plan = plan::plan(
-        &batch,
+        &mut batch,
         &outcome,
         &PlanInput {
             source: &config.name,
@@ -232,7 +249,6 @@ async fn run_leased(
             new_id: &new_id,
         },
     );
-    let entries_read = batch.received;
     drop(batch);
     let counts = plan.counts();
     let mut report = RunReport {
@@ -344,7 +360,9 @@ impl AnySource {
             SourceKind::Entra(c) => AnySource::Entra(Box::new(EntraSource::new(c)?)),
         })
     }
+}
 
+impl Source for AnySource {
     async fn read(
         &mut self,
         request: &ReadRequest,

@@ -287,7 +287,7 @@ impl LdapConfig {
         ] {
             if let Some(v) = value {
                 let optional = matches!(key, "active" | "given_name" | "family_name" | "email");
-                if !valid_attribute(&v) && !(optional && v.is_empty()) {
+                if !(valid_attribute(&v) || optional && v.is_empty()) {
                     return Err(format!(
                         "attributes.{key} = \"{v}\" is not an LDAP attribute name"
                     ));

@@ -122,15 +122,6 @@ struct Cursor {
     timestamp: Option<String>,
 }
 
-impl LdapSource {
-    /// Builds the source from its config; does no IO.
-    pub fn new(config: &LdapConfig) -> Result<Self, LdapError> {
-        Ok(LdapSource {
-            config: config.clone(),
-        })
-    }
-}
-
 impl Source for LdapSource {
     async fn read(
         &mut self,
@@ -184,6 +175,7 @@ async fn read(
     let mut complete = true;
     match mode {
         Mode::Syncrepl => {
+            let mut gone = Gone::new();
             for base in &config.base_dns {
                 for kind in [Kind::User, Kind::Group] {
                     let key = format!("{}:{base}", kind.as_str().to_ascii_lowercase());
@@ -192,7 +184,7 @@ async fn read(
                         .and_then(|p| p.cookies.get(&key))
                         .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok());
                     let out = conn
-                        .sync_search(config, base, kind, cookie.as_deref(), batch)
+                        .sync_search(config, base, kind, cookie.as_deref(), batch, &mut gone)
                         .await?;
                     complete &= out.complete;
                     if let Some(c) = out.cookie.or(cookie) {
@@ -201,6 +193,7 @@ async fn read(
                     }
                 }
             }
+            flush_deleted(gone, batch);
         }
         Mode::Usn | Mode::ModifyTimestamp | Mode::None => {
             // The USN is read before searching: whatever changes during the
@@ -767,6 +760,7 @@ impl Conn {
         kind: Kind,
         cookie: Option<&[u8]>,
         batch: &mut Batch,
+        gone: &mut Gone,
     ) -> Result<SyncOutcome, SourceError> {
         let filter = match kind {
             Kind::User => config.user_filter.clone(),
@@ -793,6 +787,7 @@ impl Conn {
             let new_cookie = &mut new_cookie;
             let present_phase = &mut present_phase;
             let protocol = &protocol;
+            let gone = &mut *gone;
             self.request(
                 base,
                 Scope::Subtree,
@@ -819,10 +814,7 @@ impl Conn {
                                 Ok(())
                             }
                             ber::EntryState::Delete => {
-                                batch.push(Change::Deleted {
-                                    key: uuid,
-                                    kind: None,
-                                });
+                                note_deleted(gone, uuid, kind);
                                 Ok(())
                             }
                             ber::EntryState::Add | ber::EntryState::Modify => {
@@ -841,11 +833,10 @@ impl Conn {
                         match ber::sync_info(tag).map_err(protocol)? {
                             None => {}
                             Some(ber::SyncInfo::NewCookie(c)) => *new_cookie = Some(c),
-                            Some(ber::SyncInfo::RefreshDelete { cookie, .. }) => {
-                                if let Some(c) = cookie {
-                                    *new_cookie = Some(c);
-                                }
-                            }
+                            Some(ber::SyncInfo::RefreshDelete {
+                                cookie: Some(c), ..
+                            }) => *new_cookie = Some(c),
+                            Some(ber::SyncInfo::RefreshDelete { cookie: None, .. }) => {}
                             Some(ber::SyncInfo::RefreshPresent { cookie, .. }) => {
                                 *present_phase = true;
                                 if let Some(c) = cookie {
@@ -865,11 +856,11 @@ impl Conn {
                                 }
                                 for u in uuids {
                                     let key = ber::uuid_string(&u);
-                                    batch.push(if refresh_deletes {
-                                        Change::Deleted { key, kind: None }
+                                    if refresh_deletes {
+                                        note_deleted(gone, key, kind);
                                     } else {
-                                        Change::Present { key }
-                                    });
+                                        batch.push(Change::Present { key });
+                                    }
                                 }
                             }
                         }
@@ -970,4 +961,38 @@ fn push_entry(
         }
     }
     Ok(None)
+}
+
+/// Keys some syncrepl search reported as no longer in its content, with
+/// the kinds of the searches that said so.
+type Gone = std::collections::HashMap<String, (bool, bool)>;
+
+fn note_deleted(gone: &mut Gone, key: String, kind: Kind) {
+    let e = gone.entry(key).or_insert((false, false));
+    match kind {
+        Kind::User => e.0 = true,
+        Kind::Group => e.1 = true,
+    }
+}
+
+/// A syncrepl delete means "not in this search's content" (RFC 4533
+/// §3.3.2), and syncprov sends one to every search whose content a changed
+/// entry is not in: the group search of ou=people hears of every changed
+/// user. So an entry is gone only if some search said so and no search of
+/// this read reported it; deletions are pushed once every search is done.
+fn flush_deleted(gone: Gone, batch: &mut Batch) {
+    for (key, (user, group)) in gone {
+        if batch.users.contains_key(&key)
+            || batch.groups.contains_key(&key)
+            || batch.present.contains(&key)
+        {
+            continue;
+        }
+        let kind = match (user, group) {
+            (true, false) => Some(Kind::User),
+            (false, true) => Some(Kind::Group),
+            _ => None,
+        };
+        batch.push(Change::Deleted { key, kind });
+    }
 }

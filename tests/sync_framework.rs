@@ -1,0 +1,359 @@
+//! The sync runner over the real store (SQLite and PostgreSQL) and the real
+//! HTTP API, fed by an in-memory directory. The protocol sources have their
+//! own tests against real slapd, Samba and a Graph stand-in; these pin what
+//! every source shares: one-transaction apply, failure without change, the
+//! deletion guard and its confirmation, dry runs, the lease, conflicts with
+//! SCIM-owned users, and permissions served after a sync.
+
+use std::sync::{Arc, Mutex};
+
+use reqwest::Method;
+use rolebridge::sync::{
+    parse_sources, run_with_source, Batch, Change, ExternalGroup, ExternalUser, MemberRef, Members,
+    ReadOutcome, ReadRequest, RunOptions, Source, SourceConfig, SourceError, SyncError,
+};
+
+use crate::each_backend;
+use crate::support::TestServer;
+
+/// An in-memory directory: a full read reports everything; `fail_after`
+/// makes a read fail after that many entries, as a dropped connection
+/// would.
+#[derive(Clone, Default)]
+struct Directory {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    users: Vec<ExternalUser>,
+    groups: Vec<ExternalGroup>,
+    fail_after: Option<usize>,
+    reads: usize,
+}
+
+impl Directory {
+    fn with(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.state.lock().unwrap());
+    }
+}
+
+impl Source for Directory {
+    async fn read(
+        &mut self,
+        _request: &ReadRequest,
+        batch: &mut Batch,
+    ) -> Result<ReadOutcome, SourceError> {
+        let (changes, fail_after) = {
+            let mut s = self.state.lock().unwrap();
+            s.reads += 1;
+            let changes: Vec<Change> = s
+                .users
+                .iter()
+                .cloned()
+                .map(Change::User)
+                .chain(s.groups.iter().cloned().map(Change::Group))
+                .collect();
+            (changes, s.fail_after)
+        };
+        for (i, c) in changes.into_iter().enumerate() {
+            if fail_after == Some(i) {
+                // Whatever a source's failure, the runner must discard
+                // the batch; this one has the cursor variant at hand.
+                return Err(SourceError::CursorExpired);
+            }
+            batch.push(c);
+        }
+        Ok(ReadOutcome {
+            complete: true,
+            cursor: Some(format!("cursor-{}", self.state.lock().unwrap().reads)),
+            bases: vec!["ou=people".into()],
+        })
+    }
+}
+
+fn person(n: usize) -> ExternalUser {
+    ExternalUser {
+        key: format!("key-{n}"),
+        locator: Some(format!("uid=user{n},ou=people")),
+        base: "ou=people".into(),
+        user_name: format!("user{n}@example.org"),
+        external_id: Some(format!("key-{n}")),
+        display_name: Some(format!("User {n}")),
+        given_name: Some("User".into()),
+        family_name: Some(format!("{n}")),
+        emails: vec![format!("user{n}@example.org")],
+        active: true,
+    }
+}
+
+fn team(key: &str, name: &str, members: &[usize]) -> ExternalGroup {
+    ExternalGroup {
+        key: key.into(),
+        locator: Some(format!("cn={name},ou=groups")),
+        base: "ou=groups".into(),
+        display_name: name.into(),
+        external_id: None,
+        members: Members::Full(
+            members
+                .iter()
+                .map(|n| MemberRef::Locator(format!("uid=user{n},ou=people")))
+                .collect(),
+        ),
+    }
+}
+
+fn config(srv: &TestServer, guard: &str) -> SourceConfig {
+    let t: toml::Table = toml::from_str(&format!(
+        "name = \"dir-{}\"\ntenant = \"{}\"\nkind = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\n{guard}",
+        srv.tenant, srv.tenant
+    ))
+    .expect("toml");
+    parse_sources(&[t])
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .remove(0)
+}
+
+const LENIENT: &str = "[guard]\nmax_deletes = 1000\nmax_delete_percent = 100\n";
+
+async fn users(srv: &TestServer) -> serde_json::Value {
+    let r = srv.get("/Users?count=1000").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+async fn user_by_name(srv: &TestServer, name: &str) -> serde_json::Value {
+    let r = srv
+        .get(&format!("/Users?filter=userName%20eq%20%22{name}%22"))
+        .await;
+    assert_eq!(r.body["totalResults"], 1, "{}", r.body);
+    r.body["Resources"][0].clone()
+}
+
+each_backend! {
+    async fn a_full_sync_lands_through_scim_and_a_second_changes_nothing(backend) {
+        let srv = TestServer::start(backend).await;
+        let dir = Directory::default();
+        dir.with(|s| {
+            s.users = (0..5).map(person).collect();
+            s.groups = vec![team("g1", "Engineering", &[0, 1, 2])];
+        });
+        let cfg = config(&srv, LENIENT);
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!((r.outcome.as_str(), r.mode.as_str()), ("applied", "full"));
+        assert_eq!((r.users_created, r.groups_created, r.members_added), (5, 1, 3));
+        let u = user_by_name(&srv, "user1@example.org").await;
+        assert_eq!(u["name"]["familyName"], "1");
+        assert_eq!(u["emails"][0]["value"], "user1@example.org");
+        assert_eq!(u["externalId"], "key-1");
+        assert_eq!(u["groups"][0]["display"], "Engineering", "{u}");
+        let g = srv.get("/Groups?filter=displayName%20eq%20%22Engineering%22").await;
+        assert_eq!(g.body["Resources"][0]["members"].as_array().unwrap().len(), 3);
+        assert_eq!(g.body["Resources"][0]["urn:rolebridge:params:sync:1.0:Group"]["dn"], "cn=Engineering,ou=groups");
+        let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(again.outcome, "unchanged", "{again:?}");
+        let state = srv.app.store.sync_state(&cfg.name).await.unwrap();
+        assert_eq!(state.cursor.as_deref(), Some("cursor-2"));
+        assert!(state.lease_owner.is_none(), "lease released");
+        assert_eq!(srv.app.store.sync_runs(&cfg.name, 10).await.unwrap().len(), 2);
+    }
+}
+
+each_backend! {
+    async fn a_failed_read_changes_nothing_and_keeps_the_cursor(backend) {
+        let srv = TestServer::start(backend).await;
+        let dir = Directory::default();
+        dir.with(|s| {
+            s.users = (0..10).map(person).collect();
+            s.groups = vec![team("g1", "Engineering", &[0, 1, 2, 3])];
+        });
+        let cfg = config(&srv, LENIENT);
+        run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        let epoch = srv.app.store.directory(srv.app.tenant(&cfg.tenant).await.unwrap().id).await.unwrap().epoch;
+        // The directory now has fewer users and a changed group, but the
+        // read breaks off half-way.
+        dir.with(|s| {
+            s.users.truncate(3);
+            s.groups = vec![team("g1", "Engineering", &[0])];
+            s.fail_after = Some(2);
+        });
+        let err = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap_err();
+        assert!(matches!(err, SyncError::Source { .. }), "{err}");
+        let after = srv.app.store.directory(srv.app.tenant(&cfg.tenant).await.unwrap().id).await.unwrap();
+        assert_eq!(after.epoch, epoch, "no write at all");
+        assert_eq!(after.users.iter().filter(|u| u.active).count(), 10);
+        assert_eq!(after.edges.len(), 4);
+        assert_eq!(srv.app.store.sync_state(&cfg.name).await.unwrap().cursor.as_deref(), Some("cursor-1"));
+        let runs = srv.app.store.sync_runs(&cfg.name, 1).await.unwrap();
+        assert_eq!(runs[0].outcome, "failed");
+        assert!(runs[0].error.as_deref().unwrap_or("").contains(&cfg.name), "{:?}", runs[0].error);
+    }
+}
+
+each_backend! {
+    async fn the_guard_holds_a_mass_delete_until_confirmed(backend) {
+        let srv = TestServer::start(backend).await;
+        let dir = Directory::default();
+        dir.with(|s| s.users = (0..20).map(person).collect());
+        let cfg = config(&srv, "[guard]\nmax_deletes = 5\nmax_delete_percent = 100\n");
+        run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        dir.with(|s| s.users.truncate(10));
+        let held = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(held.outcome, "held");
+        assert!(held.held_reason.as_deref().unwrap().contains("10 user"), "{held:?}");
+        assert_eq!(held.diff.iter().filter(|l| l.starts_with("! user")).count(), 10);
+        let all = users(&srv).await;
+        assert_eq!(all["Resources"].as_array().unwrap().iter().filter(|u| u["active"] == true).count(), 20);
+        assert!(srv.app.metrics_text().contains(&format!("rolebridge_sync_held{{source=\"{}\"}} 1", cfg.name)));
+        // Held again on the next scheduled run: nothing moves without a person.
+        let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(again.outcome, "held");
+        let confirmed = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions { confirm_deletes: true, ..RunOptions::default() }, None).await.unwrap();
+        assert_eq!((confirmed.outcome.as_str(), confirmed.users_deactivated), ("applied", 10));
+        let all = users(&srv).await;
+        assert_eq!(all["Resources"].as_array().unwrap().iter().filter(|u| u["active"] == false).count(), 10);
+        assert!(srv.app.metrics_text().contains(&format!("rolebridge_sync_held{{source=\"{}\"}} 0", cfg.name)));
+    }
+}
+
+each_backend! {
+    async fn an_empty_directory_always_trips_the_guard(backend) {
+        let srv = TestServer::start(backend).await;
+        let dir = Directory::default();
+        dir.with(|s| s.users = (0..3).map(person).collect());
+        let cfg = config(&srv, LENIENT);
+        run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        dir.with(|s| s.users.clear());
+        let held = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(held.outcome, "held", "{held:?}");
+        assert!(held.held_reason.unwrap().contains("'ou=people' returned no users"));
+    }
+}
+
+each_backend! {
+    async fn a_dry_run_writes_nothing(backend) {
+        let srv = TestServer::start(backend).await;
+        let dir = Directory::default();
+        dir.with(|s| {
+            s.users = (0..4).map(person).collect();
+            s.groups = vec![team("g1", "Ops", &[0, 3])];
+        });
+        let cfg = config(&srv, LENIENT);
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions { dry_run: true, ..RunOptions::default() }, None).await.unwrap();
+        assert_eq!(r.outcome, "dry-run");
+        assert_eq!(r.users_created, 4);
+        assert!(r.diff.contains(&"+ user user3@example.org".to_string()), "{:?}", r.diff);
+        assert!(r.diff.contains(&"+ member user3@example.org -> Ops".to_string()), "{:?}", r.diff);
+        assert_eq!(users(&srv).await["totalResults"], 0);
+        let state = srv.app.store.sync_state(&cfg.name).await.unwrap();
+        assert_eq!(state.cursor, None, "a dry run does not move the cursor");
+    }
+}
+
+each_backend! {
+    async fn a_user_name_owned_by_scim_is_skipped_not_taken(backend) {
+        let srv = TestServer::start(backend).await;
+        let scim_id = srv.user("user1@example.org").await;
+        let dir = Directory::default();
+        dir.with(|s| {
+            s.users = (0..3).map(person).collect();
+            s.groups = vec![team("g1", "Ops", &[0, 1, 2])];
+        });
+        let cfg = config(&srv, LENIENT);
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(r.outcome, "applied");
+        assert!(r.skipped.iter().any(|s| s.contains("user1@example.org")), "{:?}", r.skipped);
+        let u = user_by_name(&srv, "user1@example.org").await;
+        assert_eq!(u["id"], scim_id.as_str(), "the SCIM user is untouched");
+        assert!(u.get("groups").is_none_or(|g| g.as_array().unwrap().is_empty()), "{u}");
+        assert_eq!(users(&srv).await["totalResults"], 3);
+    }
+}
+
+each_backend! {
+    async fn overlapping_runs_of_one_source_are_refused(backend) {
+        let srv = TestServer::start(backend).await;
+        let cfg = config(&srv, LENIENT);
+        assert!(srv.app.store.acquire_sync_lease(&cfg.name, "other-process", &rolebridge::app::now(), "9999-01-01T00:00:00.000000Z").await.unwrap());
+        let err = run_with_source(&srv.app, &cfg, &mut Directory::default(), RunOptions::default(), None).await.unwrap_err();
+        assert!(matches!(err, SyncError::Busy(_)), "{err}");
+        assert!(err.to_string().contains("already running"));
+    }
+}
+
+each_backend! {
+    async fn permissions_follow_the_directory_and_revocation_is_immediate(backend) {
+        let yaml = "catalog: loyjoy\nrules:\n  - id: editors\n    match: {display_name: \"Editors\"}\n    assign: {roles: [editor]}\n  - id: owners\n    match: {display_name: \"Owners\"}\n    assign: {roles: [owner]}\n";
+        let srv = TestServer::start_mapped(backend, yaml).await;
+        let token = srv.permissions_token().await;
+        let dir = Directory::default();
+        // user0 is in Team; Team is nested in Editors; Editors in Team (a cycle).
+        let mut editors = team("g-ed", "Editors", &[]);
+        editors.members = Members::Full(vec![MemberRef::Locator("cn=Team,ou=groups".into())]);
+        let mut teamg = team("g-team", "Team", &[0]);
+        if let Members::Full(m) = &mut teamg.members {
+            m.push(MemberRef::Locator("cn=Editors,ou=groups".into()));
+        }
+        dir.with(|s| {
+            s.users = (0..2).map(person).collect();
+            s.groups = vec![editors, teamg, team("g-own", "Owners", &[1])];
+        });
+        let cfg = config(&srv, LENIENT);
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(r.permission_changes, 2, "{r:?}");
+        let get = |user: &'static str| {
+            let url = format!("http://{}/api/v1/tenants/{}/users/{user}/permissions?by=userName", srv.addr, srv.tenant);
+            let token = token.clone();
+            let srv = &srv;
+            async move { srv.send_with(Method::GET, &url, None, &[], Some(&token)).await }
+        };
+        let p = get("user0@example.org").await;
+        assert_eq!(p.status, 200, "{}", p.body);
+        assert!(p.body["roles"].to_string().contains("editor"), "{}", p.body);
+        let p1 = get("user1@example.org").await;
+        assert!(p1.body["roles"].to_string().contains("owner"), "{}", p1.body);
+        // explain names the nesting path that led to Editors.
+        let url = format!("http://{}/api/v1/tenants/{}/check", srv.addr, srv.tenant);
+        let c = srv.send_with(Method::POST, &url, Some(serde_json::json!({"user": "user0@example.org", "permission": "knowledge_edit", "explain": true})), &[], Some(&token)).await;
+        assert_eq!(c.body["allowed"], true, "{}", c.body);
+        let text = c.body["explanation"]["text"].as_str().unwrap_or("").to_string();
+        assert!(text.contains("(nested: 'Team' > 'Editors')"), "{text}");
+        // user1 leaves Owners in the directory: the next check after the
+        // sync must not grant owner (a revoked grant is never served).
+        dir.with(|s| s.groups[2] = team("g-own", "Owners", &[]));
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!((r.members_removed, r.permission_changes), (1, 1), "{r:?}");
+        let p1 = get("user1@example.org").await;
+        assert!(!p1.body["roles"].to_string().contains("owner"), "{}", p1.body);
+    }
+}
+
+each_backend! {
+    async fn a_vanished_user_is_deactivated_then_deleted_after_the_grace_period(backend) {
+        let srv = TestServer::start(backend).await;
+        let dir = Directory::default();
+        dir.with(|s| {
+            s.users = (0..3).map(person).collect();
+            s.groups = vec![team("g1", "Ops", &[0, 1, 2])];
+        });
+        let cfg = config(&srv, &format!("delete_after = \"2s\"\n{LENIENT}"));
+        run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        dir.with(|s| {
+            s.users.truncate(2);
+            s.groups = vec![team("g1", "Ops", &[0, 1])];
+        });
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!((r.users_deactivated, r.users_deleted), (1, 0), "{r:?}");
+        let u = user_by_name(&srv, "user2@example.org").await;
+        assert_eq!(u["active"], false);
+        // Still within the grace period: nothing more.
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!((r.outcome.as_str(), r.users_deleted), ("unchanged", 0), "{r:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(r.users_deleted, 1, "{r:?}");
+        let gone = srv.get("/Users?filter=userName%20eq%20%22user2@example.org%22").await;
+        assert_eq!(gone.body["totalResults"], 0, "{}", gone.body);
+        assert_eq!(users(&srv).await["totalResults"], 2);
+    }
+}

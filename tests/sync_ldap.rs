@@ -1,0 +1,465 @@
+//! The LDAP source against a real slapd: full and incremental reads
+//! (syncrepl and modifyTimestamp), renames and moves keep identity, nested
+//! groups, a 5,000-member group, and failures (bad bind, bad filter, bad
+//! URL, size limit, a silent server, slapd killed mid-read) as errors.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rolebridge::sync::ldap::{LdapConfig, LdapError, LdapSource};
+use rolebridge::sync::{Batch, MemberRef, Members, ReadOutcome, ReadRequest, Source, SourceError};
+
+use crate::support::slapd::*;
+
+fn config(slapd: &Slapd, extra: &str) -> LdapConfig {
+    let pw = slapd.dir.join("bind-pw");
+    std::fs::write(&pw, format!("{SYNC_PW}\n")).unwrap();
+    let text = format!(
+        "url = \"{}\"\nbind_dn = \"{SYNC_DN}\"\nbind_password = {{ file = \"{}\" }}\nbase_dns = [\"{PEOPLE}\", \"{GROUPS}\"]\n{extra}",
+        slapd.url,
+        pw.display()
+    );
+    LdapConfig::from_toml(toml::Value::Table(toml::from_str(&text).unwrap())).unwrap()
+}
+
+async fn read(
+    config: &LdapConfig,
+    request: ReadRequest,
+) -> Result<(Batch, ReadOutcome), SourceError> {
+    let mut batch = Batch::new();
+    let mut source = LdapSource::new(config).unwrap();
+    let outcome = source.read(&request, &mut batch).await?;
+    Ok((batch, outcome))
+}
+
+fn full() -> ReadRequest {
+    ReadRequest {
+        full: true,
+        cursor: None,
+    }
+}
+
+fn after(outcome: &ReadOutcome) -> ReadRequest {
+    ReadRequest {
+        full: false,
+        cursor: outcome.cursor.clone(),
+    }
+}
+
+fn locators(batch: &Batch, key: &str) -> BTreeSet<String> {
+    let g = batch.groups[key].group.as_ref().expect("group attributes");
+    match &g.members {
+        Members::Full(m) => m
+            .iter()
+            .map(|m| match m {
+                MemberRef::Locator(l) => l.clone(),
+                MemberRef::UserName(u) => format!("name:{u}"),
+                MemberRef::Key(k) => format!("key:{k}"),
+            })
+            .collect(),
+        other => panic!("expected a full member list, got {other:?}"),
+    }
+}
+
+fn seed_small(slapd: &Slapd) {
+    let mut ldif = String::new();
+    for u in ["ann", "bob", "cyd"] {
+        ldif.push_str(&user_ldif(u, &format!("{u}@example.org")));
+    }
+    ldif.push_str(&group_ldif("admins", &[user_dn("ann"), group_dn("ops")]));
+    // A member written with other case and spacing than the server's DN.
+    ldif.push_str(&group_ldif(
+        "ops",
+        &[
+            "UID=Bob, OU=People,DC=example, DC=org".to_string(),
+            group_dn("admins"),
+        ],
+    ));
+    ldif.push_str(&format!(
+        "dn: cn=posix,{GROUPS}\nobjectClass: posixGroup\ncn: posix\ngidNumber: 5000\nmemberUid: cyd\n\n\
+         dn: cn=unique,{GROUPS}\nobjectClass: groupOfUniqueNames\ncn: unique\nuniqueMember: {}#'0101'B\n\n",
+        user_dn("cyd")
+    ));
+    slapd.add(&ldif);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_read_maps_users_groups_and_nested_cycles() {
+    let slapd = Slapd::start();
+    seed_small(&slapd);
+    let cfg = config(&slapd, "");
+    let (batch, outcome) = read(&cfg, full()).await.unwrap();
+    assert!(outcome.complete);
+    assert_eq!(outcome.bases, vec![PEOPLE.to_string(), GROUPS.to_string()]);
+    let cursor: serde_json::Value =
+        serde_json::from_str(outcome.cursor.as_deref().unwrap()).unwrap();
+    assert_eq!(cursor["mode"], "syncrepl", "{cursor}");
+
+    assert_eq!(batch.users.len(), 3, "{batch:?}");
+    let ann_key = slapd.entry_uuid(&user_dn("ann"));
+    let ann = &batch.users[&ann_key];
+    assert_eq!(ann.user_name, "ann");
+    assert_eq!(ann.emails, vec!["ann@example.org"]);
+    assert_eq!(ann.display_name.as_deref(), Some("ann Person"));
+    assert_eq!(ann.given_name.as_deref(), Some("ann"));
+    assert_eq!(ann.family_name.as_deref(), Some("Person"));
+    assert_eq!(ann.external_id.as_deref(), Some(ann_key.as_str()));
+    assert_eq!(ann.locator.as_deref(), Some(user_dn("ann").as_str()));
+    assert_eq!(ann.base, PEOPLE);
+    assert!(ann.active);
+
+    assert_eq!(batch.groups.len(), 4);
+    let admins = slapd.entry_uuid(&group_dn("admins"));
+    let ops = slapd.entry_uuid(&group_dn("ops"));
+    // The cycle admins → ops → admins is reported as it is.
+    assert_eq!(
+        locators(&batch, &admins),
+        BTreeSet::from([user_dn("ann"), group_dn("ops")])
+    );
+    assert_eq!(
+        locators(&batch, &ops),
+        BTreeSet::from([user_dn("bob"), group_dn("admins")])
+    );
+    let posix = slapd.entry_uuid(&format!("cn=posix,{GROUPS}"));
+    assert_eq!(
+        locators(&batch, &posix),
+        BTreeSet::from(["name:cyd".to_string()])
+    );
+    let unique = slapd.entry_uuid(&format!("cn=unique,{GROUPS}"));
+    assert_eq!(locators(&batch, &unique), BTreeSet::from([user_dn("cyd")]));
+    let g = batch.groups[&admins].group.as_ref().unwrap();
+    assert_eq!(g.display_name, "admins");
+    assert_eq!(g.base, GROUPS);
+
+    // The same read by paged search (no content sync) gives the same records.
+    let paged = config(&slapd, "incremental = \"none\"\npage_size = 2");
+    let (b2, o2) = read(&paged, full()).await.unwrap();
+    assert!(o2.complete);
+    assert_eq!(o2.cursor, None);
+    assert_eq!(b2.users, batch.users);
+    assert_eq!(b2.groups, batch.groups);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncrepl_incremental_adds_modifies_renames_moves_deletes() {
+    let slapd = Slapd::start();
+    seed_small(&slapd);
+    slapd.add(&format!(
+        "dn: ou=staff,{PEOPLE}\nobjectClass: organizationalUnit\nou: staff\n\n"
+    ));
+    let cfg = config(&slapd, "");
+    let (_, first) = read(&cfg, full()).await.unwrap();
+    let ann = slapd.entry_uuid(&user_dn("ann"));
+    let bob = slapd.entry_uuid(&user_dn("bob"));
+    let cyd = slapd.entry_uuid(&user_dn("cyd"));
+    let admins = slapd.entry_uuid(&group_dn("admins"));
+
+    // Nothing changed: nothing to apply.
+    let (quiet, q) = read(&cfg, after(&first)).await.unwrap();
+    assert!(
+        quiet.users.is_empty() && quiet.groups.is_empty() && quiet.deleted.is_empty(),
+        "{quiet:?}"
+    );
+    assert!(q.cursor.is_some());
+
+    slapd.add(&user_ldif("dee", "dee@example.org"));
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: mail\nmail: ann@new.example.org\n\n\
+         dn: {}\nchangetype: modrdn\nnewrdn: uid=robert\ndeleteoldrdn: 0\n\n\
+         dn: {}\nchangetype: modrdn\nnewrdn: uid=cyd\ndeleteoldrdn: 1\nnewsuperior: ou=staff,{PEOPLE}\n\n\
+         dn: {}\nchangetype: modify\ndelete: member\nmember: {}\n-\nadd: member\nmember: {}\n\n",
+        user_dn("ann"),
+        user_dn("bob"),
+        user_dn("cyd"),
+        group_dn("admins"),
+        user_dn("ann"),
+        user_dn("dee"),
+    ));
+    slapd.delete(&[user_dn("ann")]);
+
+    let (batch, outcome) = read(&cfg, after(&first)).await.unwrap();
+    let dee = slapd.entry_uuid(&user_dn("dee"));
+    assert_eq!(batch.users[&dee].user_name, "dee");
+    // Renamed and moved users keep their key; only the locator changes.
+    assert_eq!(
+        batch.users[&bob].locator.as_deref(),
+        Some(format!("uid=robert,{PEOPLE}").as_str())
+    );
+    assert_eq!(
+        batch.users[&cyd].locator.as_deref(),
+        Some(format!("uid=cyd,ou=staff,{PEOPLE}").as_str())
+    );
+    assert!(!batch.users.contains_key(&ann));
+    // slapd's sessionlog gives a delete phase: only ann is reported
+    // deleted, although every search that does not hold the changed users
+    // (the group search of ou=people, the searches of ou=groups) hears of
+    // them as deletes.
+    assert!(!outcome.complete);
+    assert_eq!(
+        batch.deleted.keys().collect::<Vec<_>>(),
+        vec![&ann],
+        "{:?}",
+        batch.deleted
+    );
+    assert_eq!(
+        locators(&batch, &admins),
+        BTreeSet::from([user_dn("dee"), group_dn("ops")])
+    );
+    // Unchanged entries are not mentioned.
+    let ops = slapd.entry_uuid(&group_dn("ops"));
+    assert!(!batch.groups.contains_key(&ops) && !batch.deleted.contains_key(&ops));
+    assert!(batch.present.is_empty());
+    assert_ne!(outcome.cursor, first.cursor);
+
+    // The new cursor sees none of it again.
+    let (again, _) = read(&cfg, after(&outcome)).await.unwrap();
+    assert!(
+        again.users.is_empty() && again.groups.is_empty() && again.deleted.is_empty(),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modify_timestamp_polling_is_incomplete() {
+    let slapd = Slapd::start();
+    seed_small(&slapd);
+    // modifyTimestamp has a one-second resolution and the filter is >=, so
+    // the newest second seen is read again next time: give ann a second of
+    // her own, then change bob a second later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: sn\nsn: Lee\n\n",
+        user_dn("ann")
+    ));
+    let cfg = config(&slapd, "incremental = \"modify_timestamp\"");
+    let (b, first) = read(&cfg, full()).await.unwrap();
+    assert!(first.complete);
+    assert_eq!(b.users.len(), 3);
+    let cursor: serde_json::Value = serde_json::from_str(first.cursor.as_deref().unwrap()).unwrap();
+    assert_eq!(cursor["mode"], "modify_timestamp");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: cn\ncn: Bob Renamed\n\n",
+        user_dn("bob")
+    ));
+    slapd.delete(&[user_dn("cyd")]);
+    let (batch, outcome) = read(&cfg, after(&first)).await.unwrap();
+    assert!(!outcome.complete, "polling cannot see deletions");
+    let bob = slapd.entry_uuid(&user_dn("bob"));
+    let ann = slapd.entry_uuid(&user_dn("ann"));
+    assert_eq!(
+        batch.users.keys().cloned().collect::<BTreeSet<_>>(),
+        BTreeSet::from([ann, bob.clone()]),
+        "{batch:?}"
+    );
+    assert!(batch.groups.is_empty());
+    assert_eq!(
+        batch.users[&bob].display_name.as_deref(),
+        Some("Bob Renamed")
+    );
+    assert!(batch.deleted.is_empty());
+    // A cursor of another mode or scope means a full read.
+    let other = config(
+        &slapd,
+        "incremental = \"modify_timestamp\"\nuser_filter = \"(uid=*)\"",
+    );
+    let (b3, o3) = read(&other, after(&outcome)).await.unwrap();
+    assert!(o3.complete);
+    assert_eq!(b3.users.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_5000_members() {
+    let mut ldif = base_ldif();
+    let mut members = Vec::new();
+    for i in 0..5000 {
+        ldif.push_str(&user_ldif(
+            &format!("u{i:05}"),
+            &format!("u{i}@example.org"),
+        ));
+        members.push(user_dn(&format!("u{i:05}")));
+    }
+    ldif.push_str(&group_ldif("everyone", &members));
+    let slapd = Slapd::start_with(&ldif);
+    for extra in ["", "incremental = \"none\"\npage_size = 700"] {
+        let cfg = config(&slapd, extra);
+        let (batch, outcome) = read(&cfg, full()).await.unwrap();
+        assert!(outcome.complete);
+        assert_eq!(batch.users.len(), 5000);
+        let everyone = slapd.entry_uuid(&group_dn("everyone"));
+        let got = locators(&batch, &everyone);
+        assert_eq!(got.len(), 5000);
+        assert!(got.contains(&user_dn("u04999")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bind_names_the_dn_never_the_password() {
+    let slapd = Slapd::start();
+    let mut cfg = config(&slapd, "");
+    let wrong = slapd.dir.join("wrong-pw");
+    std::fs::write(&wrong, "not-the-password-123").unwrap();
+    cfg.bind_password = Some(rolebridge::sync::SecretRef {
+        env: None,
+        file: Some(wrong),
+    });
+    let err = read(&cfg, full()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, SourceError::Ldap(LdapError::Bind { .. })),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains(SYNC_DN) && msg.contains("invalidCredentials (49)"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("not-the-password-123") && !format!("{err:?}").contains("not-the-password")
+    );
+
+    // A password variable that is not set is its own clear error.
+    cfg.bind_password = Some(rolebridge::sync::SecretRef {
+        env: Some("ROLEBRIDGE_TEST_UNSET_LDAP_PW".into()),
+        file: None,
+    });
+    let msg = read(&cfg, full()).await.unwrap_err().to_string();
+    assert!(
+        msg.contains("ROLEBRIDGE_TEST_UNSET_LDAP_PW") && msg.contains("not set"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_filter_bad_base_and_unreachable_server() {
+    let slapd = Slapd::start();
+    seed_small(&slapd);
+    // Past config validation (fields are public): the read names the filter.
+    let mut cfg = config(&slapd, "incremental = \"none\"");
+    cfg.user_filter = "(uid=ann".into();
+    let msg = read(&cfg, full()).await.unwrap_err().to_string();
+    assert!(
+        msg.contains("(uid=ann") && msg.contains("invalid filter"),
+        "{msg}"
+    );
+
+    // A base that does not exist is an error, not an empty directory.
+    let mut cfg = config(&slapd, "");
+    cfg.base_dns = vec![format!("ou=gone,{SUFFIX}")];
+    let msg = read(&cfg, full()).await.unwrap_err().to_string();
+    assert!(
+        msg.contains("ou=gone") && msg.contains("noSuchObject (32)"),
+        "{msg}"
+    );
+
+    // Nobody listens: a connect error naming the URL.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let text = format!("url = \"ldap://127.0.0.1:{port}\"\nbase_dns = [\"{PEOPLE}\"]");
+    let cfg = LdapConfig::from_toml(toml::Value::Table(toml::from_str(&text).unwrap())).unwrap();
+    let err = read(&cfg, full()).await.unwrap_err();
+    assert!(
+        matches!(err, SourceError::Ldap(LdapError::Connect { .. })),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("ldap://127.0.0.1:{port}")),
+        "{err}"
+    );
+
+    // A bad URL never gets this far.
+    let text = format!("url = \"ldapz://127.0.0.1\"\nbase_dns = [\"{PEOPLE}\"]");
+    let msg =
+        LdapConfig::from_toml(toml::Value::Table(toml::from_str(&text).unwrap())).unwrap_err();
+    assert!(
+        msg.contains("ldapz://127.0.0.1") && msg.contains("scheme"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_limit_is_an_error_in_both_modes() {
+    let mut ldif = base_ldif();
+    for i in 0..30 {
+        ldif.push_str(&user_ldif(&format!("s{i}"), &format!("s{i}@example.org")));
+    }
+    let slapd = Slapd::start_with(&ldif);
+    for extra in ["", "incremental = \"none\"\npage_size = 100"] {
+        let mut cfg = config(&slapd, extra);
+        cfg.bind_dn = Some(LIMITED_DN.into());
+        let err = read(&cfg, full()).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("sizeLimitExceeded (4)"), "{extra}: {msg}");
+        assert!(
+            msg.contains(PEOPLE) && msg.contains("(objectClass=inetOrgPerson)"),
+            "{msg}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_times_out() {
+    // Accepts the connection, then never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let text = format!(
+        "url = \"ldap://127.0.0.1:{port}\"\nbind_dn = \"{SYNC_DN}\"\nbind_password = {{ env = \"PATH\" }}\nbase_dns = [\"{PEOPLE}\"]\ntimeout = \"300ms\""
+    );
+    let cfg = LdapConfig::from_toml(toml::Value::Table(toml::from_str(&text).unwrap())).unwrap();
+    let started = std::time::Instant::now();
+    let err = read(&cfg, full()).await.unwrap_err();
+    assert!(
+        matches!(err, SourceError::Ldap(LdapError::Timeout { .. })),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("300ms") && err.to_string().contains("bind"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slapd_killed_mid_read_is_an_error() {
+    let mut ldif = base_ldif();
+    for i in 0..4000 {
+        ldif.push_str(&user_ldif(
+            &format!("k{i:05}"),
+            &format!("k{i}@example.org"),
+        ));
+    }
+    for extra in ["incremental = \"none\"\npage_size = 50", ""] {
+        let mut slapd = Slapd::start_with(&ldif);
+        let pid = slapd.pid();
+        let cfg = config(&slapd, extra);
+        let killed = Arc::new(AtomicBool::new(false));
+        let flag = killed.clone();
+        let mut batch = Batch::new().with_progress(move |n| {
+            if n == 300 && !flag.swap(true, Ordering::SeqCst) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+        });
+        let mut source = LdapSource::new(&cfg).unwrap();
+        let result = source.read(&full(), &mut batch).await;
+        assert!(killed.load(Ordering::SeqCst), "{extra}: killed mid-read");
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, SourceError::Ldap(LdapError::ConnectionLost { .. })),
+            "{extra}: {err:?}"
+        );
+        assert!(batch.users.len() < 4000);
+        slapd.kill();
+    }
+}
