@@ -123,7 +123,9 @@ async fn object_guid_is_the_key_and_a_rename_keeps_it() {
     let alice = admin.user(&ou, &format!("{tag}a"), true).await;
     let group_name = format!("{tag}grp");
     let group = admin.group(&ou, &group_name).await;
-    admin.add_members(&group, &[alice.dn.clone()]).await;
+    admin
+        .add_members(&group, std::slice::from_ref(&alice.dn))
+        .await;
 
     let guid = guid_string(&admin.guid_bytes(&alice.dn).await);
     assert_eq!(guid, dc.samba_tool_guid("user", &alice.sam));
@@ -438,7 +440,9 @@ async fn sync_keeps_one_resource_per_guid_across_a_rename() {
     let alice = admin.user(&ou, &format!("{tag}a"), true).await;
     let group_name = format!("{tag}grp");
     let group = admin.group(&ou, &group_name).await;
-    admin.add_members(&group, &[alice.dn.clone()]).await;
+    admin
+        .add_members(&group, std::slice::from_ref(&alice.dn))
+        .await;
     let guid = guid_string(&admin.guid_bytes(&alice.dn).await);
     let config = source_config(&srv, &ou, "");
 

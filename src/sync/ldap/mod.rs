@@ -94,6 +94,15 @@ pub struct LdapSource {
     config: LdapConfig,
 }
 
+impl LdapSource {
+    /// Builds the source; no IO happens until [`Source::read`].
+    pub fn new(config: &LdapConfig) -> Result<LdapSource, LdapError> {
+        Ok(LdapSource {
+            config: config.clone(),
+        })
+    }
+}
+
 /// The incremental method a read uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
