@@ -226,11 +226,13 @@ async fn disabled_accounts_are_inactive() {
 
 /// Seeds `n` enabled users in `ou` named `{prefix}{i}`; returns their DNs.
 async fn seed_users(admin: &mut samba::Admin, ou: &str, prefix: &str, n: usize) -> Vec<String> {
-    let mut dns = Vec::with_capacity(n);
-    for i in 0..n {
-        dns.push(admin.user(ou, &format!("{prefix}{i}"), true).await.dn);
-    }
-    dns
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    admin
+        .users(ou, &names, true)
+        .await
+        .into_iter()
+        .map(|u| u.dn)
+        .collect()
 }
 
 /// A group of 1,600 members (more than AD's MaxValRange of 1,500): every

@@ -36,6 +36,8 @@ const SYNC_PASSWORD: &str = "Sync!Passw0rd-rb1";
 const PROVISION_TIMEOUT: Duration = Duration::from_secs(180);
 /// Bound on samba answering a bind on 389 after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// Concurrent adds when seeding many users.
+const SEED_LANES: usize = 8;
 /// How many values one modify adds to a group's `member`.
 const MEMBER_BATCH: usize = 250;
 
@@ -462,6 +464,38 @@ impl Admin {
             sam: sam.to_string(),
             upn,
         }
+    }
+
+    /// Creates many users, `SEED_LANES` requests in flight at once over this
+    /// one connection (ldap3 multiplexes), in `names`' order.
+    pub async fn users(&mut self, ou: &str, names: &[String], enabled: bool) -> Vec<AdUser> {
+        let mut lanes = tokio::task::JoinSet::new();
+        for lane in 0..SEED_LANES {
+            let mut admin = Admin {
+                ldap: self.ldap.clone(),
+            };
+            let ou = ou.to_string();
+            let mine: Vec<(usize, String)> = names
+                .iter()
+                .enumerate()
+                .skip(lane)
+                .step_by(SEED_LANES)
+                .map(|(i, n)| (i, n.clone()))
+                .collect();
+            lanes.spawn(async move {
+                let mut out = Vec::with_capacity(mine.len());
+                for (i, name) in mine {
+                    out.push((i, admin.user(&ou, &name, enabled).await));
+                }
+                out
+            });
+        }
+        let mut all: Vec<(usize, AdUser)> = Vec::with_capacity(names.len());
+        while let Some(done) = lanes.join_next().await {
+            all.extend(done.unwrap_or_else(|e| panic!("seeding users: {e}")));
+        }
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, u)| u).collect()
     }
 
     /// Creates a global security group and returns its DN.

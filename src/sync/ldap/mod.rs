@@ -44,6 +44,9 @@ const RC_SYNC_REFRESH_REQUIRED: u32 = 4096;
 const MAX_PAGES: u32 = 1_000_000;
 const MAX_ITEMS_PER_REQUEST: u64 = 50_000_000;
 const MAX_RANGE_SLICES: u32 = 100_000;
+/// The first slice of `member` the AD preset asks for: AD's default
+/// `MaxValRange`, so the answer is what AD sends for a plain `member` anyway.
+const AD_FIRST_MEMBER_RANGE: &str = "member;range=0-1499";
 
 /// Why the directory could not be read. Messages name the server, the bind
 /// DN, the base and the filter as relevant, never the password.
@@ -563,7 +566,17 @@ impl Conn {
             .collect(),
             Kind::Group => {
                 let mut v = vec![a.external_id.clone(), a.group_name.clone()];
-                v.extend(convert::MEMBER_ATTRS.iter().map(|s| s.to_string()));
+                v.extend(convert::MEMBER_ATTRS.iter().map(|s| {
+                    // AD: ask for the first range explicitly. A DC whose
+                    // MaxValRange was raised, and Samba (which never cuts a
+                    // plain `member`), then still answer in ranges, so
+                    // large groups always take the one ranged path.
+                    if config.preset == Preset::ActiveDirectory && *s == "member" {
+                        AD_FIRST_MEMBER_RANGE.to_string()
+                    } else {
+                        s.to_string()
+                    }
+                }));
                 v
             }
         };
