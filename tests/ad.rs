@@ -222,6 +222,15 @@ async fn disabled_accounts_are_inactive() {
         active(&batch),
         BTreeMap::from([(on.sam.clone(), false), (off.sam.clone(), true)])
     );
+    // Only bit 0x2 counts, whatever else is set: 66050 = NORMAL_ACCOUNT |
+    // DONT_EXPIRE_PASSWORD | ACCOUNTDISABLE, 66048 = the same, enabled.
+    admin.replace(&on.dn, "userAccountControl", "66048").await;
+    admin.replace(&off.dn, "userAccountControl", "66050").await;
+    let (batch, _) = read(&config, true, None).await;
+    assert_eq!(
+        active(&batch),
+        BTreeMap::from([(on.sam.clone(), true), (off.sam.clone(), false)])
+    );
 }
 
 /// Seeds `n` enabled users in `ou` named `{prefix}{i}`; returns their DNs.
@@ -445,6 +454,12 @@ async fn sync_keeps_one_resource_per_guid_across_a_rename() {
     admin
         .add_members(&group, std::slice::from_ref(&alice.dn))
         .await;
+    // A group in a group: AD nests by DN in `member` too.
+    let outer_name = format!("{tag}outer");
+    let outer = admin.group(&ou, &outer_name).await;
+    admin
+        .add_members(&outer, std::slice::from_ref(&group))
+        .await;
     let guid = guid_string(&admin.guid_bytes(&alice.dn).await);
     let config = source_config(&srv, &ou, "");
 
@@ -452,10 +467,10 @@ async fn sync_keeps_one_resource_per_guid_across_a_rename() {
     assert_eq!(report.mode, "full");
     assert_eq!(
         (report.users_created, report.groups_created),
-        (1, 1),
+        (1, 2),
         "{report:?}"
     );
-    assert_eq!(report.members_added, 1, "{report:?}");
+    assert_eq!(report.members_added, 2, "{report:?}");
     let users = scim_users(&srv).await;
     assert_eq!(users.len(), 1, "{users:?}");
     let u = &users[&alice.sam];
@@ -469,6 +484,13 @@ async fn sync_keeps_one_resource_per_guid_across_a_rename() {
     );
     let g = scim_group(&srv, &group_name).await;
     assert_eq!(member_values(&g), BTreeSet::from([id.clone()]));
+    let inner_id = g["id"].as_str().expect("id").to_string();
+    let o = scim_group(&srv, &outer_name).await;
+    assert_eq!(
+        member_values(&o),
+        BTreeSet::from([inner_id]),
+        "nested group"
+    );
 
     let renamed = admin.rename(&alice.dn, &format!("{tag}renamed")).await;
     let report = sync(&srv, &config).await;
@@ -594,4 +616,33 @@ async fn sync_incremental_by_usn_reads_only_changes() {
     assert_eq!(report.mode, "incremental");
     assert_eq!(report.entries_read, 0, "{report:?}");
     assert_eq!(report.outcome, "unchanged", "{report:?}");
+
+    // A deleted AD object becomes a tombstone under CN=Deleted Objects: a
+    // uSNChanged poll of the base cannot see it, so the incremental run
+    // leaves the user alone; the full reconcile deactivates it.
+    admin.delete(&users[7]).await;
+    let report = sync(&srv, &config).await;
+    assert_eq!(report.mode, "incremental");
+    assert_eq!(
+        report.users_deactivated + report.users_deleted,
+        0,
+        "{report:?}"
+    );
+    assert_eq!(scim_users(&srv).await[&sam(&users[7])]["active"], true);
+    let options = RunOptions {
+        force_full: true,
+        ..RunOptions::default()
+    };
+    let report = run_source(&srv.app, &config, options)
+        .await
+        .expect("full reconcile");
+    assert_eq!(report.mode, "full", "{report:?}");
+    assert_eq!(report.outcome, "applied", "{report:?}");
+    assert_eq!(report.entries_read, 8, "7 users and the group: {report:?}");
+    assert_eq!(report.users_deactivated, 1, "{report:?}");
+    assert_eq!(
+        report.users_deleted, 0,
+        "deleted only after the grace period"
+    );
+    assert_eq!(scim_users(&srv).await[&sam(&users[7])]["active"], false);
 }
