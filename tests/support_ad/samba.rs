@@ -159,6 +159,23 @@ fn stop_stale(dir: &Path) -> Result<(), String> {
     if !is_samba(pid) {
         return Ok(());
     }
+    // A samba whose parent is still a test binary of this name belongs to
+    // a concurrent run (a samba whose run died gets EOF on stdin and
+    // stops by itself, or is reparented): leave it alone.
+    let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_comm = stat.rsplit_once(')')?.1.to_string();
+            after_comm.split_whitespace().nth(1)?.parse::<u32>().ok()
+        });
+    if let Some(ppid) = parent {
+        let comm = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
+        if comm.trim().starts_with("ad-") {
+            return Err(format!(
+                "another AD test run (pid {ppid}) is using the DC (samba pid {pid}) on 127.0.0.1:389"
+            ));
+        }
+    }
     for signal in ["-TERM", "-KILL"] {
         let _ = Command::new("kill")
             .args([signal, &pid.to_string()])
