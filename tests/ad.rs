@@ -186,7 +186,7 @@ async fn user_principal_name_as_user_name() {
     let tag = unique("p");
     let ou = admin.ou(&tag).await;
     let bob = admin.user(&ou, &format!("{tag}b"), true).await;
-    let config = ldap_config(&ou, r#"attributes = { user_name = "userPrincipalName" }"#);
+    let config = ldap_config(&ou, r#"attributes = { userName = "userPrincipalName" }"#);
     let (batch, _) = read(&config, true, None).await;
     let names: Vec<&str> = batch.users.values().map(|u| u.user_name.as_str()).collect();
     assert_eq!(names, vec![bob.upn.as_str()]);
