@@ -176,6 +176,62 @@ async fn object_guid_is_the_key_and_a_rename_keeps_it() {
         member_dns(&batch.groups[&group_guid]),
         BTreeSet::from([norm(&renamed)])
     );
+
+    // A move to another OU under the base: still the same key.
+    let sub = format!("OU=sub,{ou}");
+    admin.add_ou_at(&sub).await;
+    let moved = admin.move_to(&renamed, &sub).await;
+    let (batch, _) = read(&config, true, None).await;
+    assert_eq!(
+        batch.users.keys().collect::<Vec<_>>(),
+        vec![&guid],
+        "same key after a move"
+    );
+    assert_eq!(
+        batch.users[&guid].locator.as_deref().map(norm),
+        Some(norm(&moved))
+    );
+    assert_eq!(
+        member_dns(&batch.groups[&group_guid]),
+        BTreeSet::from([norm(&moved)])
+    );
+}
+
+/// A wrong password: the read fails with an error naming the bind DN and
+/// never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bind_is_a_clear_error() {
+    let dc = dc();
+    let mut admin = dc.admin().await;
+    let ou = admin.ou(&unique("b")).await;
+    let wrong = "Wrong!Passw0rd-not-this-one";
+    let file = dc.dir.join(format!("{}.pw", unique("wrong")));
+    std::fs::write(&file, wrong).expect("write password file");
+    let mut table = source_table("ad", "t", &ou, "");
+    for key in ["name", "tenant", "kind"] {
+        table.remove(key);
+    }
+    let mut secret = toml::Table::new();
+    secret.insert("file".into(), file.display().to_string().into());
+    table.insert("bind_password".into(), secret.into());
+    let config = LdapConfig::from_toml(toml::Value::Table(table)).expect("config");
+    let mut source = LdapSource::new(&config).expect("source");
+    let mut batch = Batch::new();
+    let err = source
+        .read(&ReadRequest::default(), &mut batch)
+        .await
+        .expect_err("a wrong password must fail the read");
+    let message = err.to_string();
+    assert!(
+        message.contains(&dc.sync_dn),
+        "names the bind DN: {message}"
+    );
+    assert!(!message.contains(wrong), "never the password: {message}");
+    assert!(
+        !format!("{err:?}").contains(wrong),
+        "not in Debug either: {err:?}"
+    );
+    assert_eq!(batch.received, 0);
 }
 
 /// userPrincipalName can be the userName instead of sAMAccountName.
@@ -275,6 +331,18 @@ async fn group_over_1500_members_is_read_whole() {
     assert_eq!(got.len(), 1600);
     assert_eq!(got, want);
     drop(batch);
+
+    // An incremental read after one member left: only the group is read,
+    // again through its ranges, with the 1,599 members left.
+    let (_, full) = read(&config, true, None).await;
+    admin.remove_members(&group, &members[..1]).await;
+    let (batch, _) = read(&config, false, full.cursor).await;
+    assert_eq!(batch.received, 1, "only the group changed: {batch:?}");
+    let got = member_dns(&batch.groups[&guid]);
+    assert_eq!(got.len(), 1599);
+    assert!(!got.contains(&norm(&members[0])));
+    drop(batch);
+    admin.add_members(&group, &members[..1]).await;
 
     // And through the runner: the SCIM group has all 1,600 members.
     let srv = TestServer::start(Backend::Sqlite).await;

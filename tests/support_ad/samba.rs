@@ -566,6 +566,24 @@ impl Admin {
         format!("{rdn},{parent}")
     }
 
+    /// Creates an OU at a full DN (e.g. nested in a test's OU).
+    pub async fn add_ou_at(&mut self, dn: &str) {
+        self.add(dn, vec![("objectClass", vec!["organizationalUnit"])])
+            .await;
+    }
+
+    /// Moves the entry under `new_parent`, keeping its RDN; returns the new
+    /// DN.
+    pub async fn move_to(&mut self, dn: &str, new_parent: &str) -> String {
+        let rdn = dn.split_once(',').map(|(r, _)| r).expect("rdn");
+        self.ldap
+            .modifydn(dn, rdn, true, Some(new_parent))
+            .await
+            .and_then(|r| r.success())
+            .unwrap_or_else(|e| panic!("move {dn} under {new_parent}: {e}"));
+        format!("{rdn},{new_parent}")
+    }
+
     pub async fn delete(&mut self, dn: &str) {
         self.ldap
             .delete(dn)
