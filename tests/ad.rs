@@ -234,6 +234,41 @@ async fn bad_bind_is_a_clear_error() {
     assert_eq!(batch.received, 0);
 }
 
+/// The domain root as the base: the search also returns continuation
+/// references (CN=Configuration, the DNS partitions), which are not
+/// entries; AD's own accounts read like any other (krbtgt is disabled,
+/// Administrator is in Domain Admins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_root_reads_builtin_accounts_past_referrals() {
+    let dc = dc();
+    let config = ldap_config(&dc.base_dn, "");
+    let (batch, outcome) = read(&config, true, None).await;
+    assert!(outcome.complete);
+    let by_name = |name: &str| {
+        batch
+            .users
+            .values()
+            .find(|u| u.user_name == name)
+            .unwrap_or_else(|| panic!("{name} not read"))
+    };
+    assert!(by_name("Administrator").active);
+    assert!(!by_name("krbtgt").active, "krbtgt is disabled (514)");
+    assert!(by_name("rbsync").active);
+    let admins = batch
+        .groups
+        .values()
+        .filter_map(|g| g.group.as_ref())
+        .find(|g| g.display_name == "Domain Admins")
+        .expect("Domain Admins read");
+    let Members::Full(members) = &admins.members else {
+        panic!("full member list");
+    };
+    assert!(
+        members.contains(&MemberRef::Locator(norm(&dc.admin_dn))),
+        "{members:?}"
+    );
+}
+
 /// userPrincipalName can be the userName instead of sAMAccountName.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_principal_name_as_user_name() {

@@ -55,7 +55,8 @@ pub struct Dc {
     pub dir: PathBuf,
     pub provision_time: Duration,
     pub start_time: Duration,
-    /// The write end of samba's stdin; dropping it (at exit) stops samba.
+    /// The write end of samba's stdin. Statics are never dropped: the
+    /// kernel closes it when this process exits, and samba stops on EOF.
     stdin: Mutex<Option<ChildStdin>>,
     child: Mutex<Child>,
 }
