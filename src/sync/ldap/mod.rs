@@ -1018,3 +1018,31 @@ fn flush_deleted(gone: Gone, batch: &mut Batch) {
         batch.push(Change::Deleted { key, kind });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(preset: &str) -> LdapConfig {
+        let text = format!(
+            "url = \"ldap://127.0.0.1:389\"\npreset = \"{preset}\"\nbase_dns = [\"dc=corp\"]\n"
+        );
+        LdapConfig::from_toml(toml::from_str(&text).expect("toml")).expect("config")
+    }
+
+    #[test]
+    fn active_directory_asks_for_the_first_member_range() {
+        let ad = Conn::attrs(&config("active_directory"), Kind::Group, None);
+        assert!(ad.iter().any(|a| a == AD_FIRST_MEMBER_RANGE), "{ad:?}");
+        assert!(
+            !ad.iter().any(|a| a.eq_ignore_ascii_case("member")),
+            "{ad:?}"
+        );
+        let openldap = Conn::attrs(&config("openldap"), Kind::Group, None);
+        assert!(openldap.iter().any(|a| a == "member"), "{openldap:?}");
+        assert!(
+            !openldap.iter().any(|a| a.contains(";range=")),
+            "{openldap:?}"
+        );
+    }
+}
