@@ -84,7 +84,13 @@ each_backend! {
                 served_by_redis = true;
                 break;
             }
-            assert!(count(&sm.redis_errors) >= 1, "a Redis miss without an error: entries were not shared");
+            // A miss is legitimate only when some Redis call failed: the
+            // sibling's read, or the first app's write of the entries (the
+            // sibling then computed and wrote them for the next attempt).
+            assert!(
+                count(&sm.redis_errors) + count(&m.redis_errors) >= 1,
+                "a Redis miss without an error: entries were not shared"
+            );
         }
         assert!(served_by_redis, "a second app never got the answer from Redis");
         // Keys carry the tenant id; another tenant's users never share them.
