@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::durability::cli;
+use crate::durability::{cli, spawn_server};
 use crate::support::slapd::*;
 use crate::support::unique;
 
@@ -16,6 +16,10 @@ struct Setup {
 }
 
 fn setup(users: usize) -> Setup {
+    setup_with(users, "10m")
+}
+
+fn setup_with(users: usize, schedule: &str) -> Setup {
     let mut ldif = base_ldif();
     let mut members = Vec::new();
     for i in 0..users {
@@ -37,7 +41,7 @@ fn setup(users: usize) -> Setup {
     std::fs::write(
         &config,
         format!(
-            "[[source]]\nname = \"corp\"\ntenant = \"{tenant}\"\nkind = \"ldap\"\nschedule = \"10m\"\n\
+            "[[source]]\nname = \"corp\"\ntenant = \"{tenant}\"\nkind = \"ldap\"\nschedule = \"{schedule}\"\n\
              url = \"{}\"\nbind_dn = \"{SYNC_DN}\"\nbind_password = {{ file = \"{}\" }}\n\
              base_dns = [\"{PEOPLE}\", \"{GROUPS}\"]\n[source.guard]\nmax_deletes = 3\nmax_delete_percent = 100\n",
             slapd.url,
@@ -186,4 +190,45 @@ fn configuration_and_connection_errors_are_one_clear_line() {
         err.contains("source 'x'") && err.contains("http://host"),
         "{err}"
     );
+}
+
+/// Polls `sync status --json` until `pred` holds on the source's entry.
+fn wait_status(s: &Setup, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, out, _) = s.run(&["sync", "status", "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        if pred(&v[0]) {
+            return v[0].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn serve_runs_each_source_on_its_schedule() {
+    let s = setup_with(3, "1s");
+    let (mut server, _addr) = spawn_server(&s.db, None, &["--config", s.config.to_str().unwrap()]);
+    let first = wait_status(&s, "the first scheduled run", |v| {
+        v["last_run"]["outcome"] == "applied"
+    });
+    assert_eq!(first["last_run"]["report"]["users_created"], 3, "{first}");
+    s.slapd.add(&user_ldif("late", "late@example.org"));
+    let later = wait_status(&s, "a later run to pick up the new user", |v| {
+        v["last_run"]["report"]["users_created"] == 1
+    });
+    assert_eq!(
+        later["last_run"]["report"]["mode"], "incremental",
+        "{later}"
+    );
+    // While serve holds the schedule, a manual run either runs between
+    // scheduled ones or is refused as busy; it never overlaps one.
+    let (code, _, err) = s.run(&["sync", "--source", "corp"]);
+    assert!(code == 0 || err.contains("already running"), "{code} {err}");
+    let _ = server.kill();
+    let _ = server.wait();
 }

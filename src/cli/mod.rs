@@ -240,11 +240,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// other replicas and `rolebridge sync` out while a run is going.
 fn spawn_sync_schedule(app: App, source: crate::sync::SourceConfig) {
     tokio::spawn(async move {
+        let mut reader = match crate::sync::runner::AnySource::new(&source.kind) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(source = %source.name, error = %e, "sync source cannot be built; it will not run");
+                return;
+            }
+        };
         // A moment after start, so the listener is up before a long run.
         let mut next = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
             tokio::time::sleep_until(next).await;
-            match crate::sync::run_source(&app, &source, crate::sync::RunOptions::default()).await {
+            let options = crate::sync::RunOptions::default();
+            match crate::sync::run_with_source(&app, &source, &mut reader, options, None).await {
                 Ok(r) => tracing::info!(
                     source = %source.name,
                     outcome = %r.outcome,

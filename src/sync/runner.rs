@@ -347,14 +347,16 @@ fn permission_changes(
         .count() as u64
 }
 
-/// A source of any kind, built from its config without IO.
-enum AnySource {
+/// A source of any kind, built from its config without IO. `serve` keeps
+/// one per `[[source]]` across runs, so state a source caches between runs
+/// (the Graph access token) outlives a run.
+pub enum AnySource {
     Ldap(Box<LdapSource>),
     Entra(Box<EntraSource>),
 }
 
 impl AnySource {
-    fn new(kind: &SourceKind) -> Result<Self, SourceError> {
+    pub fn new(kind: &SourceKind) -> Result<Self, SourceError> {
         Ok(match kind {
             SourceKind::Ldap(c) => AnySource::Ldap(Box::new(LdapSource::new(c)?)),
             SourceKind::Entra(c) => AnySource::Entra(Box::new(EntraSource::new(c)?)),
