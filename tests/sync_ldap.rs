@@ -544,11 +544,10 @@ each_backend! {
         slapd.modify(&format!(
             "dn: {}\nchangetype: modrdn\nnewrdn: uid=robert\ndeleteoldrdn: 1\n\n\
              dn: {}\nchangetype: modrdn\nnewrdn: uid=cyd\ndeleteoldrdn: 1\nnewsuperior: ou=staff,{PEOPLE}\n\n\
-             dn: {}\nchangetype: modify\nreplace: mail\nmail: cyd@new.example.org\n\n\
+             dn: uid=cyd,ou=staff,{PEOPLE}\nchangetype: modify\nreplace: mail\nmail: cyd@new.example.org\n\n\
              dn: {}\nchangetype: modify\ndelete: member\nmember: {}\n-\nadd: member\nmember: {}\n\n",
             user_dn("bob"),
             user_dn("cyd"),
-            format!("uid=cyd,ou=staff,{PEOPLE}"),
             group_dn("admins"),
             user_dn("ann"),
             user_dn("dee"),
