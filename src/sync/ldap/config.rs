@@ -466,4 +466,18 @@ mod tests {
             parse(&format!("{BASE}\nstart_tls = true").replace("ldap://", "ldaps://")).unwrap_err();
         assert!(err.contains("start_tls"), "{err}");
     }
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../../../examples/sync.toml");
+        let doc: toml::Table = toml::from_str(text).unwrap();
+        let tables: Vec<toml::Table> = doc["source"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_table().unwrap().clone())
+            .collect();
+        let sources = crate::sync::parse_sources(&tables).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(sources.len(), 2);
+    }
 }
