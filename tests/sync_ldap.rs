@@ -223,6 +223,71 @@ async fn syncrepl_incremental_adds_modifies_renames_moves_deletes() {
     );
 }
 
+/// A cursor whose cookies are all replaced by `cookie`.
+fn with_cookie(outcome: &ReadOutcome, cookie: &str) -> ReadRequest {
+    use base64::Engine as _;
+    let mut c: serde_json::Value =
+        serde_json::from_str(outcome.cursor.as_deref().unwrap()).unwrap();
+    for v in c["cookies"].as_object_mut().unwrap().values_mut() {
+        *v = base64::engine::general_purpose::STANDARD
+            .encode(cookie)
+            .into();
+    }
+    ReadRequest {
+        full: false,
+        cursor: Some(c.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncrepl_present_phase_is_complete_and_a_rejected_cookie_expires() {
+    let slapd = Slapd::start();
+    seed_small(&slapd);
+    let cfg = config(&slapd, "");
+    let (_, first) = read(&cfg, full()).await.unwrap();
+    let (ann, bob, cyd) = (
+        slapd.entry_uuid(&user_dn("ann")),
+        slapd.entry_uuid(&user_dn("bob")),
+        slapd.entry_uuid(&user_dn("cyd")),
+    );
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: mail\nmail: bob@new.example.org\n\n",
+        user_dn("bob")
+    ));
+    slapd.delete(&[user_dn("cyd")]);
+    // A cookie older than the session log: slapd answers with a present
+    // phase (RFC 4533 §3.3.1), so the read is complete — everything in
+    // scope is reported, changed entries in full, the rest as present —
+    // and cyd is gone by omission.
+    let old = with_cookie(
+        &first,
+        "rid=000,csn=20001231000000.000000Z#000000#000#000000",
+    );
+    let (batch, outcome) = read(&cfg, old).await.unwrap();
+    assert!(outcome.complete, "{outcome:?}");
+    assert_eq!(batch.users[&bob].emails, vec!["bob@new.example.org"]);
+    assert!(
+        batch.users.contains_key(&ann) || batch.present.contains(&ann),
+        "{batch:?}"
+    );
+    assert!(!batch.users.contains_key(&cyd) && !batch.present.contains(&cyd));
+    for g in ["admins", "ops", "posix", "unique"] {
+        let k = slapd.entry_uuid(&group_dn(g));
+        assert!(
+            batch.groups.contains_key(&k) || batch.present.contains(&k),
+            "{g}"
+        );
+    }
+    // A cookie from the future (a server restored from backup): the
+    // runner must start over.
+    let future = with_cookie(
+        &first,
+        "rid=000,csn=20991231000000.000000Z#000000#000#000000",
+    );
+    let err = read(&cfg, future).await.unwrap_err();
+    assert!(matches!(err, SourceError::CursorExpired), "{err:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modify_timestamp_polling_is_incomplete() {
     let slapd = Slapd::start();
