@@ -188,6 +188,38 @@ fn main() {
             r.stdout.matches("\ndn: ").count() + usize::from(r.stdout.starts_with("dn: "));
     }
 
+    // The source alone, in process: LDAP read and conversion into a Batch,
+    // without planning or applying (what the runner adds is the rest).
+    let (source_wall, source_users, source_groups) = {
+        let text = std::fs::read_to_string(&config).unwrap();
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        let table = doc["source"].as_array().unwrap()[0]
+            .as_table()
+            .unwrap()
+            .clone();
+        let cfg = rolebridge::sync::parse_sources(&[table]).unwrap().remove(0);
+        let rolebridge::sync::SourceKind::Ldap(l) = &cfg.kind else {
+            unreachable!()
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            use rolebridge::sync::Source as _;
+            let mut src = rolebridge::sync::ldap::LdapSource::new(l).unwrap();
+            let mut batch = rolebridge::sync::Batch::new();
+            let t = Instant::now();
+            let request = rolebridge::sync::ReadRequest {
+                full: true,
+                cursor: None,
+            };
+            tokio::time::timeout(LIMIT, src.read(&request, &mut batch))
+                .await
+                .expect("source read in time")
+                .expect("source read");
+            (t.elapsed(), batch.users.len(), batch.groups.len())
+        })
+    };
+    assert_eq!(source_users, users);
+
     let full = timed(bin, &["sync", "--source", "bench", "--json"], &envs);
     let report: serde_json::Value =
         serde_json::from_str(full.stdout.trim()).expect("sync --json output");
@@ -240,6 +272,11 @@ fn main() {
         "| floor: ldapsearch -E pr=1000 dump | {:.2} s | | {:.0} entries/s | {floor_entries} entries |",
         secs(floor),
         floor_entries as f64 / secs(floor)
+    );
+    println!(
+        "| LdapSource::read alone (syncrepl refresh into a Batch, in process) | {:.2} s | | {:.0} users/s | {source_users} users, {source_groups} groups |",
+        secs(source_wall),
+        users as f64 / secs(source_wall)
     );
     println!(
         "| rolebridge sync (full, first run) | {:.2} s | {:.1} MiB | {:.0} users/s | {} users, {} groups, {} members created |",

@@ -105,7 +105,7 @@ fn team(key: &str, name: &str, members: &[usize]) -> ExternalGroup {
 
 fn config(srv: &TestServer, guard: &str) -> SourceConfig {
     let t: toml::Table = toml::from_str(&format!(
-        "name = \"dir-{}\"\ntenant = \"{}\"\nkind = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\n{guard}",
+        "name = \"dir-{}\"\ntenant = \"{}\"\nkind = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\nbase_dns = [\"ou=people\"]\n{guard}",
         srv.tenant, srv.tenant
     ))
     .expect("toml");
