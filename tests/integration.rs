@@ -34,5 +34,9 @@ mod rate_limits;
 mod observability;
 // The directory-sync runner: apply, failure, guard, dry run, lease, permissions.
 mod sync_framework;
+// `rolebridge sync` and `sync status` through the binary, against slapd.
+mod sync_cli;
 // The LDAP source against a real slapd.
 mod sync_ldap;
+// The Entra ID source against a local Microsoft Graph stand-in.
+mod sync_entra;

@@ -356,8 +356,22 @@ fn group_hash(g: &ExternalGroup) -> String {
     hex::encode(Sha256::digest(json.as_bytes()))
 }
 
-/// Plans a run.
-pub fn plan(batch: &Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> Plan {
+/// A group without its member list (members are planned separately), so
+/// operations never copy a large group's members.
+fn attributes_only(g: &ExternalGroup) -> ExternalGroup {
+    ExternalGroup {
+        key: g.key.clone(),
+        locator: g.locator.clone(),
+        base: g.base.clone(),
+        display_name: g.display_name.clone(),
+        external_id: g.external_id.clone(),
+        members: Members::Full(Vec::new()),
+    }
+}
+
+/// Plans a run. The batch's user records move into the plan (unchanged ones
+/// are dropped), so the directory is held once, not twice.
+pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> Plan {
     let mut plan = Plan::default();
     let user_links: HashMap<&str, &SyncLink> = input
         .links
@@ -387,47 +401,39 @@ pub fn plan(batch: &Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> Plan
         .collect();
 
     // Resource ids: linked ones (whose resource still exists), else new.
-    let mut user_ids: HashMap<&str, String> = HashMap::new();
+    let mut user_ids: HashMap<String, String> = HashMap::new();
     let mut group_ids: HashMap<&str, String> = HashMap::new();
 
     // Users, in key order so plans are deterministic.
-    let mut keys: Vec<&String> = batch.users.keys().collect();
-    keys.sort();
-    for key in keys {
-        let user = &batch.users[key];
-        let hash = user_hash(user);
+    let mut batch_users: Vec<ExternalUser> =
+        std::mem::take(&mut batch.users).into_values().collect();
+    batch_users.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut seen_users: HashSet<String> = HashSet::with_capacity(batch_users.len());
+    let mut users_per_base: HashMap<String, u64> = HashMap::new();
+    for user in batch_users {
+        let key = &user.key;
+        seen_users.insert(key.clone());
+        *users_per_base.entry(user.base.clone()).or_default() += 1;
+        let hash = user_hash(&user);
         let link = user_links
             .get(key.as_str())
             .filter(|l| stored_users.contains_key(l.resource_id.as_str()));
-        let id = match link {
+        let (id, update) = match link {
             Some(l) => {
                 let stored = stored_users[l.resource_id.as_str()];
                 let reactivated = l.missing_since.is_some() && user.active;
                 let deactivated = stored.active && !user.active && l.missing_since.is_none();
-                if l.content_hash != hash
+                let changed = l.content_hash != hash
                     || l.missing_since.is_some()
-                    || stored.active != user.active
-                {
-                    plan.users.push(UserOp::Update {
-                        id: l.resource_id.clone(),
-                        user: user.clone(),
-                        reactivated,
-                        deactivated,
-                    });
-                }
-                l.resource_id.clone()
+                    || stored.active != user.active;
+                (
+                    l.resource_id.clone(),
+                    changed.then_some((reactivated, deactivated)),
+                )
             }
-            None => {
-                let id = (input.new_id)();
-                plan.users.push(UserOp::Create {
-                    id: id.clone(),
-                    user: user.clone(),
-                });
-                id
-            }
+            None => ((input.new_id)(), None),
         };
-        let changed = link.is_none_or(|l| l.content_hash != hash || l.missing_since.is_some());
-        if changed {
+        if link.is_none_or(|l| l.content_hash != hash || l.missing_since.is_some()) {
             plan.link_upserts.push(SyncLink {
                 source: input.source.to_string(),
                 kind: "User".into(),
@@ -441,7 +447,18 @@ pub fn plan(batch: &Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> Plan
                 missing_since: None,
             });
         }
-        user_ids.insert(key.as_str(), id);
+        user_ids.insert(key.clone(), id.clone());
+        match (link, update) {
+            (None, _) => plan.users.push(UserOp::Create { id, user }),
+            (Some(_), Some((reactivated, deactivated))) => plan.users.push(UserOp::Update {
+                id,
+                user,
+                reactivated,
+                deactivated,
+            }),
+            // Unchanged: the record is dropped here; its link keeps its DN.
+            (Some(_), None) => {}
+        }
     }
 
     // Groups.
@@ -460,7 +477,7 @@ pub fn plan(batch: &Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> Plan
                         if l.content_hash != hash {
                             plan.groups.push(GroupOp::Update {
                                 id: l.resource_id.clone(),
-                                group: group.clone(),
+                                group: attributes_only(group),
                             });
                         }
                         l.resource_id.clone()
@@ -469,7 +486,7 @@ pub fn plan(batch: &Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> Plan
                         let id = (input.new_id)();
                         plan.groups.push(GroupOp::Create {
                             id: id.clone(),
-                            group: group.clone(),
+                            group: attributes_only(group),
                         });
                         id
                     }
@@ -505,7 +522,7 @@ pub fn plan(batch: &Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> Plan
     let mut vanished_groups: Vec<&SyncLink> = Vec::new();
     if outcome.complete {
         for l in user_links.values() {
-            if !batch.users.contains_key(&l.external_key) && !present(&l.external_key) {
+            if !seen_users.contains(&l.external_key) && !present(&l.external_key) {
                 vanished_users.push(l);
             }
         }
@@ -530,7 +547,7 @@ pub fn plan(batch: &Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> Plan
         // Users whose grace period ran out are deleted by any run.
         for l in user_links.values() {
             if l.missing_since.is_some()
-                && !batch.users.contains_key(&l.external_key)
+                && !seen_users.contains(&l.external_key)
                 && !batch.deleted.contains_key(&l.external_key)
             {
                 vanished_users.push(l);
@@ -583,7 +600,9 @@ pub fn plan(batch: &Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> Plan
             *before.entry(l.base.as_str()).or_default() += 1;
         }
         for base in &outcome.bases {
-            if before.get(base.as_str()).copied().unwrap_or(0) > 0 && batch.users_under(base) == 0 {
+            if before.get(base.as_str()).copied().unwrap_or(0) > 0
+                && users_per_base.get(base).copied().unwrap_or(0) == 0
+            {
                 plan.emptied_bases.push(base.clone());
             }
         }
@@ -608,7 +627,7 @@ fn plan_members(
     input: &PlanInput<'_>,
     user_links: &HashMap<&str, &SyncLink>,
     group_links: &HashMap<&str, &SyncLink>,
-    user_ids: &HashMap<&str, String>,
+    user_ids: &HashMap<String, String>,
     group_ids: &HashMap<&str, String>,
     plan: &mut Plan,
 ) {
@@ -639,12 +658,14 @@ fn plan_members(
             by_locator.insert(loc.clone(), (l.resource_id.clone(), "Group"));
         }
     }
-    for (key, u) in &batch.users {
-        if let Some(id) = user_ids.get(key.as_str()) {
-            if let Some(loc) = &u.locator {
+    // Unchanged users keep their DN in their link; changed and new ones
+    // carry it in their operation.
+    for op in &plan.users {
+        if let UserOp::Create { id, user } | UserOp::Update { id, user, .. } = op {
+            if let Some(loc) = &user.locator {
                 by_locator.insert(normalize_locator(loc), (id.clone(), "User"));
             }
-            by_name.insert(u.user_name.to_lowercase(), id.clone());
+            by_name.insert(user.user_name.to_lowercase(), id.clone());
         }
     }
     for (key, g) in &batch.groups {

@@ -235,8 +235,9 @@ async fn run_leased<S: Source>(
         .and_then(format_timestamp)
         .unwrap_or_default();
     let new_id = || ResourceId::generate().as_str().to_string();
+    let entries_read = batch.received;
     let plan = plan::plan(
-        &batch,
+        &mut batch,
         &outcome,
         &PlanInput {
             source: &config.name,
@@ -248,7 +249,6 @@ async fn run_leased<S: Source>(
             new_id: &new_id,
         },
     );
-    let entries_read = batch.received;
     drop(batch);
     let counts = plan.counts();
     let mut report = RunReport {

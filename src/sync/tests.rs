@@ -56,13 +56,13 @@ impl World {
         }
     }
 
-    fn plan(&self, batch: &Batch, complete: bool, now: &str, delete_before: &str) -> Plan {
+    fn plan(&self, mut batch: Batch, complete: bool, now: &str, delete_before: &str) -> Plan {
         let new_id = || {
             self.next.set(self.next.get() + 1);
             format!("id{}", self.next.get())
         };
         plan(
-            batch,
+            &mut batch,
             &ReadOutcome {
                 complete,
                 cursor: None,
@@ -165,7 +165,7 @@ fn first_sync_creates_and_resolves_member_dns_and_nested_groups() {
             &["uid=bob,ou=people,dc=x", "cn=eng,ou=groups,dc=x"],
         ),
     ];
-    let p = w.plan(&full_batch(&users, &groups), true, T0, "");
+    let p = w.plan(full_batch(&users, &groups), true, T0, "");
     let c = p.counts();
     assert_eq!(
         (c.users_created, c.groups_created, c.members_added),
@@ -176,7 +176,7 @@ fn first_sync_creates_and_resolves_member_dns_and_nested_groups() {
     assert_eq!(w.members("eng"), ["ann", "ops"]);
     assert_eq!(w.members("ops"), ["bob", "eng"]);
     // The same directory again changes nothing.
-    let again = w.plan(&full_batch(&users, &groups), true, T1, "");
+    let again = w.plan(full_batch(&users, &groups), true, T1, "");
     assert!(again.is_empty(), "{:?}", again.diff(&w.dir));
 }
 
@@ -185,19 +185,14 @@ fn a_rename_and_move_is_an_update_of_the_same_resource() {
     let mut w = World::new();
     let ann = user("u1", "ann", "uid=ann,ou=people,dc=x");
     let eng = group("g1", "eng", &["uid=ann,ou=people,dc=x"]);
-    let p = w.plan(
-        &full_batch(std::slice::from_ref(&ann), &[eng]),
-        true,
-        T0,
-        "",
-    );
+    let p = w.plan(full_batch(std::slice::from_ref(&ann), &[eng]), true, T0, "");
     w.apply(&p);
     let id = w.user("ann").id.clone();
     let mut moved = ann.clone();
     moved.user_name = "anne".into();
     moved.locator = Some("uid=anne,ou=staff,ou=people,dc=x".into());
     let eng = group("g1", "eng", &["uid=anne,ou=staff,ou=people,dc=x"]);
-    let p = w.plan(&full_batch(&[moved], &[eng]), true, T1, "");
+    let p = w.plan(full_batch(&[moved], &[eng]), true, T1, "");
     let c = p.counts();
     assert_eq!(
         (c.users_created, c.users_updated, c.users_deleted),
@@ -226,16 +221,11 @@ fn vanished_users_are_deactivated_then_deleted_after_the_grace_period() {
         "eng",
         &["uid=ann,ou=people,dc=x", "uid=bob,ou=people,dc=x"],
     );
-    w.apply(&w.plan(
-        &full_batch(&users, std::slice::from_ref(&eng)),
-        true,
-        T0,
-        "",
-    ));
+    w.apply(&w.plan(full_batch(&users, std::slice::from_ref(&eng)), true, T0, ""));
     let eng2 = group("g1", "eng", &["uid=ann,ou=people,dc=x"]);
     // Bob is gone: deactivated at once, membership kept for a comeback.
     let p = w.plan(
-        &full_batch(&users[..1], std::slice::from_ref(&eng2)),
+        full_batch(&users[..1], std::slice::from_ref(&eng2)),
         true,
         T1,
         T0,
@@ -246,7 +236,7 @@ fn vanished_users_are_deactivated_then_deleted_after_the_grace_period() {
     assert!(!w.user("bob").active);
     // Within the grace period, nothing more happens.
     let p = w.plan(
-        &full_batch(&users[..1], std::slice::from_ref(&eng2)),
+        full_batch(&users[..1], std::slice::from_ref(&eng2)),
         true,
         T1,
         T0,
@@ -254,7 +244,7 @@ fn vanished_users_are_deactivated_then_deleted_after_the_grace_period() {
     assert_eq!(p.counts().users_deleted, 0);
     // After it (missing since T1, deleting what went missing before T9).
     let p = w.plan(
-        &full_batch(&users[..1], std::slice::from_ref(&eng2)),
+        full_batch(&users[..1], std::slice::from_ref(&eng2)),
         true,
         T9,
         T9,
@@ -272,10 +262,10 @@ fn a_returning_user_is_reactivated() {
         user("u1", "ann", "uid=ann,ou=people,dc=x"),
         user("u2", "bob", "uid=bob,ou=people,dc=x"),
     ];
-    w.apply(&w.plan(&full_batch(&users, &[]), true, T0, ""));
-    w.apply(&w.plan(&full_batch(&users[..1], &[]), true, T1, ""));
+    w.apply(&w.plan(full_batch(&users, &[]), true, T0, ""));
+    w.apply(&w.plan(full_batch(&users[..1], &[]), true, T1, ""));
     assert!(!w.user("bob").active);
-    let p = w.plan(&full_batch(&users, &[]), true, T9, "");
+    let p = w.plan(full_batch(&users, &[]), true, T9, "");
     assert_eq!(p.counts().users_reactivated, 1);
     w.apply(&p);
     assert!(w.user("bob").active);
@@ -290,13 +280,13 @@ fn an_incremental_read_removes_only_what_it_reports_deleted() {
         user("u2", "bob", "uid=bob,ou=people,dc=x"),
         user("u3", "cy", "uid=cy,ou=people,dc=x"),
     ];
-    w.apply(&w.plan(&full_batch(&users, &[]), true, T0, ""));
+    w.apply(&w.plan(full_batch(&users, &[]), true, T0, ""));
     let mut b = Batch::new();
     b.push(Change::Deleted {
         key: "u3".into(),
         kind: None,
     });
-    let p = w.plan(&b, false, T1, "");
+    let p = w.plan(b, false, T1, "");
     let c = p.counts();
     assert_eq!(
         (c.users_deactivated, c.users_deleted, c.users_updated),
@@ -327,7 +317,7 @@ fn member_deltas_accumulate_across_pages() {
         added: vec![MemberRef::Key("u2".into())],
         removed: vec![],
     });
-    w.apply(&w.plan(&b, true, T0, ""));
+    w.apply(&w.plan(b, true, T0, ""));
     assert_eq!(w.members("eng"), ["ann", "bob"]);
     let mut b = Batch::new();
     b.push(Change::GroupMembers {
@@ -335,7 +325,7 @@ fn member_deltas_accumulate_across_pages() {
         added: vec![],
         removed: vec![MemberRef::Key("u1".into())],
     });
-    let p = w.plan(&b, false, T1, "");
+    let p = w.plan(b, false, T1, "");
     assert_eq!(p.counts().members_removed, 1);
     w.apply(&p);
     assert_eq!(w.members("eng"), ["bob"]);
@@ -353,13 +343,13 @@ fn the_guard_holds_an_emptied_base_and_mass_deletes() {
             )
         })
         .collect();
-    w.apply(&w.plan(&full_batch(&users, &[]), true, T0, ""));
+    w.apply(&w.plan(full_batch(&users, &[]), true, T0, ""));
     let guard = GuardConfig {
         max_deletes: 5,
         max_delete_percent: 50.0,
     };
     // Empty base: held whatever the thresholds.
-    let p = w.plan(&Batch::new(), true, T1, "");
+    let p = w.plan(Batch::new(), true, T1, "");
     let lenient = GuardConfig {
         max_deletes: 1000,
         max_delete_percent: 100.0,
@@ -367,11 +357,11 @@ fn the_guard_holds_an_emptied_base_and_mass_deletes() {
     let reason = guard::check(&lenient, &p, &p.counts()).expect("held");
     assert!(reason.contains("ou=people,dc=x"), "{reason}");
     // Six of twenty: over the count.
-    let p = w.plan(&full_batch(&users[6..], &[]), true, T1, "");
+    let p = w.plan(full_batch(&users[6..], &[]), true, T1, "");
     let reason = guard::check(&guard, &p, &p.counts()).expect("held");
     assert!(reason.contains("6 user"), "{reason}");
     // Two of twenty: under both.
-    let p = w.plan(&full_batch(&users[2..], &[]), true, T1, "");
+    let p = w.plan(full_batch(&users[2..], &[]), true, T1, "");
     assert_eq!(guard::check(&guard, &p, &p.counts()), None);
     // A share over the percentage.
     let strict = GuardConfig {

@@ -32,15 +32,16 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// page_size = 500
 /// timeout = "30s"                      # connect, and each wait for a server response
 /// incremental = "auto"                 # auto | syncrepl | usn | modify_timestamp | none
-/// [source.attributes]                  # any subset; the preset gives the rest
-/// user_name = "uid"                    # AD: sAMAccountName (or userPrincipalName)
-/// external_id = "entryUUID"            # the stable id; AD: objectGUID
-/// display_name = "cn"                  # AD: displayName
-/// given_name = "givenName"
-/// family_name = "sn"
-/// email = "mail"
+/// [source.attributes]                  # SCIM attribute = LDAP attribute; any subset,
+///                                      # the preset gives the rest
+/// userName = "uid"                     # AD: sAMAccountName (or userPrincipalName)
+/// externalId = "entryUUID"             # the stable id; AD: objectGUID
+/// displayName = "cn"                   # AD: displayName
+/// givenName = "givenName"
+/// familyName = "sn"
+/// emails = "mail"
 /// active = ""                          # AD: userAccountControl; "" = always active
-/// group_name = "cn"
+/// groupName = "cn"                     # the group's displayName
 /// ```
 ///
 /// Every base DN is searched for users *and* groups. The stable id, not the
@@ -133,14 +134,17 @@ struct Raw {
     attributes: RawAttributes,
 }
 
+/// Keys are the SCIM attribute names, as in the Entra source's
+/// `[source.attributes]`, so one vocabulary maps both kinds of directory.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawAttributes {
     user_name: Option<String>,
     external_id: Option<String>,
     display_name: Option<String>,
     given_name: Option<String>,
     family_name: Option<String>,
+    #[serde(rename = "emails")]
     email: Option<String>,
     active: Option<String>,
     group_name: Option<String>,
@@ -398,7 +402,7 @@ mod tests {
     #[test]
     fn active_directory_preset_and_override() {
         let c = parse(&format!(
-            "{BASE}\npreset = \"active_directory\"\n[attributes]\nuser_name = \"userPrincipalName\"\n"
+            "{BASE}\npreset = \"active_directory\"\n[attributes]\nuserName = \"userPrincipalName\"\n"
         ))
         .unwrap();
         assert_eq!(c.attributes.external_id, "objectGUID");
@@ -449,7 +453,7 @@ mod tests {
                 "bind_password",
             ),
             (
-                format!("{BASE}\nincremental = \"syncrepl\"\n[attributes]\nexternal_id = \"uid\""),
+                format!("{BASE}\nincremental = \"syncrepl\"\n[attributes]\nexternalId = \"uid\""),
                 "needs attributes.external_id = \"entryUUID\"",
             ),
             (

@@ -45,6 +45,9 @@ const RC_UNWILLING: u32 = 53;
 const MAX_PAGES: u32 = 1_000_000;
 const MAX_ITEMS_PER_REQUEST: u64 = 50_000_000;
 const MAX_RANGE_SLICES: u32 = 100_000;
+/// The first slice of `member` the AD preset asks for: AD's default
+/// `MaxValRange`, so the answer is what AD sends for a plain `member` anyway.
+const AD_FIRST_MEMBER_RANGE: &str = "member;range=0-1499";
 
 /// Why the directory could not be read. Messages name the server, the bind
 /// DN, the base and the filter as relevant, never the password.
@@ -564,7 +567,17 @@ impl Conn {
             .collect(),
             Kind::Group => {
                 let mut v = vec![a.external_id.clone(), a.group_name.clone()];
-                v.extend(convert::MEMBER_ATTRS.iter().map(|s| s.to_string()));
+                v.extend(convert::MEMBER_ATTRS.iter().map(|s| {
+                    // AD: ask for the first range explicitly. A DC whose
+                    // MaxValRange was raised, and Samba (which never cuts a
+                    // plain `member`), then still answer in ranges, so
+                    // large groups always take the one ranged path.
+                    if config.preset == Preset::ActiveDirectory && *s == "member" {
+                        AD_FIRST_MEMBER_RANGE.to_string()
+                    } else {
+                        s.to_string()
+                    }
+                }));
                 v
             }
         };
@@ -1009,5 +1022,33 @@ fn flush_deleted(gone: Gone, batch: &mut Batch) {
             _ => None,
         };
         batch.push(Change::Deleted { key, kind });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(preset: &str) -> LdapConfig {
+        let text = format!(
+            "url = \"ldap://127.0.0.1:389\"\npreset = \"{preset}\"\nbase_dns = [\"dc=corp\"]\n"
+        );
+        LdapConfig::from_toml(toml::from_str(&text).expect("toml")).expect("config")
+    }
+
+    #[test]
+    fn active_directory_asks_for_the_first_member_range() {
+        let ad = Conn::attrs(&config("active_directory"), Kind::Group, None);
+        assert!(ad.iter().any(|a| a == AD_FIRST_MEMBER_RANGE), "{ad:?}");
+        assert!(
+            !ad.iter().any(|a| a.eq_ignore_ascii_case("member")),
+            "{ad:?}"
+        );
+        let openldap = Conn::attrs(&config("openldap"), Kind::Group, None);
+        assert!(openldap.iter().any(|a| a == "member"), "{openldap:?}");
+        assert!(
+            !openldap.iter().any(|a| a.contains(";range=")),
+            "{openldap:?}"
+        );
     }
 }

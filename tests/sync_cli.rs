@@ -1,0 +1,189 @@
+//! `rolebridge sync` and `rolebridge sync status` through the real binary,
+//! against a real slapd: dry run, JSON report, status, a held run (exit 3)
+//! and its confirmation, configuration errors, and no password in output.
+
+use serde_json::Value;
+
+use crate::durability::cli;
+use crate::support::slapd::*;
+use crate::support::unique;
+
+struct Setup {
+    slapd: Slapd,
+    db: String,
+    config: std::path::PathBuf,
+    tenant: String,
+}
+
+fn setup(users: usize) -> Setup {
+    let mut ldif = base_ldif();
+    let mut members = Vec::new();
+    for i in 0..users {
+        let uid = format!("u{i}");
+        ldif.push_str(&user_ldif(&uid, &format!("{uid}@example.org")));
+        members.push(user_dn(&uid));
+    }
+    ldif.push_str(&group_ldif("staff", &members));
+    let slapd = Slapd::start_with(&ldif);
+    let dir = std::env::temp_dir()
+        .join("rolebridge-tests")
+        .join(unique("synccli"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}/db.sqlite", dir.display());
+    let tenant = unique("t");
+    let pw = dir.join("bind-pw");
+    std::fs::write(&pw, format!("{SYNC_PW}\n")).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[source]]\nname = \"corp\"\ntenant = \"{tenant}\"\nkind = \"ldap\"\nschedule = \"10m\"\n\
+             url = \"{}\"\nbind_dn = \"{SYNC_DN}\"\nbind_password = {{ file = \"{}\" }}\n\
+             base_dns = [\"{PEOPLE}\", \"{GROUPS}\"]\n[source.guard]\nmax_deletes = 3\nmax_delete_percent = 100\n",
+            slapd.url,
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = cli(&db, &["tenant", "create", &tenant]);
+    assert_eq!(code, 0, "{err}");
+    Setup {
+        slapd,
+        db,
+        config,
+        tenant,
+    }
+}
+
+impl Setup {
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec![
+            "--config",
+            self.config.to_str().unwrap(),
+            "--mappings",
+            "/nonexistent",
+        ];
+        all.extend_from_slice(args);
+        let out = cli(&self.db, &all);
+        assert!(
+            !out.1.contains(SYNC_PW) && !out.2.contains(SYNC_PW),
+            "password printed"
+        );
+        out
+    }
+}
+
+#[test]
+fn dry_run_then_sync_then_status() {
+    let s = setup(5);
+    let (code, out, err) = s.run(&["sync", "--source", "corp", "--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("+ user u3"), "{out}");
+    assert!(out.contains("+ member u3 -> staff"), "{out}");
+    assert!(out.contains("users: 5 created"), "{out}");
+    assert!(out.contains("dry run: nothing was changed"), "{out}");
+    let (_, status, _) = s.run(&["sync", "status"]);
+    assert!(status.contains("last run: never"), "{status}");
+
+    let (code, out, err) = s.run(&["sync", "--source", "corp", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["outcome"], "applied");
+    assert_eq!(report["mode"], "full");
+    assert_eq!(report["users_created"], 5);
+    assert_eq!(report["groups_created"], 1);
+    assert_eq!(report["members_added"], 5);
+    assert_eq!(report["tenant"], s.tenant.as_str());
+
+    let (code, out, _) = s.run(&["sync", "status", "--json"]);
+    assert_eq!(code, 0);
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status[0]["source"], "corp");
+    assert_eq!(status[0]["last_run"]["outcome"], "applied");
+    assert_eq!(status[0]["last_run"]["report"]["users_created"], 5);
+    assert!(status[0]["next_run"].is_string(), "{out}");
+    assert!(status[0]["held"].is_null());
+
+    // Text summary of an incremental run with nothing to do.
+    let (code, out, _) = s.run(&["sync", "--source", "corp"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("sync corp (tenant "), "{out}");
+    assert!(out.contains(": unchanged in "), "{out}");
+}
+
+#[test]
+fn a_mass_delete_is_held_until_confirmed() {
+    let s = setup(6);
+    let (code, out, err) = s.run(&["sync", "--source", "corp"]);
+    assert_eq!(code, 0, "{out}{err}");
+    s.slapd.delete(
+        &(0..5)
+            .map(|i| user_dn(&format!("u{i}")))
+            .collect::<Vec<_>>(),
+    );
+    let (code, out, _) = s.run(&["sync", "--source", "corp", "--full"]);
+    assert_eq!(code, 3, "held runs exit 3: {out}");
+    assert!(out.contains("HELD by the deletion guard"), "{out}");
+    assert!(
+        out.contains("! user u4 (deactivated: gone from the directory)"),
+        "{out}"
+    );
+    assert!(out.contains("--confirm-deletes"), "{out}");
+    let (_, status, _) = s.run(&["sync", "status"]);
+    assert!(status.contains("HELD: 5 user"), "{status}");
+    let (code, out, _) = s.run(&[
+        "sync",
+        "--source",
+        "corp",
+        "--full",
+        "--confirm-deletes",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["outcome"], "applied");
+    assert_eq!(report["users_deactivated"], 5);
+    let (_, status, _) = s.run(&["sync", "status"]);
+    assert!(!status.contains("HELD"), "{status}");
+}
+
+#[test]
+fn configuration_and_connection_errors_are_one_clear_line() {
+    let s = setup(1);
+    let (code, _, err) = s.run(&["sync", "--source", "nope"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no [[source]] named 'nope' (configured: corp)"),
+        "{err}"
+    );
+    // A source whose server is gone: the error names it, nothing changes.
+    let url = s.slapd.url.clone();
+    drop(s.slapd);
+    let (code, _, err) = cli(
+        &s.db,
+        &[
+            "--config",
+            s.config.to_str().unwrap(),
+            "sync",
+            "--source",
+            "corp",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("source 'corp'") && err.contains(&url), "{err}");
+    let bad = s.config.with_file_name("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[source]]\nname = \"x\"\ntenant = \"t\"\nkind = \"ldap\"\nurl = \"http://host\"\nbase_dns = [\"dc=x\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = cli(
+        &s.db,
+        &["--config", bad.to_str().unwrap(), "sync", "status"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("source 'x'") && err.contains("http://host"),
+        "{err}"
+    );
+}
