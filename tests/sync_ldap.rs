@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::Method;
+
 use rolebridge::sync::ldap::{LdapConfig, LdapError, LdapSource};
 use rolebridge::sync::{Batch, MemberRef, Members, ReadOutcome, ReadRequest, Source, SourceError};
 
@@ -219,6 +221,71 @@ async fn syncrepl_incremental_adds_modifies_renames_moves_deletes() {
         again.users.is_empty() && again.groups.is_empty() && again.deleted.is_empty(),
         "{again:?}"
     );
+}
+
+/// A cursor whose cookies are all replaced by `cookie`.
+fn with_cookie(outcome: &ReadOutcome, cookie: &str) -> ReadRequest {
+    use base64::Engine as _;
+    let mut c: serde_json::Value =
+        serde_json::from_str(outcome.cursor.as_deref().unwrap()).unwrap();
+    for v in c["cookies"].as_object_mut().unwrap().values_mut() {
+        *v = base64::engine::general_purpose::STANDARD
+            .encode(cookie)
+            .into();
+    }
+    ReadRequest {
+        full: false,
+        cursor: Some(c.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncrepl_present_phase_is_complete_and_a_rejected_cookie_expires() {
+    let slapd = Slapd::start();
+    seed_small(&slapd);
+    let cfg = config(&slapd, "");
+    let (_, first) = read(&cfg, full()).await.unwrap();
+    let (ann, bob, cyd) = (
+        slapd.entry_uuid(&user_dn("ann")),
+        slapd.entry_uuid(&user_dn("bob")),
+        slapd.entry_uuid(&user_dn("cyd")),
+    );
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: mail\nmail: bob@new.example.org\n\n",
+        user_dn("bob")
+    ));
+    slapd.delete(&[user_dn("cyd")]);
+    // A cookie older than the session log: slapd answers with a present
+    // phase (RFC 4533 §3.3.1), so the read is complete — everything in
+    // scope is reported, changed entries in full, the rest as present —
+    // and cyd is gone by omission.
+    let old = with_cookie(
+        &first,
+        "rid=000,csn=20001231000000.000000Z#000000#000#000000",
+    );
+    let (batch, outcome) = read(&cfg, old).await.unwrap();
+    assert!(outcome.complete, "{outcome:?}");
+    assert_eq!(batch.users[&bob].emails, vec!["bob@new.example.org"]);
+    assert!(
+        batch.users.contains_key(&ann) || batch.present.contains(&ann),
+        "{batch:?}"
+    );
+    assert!(!batch.users.contains_key(&cyd) && !batch.present.contains(&cyd));
+    for g in ["admins", "ops", "posix", "unique"] {
+        let k = slapd.entry_uuid(&group_dn(g));
+        assert!(
+            batch.groups.contains_key(&k) || batch.present.contains(&k),
+            "{g}"
+        );
+    }
+    // A cookie from the future (a server restored from backup): the
+    // runner must start over.
+    let future = with_cookie(
+        &first,
+        "rid=000,csn=20991231000000.000000Z#000000#000#000000",
+    );
+    let err = read(&cfg, future).await.unwrap_err();
+    assert!(matches!(err, SourceError::CursorExpired), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +505,12 @@ async fn slapd_killed_mid_read_is_an_error() {
             &format!("k{i}@example.org"),
         ));
     }
-    for extra in ["incremental = \"none\"\npage_size = 50", ""] {
+    // Paged, so slapd cannot have sent everything before it dies: each
+    // page is asked for after the last is read. (A syncrepl refresh of a
+    // directory this size can sit whole in the socket buffers by then, and
+    // then succeeding is right.)
+    {
+        let extra = "incremental = \"none\"\npage_size = 50";
         let mut slapd = Slapd::start_with(&ldif);
         let pid = slapd.pid();
         let cfg = config(&slapd, extra);
@@ -462,4 +534,314 @@ async fn slapd_killed_mid_read_is_an_error() {
         assert!(batch.users.len() < 4000);
         slapd.kill();
     }
+}
+
+// ---- Through the runner: the real store, the real HTTP API. ----
+
+use rolebridge::sync::{
+    parse_sources, run_source, runner::run_source_with_progress, RunOptions, SourceConfig,
+    SyncError,
+};
+
+use crate::each_backend;
+use crate::support::TestServer;
+
+fn source(srv: &TestServer, slapd: &Slapd, extra: &str) -> SourceConfig {
+    let pw = slapd.dir.join("bind-pw");
+    std::fs::write(&pw, SYNC_PW).unwrap();
+    let t: toml::Table = toml::from_str(&format!(
+        "name = \"ldap-{tenant}\"\ntenant = \"{tenant}\"\nkind = \"ldap\"\nurl = \"{url}\"\n\
+         bind_dn = \"{SYNC_DN}\"\nbind_password = {{ file = \"{pw}\" }}\n\
+         base_dns = [\"{PEOPLE}\", \"{GROUPS}\"]\n{extra}",
+        tenant = srv.tenant,
+        url = slapd.url,
+        pw = pw.display(),
+    ))
+    .unwrap();
+    parse_sources(&[t])
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .remove(0)
+}
+
+const LENIENT: &str = "[guard]\nmax_deletes = 1000\nmax_delete_percent = 100\n";
+
+async fn scim_user(srv: &TestServer, name: &str) -> serde_json::Value {
+    let r = srv
+        .get(&format!("/Users?filter=userName%20eq%20%22{name}%22"))
+        .await;
+    assert_eq!(r.body["totalResults"], 1, "{name}: {}", r.body);
+    r.body["Resources"][0].clone()
+}
+
+async fn active_users(srv: &TestServer) -> u64 {
+    let r = srv.get("/Users?filter=active%20eq%20true&count=0").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["totalResults"].as_u64().unwrap()
+}
+
+fn group_names(u: &serde_json::Value) -> BTreeSet<String> {
+    u["groups"]
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .map(|g| g["display"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+each_backend! {
+    async fn runner_full_then_incremental_sync(backend) {
+        let srv = TestServer::start(backend).await;
+        let slapd = Slapd::start();
+        seed_small(&slapd);
+        slapd.add(&format!("dn: ou=staff,{PEOPLE}\nobjectClass: organizationalUnit\nou: staff\n\n"));
+        let cfg = source(&srv, &slapd, LENIENT);
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!((r.outcome.as_str(), r.mode.as_str()), ("applied", "full"), "{r:?}");
+        assert_eq!((r.users_created, r.groups_created), (3, 4), "{r:?}");
+        let ann = scim_user(&srv, "ann").await;
+        assert_eq!(ann["externalId"], slapd.entry_uuid(&user_dn("ann")).as_str());
+        assert_eq!(ann["emails"][0]["value"], "ann@example.org");
+        assert_eq!(group_names(&ann), BTreeSet::from(["admins".to_string()]), "{ann}");
+        let bob_id = scim_user(&srv, "bob").await["id"].clone();
+        let cyd = scim_user(&srv, "cyd").await;
+        assert_eq!(group_names(&cyd), BTreeSet::from(["posix".to_string(), "unique".to_string()]), "{cyd}");
+        let g = srv.get("/Groups?filter=displayName%20eq%20%22admins%22").await;
+        assert_eq!(g.body["Resources"][0]["urn:rolebridge:params:sync:1.0:Group"]["dn"], group_dn("admins").as_str());
+
+        slapd.add(&user_ldif("dee", "dee@example.org"));
+        slapd.modify(&format!(
+            "dn: {}\nchangetype: modrdn\nnewrdn: uid=robert\ndeleteoldrdn: 1\n\n\
+             dn: {}\nchangetype: modrdn\nnewrdn: uid=cyd\ndeleteoldrdn: 1\nnewsuperior: ou=staff,{PEOPLE}\n\n\
+             dn: uid=cyd,ou=staff,{PEOPLE}\nchangetype: modify\nreplace: mail\nmail: cyd@new.example.org\n\n\
+             dn: {}\nchangetype: modify\ndelete: member\nmember: {}\n-\nadd: member\nmember: {}\n\n",
+            user_dn("bob"),
+            user_dn("cyd"),
+            group_dn("admins"),
+            user_dn("ann"),
+            user_dn("dee"),
+        ));
+        slapd.delete(&[user_dn("ann")]);
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!((r.outcome.as_str(), r.mode.as_str()), ("applied", "incremental"), "{r:?}");
+        assert_eq!((r.users_created, r.users_updated, r.users_deactivated), (1, 2, 1), "{r:?}");
+        // The rename kept the SCIM resource: same id, new userName.
+        let robert = scim_user(&srv, "robert").await;
+        assert_eq!(robert["id"], bob_id);
+        assert_eq!(scim_user(&srv, "cyd").await["emails"][0]["value"], "cyd@new.example.org");
+        assert_eq!(scim_user(&srv, "ann").await["active"], false);
+        let dee = scim_user(&srv, "dee").await;
+        assert_eq!(group_names(&dee), BTreeSet::from(["admins".to_string()]), "{dee}");
+        // Nothing changed since: unchanged.
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!(r.outcome, "unchanged", "{r:?}");
+    }
+}
+
+each_backend! {
+    async fn runner_permissions_through_nested_ldap_groups(backend) {
+        let yaml = "catalog: loyjoy\nrules:\n  - id: editors\n    match: {display_name: \"admins\"}\n    assign: {roles: [editor]}\n";
+        let srv = TestServer::start_mapped(backend, yaml).await;
+        let token = srv.permissions_token().await;
+        let slapd = Slapd::start();
+        // ann is in admins directly; bob through ops (nested, with a cycle).
+        seed_small(&slapd);
+        let cfg = source(&srv, &slapd, LENIENT);
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!(r.outcome, "applied", "{r:?}");
+        let get = |user: &'static str| {
+            let url = format!("http://{}/api/v1/tenants/{}/users/{user}/permissions?by=userName", srv.addr, srv.tenant);
+            let token = token.clone();
+            let srv = &srv;
+            async move { srv.send_with(Method::GET, &url, None, &[], Some(&token)).await }
+        };
+        for user in ["ann", "bob"] {
+            let p = get(user).await;
+            assert_eq!(p.status, 200, "{}", p.body);
+            assert!(p.body["roles"].to_string().contains("editor"), "{user}: {}", p.body);
+        }
+        let p = get("cyd").await;
+        assert!(!p.body["roles"].to_string().contains("editor"), "{}", p.body);
+        // bob leaves ops in the directory: revoked after the next sync.
+        slapd.modify(&format!("dn: {}\nchangetype: modify\ndelete: member\nmember: {}\n\n", group_dn("ops"), user_dn("bob")));
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!(r.members_removed, 1, "{r:?}");
+        let p = get("bob").await;
+        assert!(!p.body["roles"].to_string().contains("editor"), "{}", p.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_slapd_killed_mid_sync_deletes_nothing() {
+    let srv = TestServer::start(crate::support::Backend::Sqlite).await;
+    let mut ldif = base_ldif();
+    for i in 0..3000 {
+        ldif.push_str(&user_ldif(
+            &format!("m{i:05}"),
+            &format!("m{i}@example.org"),
+        ));
+    }
+    let slapd = Slapd::start_with(&ldif);
+    let cfg = source(
+        &srv,
+        &slapd,
+        &format!("incremental = \"none\"\npage_size = 100\n{LENIENT}"),
+    );
+    let r = run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.users_created, 3000);
+    // Most users vanish, then slapd dies while the next run reads.
+    let gone: Vec<String> = (0..2500).map(|i| user_dn(&format!("m{i:05}"))).collect();
+    slapd.delete(&gone);
+    let pid = slapd.pid();
+    let killed = Arc::new(AtomicBool::new(false));
+    let flag = killed.clone();
+    let progress: rolebridge::sync::runner::Progress = Arc::new(move |n| {
+        if n >= 200 && !flag.swap(true, Ordering::SeqCst) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    });
+    let err = run_source_with_progress(&srv.app, &cfg, RunOptions::default(), Some(progress))
+        .await
+        .unwrap_err();
+    assert!(killed.load(Ordering::SeqCst));
+    assert!(matches!(err, SyncError::Source { .. }), "{err}");
+    assert!(err.to_string().contains("lost"), "{err}");
+    assert_eq!(active_users(&srv).await, 3000, "nothing deactivated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_guard_holds_mass_delete_and_empty_base_until_confirmed() {
+    let srv = TestServer::start(crate::support::Backend::Sqlite).await;
+    let mut ldif = base_ldif();
+    for i in 0..20 {
+        ldif.push_str(&user_ldif(
+            &format!("g{i:02}"),
+            &format!("g{i}@example.org"),
+        ));
+    }
+    let slapd = Slapd::start_with(&ldif);
+    let cfg = source(
+        &srv,
+        &slapd,
+        "[guard]\nmax_deletes = 5\nmax_delete_percent = 100\n",
+    );
+    run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(active_users(&srv).await, 20);
+    // 12 deleted: held (incremental syncrepl reports the deletes).
+    slapd.delete(
+        &(0..12)
+            .map(|i| user_dn(&format!("g{i:02}")))
+            .collect::<Vec<_>>(),
+    );
+    let held = run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(held.outcome, "held", "{held:?}");
+    assert_eq!(active_users(&srv).await, 20);
+    // The rest deleted too: the base is empty; a full read is still held.
+    slapd.delete(
+        &(12..20)
+            .map(|i| user_dn(&format!("g{i:02}")))
+            .collect::<Vec<_>>(),
+    );
+    let held = run_source(
+        &srv.app,
+        &cfg,
+        RunOptions {
+            force_full: true,
+            ..RunOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(held.outcome, "held", "{held:?}");
+    assert!(
+        held.held_reason.as_deref().unwrap_or("").contains(PEOPLE),
+        "{held:?}"
+    );
+    assert_eq!(active_users(&srv).await, 20);
+    // A dry run shows it and changes nothing.
+    let dry = run_source(
+        &srv.app,
+        &cfg,
+        RunOptions {
+            dry_run: true,
+            force_full: true,
+            ..RunOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(dry.outcome, "dry-run");
+    assert_eq!(
+        dry.diff
+            .iter()
+            .filter(|l| l.starts_with("! user") || l.contains("deactivate"))
+            .count(),
+        20,
+        "{:?}",
+        dry.diff
+    );
+    assert_eq!(active_users(&srv).await, 20);
+    let done = run_source(
+        &srv.app,
+        &cfg,
+        RunOptions {
+            confirm_deletes: true,
+            force_full: true,
+            ..RunOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (done.outcome.as_str(), done.users_deactivated),
+        ("applied", 20),
+        "{done:?}"
+    );
+    assert_eq!(active_users(&srv).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_reports_bad_bind_and_bad_config_clearly() {
+    let srv = TestServer::start(crate::support::Backend::Sqlite).await;
+    let slapd = Slapd::start();
+    seed_small(&slapd);
+    let mut cfg = source(&srv, &slapd, "");
+    if let rolebridge::sync::SourceKind::Ldap(l) = &mut cfg.kind {
+        let wrong = slapd.dir.join("wrong");
+        std::fs::write(&wrong, "wrong-secret-99").unwrap();
+        l.bind_password = Some(rolebridge::sync::SecretRef {
+            env: None,
+            file: Some(wrong),
+        });
+    }
+    let err = run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&cfg.name) && err.contains(SYNC_DN) && err.contains("invalidCredentials"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-secret-99"));
+    assert_eq!(srv.get("/Users").await.body["totalResults"], 0);
+    // Config errors name the source and the key.
+    let t: toml::Table = toml::from_str(&format!(
+        "name = \"x\"\ntenant = \"{}\"\nkind = \"ldap\"\nurl = \"ldap://127.0.0.1:1\"\nbase_dns = [\"{PEOPLE}\"]\nuser_filter = \"(uid=*\"",
+        srv.tenant
+    )).unwrap();
+    let e = parse_sources(&[t])
+        .unwrap_err()
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<String>();
+    assert!(e.contains("source 'x'") && e.contains("(uid=*"), "{e}");
 }

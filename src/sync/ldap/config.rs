@@ -280,17 +280,17 @@ impl LdapConfig {
         let mut attributes = raw.preset.attributes();
         let a = raw.attributes;
         for (slot, value, key) in [
-            (&mut attributes.user_name, a.user_name, "user_name"),
-            (&mut attributes.external_id, a.external_id, "external_id"),
-            (&mut attributes.display_name, a.display_name, "display_name"),
-            (&mut attributes.given_name, a.given_name, "given_name"),
-            (&mut attributes.family_name, a.family_name, "family_name"),
-            (&mut attributes.email, a.email, "email"),
+            (&mut attributes.user_name, a.user_name, "userName"),
+            (&mut attributes.external_id, a.external_id, "externalId"),
+            (&mut attributes.display_name, a.display_name, "displayName"),
+            (&mut attributes.given_name, a.given_name, "givenName"),
+            (&mut attributes.family_name, a.family_name, "familyName"),
+            (&mut attributes.email, a.email, "emails"),
             (&mut attributes.active, a.active, "active"),
-            (&mut attributes.group_name, a.group_name, "group_name"),
+            (&mut attributes.group_name, a.group_name, "groupName"),
         ] {
             if let Some(v) = value {
-                let optional = matches!(key, "active" | "given_name" | "family_name" | "email");
+                let optional = matches!(key, "active" | "givenName" | "familyName" | "emails");
                 if !(valid_attribute(&v) || optional && v.is_empty()) {
                     return Err(format!(
                         "attributes.{key} = \"{v}\" is not an LDAP attribute name"
@@ -303,7 +303,7 @@ impl LdapConfig {
             && !attributes.external_id.eq_ignore_ascii_case("entryUUID")
         {
             return Err(format!(
-                "incremental = \"syncrepl\" needs attributes.external_id = \"entryUUID\" (syncrepl names entries by entryUUID), not \"{}\"",
+                "incremental = \"syncrepl\" needs attributes.externalId = \"entryUUID\" (syncrepl names entries by entryUUID), not \"{}\"",
                 attributes.external_id
             ));
         }
@@ -454,7 +454,15 @@ mod tests {
             ),
             (
                 format!("{BASE}\nincremental = \"syncrepl\"\n[attributes]\nexternalId = \"uid\""),
-                "needs attributes.external_id = \"entryUUID\"",
+                "needs attributes.externalId = \"entryUUID\"",
+            ),
+            (
+                format!("{BASE}\n[attributes]\nuserName = \"u id\""),
+                "attributes.userName = \"u id\" is not an LDAP attribute name",
+            ),
+            (
+                format!("{BASE}\nincremental = \"syncrepl\"\n[attributes]\nexternalId = \"uid\""),
+                "needs attributes.externalId = \"entryUUID\"",
             ),
             (
                 BASE.replace("ldap://127.0.0.1:3890", "ldap://h/dc=x"),
@@ -469,5 +477,19 @@ mod tests {
         let err =
             parse(&format!("{BASE}\nstart_tls = true").replace("ldap://", "ldaps://")).unwrap_err();
         assert!(err.contains("start_tls"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../../../examples/sync.toml");
+        let doc: toml::Table = toml::from_str(text).unwrap();
+        let tables: Vec<toml::Table> = doc["source"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_table().unwrap().clone())
+            .collect();
+        let sources = crate::sync::parse_sources(&tables).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(sources.len(), 2);
     }
 }

@@ -40,6 +40,7 @@ const SYNC_DONE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.3";
 const PAGED_RESULTS_OID: &str = "1.2.840.113556.1.4.319";
 /// `e-syncRefreshRequired`: the cookie is too old; start over.
 const RC_SYNC_REFRESH_REQUIRED: u32 = 4096;
+const RC_UNWILLING: u32 = 53;
 /// Bounds on loops whose length the server decides.
 const MAX_PAGES: u32 = 1_000_000;
 const MAX_ITEMS_PER_REQUEST: u64 = 50_000_000;
@@ -892,7 +893,12 @@ impl Conn {
             )
             .await?
         };
-        if res.rc == RC_SYNC_REFRESH_REQUIRED {
+        // e-syncRefreshRequired is the RFC's answer to a stale cookie;
+        // slapd answers unwillingToPerform to a cookie newer than its
+        // content (a server restored from backup). Either way the cookie is
+        // useless: the runner retries once without it, and if the server
+        // refuses that too the error is reported then.
+        if res.rc == RC_SYNC_REFRESH_REQUIRED || (res.rc == RC_UNWILLING && cookie.is_some()) {
             tracing::info!(
                 base,
                 "the server no longer accepts the syncrepl cookie: {}",
