@@ -58,6 +58,11 @@ pub struct RunReport {
     pub diff: Vec<String>,
     pub entries_read: u64,
     pub elapsed_ms: u64,
+    /// Where the time went: reading the source, loading the stored state
+    /// and planning, and the write transaction.
+    pub read_ms: u64,
+    pub plan_ms: u64,
+    pub apply_ms: u64,
 }
 
 /// Why a run failed. None of these changes anything.
@@ -204,6 +209,7 @@ async fn run_leased<S: Source>(
         }
     };
     let mut batch = new_batch();
+    let phase = Instant::now();
     let request = ReadRequest {
         full,
         cursor: if full { None } else { state.cursor.clone() },
@@ -226,6 +232,8 @@ async fn run_leased<S: Source>(
         }
         other => other.map_err(source_error)?,
     };
+    let read_ms = phase.elapsed().as_millis() as u64;
+    let phase = Instant::now();
     let links = app.store.sync_links(&config.name, tenant).await?;
     let before = app.store.directory(tenant).await?;
     // A grace period too long to represent deletes nothing.
@@ -250,6 +258,7 @@ async fn run_leased<S: Source>(
         },
     );
     drop(batch);
+    drop(links);
     let counts = plan.counts();
     let mut report = RunReport {
         source: config.name.clone(),
@@ -267,9 +276,11 @@ async fn run_leased<S: Source>(
         members_removed: counts.members_removed,
         skipped: plan.skipped.clone(),
         entries_read,
+        read_ms,
         ..RunReport::default()
     };
     report.permission_changes = permission_changes(app, &config.tenant, &before, &plan);
+    report.plan_ms = phase.elapsed().as_millis() as u64;
     let held = guard::check(&config.guard, &plan, &counts);
     if options.dry_run {
         report.outcome = "dry-run".into();
@@ -287,6 +298,9 @@ async fn run_leased<S: Source>(
         }
         tracing::warn!(source = %config.name, %reason, "deletion guard overridden by --confirm-deletes");
     }
+    // The stored directory is no longer needed: free it before the write.
+    drop(before);
+    let phase = Instant::now();
     let applied = app
         .apply_sync(
             tenant,
@@ -298,6 +312,7 @@ async fn run_leased<S: Source>(
             },
         )
         .await?;
+    report.apply_ms = phase.elapsed().as_millis() as u64;
     report.skipped.extend(applied.skipped);
     report.outcome = if plan.is_empty() {
         "unchanged"
