@@ -102,6 +102,33 @@ pub struct SecretRef {
 }
 
 impl SecretRef {
+    /// Reads `key = { env = "VAR" }` or `key = { file = "/path" }`. Any
+    /// other value, an inline secret above all, is refused without quoting
+    /// it, so a secret pasted into the config never reaches an error line
+    /// or a log.
+    pub fn from_toml(key: &str, value: toml::Value) -> Result<SecretRef, String> {
+        let refused = || {
+            format!(
+                "'{key}' must be {{ env = \"VAR\" }} or {{ file = \"/path\" }}; inline secrets are refused"
+            )
+        };
+        let toml::Value::Table(table) = value else {
+            return Err(refused());
+        };
+        if table.keys().any(|k| k != "env" && k != "file") || table.values().any(|v| !v.is_str()) {
+            return Err(refused());
+        }
+        let get = |k: &str| table.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let secret = SecretRef {
+            env: get("env"),
+            file: get("file").map(PathBuf::from),
+        };
+        if secret.env.is_some() == secret.file.is_some() {
+            return Err(format!("'{key}' needs exactly one of 'env' or 'file'"));
+        }
+        Ok(secret)
+    }
+
     /// Reads the secret now (at each run, so a rotated file is picked up).
     /// Trailing newlines of a file are dropped.
     pub fn resolve(&self) -> Result<Secret, String> {

@@ -132,7 +132,8 @@ pub struct EntraConfig {
 struct Raw {
     directory_id: String,
     client_id: String,
-    client_secret: SecretRef,
+    /// Kept raw so an inline secret is refused without serde quoting it.
+    client_secret: toml::Value,
     authority_url: Option<String>,
     graph_url: Option<String>,
     groups: Option<RawGroups>,
@@ -169,9 +170,7 @@ impl EntraConfig {
         if client_id.is_empty() {
             return Err("'client_id' must not be empty".into());
         }
-        if raw.client_secret.env.is_some() == raw.client_secret.file.is_some() {
-            return Err("'client_secret': give exactly one of 'env' or 'file'".into());
-        }
+        let client_secret = SecretRef::from_toml("client_secret", raw.client_secret)?;
         let authority_url = base_url(
             "authority_url",
             raw.authority_url.as_deref().unwrap_or(DEFAULT_AUTHORITY),
@@ -222,7 +221,7 @@ impl EntraConfig {
         Ok(EntraConfig {
             directory_id,
             client_id,
-            client_secret: raw.client_secret,
+            client_secret,
             authority_url,
             graph_url,
             groups,
@@ -319,6 +318,15 @@ mod tests {
         client_id = "abc"
         client_secret = { env = "X" }
     "#;
+
+    #[test]
+    fn an_inline_secret_is_refused_without_being_quoted() {
+        let err =
+            parse("directory_id = \"d\"\nclient_id = \"a\"\nclient_secret = \"hunter2-secret\"")
+                .unwrap_err();
+        assert!(err.contains("inline secrets are refused"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
 
     #[test]
     fn defaults() {

@@ -207,20 +207,10 @@ impl LdapConfig {
         if raw.bind_dn.is_some() && raw.bind_password.is_none() {
             return Err("'bind_dn' is given without 'bind_password' (use { env = \"VAR\" } or { file = \"/path\" })".into());
         }
-        let bind_password = match raw.bind_password {
-            None => None,
-            Some(v @ toml::Value::Table(_)) => {
-                let p = SecretRef::deserialize(v)
-                    .map_err(|e| format!("'bind_password': {}", e.message()))?;
-                if p.env.is_some() == p.file.is_some() {
-                    return Err("'bind_password' needs exactly one of 'env' or 'file'".into());
-                }
-                Some(p)
-            }
-            Some(_) => {
-                return Err("'bind_password' must be { env = \"VAR\" } or { file = \"/path\" }; inline passwords are refused".into())
-            }
-        };
+        let bind_password = raw
+            .bind_password
+            .map(|v| SecretRef::from_toml("bind_password", v))
+            .transpose()?;
         if let Some(dn) = &raw.bind_dn {
             if dn.trim().is_empty() {
                 return Err("'bind_dn' is empty".into());
