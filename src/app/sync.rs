@@ -52,14 +52,8 @@ impl App {
             match op {
                 UserOp::Create { id, user } => {
                     let doc = prepare(ResourceKind::User, user_doc(user, source))?.0;
-                    let res = StoredResource {
-                        id: ResourceId::from_client(id),
-                        doc,
-                        created: ts.clone(),
-                        last_modified: ts.clone(),
-                        version: 1,
-                    };
-                    if let Err(e) = tx.insert(tenant, ResourceKind::User, &res).await {
+                    if let Err(e) = insert(&mut tx, tenant, ResourceKind::User, id, doc, &ts).await
+                    {
                         refuse(e, &mut applied, &mut refused, id, &user.user_name)?;
                     }
                 }
@@ -88,14 +82,8 @@ impl App {
             match op {
                 GroupOp::Create { id, group } => {
                     let doc = prepare(ResourceKind::Group, group_doc(group, source))?.0;
-                    let res = StoredResource {
-                        id: ResourceId::from_client(id),
-                        doc,
-                        created: ts.clone(),
-                        last_modified: ts.clone(),
-                        version: 1,
-                    };
-                    if let Err(e) = tx.insert(tenant, ResourceKind::Group, &res).await {
+                    if let Err(e) = insert(&mut tx, tenant, ResourceKind::Group, id, doc, &ts).await
+                    {
                         refuse(e, &mut applied, &mut refused, id, &group.display_name)?;
                     }
                 }
@@ -169,6 +157,24 @@ fn refuse(
         }
         other => Err(other.into()),
     }
+}
+
+async fn insert(
+    tx: &mut WriteTx,
+    tenant: TenantId,
+    kind: ResourceKind,
+    id: &str,
+    doc: Value,
+    ts: &str,
+) -> Result<(), StoreError> {
+    let res = StoredResource {
+        id: ResourceId::from_client(id),
+        doc,
+        created: ts.to_string(),
+        last_modified: ts.to_string(),
+        version: 1,
+    };
+    tx.insert(tenant, kind, &res).await
 }
 
 async fn replace(
