@@ -279,20 +279,30 @@ fn main() {
         users as f64 / secs(source_wall)
     );
     println!(
-        "| rolebridge sync (full, first run) | {:.2} s | {:.1} MiB | {:.0} users/s | {} users, {} groups, {} members created |",
+        "| rolebridge sync (full, first run) | {:.2} s | {:.1} MiB | {:.0} users/s | {} users, {} groups, {} members created; {} |",
         secs(full.wall),
         full.peak_rss_kib as f64 / 1024.0,
         users as f64 / secs(full.wall),
         report["users_created"],
         report["groups_created"],
         report["members_added"],
+        phases(&report),
     );
     println!(
-        "| rolebridge sync (incremental, 100 changes) | {:.2} s | {:.1} MiB | | {} users updated, {} members added, {} entries read |",
+        "| rolebridge sync (incremental, 100 changes) | {:.2} s | {:.1} MiB | | {} users updated, {} members added, {} entries read; {} |",
         secs(incr.wall),
         incr.peak_rss_kib as f64 / 1024.0,
         ireport["users_updated"],
         ireport["members_added"],
         ireport["entries_read"],
+        phases(&ireport),
     );
+}
+
+/// The run's own split of its time, from the JSON report.
+fn phases(r: &serde_json::Value) -> String {
+    format!(
+        "read {} ms, load+plan {} ms, apply {} ms",
+        r["read_ms"], r["plan_ms"], r["apply_ms"]
+    )
 }
