@@ -357,3 +357,24 @@ each_backend! {
         assert_eq!(users(&srv).await["totalResults"], 2);
     }
 }
+
+each_backend! {
+    async fn two_directory_entries_with_one_user_name_create_one_user(backend) {
+        let srv = TestServer::start(backend).await;
+        let dir = Directory::default();
+        let mut twin = person(1);
+        twin.key = "key-twin".into();
+        twin.external_id = Some("key-twin".into());
+        twin.user_name = "USER1@example.org".into();
+        dir.with(|s| s.users = vec![person(0), person(1), twin]);
+        let cfg = config(&srv, LENIENT);
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(r.users_created, 3, "planned");
+        assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
+        assert!(r.skipped[0].contains("userName"), "{:?}", r.skipped);
+        assert_eq!(users(&srv).await["totalResults"], 2);
+        // The skipped entry has no link, so it is tried again next run.
+        let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!((again.users_created, again.skipped.len()), (1, 1), "{again:?}");
+    }
+}

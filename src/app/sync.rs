@@ -48,15 +48,31 @@ impl App {
         let mut refused: HashSet<String> = HashSet::new();
         let ts = now();
         let mut tx = self.store.begin_write().await?;
+        // New users in bulk: a first sync creates the whole directory.
+        let mut new_users = Vec::new();
+        let mut new_names = Vec::new();
+        for op in &plan.users {
+            if let UserOp::Create { id, user } = op {
+                new_users.push(new_resource(
+                    id,
+                    prepare(ResourceKind::User, user_doc(user, source))?.0,
+                    &ts,
+                ));
+                new_names.push((id.as_str(), user.user_name.as_str()));
+            }
+        }
+        let results = tx
+            .insert_many(tenant, ResourceKind::User, &new_users)
+            .await?;
+        drop(new_users);
+        for ((id, name), result) in new_names.into_iter().zip(results) {
+            if let Some(e) = result {
+                refuse(e, &mut applied, &mut refused, id, name)?;
+            }
+        }
         for op in &plan.users {
             match op {
-                UserOp::Create { id, user } => {
-                    let doc = prepare(ResourceKind::User, user_doc(user, source))?.0;
-                    if let Err(e) = insert(&mut tx, tenant, ResourceKind::User, id, doc, &ts).await
-                    {
-                        refuse(e, &mut applied, &mut refused, id, &user.user_name)?;
-                    }
-                }
+                UserOp::Create { .. } => {}
                 UserOp::Update { id, user, .. } => {
                     let doc = prepare(ResourceKind::User, user_doc(user, source))?.0;
                     if let Err(e) = replace(&mut tx, tenant, ResourceKind::User, id, doc, &ts).await
@@ -78,15 +94,29 @@ impl App {
                 }
             }
         }
+        let mut new_groups = Vec::new();
+        let mut new_names = Vec::new();
+        for op in &plan.groups {
+            if let GroupOp::Create { id, group } = op {
+                new_groups.push(new_resource(
+                    id,
+                    prepare(ResourceKind::Group, group_doc(group, source))?.0,
+                    &ts,
+                ));
+                new_names.push((id.as_str(), group.display_name.as_str()));
+            }
+        }
+        let results = tx
+            .insert_many(tenant, ResourceKind::Group, &new_groups)
+            .await?;
+        for ((id, name), result) in new_names.into_iter().zip(results) {
+            if let Some(e) = result {
+                refuse(e, &mut applied, &mut refused, id, name)?;
+            }
+        }
         for op in &plan.groups {
             match op {
-                GroupOp::Create { id, group } => {
-                    let doc = prepare(ResourceKind::Group, group_doc(group, source))?.0;
-                    if let Err(e) = insert(&mut tx, tenant, ResourceKind::Group, id, doc, &ts).await
-                    {
-                        refuse(e, &mut applied, &mut refused, id, &group.display_name)?;
-                    }
-                }
+                GroupOp::Create { .. } => {}
                 GroupOp::Update { id, group } => {
                     let doc = prepare(ResourceKind::Group, group_doc(group, source))?.0;
                     if let Err(e) =
@@ -119,11 +149,13 @@ impl App {
                 tx.remove_members(tenant, &gid, &delta.remove).await?;
             }
         }
-        for link in &plan.link_upserts {
-            if !refused.contains(&link.resource_id) {
-                tx.upsert_sync_link(link).await?;
-            }
-        }
+        let links: Vec<_> = plan
+            .link_upserts
+            .iter()
+            .filter(|l| !refused.contains(&l.resource_id))
+            .cloned()
+            .collect();
+        tx.upsert_sync_links(&links).await?;
         for (kind, key) in &plan.link_deletes {
             tx.delete_sync_link(source, kind_name(*kind), key).await?;
         }
@@ -159,22 +191,14 @@ fn refuse(
     }
 }
 
-async fn insert(
-    tx: &mut WriteTx,
-    tenant: TenantId,
-    kind: ResourceKind,
-    id: &str,
-    doc: Value,
-    ts: &str,
-) -> Result<(), StoreError> {
-    let res = StoredResource {
+fn new_resource(id: &str, doc: Value, ts: &str) -> StoredResource {
+    StoredResource {
         id: ResourceId::from_client(id),
         doc,
         created: ts.to_string(),
         last_modified: ts.to_string(),
         version: 1,
-    };
-    tx.insert(tenant, kind, &res).await
+    }
 }
 
 async fn replace(

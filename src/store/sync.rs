@@ -175,26 +175,45 @@ impl Store {
 }
 
 impl WriteTx {
-    /// Creates or replaces a link.
-    pub async fn upsert_sync_link(&mut self, link: &SyncLink) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO sync_links (source, kind, external_key, tenant_id, resource_id, locator, name_lc, base, content_hash, missing_since) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (source, kind, external_key) DO UPDATE SET tenant_id = $4, resource_id = $5, \
-             locator = $6, name_lc = $7, base = $8, content_hash = $9, missing_since = $10",
-        )
-        .bind(&link.source)
-        .bind(&link.kind)
-        .bind(&link.external_key)
-        .bind(link.tenant.to_string())
-        .bind(&link.resource_id)
-        .bind(link.locator.as_deref())
-        .bind(&link.name_lc)
-        .bind(&link.base)
-        .bind(&link.content_hash)
-        .bind(link.missing_since.as_deref())
-        .execute(self.conn())
-        .await?;
+    /// Creates or replaces many links, 200 per statement.
+    pub async fn upsert_sync_links(&mut self, links: &[SyncLink]) -> Result<()> {
+        for chunk in links.chunks(200) {
+            let values = (0..chunk.len())
+                .map(|i| {
+                    let b = 1 + i * 10;
+                    format!(
+                        "({})",
+                        (b..b + 10)
+                            .map(|n| format!("${n}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Only `$N` placeholders are interpolated; every value is bound.
+            let sql = format!(
+                "INSERT INTO sync_links (source, kind, external_key, tenant_id, resource_id, locator, name_lc, base, content_hash, missing_since) \
+                 VALUES {values} ON CONFLICT (source, kind, external_key) DO UPDATE SET tenant_id = excluded.tenant_id, \
+                 resource_id = excluded.resource_id, locator = excluded.locator, name_lc = excluded.name_lc, \
+                 base = excluded.base, content_hash = excluded.content_hash, missing_since = excluded.missing_since"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for link in chunk {
+                q = q
+                    .bind(link.source.as_str())
+                    .bind(link.kind.as_str())
+                    .bind(link.external_key.as_str())
+                    .bind(link.tenant.to_string())
+                    .bind(link.resource_id.as_str())
+                    .bind(link.locator.as_deref())
+                    .bind(link.name_lc.as_str())
+                    .bind(link.base.as_str())
+                    .bind(link.content_hash.as_str())
+                    .bind(link.missing_since.as_deref());
+            }
+            q.execute(self.conn()).await?;
+        }
         Ok(())
     }
 
