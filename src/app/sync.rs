@@ -48,26 +48,32 @@ impl App {
         let mut refused: HashSet<String> = HashSet::new();
         let ts = now();
         let mut tx = self.store.begin_write().await?;
-        // New users in bulk: a first sync creates the whole directory.
-        let mut new_users = Vec::new();
-        let mut new_names = Vec::new();
-        for op in &plan.users {
-            if let UserOp::Create { id, user } = op {
-                new_users.push(new_resource(
-                    id,
-                    prepare(ResourceKind::User, user_doc(user, source))?.0,
-                    &ts,
-                ));
-                new_names.push((id.as_str(), user.user_name.as_str()));
-            }
-        }
-        let results = tx
-            .insert_many(tenant, ResourceKind::User, &new_users)
-            .await?;
-        drop(new_users);
-        for ((id, name), result) in new_names.into_iter().zip(results) {
-            if let Some(e) = result {
-                refuse(e, &mut applied, &mut refused, id, name)?;
+        // New users in bulk (a first sync creates the whole directory), a
+        // chunk of documents at a time so they are never all in memory.
+        let creates: Vec<(&String, &ExternalUser)> = plan
+            .users
+            .iter()
+            .filter_map(|op| match op {
+                UserOp::Create { id, user } => Some((id, user)),
+                _ => None,
+            })
+            .collect();
+        for chunk in creates.chunks(1000) {
+            let docs = chunk
+                .iter()
+                .map(|(id, user)| {
+                    Ok(new_resource(
+                        id,
+                        prepare(ResourceKind::User, user_doc(user, source))?.0,
+                        &ts,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let results = tx.insert_many(tenant, ResourceKind::User, &docs).await?;
+            for ((id, user), result) in chunk.iter().zip(results) {
+                if let Some(e) = result {
+                    refuse(e, &mut applied, &mut refused, id, &user.user_name)?;
+                }
             }
         }
         for op in &plan.users {
