@@ -52,6 +52,12 @@ pub struct Page {
 /// well under SQLite's 32766-parameter limit.
 const CHUNK: usize = 500;
 
+/// Rows per multi-row INSERT. Binding cost in sqlx's SQLite driver grows
+/// faster than the parameter count (`sqlite3_bind_parameter_name` was 22% of
+/// a profile at 200 rows of 10 values); 50 rows cut a 20k-user first sync's
+/// write from 2.3 s to 1.5 s, and 20 rows were no better.
+pub(super) const MULTI_ROW: usize = 50;
+
 /// One resource by tenant and id, with an optional locking suffix.
 fn select_one(kind: ResourceKind, suffix: &str) -> String {
     format!(
@@ -316,7 +322,7 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Inserts many new resources with a few statements per 200 rows
+    /// Inserts many new resources with a few statements per [`MULTI_ROW`] rows
     /// instead of four per row (directory sync creates a whole directory at
     /// once). A resource whose userName or externalId is taken, in the
     /// tenant or earlier in `resources`, is not inserted: its slot in the
@@ -327,7 +333,7 @@ impl WriteTx {
         kind: ResourceKind,
         resources: &[StoredResource],
     ) -> Result<Vec<Option<Error>>> {
-        const ROWS: usize = 200;
+        const ROWS: usize = MULTI_ROW;
         let mut out: Vec<Option<Error>> = Vec::with_capacity(resources.len());
         let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut externals: std::collections::HashSet<String> = std::collections::HashSet::new();

@@ -175,9 +175,9 @@ impl Store {
 }
 
 impl WriteTx {
-    /// Creates or replaces many links, 200 per statement.
+    /// Creates or replaces many links, a few dozen per statement.
     pub async fn upsert_sync_links(&mut self, links: &[SyncLink]) -> Result<()> {
-        for chunk in links.chunks(200) {
+        for chunk in links.chunks(super::resources::MULTI_ROW) {
             let values = (0..chunk.len())
                 .map(|i| {
                     let b = 1 + i * 10;
