@@ -135,6 +135,29 @@ fn a_mass_delete_is_held_until_confirmed() {
     assert!(out.contains("--confirm-deletes"), "{out}");
     let (_, status, _) = s.run(&["sync", "status"]);
     assert!(status.contains("HELD: 5 user"), "{status}");
+    // A run that fails meanwhile (here: the server is unreachable) does not
+    // end the hold.
+    let unreachable = s.config.with_file_name("unreachable.toml");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &unreachable,
+        text.replace(&s.slapd.url, "ldap://127.0.0.1:9"),
+    )
+    .unwrap();
+    let (code, _, err) = cli(
+        &s.db,
+        &[
+            "--config",
+            unreachable.to_str().unwrap(),
+            "sync",
+            "--source",
+            "corp",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    let (_, status, _) = s.run(&["sync", "status"]);
+    assert!(status.contains("last run: failed"), "{status}");
+    assert!(status.contains("HELD: 5 user"), "{status}");
     let (code, out, _) = s.run(&[
         "sync",
         "--source",

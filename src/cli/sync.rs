@@ -202,16 +202,22 @@ async fn status(store: &Store, sources: &[SourceConfig], as_json: bool) -> anyho
             .with_context(|| format!("reading the run log of '{}'", s.name))?;
         let state = store.sync_state(&s.name).await?;
         let last = runs.iter().find(|r| r.outcome != "dry-run");
-        let held = last.filter(|r| r.outcome == "held").map(|r| {
-            serde_json::from_str::<serde_json::Value>(&r.report)
-                .ok()
-                .and_then(|v| {
-                    v.get("held_reason")
-                        .and_then(|h| h.as_str())
-                        .map(String::from)
-                })
-                .unwrap_or_default()
-        });
+        // A failed run after a held one leaves it held: only an applied
+        // (or confirmed) run ends the hold.
+        let held = runs
+            .iter()
+            .find(|r| r.outcome != "dry-run" && r.outcome != "failed")
+            .filter(|r| r.outcome == "held")
+            .map(|r| {
+                serde_json::from_str::<serde_json::Value>(&r.report)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("held_reason")
+                            .and_then(|h| h.as_str())
+                            .map(String::from)
+                    })
+                    .unwrap_or_default()
+            });
         let next = last
             .and_then(|r| parse_timestamp(&r.finished))
             .map(|t| t + s.schedule)

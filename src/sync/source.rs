@@ -172,9 +172,4 @@ impl Batch {
             f(self.received);
         }
     }
-
-    /// Users reported under `base`.
-    pub fn users_under(&self, base: &str) -> usize {
-        self.users.values().filter(|u| u.base == base).count()
-    }
 }
