@@ -255,3 +255,40 @@ fn serve_runs_each_source_on_its_schedule() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// On a terminal, `sync` draws a progress spinner on stderr; redirected, it
+/// prints nothing but the summary. `script` gives the run a real pty.
+#[test]
+fn a_terminal_gets_a_progress_spinner() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("`script` (util-linux) is needed for the pty test");
+    }
+    let s = setup_with(600, "10m");
+    let command = format!(
+        "ROLEBRIDGE_DATABASE_URL='{}' '{}' --config '{}' --mappings /nonexistent sync --source corp",
+        s.db,
+        crate::durability::bin(),
+        s.config.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("run script");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains("connecting") || tty.contains("entries read"),
+        "no spinner on a terminal: {tty}"
+    );
+    assert!(tty.contains("users: 600 created"), "{tty}");
+    let (_, piped, err) = s.run(&["sync", "--source", "corp", "--full"]);
+    assert!(
+        !err.contains("connecting") && !err.contains("entries read"),
+        "{err}"
+    );
+    assert!(piped.contains("sync corp"), "{piped}");
+}
