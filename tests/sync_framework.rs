@@ -30,6 +30,9 @@ struct State {
     groups: Vec<ExternalGroup>,
     fail_after: Option<usize>,
     reads: usize,
+    /// Another run takes the source's lease while this one reads (as if
+    /// this run had outlived its lease).
+    thief: Option<(rolebridge::store::Store, String)>,
 }
 
 impl Directory {
@@ -56,6 +59,14 @@ impl Source for Directory {
                 .collect();
             (changes, s.fail_after)
         };
+        let thief = self.state.lock().unwrap().thief.take();
+        if let Some((store, source)) = thief {
+            let far = "9999-12-31T00:00:00.000000Z";
+            assert!(store
+                .acquire_sync_lease(&source, "thief", far, far)
+                .await
+                .unwrap());
+        }
         for (i, c) in changes.into_iter().enumerate() {
             if fail_after == Some(i) {
                 // Whatever a source's failure, the runner must discard
@@ -376,5 +387,22 @@ each_backend! {
         // The skipped entry has no link, so it is tried again next run.
         let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         assert_eq!((again.users_created, again.skipped.len()), (1, 1), "{again:?}");
+    }
+}
+
+each_backend! {
+    async fn a_run_that_lost_its_lease_applies_nothing(backend) {
+        let srv = TestServer::start(backend).await;
+        let dir = Directory::default();
+        let cfg = config(&srv, LENIENT);
+        dir.with(|s| {
+            s.users = (0..3).map(person).collect();
+            s.thief = Some((srv.app.store.clone(), cfg.name.clone()));
+        });
+        let err = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap_err();
+        assert!(err.to_string().contains("lease expired"), "{err}");
+        assert_eq!(users(&srv).await["totalResults"], 0);
+        let state = srv.app.store.sync_state(&cfg.name).await.unwrap();
+        assert_eq!((state.cursor, state.lease_owner.as_deref()), (None, Some("thief")));
     }
 }

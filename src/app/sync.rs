@@ -30,6 +30,8 @@ pub struct Applied {
 
 /// The cursor to save with the changes.
 pub struct CursorUpdate<'a> {
+    /// The run's lease; the write is refused if another run holds it now.
+    pub lease_owner: &'a str,
     pub cursor: Option<&'a str>,
     /// Set when the run was a complete read (a reconcile).
     pub full_at: Option<&'a str>,
@@ -165,7 +167,7 @@ impl App {
         for (kind, key) in &plan.link_deletes {
             tx.delete_sync_link(source, kind_name(*kind), key).await?;
         }
-        tx.save_sync_cursor(source, cursor.cursor, cursor.full_at)
+        tx.save_sync_cursor(source, cursor.lease_owner, cursor.cursor, cursor.full_at)
             .await?;
         tx.commit().await?;
         Ok(applied)

@@ -22,6 +22,10 @@ pub enum Error {
     },
     #[error("the resource was changed concurrently; retry")]
     Conflict,
+    #[error(
+        "sync source '{0}': the run's lease expired and another run took it; nothing was applied"
+    )]
+    LeaseLost(String),
     #[error("stored document of {kind} '{id}' is not valid JSON: {source}")]
     Corrupt {
         kind: &'static str,

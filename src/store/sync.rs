@@ -228,25 +228,30 @@ impl WriteTx {
     }
 
     /// Saves the cursor a run returned, in the transaction that applied the
-    /// run, so the cursor never runs ahead of the data.
+    /// run, so the cursor never runs ahead of the data; and checks that the
+    /// run still holds the source's lease. A run that outlived its lease
+    /// while another took it planned from a stale read: its whole
+    /// transaction is refused ([`Error::LeaseLost`]).
     pub async fn save_sync_cursor(
         &mut self,
         source: &str,
+        lease_owner: &str,
         cursor: Option<&str>,
         full_at: Option<&str>,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO sync_state (source) VALUES ($1) ON CONFLICT (source) DO NOTHING")
-            .bind(source)
-            .execute(self.conn())
-            .await?;
-        sqlx::query(
-            "UPDATE sync_state SET cursor = $1, last_full = COALESCE($2, last_full) WHERE source = $3",
+        let done = sqlx::query(
+            "UPDATE sync_state SET cursor = $1, last_full = COALESCE($2, last_full) \
+             WHERE source = $3 AND lease_owner = $4",
         )
         .bind(cursor)
         .bind(full_at)
         .bind(source)
+        .bind(lease_owner)
         .execute(self.conn())
         .await?;
+        if done.rows_affected() != 1 {
+            return Err(super::Error::LeaseLost(source.to_string()));
+        }
         Ok(())
     }
 }

@@ -142,7 +142,10 @@ pub async fn run_with_source<S: Source>(
     {
         return Err(SyncError::Busy(config.name.clone()));
     }
-    let result = run_leased(app, config, source, tenant.id, options, progress, &started).await;
+    let result = run_leased(
+        app, config, source, tenant.id, options, progress, &started, &owner,
+    )
+    .await;
     let released = app.store.release_sync_lease(&config.name, &owner).await;
     let finished = now();
     let (outcome, report_json, error) = match &result {
@@ -177,6 +180,7 @@ pub async fn run_with_source<S: Source>(
     Ok(report)
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn run_leased<S: Source>(
     app: &App,
     config: &SourceConfig,
@@ -185,6 +189,7 @@ async fn run_leased<S: Source>(
     options: RunOptions,
     progress: Option<Progress>,
     started: &str,
+    owner: &str,
 ) -> Result<RunReport, SyncError> {
     let state = app.store.sync_state(&config.name).await?;
     let reconcile_due = match &state.last_full {
@@ -307,6 +312,7 @@ async fn run_leased<S: Source>(
             &config.name,
             &plan,
             CursorUpdate {
+                lease_owner: owner,
                 cursor: outcome.cursor.as_deref(),
                 full_at: outcome.complete.then_some(started),
             },
