@@ -25,8 +25,25 @@ pub fn check(guard: &GuardConfig, plan: &Plan, counts: &Counts) -> Option<String
     if let Some(r) = exceeds(guard, "user", users, plan.linked_users) {
         reasons.push(r);
     }
-    if let Some(r) = exceeds(guard, "group", counts.groups_deleted, plan.linked_groups) {
+    // A group whose whole member list vanished counts as deleted: to the
+    // users in it, it is.
+    let groups = counts.groups_deleted + plan.emptied_groups;
+    if let Some(r) = exceeds(guard, "group", groups, plan.linked_groups) {
         reasons.push(r);
+    }
+    // Membership loss: held only when it is both over the count and over
+    // the share of this source's memberships, so a reorganisation moving
+    // people between groups applies, and losing read access to `member`
+    // (every list empty) does not.
+    let removed = counts.members_removed;
+    if removed > guard.max_deletes && plan.linked_edges > 0 {
+        let share = removed as f64 * 100.0 / plan.linked_edges as f64;
+        if share > guard.max_delete_percent {
+            reasons.push(format!(
+                "{removed} of {} memberships ({share:.1}%) would be removed, over guard.max_deletes = {} and guard.max_delete_percent = {}",
+                plan.linked_edges, guard.max_deletes, guard.max_delete_percent
+            ));
+        }
     }
     if reasons.is_empty() {
         None

@@ -27,6 +27,11 @@ pub struct Plan {
     pub linked_groups: u64,
     /// Bases that held users before and returned none in a complete read.
     pub emptied_bases: Vec<String>,
+    /// Membership edges of this source's groups before the run (guard base).
+    pub linked_edges: u64,
+    /// Groups that had members and whose full member list is now empty (a
+    /// bind account that lost read access to `member` looks like this).
+    pub emptied_groups: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -593,8 +598,14 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
         }
     }
 
-    // Empty bases.
+    // Empty bases. Users reported present and unchanged (a syncrepl
+    // present phase) still live under their linked base.
     if outcome.complete {
+        for key in &batch.present {
+            if let Some(l) = user_links.get(key.as_str()) {
+                *users_per_base.entry(l.base.clone()).or_default() += 1;
+            }
+        }
         let mut before: BTreeMap<&str, u64> = BTreeMap::new();
         for l in user_links.values() {
             *before.entry(l.base.as_str()).or_default() += 1;
@@ -705,6 +716,15 @@ fn plan_members(
             .insert(e.member_id.as_str());
     }
     let mut unresolved = 0usize;
+    let mut emptied = 0u64;
+    plan.linked_edges = group_links
+        .values()
+        .map(|l| {
+            current
+                .get(l.resource_id.as_str())
+                .map_or(0, |h| h.len() as u64)
+        })
+        .sum();
     let mut keys: Vec<&String> = batch.groups.keys().collect();
     keys.sort();
     for key in keys {
@@ -748,6 +768,9 @@ fn plan_members(
                         delta.add.push((id.clone(), ty));
                     }
                 }
+                if want.is_empty() && have.is_some_and(|h| !h.is_empty()) {
+                    emptied += 1;
+                }
                 if let Some(h) = have {
                     let mut gone: Vec<String> = h
                         .iter()
@@ -776,6 +799,7 @@ fn plan_members(
             plan.members.insert(gid.clone(), delta);
         }
     }
+    plan.emptied_groups = emptied;
     if unresolved > plan.skipped.len() {
         plan.skipped.push(format!(
             "{unresolved} member reference(s) in all name no user or group this source syncs"

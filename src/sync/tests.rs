@@ -397,3 +397,52 @@ fn source_config_errors_name_the_source_and_key() {
     let msg = parse_sources(&[t]).expect_err("no tenant")[0].to_string();
     assert!(msg.contains("'tenant'"), "{msg}");
 }
+
+#[test]
+fn member_lists_that_come_back_empty_are_held() {
+    let mut w = World::new();
+    let users: Vec<ExternalUser> = (0..10)
+        .map(|i| user(&format!("u{i}"), &format!("n{i}"), &format!("uid=n{i},ou=people,dc=x")))
+        .collect();
+    let dns: Vec<String> = (0..10).map(|i| format!("uid=n{i},ou=people,dc=x")).collect();
+    let refs: Vec<&str> = dns.iter().map(String::as_str).collect();
+    let groups: Vec<ExternalGroup> = (0..4)
+        .map(|g| group(&format!("g{g}"), &format!("team{g}"), &refs))
+        .collect();
+    w.apply(&w.plan(full_batch(&users, &groups), true, T0, ""));
+    // The bind account lost read access to `member`: every list is empty.
+    let blind: Vec<ExternalGroup> = (0..4)
+        .map(|g| group(&format!("g{g}"), &format!("team{g}"), &[]))
+        .collect();
+    let p = w.plan(full_batch(&users, &blind), true, T1, "");
+    assert_eq!((p.emptied_groups, p.linked_edges), (4, 40));
+    let lenient_users = GuardConfig {
+        max_deletes: 5,
+        max_delete_percent: 50.0,
+    };
+    let reason = guard::check(&lenient_users, &p, &p.counts()).expect("held");
+    assert!(reason.contains("4 group"), "{reason}");
+    assert!(reason.contains("40 of 40 memberships"), "{reason}");
+    // Moving a few people between groups is not a mass loss.
+    let mut moved = groups.clone();
+    moved[0] = group("g0", "team0", &refs[3..]);
+    let p = w.plan(full_batch(&users, &moved), true, T1, "");
+    assert_eq!(p.counts().members_removed, 3);
+    assert_eq!(guard::check(&lenient_users, &p, &p.counts()), None);
+}
+
+#[test]
+fn a_present_phase_keeps_its_base_filled() {
+    let mut w = World::new();
+    let users = [
+        user("u1", "ann", "uid=ann,ou=people,dc=x"),
+        user("u2", "bob", "uid=bob,ou=people,dc=x"),
+    ];
+    w.apply(&w.plan(full_batch(&users, &[]), true, T0, ""));
+    let mut b = Batch::new();
+    b.push(Change::Present { key: "u1".into() });
+    b.push(Change::Present { key: "u2".into() });
+    let p = w.plan(b, true, T1, "");
+    assert!(p.emptied_bases.is_empty(), "{:?}", p.emptied_bases);
+    assert!(p.is_empty(), "{:?}", p.diff(&w.dir));
+}
