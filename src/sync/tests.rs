@@ -402,9 +402,17 @@ fn source_config_errors_name_the_source_and_key() {
 fn member_lists_that_come_back_empty_are_held() {
     let mut w = World::new();
     let users: Vec<ExternalUser> = (0..10)
-        .map(|i| user(&format!("u{i}"), &format!("n{i}"), &format!("uid=n{i},ou=people,dc=x")))
+        .map(|i| {
+            user(
+                &format!("u{i}"),
+                &format!("n{i}"),
+                &format!("uid=n{i},ou=people,dc=x"),
+            )
+        })
         .collect();
-    let dns: Vec<String> = (0..10).map(|i| format!("uid=n{i},ou=people,dc=x")).collect();
+    let dns: Vec<String> = (0..10)
+        .map(|i| format!("uid=n{i},ou=people,dc=x"))
+        .collect();
     let refs: Vec<&str> = dns.iter().map(String::as_str).collect();
     let groups: Vec<ExternalGroup> = (0..4)
         .map(|g| group(&format!("g{g}"), &format!("team{g}"), &refs))

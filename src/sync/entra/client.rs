@@ -135,7 +135,12 @@ impl GraphClient {
         // Entra issues tokens for 60-90 minutes; without expires_in assume
         // the minimum. Renew at the earlier of 2 minutes before expiry or
         // half-way, so short-lived tokens are not used to the last second.
-        let lifetime = response.expires_in().unwrap_or(Duration::from_secs(3600));
+        // Capped at a day: a server-supplied `expires_in` must not overflow
+        // the clock arithmetic below.
+        let lifetime = response
+            .expires_in()
+            .unwrap_or(Duration::from_secs(3600))
+            .min(Duration::from_secs(24 * 3600));
         let margin = (lifetime / 2).min(Duration::from_secs(120));
         tracing::debug!(lifetime_s = lifetime.as_secs(), "obtained a Graph token");
         Ok(CachedToken {
@@ -311,7 +316,7 @@ impl GraphClient {
                 Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)))
             }
         };
-        if *waited + delay > self.config.max_retry_wait {
+        if waited.saturating_add(delay) > self.config.max_retry_wait {
             return Err(give_up(*attempt + 1, *waited));
         }
         *attempt += 1;

@@ -359,13 +359,15 @@ fn user_change(map: &AttributeMap, mut o: Map<String, Value>) -> Result<Change, 
             kind: Some(Kind::User),
         });
     }
-    let mut text = |prop: &Option<String>| -> Option<String> {
+    // Read, not taken: two attributes may map the same property (userName
+    // and emails both from `mail`).
+    let text = |prop: &Option<String>| -> Option<String> {
         let prop = prop.as_ref()?;
         if prop == "id" {
             return Some(key.clone());
         }
-        match o.remove(prop)? {
-            Value::String(s) if !s.is_empty() => Some(s),
+        match o.get(prop)? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         }
@@ -382,7 +384,7 @@ fn user_change(map: &AttributeMap, mut o: Map<String, Value>) -> Result<Change, 
     let display_name = text(&map.display_name);
     let given_name = text(&map.given_name);
     let family_name = text(&map.family_name);
-    let emails = match map.emails.as_ref().and_then(|p| o.remove(p)) {
+    let emails = match map.emails.as_ref().and_then(|p| o.get(p).cloned()) {
         Some(Value::String(s)) if !s.is_empty() => vec![s],
         Some(Value::Array(a)) => a
             .into_iter()
@@ -544,5 +546,26 @@ impl GroupScan {
             }),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_attributes_may_map_one_graph_property() {
+        let map = AttributeMap {
+            user_name: "mail".into(),
+            ..AttributeMap::default()
+        };
+        let o = serde_json::json!({"id": "1", "mail": "ann@contoso.com", "accountEnabled": false});
+        let Value::Object(o) = o else { unreachable!() };
+        let Ok(Change::User(u)) = user_change(&map, o) else {
+            panic!("not a user")
+        };
+        assert_eq!(u.user_name, "ann@contoso.com");
+        assert_eq!(u.emails, ["ann@contoso.com"]);
+        assert!(!u.active);
     }
 }

@@ -315,6 +315,14 @@ impl LdapConfig {
 }
 
 fn parse_url(s: &str, start_tls: bool) -> Result<url::Url, String> {
+    // Credentials belong in bind_dn/bind_password: a URL is printed in
+    // errors and logs, so one holding a password is refused unquoted.
+    if s.contains('@') {
+        return Err(
+            "'url' must not hold credentials (user@ or user:password@); use bind_dn and bind_password"
+                .into(),
+        );
+    }
     let url = url::Url::parse(s).map_err(|e| format!("'url' = \"{s}\": {e}"))?;
     match url.scheme() {
         "ldap" => {}
@@ -378,6 +386,17 @@ mod tests {
         bind_password = { env = "LDAP_PW" }
         base_dns = ["ou=People, dc=Example,dc=org"]
     "#;
+
+    #[test]
+    fn a_url_with_credentials_is_refused_unquoted() {
+        let err = parse(&BASE.replace(
+            "ldap://127.0.0.1:3890",
+            "ldap://cn=admin:hunter2@127.0.0.1:3890",
+        ))
+        .unwrap_err();
+        assert!(err.contains("must not hold credentials"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
 
     #[test]
     fn openldap_defaults() {

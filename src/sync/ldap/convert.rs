@@ -199,9 +199,12 @@ pub fn group(
             if MEMBER_ATTRS.iter().any(|m| m.eq_ignore_ascii_case(name)) {
                 push_members(name, values, &mut members)?;
                 if let Some(end) = range.end {
+                    let next_start = end
+                        .checked_add(1)
+                        .ok_or_else(|| format!("{desc}: range end {end} is out of bounds"))?;
                     pending.push(PendingRange {
                         attr: name.to_string(),
-                        next_start: end + 1,
+                        next_start,
                     });
                 }
             }

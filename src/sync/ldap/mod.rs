@@ -745,8 +745,13 @@ impl Conn {
                     message: format!("member range {start}-*: {}", describe(&res)),
                 });
             }
+            // A reply without the next slice would leave the list cut
+            // short, and a short list removes members: refuse it.
             let Some((values, range)) = slice else {
-                return Ok(());
+                return Err(LdapError::Entry {
+                    dn,
+                    message: format!("member range {start}-* came back without member values"),
+                });
             };
             convert::push_members(&pending.attr, &values, members).map_err(|message| {
                 LdapError::Entry {
@@ -756,7 +761,7 @@ impl Conn {
             })?;
             match range.end {
                 None => return Ok(()),
-                Some(end) if end + 1 > start => start = end + 1,
+                Some(end) if end.checked_add(1).is_some_and(|next| next > start) => start = end + 1,
                 Some(end) => {
                     return Err(LdapError::Entry {
                         dn,
@@ -842,11 +847,14 @@ impl Conn {
                             }
                             ber::EntryState::Add | ber::EntryState::Modify => {
                                 let entry = ber::entry(tag).map_err(protocol)?;
-                                if let Some((g, _)) = push_entry(&entry, kind, attributes, base, batch)? {
+                                if push_entry(&entry, kind, attributes, base, batch)?.is_some() {
                                     // Only AD splits member lists, and AD has
-                                    // no content sync.
-                                    tracing::warn!(dn = %entry.dn, "ranged member list in a content sync; later ranges are not read");
-                                    batch.push(Change::Group(g));
+                                    // no content sync; a cut list would remove
+                                    // members, so the run fails instead.
+                                    return Err(LdapError::Entry {
+                                        dn: entry.dn.clone(),
+                                        message: "ranged member list in a content sync; the later ranges cannot be read".into(),
+                                    });
                                 }
                                 Ok(())
                             }
@@ -946,8 +954,15 @@ fn note_newest(entry: &ber::RawEntry, newest: &mut Option<String>) {
         .and_then(|v| std::str::from_utf8(v).ok())
     {
         let ts = ts.trim();
-        let valid =
-            ts.len() >= 15 && ts.ends_with('Z') && ts[..14].bytes().all(|b| b.is_ascii_digit());
+        // Digits, then an optional fraction, then `Z`: nothing else may
+        // reach the next run's filter, and no byte index can split a char.
+        let b = ts.as_bytes();
+        let valid = b.len() >= 15
+            && b[..14].iter().all(u8::is_ascii_digit)
+            && b.last() == Some(&b'Z')
+            && b[14..b.len() - 1]
+                .iter()
+                .all(|c| c.is_ascii_digit() || *c == b'.' || *c == b',');
         if valid && newest.as_deref().is_none_or(|n| ts > n) {
             *newest = Some(ts.to_string());
         }
