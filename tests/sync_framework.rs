@@ -406,3 +406,30 @@ each_backend! {
         assert_eq!((state.cursor, state.lease_owner.as_deref()), (None, Some("thief")));
     }
 }
+
+each_backend! {
+    async fn a_recreated_account_replaces_its_deactivated_namesake(backend) {
+        let srv = TestServer::start(backend).await;
+        let dir = Directory::default();
+        dir.with(|s| s.users = (0..3).map(person).collect());
+        let cfg = config(&srv, LENIENT);
+        run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        let old = user_by_name(&srv, "user2@example.org").await["id"].clone();
+        // Deleted in the directory: deactivated, within its grace period.
+        dir.with(|s| s.users.truncate(2));
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(r.users_deactivated, 1);
+        // Re-created with a new stable id and the same userName.
+        let mut again = person(2);
+        again.key = "key-2-recreated".into();
+        again.external_id = Some("key-2-recreated".into());
+        dir.with(|s| s.users.push(again));
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!((r.users_created, r.users_deleted), (1, 1), "{r:?}");
+        assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+        let now = user_by_name(&srv, "user2@example.org").await;
+        assert_ne!(now["id"], old);
+        assert_eq!((now["active"].clone(), now["externalId"].clone()), (serde_json::json!(true), serde_json::json!("key-2-recreated")));
+        assert_eq!(users(&srv).await["totalResults"], 3);
+    }
+}

@@ -50,6 +50,13 @@ impl App {
         let mut refused: HashSet<String> = HashSet::new();
         let ts = now();
         let mut tx = self.store.begin_write().await?;
+        // Deletions first: a re-created account takes its old userName.
+        for op in &plan.users {
+            if let UserOp::Delete { id, .. } = op {
+                tx.delete(tenant, ResourceKind::User, &ResourceId::from_client(id))
+                    .await?;
+            }
+        }
         // New users in bulk (a first sync creates the whole directory), a
         // chunk of documents at a time so they are never all in memory.
         let creates: Vec<(&String, &ExternalUser)> = plan
@@ -96,10 +103,7 @@ impl App {
                         update(&mut tx, tenant, ResourceKind::User, cur, doc, &ts).await?;
                     }
                 }
-                UserOp::Delete { id, .. } => {
-                    tx.delete(tenant, ResourceKind::User, &ResourceId::from_client(id))
-                        .await?;
-                }
+                UserOp::Delete { .. } => {}
             }
         }
         let mut new_groups = Vec::new();

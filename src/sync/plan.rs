@@ -561,13 +561,50 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
     }
     vanished_users.sort_by(|a, b| a.external_key.cmp(&b.external_key));
     vanished_groups.sort_by(|a, b| a.external_key.cmp(&b.external_key));
+    // A new entry taking the userName of a vanished one (an account deleted
+    // and re-created, a rehire) replaces it at once: deactivated, the old
+    // resource would hold the name for the whole grace period.
+    let new_names: HashSet<String> = plan
+        .users
+        .iter()
+        .filter_map(|op| match op {
+            UserOp::Create { user, .. } => Some(user.user_name.to_lowercase()),
+            _ => None,
+        })
+        .collect();
+    if !new_names.is_empty() {
+        let listed: HashSet<&str> = vanished_users
+            .iter()
+            .map(|l| l.external_key.as_str())
+            .collect();
+        let mut waiting: Vec<&SyncLink> = user_links
+            .values()
+            .filter(|l| {
+                l.missing_since.is_some()
+                    && new_names.contains(&l.name_lc)
+                    && !seen_users.contains(&l.external_key)
+                    && !listed.contains(l.external_key.as_str())
+            })
+            .copied()
+            .collect();
+        waiting.sort_by(|a, b| a.external_key.cmp(&b.external_key));
+        vanished_users.extend(waiting);
+    }
     for l in vanished_users {
+        let reclaimed = new_names.contains(&l.name_lc);
         let Some(stored) = stored_users.get(l.resource_id.as_str()) else {
             // Deleted meanwhile (over SCIM): only the link remains.
             plan.link_deletes.push((Kind::User, l.external_key.clone()));
             continue;
         };
         match &l.missing_since {
+            _ if reclaimed => {
+                plan.users.push(UserOp::Delete {
+                    id: l.resource_id.clone(),
+                    user_name: stored.user_name.clone(),
+                });
+                plan.link_deletes.push((Kind::User, l.external_key.clone()));
+            }
             Some(since) if since.as_str() <= input.delete_before => {
                 plan.users.push(UserOp::Delete {
                     id: l.resource_id.clone(),

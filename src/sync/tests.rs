@@ -454,3 +454,32 @@ fn a_present_phase_keeps_its_base_filled() {
     assert!(p.emptied_bases.is_empty(), "{:?}", p.emptied_bases);
     assert!(p.is_empty(), "{:?}", p.diff(&w.dir));
 }
+
+#[test]
+fn an_incremental_re_creation_replaces_the_waiting_namesake() {
+    let mut w = World::new();
+    let users = [
+        user("u1", "ann", "uid=ann,ou=people,dc=x"),
+        user("u2", "bob", "uid=bob,ou=people,dc=x"),
+    ];
+    w.apply(&w.plan(full_batch(&users, &[]), true, T0, ""));
+    w.apply(&w.plan(full_batch(&users[..1], &[]), true, T1, ""));
+    assert!(!w.user("bob").active);
+    let mut b = Batch::new();
+    b.push(Change::User(user(
+        "u2-new",
+        "Bob",
+        "uid=bob,ou=people,dc=x",
+    )));
+    let p = w.plan(b, false, T1, "");
+    let c = p.counts();
+    assert_eq!(
+        (c.users_created, c.users_deleted),
+        (1, 1),
+        "{:?}",
+        p.diff(&w.dir)
+    );
+    w.apply(&p);
+    assert!(w.user("Bob").active);
+    assert!(w.links.iter().all(|l| l.external_key != "u2"));
+}
