@@ -433,3 +433,23 @@ each_backend! {
         assert_eq!(users(&srv).await["totalResults"], 3);
     }
 }
+
+each_backend! {
+    async fn a_refused_rename_still_applies_a_disable(backend) {
+        let srv = TestServer::start(backend).await;
+        srv.user("taken@example.org").await;
+        let dir = Directory::default();
+        dir.with(|s| s.users = (0..2).map(person).collect());
+        let cfg = config(&srv, LENIENT);
+        run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        // Offboarding: renamed to a name SCIM owns, and disabled.
+        dir.with(|s| {
+            s.users[1].user_name = "taken@example.org".into();
+            s.users[1].active = false;
+        });
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert!(r.skipped.iter().any(|s| s.contains("taken@example.org")), "{:?}", r.skipped);
+        let u = user_by_name(&srv, "user1@example.org").await;
+        assert_eq!(u["active"], false, "{u}");
+    }
+}

@@ -93,16 +93,14 @@ impl App {
                     if let Err(e) = replace(&mut tx, tenant, ResourceKind::User, id, doc, &ts).await
                     {
                         refuse(e, &mut applied, &mut refused, id, &user.user_name)?;
+                        // The rename is refused, but a disable in the same
+                        // change must still revoke access.
+                        if !user.active {
+                            deactivate(&mut tx, tenant, id, &ts).await?;
+                        }
                     }
                 }
-                UserOp::Deactivate { id, .. } => {
-                    let rid = ResourceId::from_client(id);
-                    if let Some(cur) = tx.get_for_update(tenant, ResourceKind::User, &rid).await? {
-                        let mut doc = cur.doc.clone();
-                        doc["active"] = Value::Bool(false);
-                        update(&mut tx, tenant, ResourceKind::User, cur, doc, &ts).await?;
-                    }
-                }
+                UserOp::Deactivate { id, .. } => deactivate(&mut tx, tenant, id, &ts).await?,
                 UserOp::Delete { .. } => {}
             }
         }
@@ -211,6 +209,21 @@ fn new_resource(id: &str, doc: Value, ts: &str) -> StoredResource {
         last_modified: ts.to_string(),
         version: 1,
     }
+}
+
+async fn deactivate(
+    tx: &mut WriteTx,
+    tenant: TenantId,
+    id: &str,
+    ts: &str,
+) -> Result<(), StoreError> {
+    let rid = ResourceId::from_client(id);
+    if let Some(cur) = tx.get_for_update(tenant, ResourceKind::User, &rid).await? {
+        let mut doc = cur.doc.clone();
+        doc["active"] = Value::Bool(false);
+        update(tx, tenant, ResourceKind::User, cur, doc, ts).await?;
+    }
+    Ok(())
 }
 
 async fn replace(
