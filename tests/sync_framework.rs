@@ -453,3 +453,38 @@ each_backend! {
         assert_eq!(u["active"], false, "{u}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_log_keeps_the_newest_runs_per_source() {
+    use rolebridge::store::{SyncRunRecord, RUNS_KEPT};
+    let srv = TestServer::start(crate::support::Backend::Sqlite).await;
+    for i in 0..RUNS_KEPT + 5 {
+        for source in ["a", "b"] {
+            if source == "b" && i > 2 {
+                continue;
+            }
+            srv.app
+                .store
+                .record_sync_run(&SyncRunRecord {
+                    id: format!("{source}-{i:05}"),
+                    source: source.into(),
+                    started: format!("2026-01-01T00:00:00.{i:06}Z"),
+                    finished: format!("2026-01-01T00:00:00.{i:06}Z"),
+                    outcome: "unchanged".into(),
+                    report: "{}".into(),
+                    error: None,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let a = srv.app.store.sync_runs("a", 5000).await.unwrap();
+    assert_eq!(a.len() as i64, RUNS_KEPT);
+    assert_eq!(a[0].id, format!("a-{:05}", RUNS_KEPT + 4), "newest first");
+    assert_eq!(a.last().unwrap().id, "a-00005", "the oldest five are gone");
+    assert_eq!(
+        srv.app.store.sync_runs("b", 5000).await.unwrap().len(),
+        3,
+        "other sources untouched"
+    );
+}

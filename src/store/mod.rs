@@ -25,7 +25,7 @@ pub use directory::{Directory, DirectoryGroup, DirectoryUser, UserAtEpoch};
 pub use error::Error;
 pub use resources::{MemberRow, Page, StoredResource, WriteTx};
 pub use scim::sql::Dialect;
-pub use sync::{SyncLink, SyncRunRecord, SyncState};
+pub use sync::{SyncLink, SyncRunRecord, SyncState, RUNS_KEPT};
 pub use tenants::TokenRecord;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

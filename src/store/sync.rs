@@ -6,6 +6,9 @@ use sqlx::Row;
 use super::{Result, Store, WriteTx};
 use crate::domain::TenantId;
 
+/// Runs kept per source in the run log.
+pub const RUNS_KEPT: i64 = 1000;
+
 /// A source's entry and the resource it became.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncLink {
@@ -143,6 +146,15 @@ impl Store {
         .bind(&run.outcome)
         .bind(&run.report)
         .bind(run.error.as_deref())
+        .execute(&self.pool)
+        .await?;
+        // Retention: a source scheduled every minute logs 1,440 runs a day.
+        sqlx::query(
+            "DELETE FROM sync_runs WHERE source = $1 AND id NOT IN \
+             (SELECT id FROM sync_runs WHERE source = $1 ORDER BY started DESC, id DESC LIMIT $2)",
+        )
+        .bind(&run.source)
+        .bind(RUNS_KEPT)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -84,6 +84,20 @@ pub enum SyncError {
     Store(#[from] crate::store::Error),
 }
 
+/// Diff lines kept per run in the run log.
+const LOGGED_DIFF_LINES: usize = 1000;
+
+fn capped(diff: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = diff.iter().take(LOGGED_DIFF_LINES).cloned().collect();
+    if diff.len() > LOGGED_DIFF_LINES {
+        out.push(format!(
+            "... and {} more (run `sync --dry-run --json` for all)",
+            diff.len() - LOGGED_DIFF_LINES
+        ));
+    }
+    out
+}
+
 /// How long a run may hold its source's lease. A run that crashes leaves
 /// the lease to expire; one that finishes releases it at once.
 const LEASE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -153,6 +167,9 @@ pub async fn run_with_source<S: Source>(
             r.outcome.clone(),
             serde_json::to_string(&RunReport {
                 elapsed_ms: clock.elapsed().as_millis() as u64,
+                // The log keeps the start of a long diff; `--dry-run --json`
+                // shows all of it.
+                diff: capped(&r.diff),
                 ..r.clone()
             })
             .unwrap_or_default(),
