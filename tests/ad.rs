@@ -382,8 +382,8 @@ async fn group_over_1500_members_is_read_whole() {
     // And through the runner: the SCIM group has all 1,600 members.
     let srv = TestServer::start(Backend::Sqlite).await;
     let report = sync(&srv, &source_config(&srv, &ou, "")).await;
-    assert_eq!(report.users_created, 1600, "{report:?}");
-    assert_eq!(report.members_added, 1600, "{report:?}");
+    assert_eq!(report.counts.users_created, 1600, "{report:?}");
+    assert_eq!(report.counts.members_added, 1600, "{report:?}");
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
     let g = scim_group(&srv, &format!("{tag}big")).await;
     let ids = member_values(&g);
@@ -569,11 +569,11 @@ async fn sync_keeps_one_resource_per_guid_across_a_rename() {
     let report = sync(&srv, &config).await;
     assert_eq!(report.mode, "full");
     assert_eq!(
-        (report.users_created, report.groups_created),
+        (report.counts.users_created, report.counts.groups_created),
         (1, 2),
         "{report:?}"
     );
-    assert_eq!(report.members_added, 2, "{report:?}");
+    assert_eq!(report.counts.members_added, 2, "{report:?}");
     let users = scim_users(&srv).await;
     assert_eq!(users.len(), 1, "{users:?}");
     let u = &users[&alice.sam];
@@ -600,9 +600,9 @@ async fn sync_keeps_one_resource_per_guid_across_a_rename() {
     assert_eq!(report.mode, "incremental", "{report:?}");
     assert_eq!(
         (
-            report.users_created,
-            report.users_updated,
-            report.users_deleted
+            report.counts.users_created,
+            report.counts.users_updated,
+            report.counts.users_deleted
         ),
         (0, 1, 0),
         "a rename is an update: {report:?}"
@@ -644,8 +644,8 @@ async fn sync_disabled_account_inactive_then_enabled() {
     admin.set_enabled(&off.dn, true).await;
     admin.set_enabled(&on.dn, false).await;
     let report = sync(&srv, &config).await;
-    assert_eq!(report.users_updated, 2, "{report:?}");
-    assert_eq!(report.users_deactivated, 1, "{report:?}");
+    assert_eq!(report.counts.users_updated, 2, "{report:?}");
+    assert_eq!(report.counts.users_deactivated, 1, "{report:?}");
     let users = scim_users(&srv).await;
     assert_eq!(users.len(), 2);
     assert_eq!(users[&off.sam]["active"], true, "enabled in AD → active");
@@ -671,7 +671,7 @@ async fn sync_incremental_by_usn_reads_only_changes() {
     let report = sync(&srv, &config).await;
     assert_eq!(report.mode, "full");
     assert_eq!(report.entries_read, 9, "8 users and a group: {report:?}");
-    assert_eq!(report.users_created, 8);
+    assert_eq!(report.counts.users_created, 8);
 
     admin.set_enabled(&users[5], false).await;
     admin.replace(&users[6], "mail", "moved@mail.rb.test").await;
@@ -682,15 +682,15 @@ async fn sync_incremental_by_usn_reads_only_changes() {
         report.entries_read, 3,
         "only the 3 changed entries: {report:?}"
     );
-    assert_eq!(report.users_updated, 2, "{report:?}");
-    assert_eq!(report.users_deactivated, 1, "{report:?}");
+    assert_eq!(report.counts.users_updated, 2, "{report:?}");
+    assert_eq!(report.counts.users_deactivated, 1, "{report:?}");
     assert_eq!(
-        (report.members_removed, report.members_added),
+        (report.counts.members_removed, report.counts.members_added),
         (1, 0),
         "{report:?}"
     );
     assert_eq!(
-        report.users_deleted + report.groups_deleted,
+        report.counts.users_deleted + report.counts.groups_deleted,
         0,
         "{report:?}"
     );
@@ -727,7 +727,7 @@ async fn sync_incremental_by_usn_reads_only_changes() {
     let report = sync(&srv, &config).await;
     assert_eq!(report.mode, "incremental");
     assert_eq!(
-        report.users_deactivated + report.users_deleted,
+        report.counts.users_deactivated + report.counts.users_deleted,
         0,
         "{report:?}"
     );
@@ -742,9 +742,9 @@ async fn sync_incremental_by_usn_reads_only_changes() {
     assert_eq!(report.mode, "full", "{report:?}");
     assert_eq!(report.outcome, "applied", "{report:?}");
     assert_eq!(report.entries_read, 8, "7 users and the group: {report:?}");
-    assert_eq!(report.users_deactivated, 1, "{report:?}");
+    assert_eq!(report.counts.users_deactivated, 1, "{report:?}");
     assert_eq!(
-        report.users_deleted, 0,
+        report.counts.users_deleted, 0,
         "deleted only after the grace period"
     );
     assert_eq!(scim_users(&srv).await[&sam(&users[7])]["active"], false);

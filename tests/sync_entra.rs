@@ -637,7 +637,7 @@ each_backend! {
         let cfg = source_config(&srv, &g, LENIENT, "");
         let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
         assert_eq!((r.mode.as_str(), r.outcome.as_str()), ("full", "applied"), "{r:?}");
-        assert_eq!((r.users_created, r.groups_created, r.members_added), (3, 3, 4), "{r:?}");
+        assert_eq!((r.counts.users_created, r.counts.groups_created, r.counts.members_added), (3, 3, 4), "{r:?}");
         assert!(r.skipped.is_empty(), "{:?}", r.skipped);
         let ann = scim_user(&srv, "ann@contoso.example").await;
         assert_eq!(ann["externalId"], d.ann.as_str());
@@ -658,10 +658,10 @@ each_backend! {
         g.delete_group(&d.m365);
         let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
         assert_eq!((r.mode.as_str(), r.outcome.as_str()), ("incremental", "applied"), "{r:?}");
-        assert_eq!(r.users_created, 1, "{r:?}");
-        assert_eq!(r.users_deactivated, 2, "bob disabled, cid deleted: {r:?}");
-        assert_eq!(r.groups_deleted, 1, "{r:?}");
-        assert_eq!((r.members_added, r.members_removed), (1, 1), "{r:?}");
+        assert_eq!(r.counts.users_created, 1, "{r:?}");
+        assert_eq!(r.counts.users_deactivated, 2, "bob disabled, cid deleted: {r:?}");
+        assert_eq!(r.counts.groups_deleted, 1, "{r:?}");
+        assert_eq!((r.counts.members_added, r.counts.members_removed), (1, 1), "{r:?}");
         assert_eq!(scim_user(&srv, "ann@contoso.example").await["name"]["familyName"], "Ames-Smith");
         assert_eq!(scim_user(&srv, "bob@contoso.example").await["active"], false);
         assert_eq!(scim_user(&srv, "cid@contoso.example").await["active"], false);
@@ -689,12 +689,12 @@ each_backend! {
         g.delete_user(&d.bob, true);
         let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
         assert_eq!((r.mode.as_str(), r.outcome.as_str()), ("full", "applied"), "{r:?}");
-        assert_eq!(r.users_deactivated, 1, "{r:?}");
+        assert_eq!(r.counts.users_deactivated, 1, "{r:?}");
         assert_eq!(scim_user(&srv, "bob@contoso.example").await["active"], false);
         // The new cursor works.
         g.set_user(&d.ann, "givenName", json!("Anne"));
         let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
-        assert_eq!((r.mode.as_str(), r.users_updated), ("incremental", 1), "{r:?}");
+        assert_eq!((r.mode.as_str(), r.counts.users_updated), ("incremental", 1), "{r:?}");
     }
 }
 
@@ -734,7 +734,7 @@ each_backend! {
 
         // A dry run of the first sync writes nothing, not even the cursor.
         let r = run_source(&srv.app, &cfg, RunOptions { dry_run: true, ..RunOptions::default() }).await.unwrap();
-        assert_eq!((r.outcome.as_str(), r.users_created), ("dry-run", 20), "{r:?}");
+        assert_eq!((r.outcome.as_str(), r.counts.users_created), ("dry-run", 20), "{r:?}");
         assert!(r.diff.contains(&"+ user p7@contoso.example".to_string()), "{:?}", r.diff);
         assert_eq!(srv.get("/Users").await.body["totalResults"], 0);
         assert_eq!(srv.app.store.sync_state(&cfg.name).await.unwrap().cursor, None);
@@ -752,7 +752,7 @@ each_backend! {
         let again = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
         assert_eq!(again.outcome, "held", "{again:?}");
         let confirmed = run_source(&srv.app, &cfg, RunOptions { confirm_deletes: true, ..RunOptions::default() }).await.unwrap();
-        assert_eq!((confirmed.outcome.as_str(), confirmed.users_deactivated), ("applied", 12), "{confirmed:?}");
+        assert_eq!((confirmed.outcome.as_str(), confirmed.counts.users_deactivated), ("applied", 12), "{confirmed:?}");
         assert_eq!(active(srv.get("/Users?count=100").await.body), 8);
     }
 }
@@ -786,7 +786,7 @@ each_backend! {
         // Team leaves Editors in Entra: ann loses the role at the next run.
         g.remove_member(&editors, &team);
         let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
-        assert_eq!((r.mode.as_str(), r.members_removed, r.permission_changes), ("incremental", 1, 1), "{r:?}");
+        assert_eq!((r.mode.as_str(), r.counts.members_removed, r.permission_changes), ("incremental", 1, 1), "{r:?}");
         let p = perms("ann@contoso.example").await;
         assert!(!p.body["roles"].to_string().contains("editor"), "{}", p.body);
     }

@@ -152,7 +152,7 @@ each_backend! {
         let cfg = config(&srv, LENIENT);
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         assert_eq!((r.outcome.as_str(), r.mode.as_str()), ("applied", "full"));
-        assert_eq!((r.users_created, r.groups_created, r.members_added), (5, 1, 3));
+        assert_eq!((r.counts.users_created, r.counts.groups_created, r.counts.members_added), (5, 1, 3));
         let u = user_by_name(&srv, "user1@example.org").await;
         assert_eq!(u["name"]["familyName"], "1");
         assert_eq!(u["emails"][0]["value"], "user1@example.org");
@@ -220,7 +220,7 @@ each_backend! {
         let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         assert_eq!(again.outcome, "held");
         let confirmed = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions { confirm_deletes: true, ..RunOptions::default() }, None).await.unwrap();
-        assert_eq!((confirmed.outcome.as_str(), confirmed.users_deactivated), ("applied", 10));
+        assert_eq!((confirmed.outcome.as_str(), confirmed.counts.users_deactivated), ("applied", 10));
         let all = users(&srv).await;
         assert_eq!(all["Resources"].as_array().unwrap().iter().filter(|u| u["active"] == false).count(), 10);
         assert!(srv.app.metrics_text().contains(&format!("rolebridge_sync_held{{source=\"{}\"}} 0", cfg.name)));
@@ -252,7 +252,7 @@ each_backend! {
         let cfg = config(&srv, LENIENT);
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions { dry_run: true, ..RunOptions::default() }, None).await.unwrap();
         assert_eq!(r.outcome, "dry-run");
-        assert_eq!(r.users_created, 4);
+        assert_eq!(r.counts.users_created, 4);
         assert!(r.diff.contains(&"+ user user3@example.org".to_string()), "{:?}", r.diff);
         assert!(r.diff.contains(&"+ member user3@example.org -> Ops".to_string()), "{:?}", r.diff);
         assert_eq!(users(&srv).await["totalResults"], 0);
@@ -333,7 +333,7 @@ each_backend! {
         // sync must not grant owner (a revoked grant is never served).
         dir.with(|s| s.groups[2] = team("g-own", "Owners", &[]));
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!((r.members_removed, r.permission_changes), (1, 1), "{r:?}");
+        assert_eq!((r.counts.members_removed, r.permission_changes), (1, 1), "{r:?}");
         let p1 = get("user1@example.org").await;
         assert!(!p1.body["roles"].to_string().contains("owner"), "{}", p1.body);
     }
@@ -354,15 +354,15 @@ each_backend! {
             s.groups = vec![team("g1", "Ops", &[0, 1])];
         });
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!((r.users_deactivated, r.users_deleted), (1, 0), "{r:?}");
+        assert_eq!((r.counts.users_deactivated, r.counts.users_deleted), (1, 0), "{r:?}");
         let u = user_by_name(&srv, "user2@example.org").await;
         assert_eq!(u["active"], false);
         // Still within the grace period: nothing more.
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!((r.outcome.as_str(), r.users_deleted), ("unchanged", 0), "{r:?}");
+        assert_eq!((r.outcome.as_str(), r.counts.users_deleted), ("unchanged", 0), "{r:?}");
         tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!(r.users_deleted, 1, "{r:?}");
+        assert_eq!(r.counts.users_deleted, 1, "{r:?}");
         let gone = srv.get("/Users?filter=userName%20eq%20%22user2@example.org%22").await;
         assert_eq!(gone.body["totalResults"], 0, "{}", gone.body);
         assert_eq!(users(&srv).await["totalResults"], 2);
@@ -380,13 +380,13 @@ each_backend! {
         dir.with(|s| s.users = vec![person(0), person(1), twin]);
         let cfg = config(&srv, LENIENT);
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!(r.users_created, 3, "planned");
+        assert_eq!(r.counts.users_created, 3, "planned");
         assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
         assert!(r.skipped[0].contains("userName"), "{:?}", r.skipped);
         assert_eq!(users(&srv).await["totalResults"], 2);
         // The skipped entry has no link, so it is tried again next run.
         let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!((again.users_created, again.skipped.len()), (1, 1), "{again:?}");
+        assert_eq!((again.counts.users_created, again.skipped.len()), (1, 1), "{again:?}");
     }
 }
 
@@ -418,14 +418,14 @@ each_backend! {
         // Deleted in the directory: deactivated, within its grace period.
         dir.with(|s| s.users.truncate(2));
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!(r.users_deactivated, 1);
+        assert_eq!(r.counts.users_deactivated, 1);
         // Re-created with a new stable id and the same userName.
         let mut again = person(2);
         again.key = "key-2-recreated".into();
         again.external_id = Some("key-2-recreated".into());
         dir.with(|s| s.users.push(again));
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!((r.users_created, r.users_deleted), (1, 1), "{r:?}");
+        assert_eq!((r.counts.users_created, r.counts.users_deleted), (1, 1), "{r:?}");
         assert!(r.skipped.is_empty(), "{:?}", r.skipped);
         let now = user_by_name(&srv, "user2@example.org").await;
         assert_ne!(now["id"], old);

@@ -599,7 +599,7 @@ each_backend! {
         let cfg = source(&srv, &slapd, LENIENT);
         let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
         assert_eq!((r.outcome.as_str(), r.mode.as_str()), ("applied", "full"), "{r:?}");
-        assert_eq!((r.users_created, r.groups_created), (3, 4), "{r:?}");
+        assert_eq!((r.counts.users_created, r.counts.groups_created), (3, 4), "{r:?}");
         let ann = scim_user(&srv, "ann").await;
         assert_eq!(ann["externalId"], slapd.entry_uuid(&user_dn("ann")).as_str());
         assert_eq!(ann["emails"][0]["value"], "ann@example.org");
@@ -625,7 +625,7 @@ each_backend! {
         slapd.delete(&[user_dn("ann")]);
         let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
         assert_eq!((r.outcome.as_str(), r.mode.as_str()), ("applied", "incremental"), "{r:?}");
-        assert_eq!((r.users_created, r.users_updated, r.users_deactivated), (1, 2, 1), "{r:?}");
+        assert_eq!((r.counts.users_created, r.counts.users_updated, r.counts.users_deactivated), (1, 2, 1), "{r:?}");
         // The rename kept the SCIM resource: same id, new userName.
         let robert = scim_user(&srv, "robert").await;
         assert_eq!(robert["id"], bob_id);
@@ -666,7 +666,7 @@ each_backend! {
         // bob leaves ops in the directory: revoked after the next sync.
         slapd.modify(&format!("dn: {}\nchangetype: modify\ndelete: member\nmember: {}\n\n", group_dn("ops"), user_dn("bob")));
         let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
-        assert_eq!(r.members_removed, 1, "{r:?}");
+        assert_eq!(r.counts.members_removed, 1, "{r:?}");
         let p = get("bob").await;
         assert!(!p.body["roles"].to_string().contains("editor"), "{}", p.body);
     }
@@ -691,7 +691,7 @@ async fn runner_slapd_killed_mid_sync_deletes_nothing() {
     let r = run_source(&srv.app, &cfg, RunOptions::default())
         .await
         .unwrap();
-    assert_eq!(r.users_created, 3000);
+    assert_eq!(r.counts.users_created, 3000);
     // Most users vanish, then slapd dies while the next run reads.
     let gone: Vec<String> = (0..2500).map(|i| user_dn(&format!("m{i:05}"))).collect();
     slapd.delete(&gone);
@@ -802,7 +802,7 @@ async fn runner_guard_holds_mass_delete_and_empty_base_until_confirmed() {
     .await
     .unwrap();
     assert_eq!(
-        (done.outcome.as_str(), done.users_deactivated),
+        (done.outcome.as_str(), done.counts.users_deactivated),
         ("applied", 20),
         "{done:?}"
     );

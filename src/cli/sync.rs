@@ -158,15 +158,19 @@ fn print_report(r: &RunReport) {
     );
     println!(
         "  users: {} created, {} updated, {} deactivated, {} reactivated, {} deleted",
-        r.users_created, r.users_updated, r.users_deactivated, r.users_reactivated, r.users_deleted
+        r.counts.users_created,
+        r.counts.users_updated,
+        r.counts.users_deactivated,
+        r.counts.users_reactivated,
+        r.counts.users_deleted
     );
     println!(
         "  groups: {} created, {} updated, {} deleted",
-        r.groups_created, r.groups_updated, r.groups_deleted
+        r.counts.groups_created, r.counts.groups_updated, r.counts.groups_deleted
     );
     println!(
         "  memberships: {} added, {} removed",
-        r.members_added, r.members_removed
+        r.counts.members_added, r.counts.members_removed
     );
     println!("  permission changes: {} user(s)", r.permission_changes);
     for s in &r.skipped {

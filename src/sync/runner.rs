@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::entra::EntraSource;
 use super::ldap::LdapSource;
-use super::plan::{self, PlanInput};
+use super::plan::{self, Counts, PlanInput};
 use super::{
     guard, Batch, ReadOutcome, ReadRequest, Source, SourceConfig, SourceError, SourceKind,
 };
@@ -36,16 +36,10 @@ pub struct RunReport {
     pub mode: String,
     /// `applied`, `held`, `dry-run` or `unchanged`.
     pub outcome: String,
-    pub users_created: u64,
-    pub users_updated: u64,
-    pub users_deactivated: u64,
-    pub users_reactivated: u64,
-    pub users_deleted: u64,
-    pub groups_created: u64,
-    pub groups_updated: u64,
-    pub groups_deleted: u64,
-    pub members_added: u64,
-    pub members_removed: u64,
+    /// Users, groups and memberships created, changed and removed; flat in
+    /// the JSON report.
+    #[serde(flatten)]
+    pub counts: Counts,
     /// Users whose effective permissions changed (0 when the tenant has no
     /// mapping).
     pub permission_changes: u64,
@@ -286,16 +280,7 @@ async fn run_leased<S: Source>(
         source: config.name.clone(),
         tenant: config.tenant.to_string(),
         mode: if full { "full" } else { "incremental" }.to_string(),
-        users_created: counts.users_created,
-        users_updated: counts.users_updated,
-        users_deactivated: counts.users_deactivated,
-        users_reactivated: counts.users_reactivated,
-        users_deleted: counts.users_deleted,
-        groups_created: counts.groups_created,
-        groups_updated: counts.groups_updated,
-        groups_deleted: counts.groups_deleted,
-        members_added: counts.members_added,
-        members_removed: counts.members_removed,
+        counts,
         skipped: plan.skipped.clone(),
         entries_read,
         read_ms,
