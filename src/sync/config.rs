@@ -205,14 +205,7 @@ fn parse_source(index: usize, table: &toml::Table) -> Result<SourceConfig, Confi
     let mut duration = |key: &str, default: Duration| -> Result<Duration, ConfigError> {
         match t.remove(key) {
             None => Ok(default),
-            Some(toml::Value::String(s)) => {
-                let d = humantime::parse_duration(&s)
-                    .map_err(|e| invalid(format!("'{key}' = \"{s}\": {e}")))?;
-                if d.is_zero() {
-                    return Err(invalid(format!("'{key}' must be more than zero")));
-                }
-                Ok(d)
-            }
+            Some(toml::Value::String(s)) => positive_duration(key, &s).map_err(&invalid),
             Some(_) => Err(invalid(format!(
                 "'{key}' must be a duration string such as \"15m\""
             ))),
@@ -253,6 +246,16 @@ fn parse_source(index: usize, table: &toml::Table) -> Result<SourceConfig, Confi
         guard,
         kind,
     })
+}
+
+/// A duration such as "15m" or "30s" for `key`, more than zero; the
+/// message names the key and the value. Every kind's durations use it.
+pub fn positive_duration(key: &str, value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(format!("'{key}' must be more than zero")),
+        Err(e) => Err(format!("'{key}' = \"{value}\": {e}")),
+    }
 }
 
 fn valid_name(s: &str) -> bool {

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::sync::config::positive_duration;
 use crate::sync::SecretRef;
 
 /// Where Microsoft's public cloud issues tokens.
@@ -208,11 +209,7 @@ impl EntraConfig {
         let attributes = attribute_map(raw.attributes.unwrap_or_default())?;
         let duration = |key: &str, v: Option<String>, default: Duration| match v {
             None => Ok(default),
-            Some(s) => match humantime::parse_duration(&s) {
-                Ok(d) if !d.is_zero() => Ok(d),
-                Ok(_) => Err(format!("'{key}' must be more than zero")),
-                Err(e) => Err(format!("'{key}' = \"{s}\": {e}")),
-            },
+            Some(s) => positive_duration(key, &s),
         };
         let max_retries = raw.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
         if max_retries > 20 {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::sync::config::positive_duration;
 use crate::sync::SecretRef;
 
 /// Default LDAP page size (RFC 2696); AD's `MaxPageSize` is 1,000, so 500 is
@@ -258,14 +259,7 @@ impl LdapConfig {
         }
         let timeout = match raw.timeout {
             None => DEFAULT_TIMEOUT,
-            Some(s) => {
-                let d = humantime::parse_duration(&s)
-                    .map_err(|e| format!("'timeout' = \"{s}\": {e}"))?;
-                if d.is_zero() {
-                    return Err("'timeout' must be more than zero".into());
-                }
-                d
-            }
+            Some(s) => positive_duration("timeout", &s)?,
         };
         let mut attributes = raw.preset.attributes();
         let a = raw.attributes;
