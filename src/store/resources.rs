@@ -410,19 +410,7 @@ impl WriteTx {
                 ResourceKind::User => 10,
                 ResourceKind::Group => 9,
             };
-            let values = (0..accepted.len())
-                .map(|i| {
-                    let b = 1 + i * width;
-                    format!(
-                        "({})",
-                        (b..b + width)
-                            .map(|n| format!("${n}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = row_placeholders(accepted.len(), width);
             let sql = match kind {
                 ResourceKind::User => format!(
                     "INSERT INTO scim_users (tenant_id, id, user_name, user_name_lc, external_id, active, data, created, last_modified, version) VALUES {values}"
@@ -765,6 +753,15 @@ pub(super) fn member_from_row(row: &AnyRow) -> Result<MemberRow> {
         member_id: row.try_get(1)?,
         member_type: row.try_get(2)?,
     })
+}
+
+/// `($1, ..., $width), ($width+1, ...), ...` for a multi-row INSERT of
+/// `rows` rows.
+pub(super) fn row_placeholders(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|i| format!("({})", placeholders(1 + i * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `$first, $first+1, ...` for an IN list of `n` values.

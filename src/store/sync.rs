@@ -190,19 +190,7 @@ impl WriteTx {
     /// Creates or replaces many links, a few dozen per statement.
     pub async fn upsert_sync_links(&mut self, links: &[SyncLink]) -> Result<()> {
         for chunk in links.chunks(super::resources::MULTI_ROW) {
-            let values = (0..chunk.len())
-                .map(|i| {
-                    let b = 1 + i * 10;
-                    format!(
-                        "({})",
-                        (b..b + 10)
-                            .map(|n| format!("${n}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = super::resources::row_placeholders(chunk.len(), 10);
             // Only `$N` placeholders are interpolated; every value is bound.
             let sql = format!(
                 "INSERT INTO sync_links (source, kind, external_key, tenant_id, resource_id, locator, name_lc, base, content_hash, missing_since) \
