@@ -17,7 +17,7 @@ use super::{now, App, Result, SYNC_URN};
 use crate::domain::{ResourceId, TenantId};
 use crate::store::{Error as StoreError, StoredResource, WriteTx};
 use crate::sync::plan::{GroupOp, Plan, UserOp};
-use crate::sync::{ExternalGroup, ExternalUser, Kind};
+use crate::sync::{ExternalGroup, ExternalUser};
 
 /// Where directory sync records a user's source and DN in its document.
 pub const SYNC_USER_URN: &str = "urn:rolebridge:params:sync:1.0:User";
@@ -167,17 +167,13 @@ impl App {
             .collect();
         tx.upsert_sync_links(&links).await?;
         for (kind, key) in &plan.link_deletes {
-            tx.delete_sync_link(source, kind_name(*kind), key).await?;
+            tx.delete_sync_link(source, kind.as_str(), key).await?;
         }
         tx.save_sync_cursor(source, cursor.lease_owner, cursor.cursor, cursor.full_at)
             .await?;
         tx.commit().await?;
         Ok(applied)
     }
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    kind.as_str()
 }
 
 /// A uniqueness clash skips the entry (it is reported and retried next

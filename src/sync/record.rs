@@ -20,14 +20,6 @@ impl Kind {
             Kind::Group => "Group",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "User" => Some(Kind::User),
-            "Group" => Some(Kind::Group),
-            _ => None,
-        }
-    }
 }
 
 /// A user as the directory describes it, already mapped to SCIM attributes.
