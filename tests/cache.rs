@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rolebridge::app::{App, UserRef};
+use rolebridge::app::{App, Consistency, UserRef};
 use rolebridge::domain::{Tenant, TenantName};
 use serde_json::json;
 
@@ -30,10 +30,10 @@ async fn tenant_of(srv: &TestServer) -> Tenant {
 
 async fn allowed(app: &App, tenant: &Tenant, user: &str) -> bool {
     let s = app
-        .user_permissions(tenant, &UserRef::Id(user.to_string()))
+        .user_permissions(tenant, &UserRef::Id(user.to_string()), Consistency::Full)
         .await
         .expect("permissions");
-    s.permissions.iter().any(|p| p == PERM)
+    s.summary.permissions.iter().any(|p| p == PERM)
 }
 
 async fn redis_conn() -> redis::aio::MultiplexedConnection {
@@ -158,12 +158,12 @@ each_backend! {
         // Direct store writes (the path sync batches take) bump the epoch too.
         let mut tx = srv.app.store.begin_write().await.unwrap();
         tx.remove_members(tenant.id, &rolebridge::domain::ResourceId::from_client(&gid), std::slice::from_ref(&u)).await.unwrap();
-        tx.commit().await.unwrap();
+        srv.app.commit(tx).await.unwrap();
         both(false, "store batch").await;
         srv.delete(&format!("/Groups/{gid}")).await;
         both(false, "group deleted").await;
         srv.delete(&format!("/Users/{u}")).await;
-        let gone = srv.app.user_permissions(&tenant, &UserRef::Id(u.clone())).await;
+        let gone = srv.app.user_permissions(&tenant, &UserRef::Id(u.clone()), Consistency::Full).await;
         assert!(matches!(gone, Err(rolebridge::app::Error::UnknownUser(_))), "deleted user still answered");
     }
 }

@@ -129,12 +129,12 @@ both_backends! {
             tx.insert(tenant.id, ResourceKind::User, &r).await.unwrap();
             ids.push(r.id.to_string());
         }
-        tx.commit().await.unwrap();
+        srv.app.commit(tx).await.unwrap();
         let g = srv.group("big").await;
         let mut tx = srv.app.store.begin_write().await.unwrap();
         let seed: Vec<(String, &'static str)> = ids[..2900].iter().map(|i| (i.clone(), "User")).collect();
         tx.add_members(tenant.id, &ResourceId::from_client(&g), &seed).await.unwrap();
-        tx.commit().await.unwrap();
+        srv.app.commit(tx).await.unwrap();
         let add: Vec<_> = ids[2900..2950].iter().map(|i| json!({"value": i})).collect();
         let r = srv.patch(&format!("/Groups/{g}"), json!({"schemas": [PATCH_OP], "Operations": [{"op": "add", "path": "members", "value": add}]})).await;
         assert_eq!(r.status, 204, "{}", r.body);

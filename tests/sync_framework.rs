@@ -215,7 +215,7 @@ each_backend! {
         assert_eq!(held.diff.iter().filter(|l| l.starts_with("! user")).count(), 10);
         let all = users(&srv).await;
         assert_eq!(all["Resources"].as_array().unwrap().iter().filter(|u| u["active"] == true).count(), 20);
-        assert!(srv.app.metrics_text().contains(&format!("rolebridge_sync_held{{source=\"{}\"}} 1", cfg.name)));
+        assert!(srv.app.metrics_text().await.contains(&format!("rolebridge_sync_held{{source=\"{}\"}} 1", cfg.name)));
         // Held again on the next scheduled run: nothing moves without a person.
         let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         assert_eq!(again.outcome, "held");
@@ -223,7 +223,7 @@ each_backend! {
         assert_eq!((confirmed.outcome.as_str(), confirmed.counts.users_deactivated), ("applied", 10));
         let all = users(&srv).await;
         assert_eq!(all["Resources"].as_array().unwrap().iter().filter(|u| u["active"] == false).count(), 10);
-        assert!(srv.app.metrics_text().contains(&format!("rolebridge_sync_held{{source=\"{}\"}} 0", cfg.name)));
+        assert!(srv.app.metrics_text().await.contains(&format!("rolebridge_sync_held{{source=\"{}\"}} 0", cfg.name)));
     }
 }
 

@@ -43,6 +43,12 @@ pub enum Error {
     UnknownUser(String),
     #[error("{0}")]
     UnknownPermission(String),
+    /// A check asked for a revision the tenant has not reached.
+    #[error("revision {wanted} is ahead of the tenant's revision {current}: use a revision a write to this tenant returned")]
+    RevisionAhead { wanted: i64, current: i64 },
+    /// A bug or corrupt stored state, never the client's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Store(store::Error),
 }

@@ -7,6 +7,7 @@
 //! leaves no partial change.
 
 mod bulk;
+mod derive;
 mod error;
 mod permissions;
 mod resources;
@@ -16,8 +17,10 @@ mod tokens;
 pub use crate::domain::{format_timestamp, now};
 pub use bulk::{BulkLimits, BULK_LIMITS};
 pub use error::Error;
+pub use derive::Committed;
 pub use permissions::{
-    user_facts, LoadedMappings, Mappings, PermissionCache, Summary, SummaryUser, UserRef, SYNC_URN,
+    user_facts, AnsweredFrom, Checked, Consistency, LoadedMappings, Mappings, PermissionCache,
+    Summary, SummaryUser, UserRef, SYNC_URN,
 };
 pub use resources::{ListQuery, ListResult, Outcome, RequestContext, MAX_COUNT};
 pub use sync::{group_doc, user_doc, Applied, CursorUpdate, SyncMetrics, SYNC_USER_URN};
@@ -63,23 +66,36 @@ impl App {
     }
 
     /// App-level metrics (mapping refusals, cache) in Prometheus text
-    /// format, for `/metrics` to append to the HTTP metrics.
-    pub fn metrics_text(&self) -> String {
+    /// format, for `/metrics` to append to the HTTP metrics. The refusal
+    /// gauge is read from the stored rows, so every replica reports the
+    /// same figures.
+    pub async fn metrics_text(&self) -> String {
         let mut out = String::from(
             "# HELP rolebridge_mapping_refusals Assignments that mapping limits refused, by tenant and kind.\n\
              # TYPE rolebridge_mapping_refusals gauge\n",
         );
-        for ((tenant, kind), n) in self.mappings.refusal_gauge() {
-            out.push_str(&format!(
-                "rolebridge_mapping_refusals{{tenant=\"{tenant}\",kind=\"{kind}\"}} {n}\n"
-            ));
+        match self.refusal_gauge().await {
+            Ok(gauge) => {
+                for ((tenant, kind), n) in gauge {
+                    out.push_str(&format!(
+                        "rolebridge_mapping_refusals{{tenant=\"{tenant}\",kind=\"{kind}\"}} {n}\n"
+                    ));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the refusal gauge"),
         }
         let m = &self.cache.metrics;
         let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let (redis_writes, redis_dropped) = self
+            .cache
+            .redis
+            .as_ref()
+            .map(|r| (r.writes(), r.dropped()))
+            .unwrap_or((0, 0));
         for (name, help, value) in [
             (
                 "rolebridge_cache_hits_total{layer=\"local\"}",
-                "Permission lookups answered from a cache.",
+                "Relaxed checks answered from a cache.",
                 read(&m.local_hits),
             ),
             (
@@ -88,24 +104,44 @@ impl App {
                 read(&m.redis_hits),
             ),
             (
-                "rolebridge_cache_misses_total",
-                "Permission lookups that had to compute.",
-                read(&m.misses),
+                "rolebridge_check_store_reads_total",
+                "Checks answered from the stored row.",
+                read(&m.store_reads),
             ),
             (
-                "rolebridge_cache_computes_total",
-                "Tenant permission computations.",
+                "rolebridge_check_computes_total",
+                "Checks of users with no stored row yet, computed on the spot.",
                 read(&m.computes),
             ),
             (
-                "rolebridge_cache_invalidations_total",
-                "In-process entries replaced by a newer tenant version.",
-                read(&m.invalidations),
+                "rolebridge_permission_recomputed_users_total",
+                "Users whose effective permissions writes recomputed.",
+                read(&m.recomputed_users),
+            ),
+            (
+                "rolebridge_permission_changed_users_total",
+                "Users whose effective permissions writes changed.",
+                read(&m.changed_users),
+            ),
+            (
+                "rolebridge_permission_full_recomputes_total",
+                "Whole-tenant recomputations (a mapping change or a bulk write).",
+                read(&m.full_recomputes),
             ),
             (
                 "rolebridge_redis_errors_total",
                 "Redis calls that failed or timed out.",
                 read(&m.redis_errors),
+            ),
+            (
+                "rolebridge_redis_entry_writes_total",
+                "Per-user Redis entries written.",
+                redis_writes,
+            ),
+            (
+                "rolebridge_redis_entry_dropped_total",
+                "Per-user Redis entries not written (Redis down or queue full).",
+                redis_dropped,
             ),
         ] {
             let base = name.split('{').next().unwrap_or(name);
@@ -124,19 +160,6 @@ impl App {
             mappings: Arc::new(mappings),
             cache: Arc::new(PermissionCache::default()),
             sync_metrics: Arc::new(SyncMetrics::default()),
-        }
-    }
-
-    /// Reads bypass the in-process cache (benchmarks of the Redis path).
-    pub fn without_local_cache_reads(self) -> Self {
-        let redis = Arc::try_unwrap(self.cache).map(|c| c.redis).unwrap_or(None);
-        App {
-            cache: Arc::new(PermissionCache {
-                redis,
-                skip_local: true,
-                ..PermissionCache::default()
-            }),
-            ..self
         }
     }
 

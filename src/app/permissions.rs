@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use mapping::{
     CompiledTenant, EffectivePermissions, GroupFact, MappingError, MappingSet, PermissionId,
@@ -25,7 +25,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{App, Error, Result};
-use crate::cache::{user_key, CacheMetrics, Version};
+use crate::cache::CacheMetrics;
 use crate::domain::Tenant;
 use crate::store::Directory;
 
@@ -44,9 +44,6 @@ pub struct Mappings {
     dir: Option<PathBuf>,
     /// The last set that validated whole.
     current: RwLock<Arc<LoadedMappings>>,
-    /// Refused assignments per (tenant, limit kind), from the last
-    /// computation of each tenant: the `rolebridge_mapping_refusals` gauge.
-    refusals: Mutex<BTreeMap<(String, String), usize>>,
 }
 
 impl Mappings {
@@ -58,7 +55,6 @@ impl Mappings {
                 set: MappingSet::default(),
                 fingerprint: "none".into(),
             })),
-            refusals: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -68,7 +64,6 @@ impl Mappings {
         Ok(Mappings {
             dir: Some(dir.to_path_buf()),
             current: RwLock::new(Arc::new(read_dir(dir)?)),
-            refusals: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -77,11 +72,6 @@ impl Mappings {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
-    }
-
-    /// The refusal gauge, for `/metrics`.
-    pub fn refusal_gauge(&self) -> BTreeMap<(String, String), usize> {
-        self.refusals.lock().map(|g| g.clone()).unwrap_or_default()
     }
 }
 
@@ -157,7 +147,7 @@ pub struct SummaryUser {
 }
 
 impl Summary {
-    fn of(eff: &EffectivePermissions) -> Summary {
+    pub(super) fn of(eff: &EffectivePermissions) -> Summary {
         let mut roles: Vec<String> = Vec::new();
         let mut profiles: Vec<String> = Vec::new();
         for a in &eff.assignments {
@@ -185,20 +175,57 @@ impl Summary {
     }
 }
 
+/// How fresh a check's answer must be (the SpiceDB ZedToken / OpenFGA
+/// consistency model, per tenant revision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// The default: the stored row as of now. No stale allow is ever served
+    /// after an acknowledged write, by any replica.
+    Full,
+    /// Any answer known current at this revision or later (a revision a
+    /// SCIM write returned in `X-Rolebridge-Revision`): may come from a
+    /// cache.
+    AtLeastAsFresh(i64),
+    /// Whatever a cache holds, else the store: may be stale.
+    MinimizeLatency,
+}
+
+/// Where an answer came from, for responses and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnsweredFrom {
+    Store,
+    LocalCache,
+    Redis,
+    /// The user had no stored row yet (computed on the spot).
+    Computed,
+}
+
+/// A check's answer and the tenant revision it is current at.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub summary: Arc<Summary>,
+    pub revision: i64,
+    pub from: AnsweredFrom,
+}
+
 /// The caches of an app.
 #[derive(Default)]
 pub struct PermissionCache {
-    pub local: crate::cache::LocalCache,
-    /// Skip the in-process layer on reads, so a benchmark can measure the
-    /// Redis path alone. Never set by `serve`.
-    pub skip_local: bool,
+    pub local: crate::cache::LocalCache<Summary>,
     pub redis: Option<crate::cache::RedisCache>,
     pub metrics: CacheMetrics,
 }
 
+/// The in-process cache key of a userName.
+pub(super) fn name_key(user_name: &str) -> String {
+    format!("name:{}", user_name.to_lowercase())
+}
+
 impl App {
     /// Re-reads the mapping directory. On any error the set in force stays
-    /// and every error is returned.
+    /// and every error is returned. The tenants' stored rows are recomputed
+    /// by [`App::reconcile_mappings`], which the caller runs next.
     pub fn reload_mappings(&self) -> Result<(), Vec<MappingError>> {
         let Some(dir) = &self.mappings.dir else {
             return Ok(());
@@ -208,47 +235,117 @@ impl App {
             Ok(mut g) => *g = loaded,
             Err(poisoned) => *poisoned.into_inner() = loaded,
         }
+        self.cache.local.clear();
         Ok(())
     }
 
-    /// One user's permissions: from the in-process cache, else Redis, else
-    /// computed (once per tenant and version, however many ask).
-    pub async fn user_permissions(&self, tenant: &Tenant, user: &UserRef) -> Result<Summary> {
+    /// One user's permissions at the consistency asked for.
+    pub async fn user_permissions(
+        &self,
+        tenant: &Tenant,
+        user: &UserRef,
+        consistency: Consistency,
+    ) -> Result<Checked> {
         let loaded = self.mappings.current();
         let compiled = mapped(&loaded, tenant)?;
-        let (user_id, version) = self.resolve(tenant, user, &loaded).await?;
         let m = &self.cache.metrics;
-        if !self.cache.skip_local {
-            if let Some(result) = self.cache.local.get(tenant.id, &version) {
-                CacheMetrics::add(&m.local_hits);
-                return summary(&result, &user_id);
-            }
-        }
-        let key = self
-            .cache
-            .redis
-            .as_ref()
-            .map(|r| user_key(&r.prefix, tenant.id, &version, &user_id));
-        if let (Some(redis), Some(key)) = (&self.cache.redis, &key) {
-            match redis.get(key).await {
-                Ok(Some(json)) => {
-                    if let Ok(s) = serde_json::from_str::<Summary>(&json) {
-                        CacheMetrics::add(&m.redis_hits);
-                        return Ok(s);
+        let floor = match consistency {
+            Consistency::Full => None,
+            Consistency::AtLeastAsFresh(rev) => Some(rev),
+            Consistency::MinimizeLatency => Some(i64::MIN),
+        };
+        if let Some(floor) = floor {
+            let keys: Vec<String> = match user {
+                UserRef::Id(k) => vec![k.clone()],
+                UserRef::UserName(k) => vec![name_key(k)],
+                UserRef::IdOrUserName(k) => vec![k.clone(), name_key(k)],
+            };
+            for key in &keys {
+                if let Some(hit) = self.cache.local.get(tenant.id, key) {
+                    if hit.as_of >= floor {
+                        CacheMetrics::add(&m.local_hits);
+                        return Ok(Checked {
+                            summary: hit.value,
+                            revision: hit.as_of,
+                            from: AnsweredFrom::LocalCache,
+                        });
                     }
                 }
-                Ok(None) => {}
-                Err(_) => CacheMetrics::add(&m.redis_errors),
+            }
+            if let (Some(redis), UserRef::Id(id) | UserRef::IdOrUserName(id)) =
+                (&self.cache.redis, user)
+            {
+                match redis.get(tenant.id, id).await {
+                    Ok(Some(entry)) if entry.as_of >= floor => {
+                        if let Some(s) = entry
+                            .json
+                            .as_deref()
+                            .and_then(|j| serde_json::from_str::<Summary>(j).ok())
+                        {
+                            CacheMetrics::add(&m.redis_hits);
+                            let hit = crate::cache::Cached {
+                                as_of: entry.as_of,
+                                value: Arc::new(s),
+                            };
+                            self.cache.local.put(tenant.id, id, hit.clone());
+                            return Ok(Checked {
+                                summary: hit.value,
+                                revision: hit.as_of,
+                                from: AnsweredFrom::Redis,
+                            });
+                        }
+                    }
+                    Ok(_) | Err(crate::cache::RedisError::Open) => {}
+                    Err(_) => CacheMetrics::add(&m.redis_errors),
+                }
             }
         }
-        CacheMetrics::add(&m.misses);
-        let result = self
-            .compute(tenant, compiled, &loaded.fingerprint, &version)
-            .await?;
-        summary(&result, &user_id)
+        let (id, user_name) = lookup(user);
+        let at = self.store.check_row(tenant.id, id, user_name).await?;
+        if let Consistency::AtLeastAsFresh(rev) = consistency {
+            if rev > at.revision {
+                return Err(Error::RevisionAhead {
+                    wanted: rev,
+                    current: at.revision,
+                });
+            }
+        }
+        let (user_id, name) = at
+            .user
+            .ok_or_else(|| Error::UnknownUser(key_of(user).to_string()))?;
+        let (summary, from) = match at.row {
+            Some(row) => {
+                CacheMetrics::add(&m.store_reads);
+                let s: Summary = serde_json::from_str(&row.summary).map_err(|e| {
+                    Error::Internal(format!("stored permissions of user {user_id} are corrupt: {e}"))
+                })?;
+                (Arc::new(s), AnsweredFrom::Store)
+            }
+            None => {
+                CacheMetrics::add(&m.computes);
+                let result = self.compute_for(tenant, compiled, &user_id).await?;
+                (Arc::new(summary(&result, &user_id)?), AnsweredFrom::Computed)
+            }
+        };
+        if floor.is_some() && from == AnsweredFrom::Store {
+            // Relaxed checks fill the caches for the next relaxed check.
+            let hit = crate::cache::Cached {
+                as_of: at.revision,
+                value: summary.clone(),
+            };
+            self.cache.local.put(tenant.id, &user_id, hit.clone());
+            self.cache.local.put(tenant.id, &name_key(&name), hit);
+        }
+        Ok(Checked {
+            summary,
+            revision: at.revision,
+            from,
+        })
     }
 
-    /// The whole tenant's result and the user's id, for explanations.
+    /// The user's result with everything `explain` needs: computed for the
+    /// user (and, when they contend for a limited role, every contender),
+    /// which equals the whole-tenant computation for them.
     pub async fn permissions(
         &self,
         tenant: &Tenant,
@@ -256,22 +353,48 @@ impl App {
     ) -> Result<(Arc<TenantResult>, String)> {
         let loaded = self.mappings.current();
         let compiled = mapped(&loaded, tenant)?;
-        let (user_id, version) = self.resolve(tenant, user, &loaded).await?;
-        let result = match self.cache.local.get(tenant.id, &version) {
-            Some(r) => {
-                CacheMetrics::add(&self.cache.metrics.local_hits);
-                r
-            }
-            None => {
-                CacheMetrics::add(&self.cache.metrics.misses);
-                self.compute(tenant, compiled, &loaded.fingerprint, &version)
-                    .await?
-            }
-        };
+        let (id, user_name) = lookup(user);
+        let at = self.store.check_row(tenant.id, id, user_name).await?;
+        let (user_id, _) = at
+            .user
+            .ok_or_else(|| Error::UnknownUser(key_of(user).to_string()))?;
+        let result = self.compute_for(tenant, compiled, &user_id).await?;
         if result.user(&user_id).is_none() {
             return Err(Error::UnknownUser(user_id));
         }
-        Ok((result, user_id))
+        Ok((Arc::new(result), user_id))
+    }
+
+    /// Computes one user exactly: their closure, plus every stored
+    /// contender when the catalog limits a role. A tenant never computed
+    /// under the mapping in force has no trustworthy contender list, so
+    /// with limited roles it is computed whole (until its first write or
+    /// reconcile stores its rows).
+    async fn compute_for(
+        &self,
+        tenant: &Tenant,
+        compiled: &CompiledTenant,
+        user_id: &str,
+    ) -> Result<TenantResult> {
+        let limited = compiled.has_limited_roles();
+        let dir = if limited && !self.tenant_is_current(tenant).await? {
+            self.store.directory(tenant.id).await?
+        } else {
+            self.store
+                .user_directory(tenant.id, &[user_id.to_string()], limited)
+                .await?
+        };
+        Ok(mapping::compute_tenant(compiled, &user_facts(&dir)))
+    }
+
+    async fn tenant_is_current(&self, tenant: &Tenant) -> Result<bool> {
+        let fingerprint = self.mappings.current().fingerprint.clone();
+        Ok(!self
+            .store
+            .tenants_not_under(&fingerprint)
+            .await?
+            .iter()
+            .any(|t| t.id == tenant.id))
     }
 
     /// Checks that a permission id exists in the tenant's catalog.
@@ -289,116 +412,23 @@ impl App {
         }
     }
 
-    /// The user's id and the version a cached answer must have.
-    async fn resolve(
-        &self,
-        tenant: &Tenant,
-        user: &UserRef,
-        loaded: &LoadedMappings,
-    ) -> Result<(String, Version)> {
-        let (key, id, user_name) = match user {
-            UserRef::Id(k) => (k, Some(k.as_str()), None),
-            UserRef::UserName(k) => (k, None, Some(k.as_str())),
-            UserRef::IdOrUserName(k) => (k, Some(k.as_str()), Some(k.as_str())),
-        };
-        let at = self.store.user_at_epoch(tenant.id, id, user_name).await?;
-        let (user_id, _) = at.user.ok_or_else(|| Error::UnknownUser(key.to_string()))?;
-        Ok((
-            user_id,
-            Version {
-                epoch: at.epoch,
-                mapping: loaded.fingerprint.clone(),
-            },
-        ))
+    /// The refusal gauge, from the stored rows.
+    pub async fn refusal_gauge(&self) -> Result<BTreeMap<(String, String), usize>> {
+        Ok(self.store.refusal_counts().await?)
     }
+}
 
-    /// Computes the tenant once per version: concurrent misses wait on the
-    /// tenant's flight lock and then find the first one's result.
-    async fn compute(
-        &self,
-        tenant: &Tenant,
-        compiled: &CompiledTenant,
-        fingerprint: &str,
-        wanted: &Version,
-    ) -> Result<Arc<TenantResult>> {
-        let flight = self.cache.local.flight(tenant.id);
-        let _turn = flight.lock().await;
-        if let Some(r) = self.cache.local.get(tenant.id, wanted) {
-            return Ok(r);
-        }
-        // The directory snapshot carries its own epoch: the result is
-        // stored under exactly the version it was computed from, which is
-        // the wanted one or newer.
-        let directory = self.store.directory(tenant.id).await?;
-        let version = Version {
-            epoch: directory.epoch,
-            mapping: fingerprint.to_string(),
-        };
-        let result = Arc::new(mapping::compute_tenant(compiled, &user_facts(&directory)));
-        CacheMetrics::add(&self.cache.metrics.computes);
-        self.record_refusals(tenant, &result);
-        if self
-            .cache
-            .local
-            .put(tenant.id, version.clone(), result.clone())
-        {
-            CacheMetrics::add(&self.cache.metrics.invalidations);
-        }
-        if let Some(redis) = &self.cache.redis {
-            let entries: Vec<(String, String)> = result
-                .users()
-                .filter_map(|eff| {
-                    let json = serde_json::to_string(&Summary::of(eff)).ok()?;
-                    Some((
-                        user_key(&redis.prefix, tenant.id, &version, &eff.user_id),
-                        json,
-                    ))
-                })
-                .collect();
-            if redis.put_many(&entries).await.is_err() {
-                CacheMetrics::add(&self.cache.metrics.redis_errors);
-            }
-        }
-        Ok(result)
+fn lookup(user: &UserRef) -> (Option<&str>, Option<&str>) {
+    match user {
+        UserRef::Id(k) => (Some(k.as_str()), None),
+        UserRef::UserName(k) => (None, Some(k.as_str())),
+        UserRef::IdOrUserName(k) => (Some(k.as_str()), Some(k.as_str())),
     }
+}
 
-    /// Updates the refusal gauge and logs when a tenant's refusals change.
-    fn record_refusals(&self, tenant: &Tenant, result: &TenantResult) {
-        // Losing a plain conflict (one role per user) is ordinary rule
-        // precedence; the gauge and the log are for limits.
-        let limits: Vec<&mapping::Refusal> = result
-            .refusals()
-            .iter()
-            .filter(|r| r.lost.reason.kind() != "single_role")
-            .collect();
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for r in &limits {
-            *counts.entry(r.lost.reason.kind().to_string()).or_default() += 1;
-        }
-        let Ok(mut gauge) = self.mappings.refusals.lock() else {
-            return;
-        };
-        let key = tenant.name.to_string();
-        let before: BTreeMap<String, usize> = gauge
-            .iter()
-            .filter(|((t, _), _)| *t == key)
-            .map(|((_, k), v)| (k.clone(), *v))
-            .collect();
-        if before != counts {
-            for r in &limits {
-                tracing::warn!(
-                    tenant = %tenant.name,
-                    user = %r.user_name,
-                    target = %r.lost.target,
-                    reason = r.lost.reason.kind(),
-                    "mapping limit refused an assignment"
-                );
-            }
-            gauge.retain(|(t, _), _| *t != key);
-            for (kind, n) in counts {
-                gauge.insert((key.clone(), kind), n);
-            }
-        }
+fn key_of(user: &UserRef) -> &str {
+    match user {
+        UserRef::Id(k) | UserRef::UserName(k) | UserRef::IdOrUserName(k) => k,
     }
 }
 

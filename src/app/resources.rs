@@ -27,6 +27,19 @@ pub struct RequestContext {
     pub attributes: Vec<AttrPath>,
     /// `excludedAttributes` requested.
     pub excluded: Vec<AttrPath>,
+    /// The highest tenant revision this request's writes produced (0: none
+    /// yet): the `X-Rolebridge-Revision` a client passes to a check as
+    /// `at_least_as_fresh`. Shared, so every operation of a bulk request
+    /// adds to the one response.
+    pub written: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl RequestContext {
+    /// The revision the request's writes produced, if it wrote.
+    pub fn revision(&self) -> Option<i64> {
+        let r = self.written.load(std::sync::atomic::Ordering::Acquire);
+        (r > 0).then_some(r)
+    }
 }
 
 /// A resource as the client sees it, with its ETag.
@@ -55,6 +68,16 @@ pub struct ListResult {
 }
 
 impl App {
+    /// Commits a request's transaction and records the revision it produced.
+    async fn commit_for(&self, ctx: &RequestContext, tx: WriteTx) -> Result<()> {
+        let committed = self.commit(tx).await?;
+        if let Some(rev) = committed.revision(ctx.tenant) {
+            ctx.written
+                .fetch_max(rev, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
     pub async fn create(
         &self,
         ctx: &RequestContext,
@@ -76,7 +99,7 @@ impl App {
             let resolved = resolve_members(&mut tx, ctx.tenant, &stored.id, members).await?;
             tx.add_members(ctx.tenant, &stored.id, &resolved).await?;
         }
-        tx.commit().await?;
+        self.commit_for(ctx, tx).await?;
         self.render(ctx, kind, stored).await
     }
 
@@ -126,7 +149,7 @@ impl App {
                     .await?;
             tx.add_members(ctx.tenant, &stored.id, &resolved).await?;
         }
-        tx.commit().await?;
+        self.commit_for(ctx, tx).await?;
         self.render(ctx, kind, stored).await
     }
 
@@ -186,7 +209,7 @@ impl App {
         } else {
             current
         };
-        tx.commit().await?;
+        self.commit_for(ctx, tx).await?;
         if render {
             Ok(Some(self.render(ctx, kind, stored).await?))
         } else {
@@ -208,7 +231,7 @@ impl App {
             .ok_or_else(|| not_found(kind, id))?;
         check_if_match(if_match, current.version)?;
         tx.delete(ctx.tenant, kind, id).await?;
-        tx.commit().await?;
+        self.commit_for(ctx, tx).await?;
         Ok(())
     }
 

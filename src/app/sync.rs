@@ -171,7 +171,7 @@ impl App {
         }
         tx.save_sync_cursor(source, cursor.lease_owner, cursor.cursor, cursor.full_at)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(applied)
     }
 }

@@ -1,12 +1,13 @@
-//! Caches of effective permissions: in-process (always) and Redis (with
-//! `--redis-url`, shared by every replica).
+//! Caches of per-user effective permissions: in-process (always) and Redis
+//! (with `--redis-url`, shared by every replica). Both hold at most one
+//! entry per user, replaced in place when the user's permissions change.
 //!
-//! May use: `domain`, `mapping` (result types). Invariant: the cache never
-//! computes a permission and never decides whether an entry is current. Keys
-//! carry the tenant's epoch, read from the database by `app` for every check,
-//! and the mapping fingerprint; an entry is returned only for exactly the
-//! key asked for, so an entry written before a revocation is unreachable
-//! after it. TTLs exist only to collect garbage.
+//! May use: `domain`. Invariant: the cache never computes a permission and
+//! never decides whether an entry may be served. Every entry carries the
+//! tenant revision it is known to be current at (`as_of`); `app` serves an
+//! entry only to a check that allows it (`at_least_as_fresh` at most that
+//! revision, or `minimize_latency`), and a default check never reads a
+//! cache at all. TTLs exist only to collect garbage.
 
 mod redis_cache;
 
@@ -14,30 +15,24 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mapping::TenantResult;
-
-pub use redis_cache::{RedisCache, RedisError};
+pub use redis_cache::{RedisCache, RedisError, RedisEntry};
 
 use crate::domain::TenantId;
-
-/// What a cached computation is valid for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Version {
-    /// The tenant's epoch (`tenants.epoch`) of the snapshot computed from.
-    pub epoch: i64,
-    /// Fingerprint of the mapping files in force.
-    pub mapping: String,
-}
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct CacheMetrics {
     pub local_hits: AtomicU64,
     pub redis_hits: AtomicU64,
-    pub misses: AtomicU64,
+    /// Checks answered from the stored row.
+    pub store_reads: AtomicU64,
+    /// Checks whose user had no stored row yet (computed on the spot).
     pub computes: AtomicU64,
-    /// In-process entries replaced because the tenant's version moved on.
-    pub invalidations: AtomicU64,
+    /// Users recomputed by writes, and how many of them changed.
+    pub recomputed_users: AtomicU64,
+    pub changed_users: AtomicU64,
+    /// Whole-tenant recomputations (a mapping change or a bulk write).
+    pub full_recomputes: AtomicU64,
     pub redis_errors: AtomicU64,
 }
 
@@ -45,64 +40,99 @@ impl CacheMetrics {
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn add_n(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
-/// The in-process cache: each tenant's latest computed result. Older
-/// versions are dropped as soon as a newer one is stored.
-#[derive(Default)]
-pub struct LocalCache {
-    tenants: Mutex<HashMap<TenantId, (Version, Arc<TenantResult>)>>,
-    /// One computation per tenant at a time: concurrent misses wait for the
-    /// first and then find its result (no stampede).
-    flights: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
+/// Entries the in-process cache holds at most; past it the cache starts
+/// over (it is a latency aid for relaxed checks, never the truth).
+pub const LOCAL_CAPACITY: usize = 200_000;
+
+/// One cached value and the tenant revision it is current at.
+#[derive(Debug)]
+pub struct Cached<V> {
+    pub as_of: i64,
+    pub value: Arc<V>,
 }
 
-impl LocalCache {
-    /// The result for exactly this version, if held.
-    pub fn get(&self, tenant: TenantId, version: &Version) -> Option<Arc<TenantResult>> {
-        let map = self.tenants.lock().ok()?;
-        match map.get(&tenant) {
-            Some((v, r)) if v == version => Some(r.clone()),
-            _ => None,
+impl<V> Clone for Cached<V> {
+    fn clone(&self) -> Self {
+        Cached {
+            as_of: self.as_of,
+            value: self.value.clone(),
         }
     }
+}
 
-    /// Stores a result unless a newer epoch is already held. Returns true
-    /// when it replaced an entry of another version.
-    pub fn put(&self, tenant: TenantId, version: Version, result: Arc<TenantResult>) -> bool {
-        let Ok(mut map) = self.tenants.lock() else {
-            return false;
+/// The in-process cache: per (tenant, key), the entry with the highest
+/// `as_of` seen. Keys are user ids, and `name:` + lowercased userName.
+pub struct LocalCache<V> {
+    entries: Mutex<HashMap<(TenantId, String), Cached<V>>>,
+}
+
+impl<V> Default for LocalCache<V> {
+    fn default() -> Self {
+        LocalCache {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<V> LocalCache<V> {
+    pub fn get(&self, tenant: TenantId, key: &str) -> Option<Cached<V>> {
+        let map = self.entries.lock().ok()?;
+        map.get(&(tenant, key.to_string())).cloned()
+    }
+
+    /// Stores the entry unless one at a newer revision is held.
+    pub fn put(&self, tenant: TenantId, key: &str, entry: Cached<V>) {
+        let Ok(mut map) = self.entries.lock() else {
+            return;
         };
-        match map.get(&tenant) {
-            Some((v, _)) if v.epoch > version.epoch && v.mapping == version.mapping => false,
-            Some((v, _)) => {
-                let replaced = *v != version;
-                map.insert(tenant, (version, result));
-                replaced
+        if map.len() >= LOCAL_CAPACITY {
+            map.clear();
+        }
+        let slot = map.entry((tenant, key.to_string()));
+        match slot {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if o.get().as_of <= entry.as_of {
+                    o.insert(entry);
+                }
             }
-            None => {
-                map.insert(tenant, (version, result));
-                false
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(entry);
             }
         }
     }
 
-    /// The lock that serialises computations of one tenant.
-    pub fn flight(&self, tenant: TenantId) -> Arc<tokio::sync::Mutex<()>> {
-        match self.flights.lock() {
-            Ok(mut f) => f.entry(tenant).or_default().clone(),
-            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+    pub fn remove(&self, tenant: TenantId, key: &str) {
+        if let Ok(mut map) = self.entries.lock() {
+            map.remove(&(tenant, key.to_string()));
         }
+    }
+
+    /// Drops everything (a mapping reload).
+    pub fn clear(&self) {
+        if let Ok(mut map) = self.entries.lock() {
+            map.clear();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
-/// The Redis key of one user's permission summary at one version. The
-/// tenant id comes first, so tenants never share a key.
-pub fn user_key(prefix: &str, tenant: TenantId, version: &Version, user_id: &str) -> String {
-    format!(
-        "{prefix}perm:{tenant}:{}:{}:{user_id}",
-        version.epoch, version.mapping
-    )
+/// The Redis key of one user's entry. The tenant id comes first, so
+/// tenants never share a key; there is one key per user, whatever the
+/// revision.
+pub fn user_key(prefix: &str, tenant: TenantId, user_id: &str) -> String {
+    format!("{prefix}eff:{tenant}:{user_id}")
 }
 
 #[cfg(test)]
@@ -110,19 +140,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_tenant_and_version_scoped() {
+    fn keys_are_tenant_scoped_and_one_per_user() {
         let t1 = TenantId::new();
         let t2 = TenantId::new();
-        let v = Version {
-            epoch: 3,
-            mapping: "abc".into(),
-        };
-        let w = Version {
-            epoch: 4,
-            mapping: "abc".into(),
-        };
-        assert_ne!(user_key("rb:", t1, &v, "u"), user_key("rb:", t2, &v, "u"));
-        assert_ne!(user_key("rb:", t1, &v, "u"), user_key("rb:", t1, &w, "u"));
-        assert!(user_key("rb:", t1, &v, "u").starts_with(&format!("rb:perm:{t1}:")));
+        assert_ne!(user_key("rb:", t1, "u"), user_key("rb:", t2, "u"));
+        assert!(user_key("rb:", t1, "u").starts_with(&format!("rb:eff:{t1}:")));
+    }
+
+    #[test]
+    fn an_older_entry_never_replaces_a_newer_one() {
+        let c: LocalCache<&'static str> = LocalCache::default();
+        let t = TenantId::new();
+        c.put(t, "u", Cached { as_of: 5, value: Arc::new("new") });
+        c.put(t, "u", Cached { as_of: 3, value: Arc::new("old") });
+        assert_eq!(*c.get(t, "u").unwrap().value, "new");
+        c.put(t, "u", Cached { as_of: 6, value: Arc::new("newer") });
+        assert_eq!(c.get(t, "u").unwrap().as_of, 6);
     }
 }

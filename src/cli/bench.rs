@@ -147,7 +147,7 @@ async fn scim(config: &Config, args: ScimArgs) -> anyhow::Result<()> {
     let seeded = Instant::now();
     let mut ids = Vec::with_capacity(args.users);
     seed_users(
-        &store,
+        &app,
         tenant.id,
         args.users.saturating_sub(args.posts),
         &mut ids,
@@ -189,7 +189,7 @@ async fn scim(config: &Config, args: ScimArgs) -> anyhow::Result<()> {
     // users that are in no group yet, so every PATCH inserts 100 rows.
     let spare_needed = max_group + 100 * 5 * args.group_sizes.len();
     if ids.len() < spare_needed {
-        seed_users(&store, tenant.id, spare_needed - ids.len(), &mut ids).await?;
+        seed_users(&app, tenant.id, spare_needed - ids.len(), &mut ids).await?;
     }
     let mut spare = ids.len();
     // Fill every group first, so each PATCH runs against the same table size
@@ -209,7 +209,7 @@ async fn scim(config: &Config, args: ScimArgs) -> anyhow::Result<()> {
             let members: Vec<(String, &'static str)> =
                 chunk.iter().map(|id| (id.to_string(), "User")).collect();
             tx.add_members(tenant.id, &gid, &members).await?;
-            tx.commit().await?;
+            app.commit(tx).await?;
         }
         groups.push((size, gid));
     }
@@ -247,16 +247,17 @@ async fn scim(config: &Config, args: ScimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Inserts `n` users straight through the store, 1,000 per transaction.
+/// Inserts `n` users straight through the store, 1,000 per transaction
+/// (each committed through the app, so their permissions are derived).
 pub(super) async fn seed_users(
-    store: &Store,
+    app: &App,
     tenant: crate::domain::TenantId,
     n: usize,
     ids: &mut Vec<ResourceId>,
 ) -> anyhow::Result<()> {
     let target = ids.len() + n;
     while ids.len() < target {
-        let mut tx = store.begin_write().await?;
+        let mut tx = app.store.begin_write().await?;
         for _ in 0..1000.min(target - ids.len()) {
             let ts = now();
             let r = StoredResource {
@@ -273,7 +274,7 @@ pub(super) async fn seed_users(
             tx.insert(tenant, ResourceKind::User, &r).await?;
             ids.push(r.id);
         }
-        tx.commit().await?;
+        app.commit(tx).await?;
     }
     Ok(())
 }

@@ -82,7 +82,7 @@ pub async fn run(config: &Config, args: ChecksArgs) -> anyhow::Result<()> {
 
     // Directory: users, `rules` groups, each user in `groups_per_user` of them.
     let mut users = Vec::new();
-    seed_users(&store, tenant.id, args.users, &mut users).await?;
+    seed_users(&App::new(store.clone()), tenant.id, args.users, &mut users).await?;
     let mut groups = Vec::new();
     let mut tx = store.begin_write().await?;
     for i in 0..args.rules {
@@ -129,7 +129,7 @@ pub async fn run(config: &Config, args: ChecksArgs) -> anyhow::Result<()> {
         .await?;
         tx.commit().await?;
         let started = Instant::now();
-        app.user_permissions(&t, &UserRef::Id(users[0].to_string()))
+        app.user_permissions(&t, &UserRef::Id(users[0].to_string()), crate::app::Consistency::Full)
             .await?;
         cold.push(started.elapsed());
     }
@@ -165,8 +165,7 @@ pub async fn run(config: &Config, args: ChecksArgs) -> anyhow::Result<()> {
         (
             "Redis (in-process reads off)",
             App::with_mappings(store.clone(), mappings()?)
-                .with_redis(&redis_url, "rolebridge-bench:")?
-                .without_local_cache_reads(),
+                .with_redis(&redis_url, "rolebridge-bench:")?,
         ),
     ];
     for (label, app) in variants {

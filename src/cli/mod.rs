@@ -212,6 +212,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("invalid --redis-url: {e}"))?;
     }
     spawn_reload_on_sighup(app.clone());
+    spawn_reconcile(app.clone());
     for source in sources {
         spawn_sync_schedule(app.clone(), source);
     }
@@ -280,6 +281,25 @@ fn spawn_sync_schedule(app: App, source: crate::sync::SourceConfig) {
     });
 }
 
+/// Recomputes, in the background, every tenant whose stored permissions
+/// were computed under another mapping (start-up after an upgrade or an
+/// edit, a reload). Checks keep being answered meanwhile, from each
+/// tenant's rows of the previous mapping until its switch commits.
+fn spawn_reconcile(app: App) {
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        match app.reconcile_mappings().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                tenants = n,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "effective permissions recomputed under the mappings in force"
+            ),
+            Err(e) => tracing::error!(error = %e, "recomputing effective permissions failed; the next write to each tenant retries"),
+        }
+    });
+}
+
 /// SIGHUP re-reads the mapping directory; an invalid edit is logged with
 /// every error and the mappings in force stay.
 fn spawn_reload_on_sighup(app: App) {
@@ -292,7 +312,10 @@ fn spawn_reload_on_sighup(app: App) {
         };
         while hup.recv().await.is_some() {
             match app.reload_mappings() {
-                Ok(()) => tracing::info!("mappings reloaded"),
+                Ok(()) => {
+                    tracing::info!("mappings reloaded");
+                    spawn_reconcile(app.clone());
+                }
                 Err(errors) => {
                     for e in &errors {
                         tracing::error!(error = %e, "mapping reload rejected");

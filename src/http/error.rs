@@ -46,7 +46,8 @@ pub fn classify(err: &Error) -> (StatusCode, Option<&'static str>) {
         TenantNotMapped(_) => (StatusCode::CONFLICT, None),
         UnknownUser(_) => (StatusCode::NOT_FOUND, None),
         UnknownPermission(_) => (StatusCode::BAD_REQUEST, None),
-        Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
+        RevisionAhead { .. } => (StatusCode::BAD_REQUEST, Some("invalidValue")),
+        Store(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
     }
 }
 
@@ -149,7 +150,8 @@ pub fn code(err: &Error) -> &'static str {
         UnknownPermission(_) => "unknown_permission",
         Unauthorized => "unauthorized",
         Forbidden(_) => "forbidden",
-        Store(_) => "internal",
+        RevisionAhead { .. } => "revision_ahead",
+        Store(_) | Internal(_) => "internal",
         PayloadTooLarge(_) => "payload_too_large",
         _ => "invalid_request",
     }

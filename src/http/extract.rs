@@ -86,6 +86,7 @@ impl FromRequestParts<App> for ScimRequest {
             base_url: format!("{proto}://{host}/scim/v2/{}", auth.tenant.name),
             attributes,
             excluded,
+            written: Default::default(),
         }))
     }
 }

@@ -107,7 +107,7 @@ async fn metrics_text(
     Extension(http_metrics): Extension<Arc<HttpMetrics>>,
 ) -> Response {
     let mut text = http_metrics.render();
-    text.push_str(&app.metrics_text());
+    text.push_str(&app.metrics_text().await);
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::error::{self, ApiError};
 use super::extract::{attr_list, if_match, parse_query, ScimBody, ScimRequest};
 use super::scim_json;
-use crate::app::{App, Error, ListQuery, Outcome, BULK_LIMITS};
+use crate::app::{App, Error, ListQuery, Outcome, RequestContext, BULK_LIMITS};
 use crate::domain::ResourceId;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -44,6 +44,19 @@ pub fn routes() -> Router<App> {
         )
         .route("/Bulk", post(bulk))
         .route("/.search", post(search_all))
+}
+
+/// The header that carries the tenant revision a write produced.
+pub const REVISION_HEADER: &str = "x-rolebridge-revision";
+
+/// Adds `X-Rolebridge-Revision` when the request wrote.
+fn with_revision(mut resp: Response, ctx: &RequestContext) -> Response {
+    if let Some(rev) = ctx.revision() {
+        if let Ok(v) = HeaderValue::from_str(&rev.to_string()) {
+            resp.headers_mut().insert(REVISION_HEADER, v);
+        }
+    }
+    resp
 }
 
 fn resource(status: StatusCode, outcome: Outcome) -> Response {
@@ -97,7 +110,7 @@ macro_rules! resource_handlers {
             ScimBody(body): ScimBody,
         ) -> Result<Response> {
             let out = app.create(&ctx, $kind, body).await?;
-            Ok(resource(StatusCode::CREATED, out))
+            Ok(with_revision(resource(StatusCode::CREATED, out), &ctx))
         }
 
         async fn $get(
@@ -139,7 +152,7 @@ macro_rules! resource_handlers {
                     if_match(&headers).as_deref(),
                 )
                 .await?;
-            Ok(resource(StatusCode::OK, out))
+            Ok(with_revision(resource(StatusCode::OK, out), &ctx))
         }
 
         async fn $patch(
@@ -163,10 +176,11 @@ macro_rules! resource_handlers {
                     render,
                 )
                 .await?;
-            Ok(match out {
+            let resp = match out {
                 Some(out) => resource(StatusCode::OK, out),
                 None => StatusCode::NO_CONTENT.into_response(),
-            })
+            };
+            Ok(with_revision(resp, &ctx))
         }
 
         async fn $delete(
@@ -182,7 +196,7 @@ macro_rules! resource_handlers {
                 if_match(&headers).as_deref(),
             )
             .await?;
-            Ok(StatusCode::NO_CONTENT.into_response())
+            Ok(with_revision(StatusCode::NO_CONTENT.into_response(), &ctx))
         }
     };
 }
@@ -318,7 +332,7 @@ async fn bulk(
     ScimBody(body): ScimBody,
 ) -> Result<Response> {
     let out = app.bulk(&ctx, body, error::error_body).await?;
-    Ok(scim_json(StatusCode::OK, &out))
+    Ok(with_revision(scim_json(StatusCode::OK, &out), &ctx))
 }
 
 async fn service_provider_config(ScimRequest(ctx): ScimRequest) -> Response {

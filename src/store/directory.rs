@@ -84,66 +84,73 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        let t = tenant.to_string();
-        let epoch: i64 = sqlx::query("SELECT epoch FROM tenants WHERE id = $1")
-            .bind(&t)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
-        let users = sqlx::query(
-            "SELECT id, user_name, active, created FROM scim_users WHERE tenant_id = $1 ORDER BY created, id",
-        )
-        .bind(&t)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(DirectoryUser {
-                id: r.try_get(0)?,
-                user_name: r.try_get(1)?,
-                active: r.try_get::<i64, _>(2)? != 0,
-                created: r.try_get(3)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-        let groups = sqlx::query(
-            "SELECT id, display_name, external_id, data FROM scim_groups WHERE tenant_id = $1 ORDER BY created, id",
-        )
-        .bind(&t)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            let id: String = r.try_get(0)?;
-            let data: String = r.try_get(3)?;
-            let doc = serde_json::from_str(&data).map_err(|source| super::Error::Corrupt {
-                kind: "Group",
-                id: id.clone(),
-                source,
-            })?;
-            Ok(DirectoryGroup {
-                id,
-                display_name: r.try_get(1)?,
-                external_id: r.try_get(2)?,
-                doc,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-        let edges = sqlx::query(
-            "SELECT group_id, member_id, member_type FROM group_members WHERE tenant_id = $1 ORDER BY group_id, member_id",
-        )
-        .bind(&t)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(super::resources::member_from_row)
-        .collect::<Result<Vec<_>>>()?;
+        let dir = directory_on(&mut tx, tenant).await?;
         tx.commit().await?;
-        Ok(Directory {
-            epoch,
-            users,
-            groups,
-            edges,
-        })
+        Ok(dir)
     }
+}
+
+/// The whole directory of a tenant, on a connection already in the
+/// transaction the caller wants.
+pub(super) async fn directory_on(conn: &mut sqlx::AnyConnection, tenant: TenantId) -> Result<Directory> {
+    let t = tenant.to_string();
+    let epoch: i64 = sqlx::query("SELECT epoch FROM tenants WHERE id = $1")
+        .bind(&t)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    let users = sqlx::query(
+        "SELECT id, user_name, active, created FROM scim_users WHERE tenant_id = $1 ORDER BY created, id",
+    )
+    .bind(&t)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(DirectoryUser {
+            id: r.try_get(0)?,
+            user_name: r.try_get(1)?,
+            active: r.try_get::<i64, _>(2)? != 0,
+            created: r.try_get(3)?,
+        })
+    })
+    .collect::<Result<Vec<_>>>()?;
+    let groups = sqlx::query(
+        "SELECT id, display_name, external_id, data FROM scim_groups WHERE tenant_id = $1 ORDER BY created, id",
+    )
+    .bind(&t)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        let id: String = r.try_get(0)?;
+        let data: String = r.try_get(3)?;
+        let doc = serde_json::from_str(&data).map_err(|source| super::Error::Corrupt {
+            kind: "Group",
+            id: id.clone(),
+            source,
+        })?;
+        Ok(DirectoryGroup {
+            id,
+            display_name: r.try_get(1)?,
+            external_id: r.try_get(2)?,
+            doc,
+        })
+    })
+    .collect::<Result<Vec<_>>>()?;
+    let edges = sqlx::query(
+        "SELECT group_id, member_id, member_type FROM group_members WHERE tenant_id = $1 ORDER BY group_id, member_id",
+    )
+    .bind(&t)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(super::resources::member_from_row)
+    .collect::<Result<Vec<_>>>()?;
+    Ok(Directory {
+        epoch,
+        users,
+        groups,
+        edges,
+    })
 }

@@ -32,6 +32,10 @@ pub enum Error {
         id: String,
         source: serde_json::Error,
     },
+    /// A bug, never the client's fault: a write reached commit without its
+    /// tenant's effective permissions brought up to date.
+    #[error("internal: tenant {0} was written but its effective permissions were not derived before commit")]
+    Unsettled(String),
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
 }

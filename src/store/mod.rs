@@ -8,6 +8,7 @@
 
 mod columns;
 mod directory;
+mod effective;
 mod error;
 mod resources;
 mod sync;
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use columns::Columns;
 pub use directory::{Directory, DirectoryGroup, DirectoryUser, UserAtEpoch};
+pub use effective::{Changes, CheckRow, EffectiveRow, TenantRevision};
 pub use error::Error;
 pub use resources::{MemberRow, Page, StoredResource, WriteTx};
 pub use scim::sql::Dialect;

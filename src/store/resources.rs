@@ -17,6 +17,7 @@ use sqlx::query::Query;
 // every client value is a bind.
 use sqlx::{Any, AssertSqlSafe, Row};
 
+use super::effective::Changes;
 use super::{Dialect, Error, Result, Store};
 use crate::domain::{ResourceId, TenantId};
 
@@ -84,7 +85,8 @@ impl Store {
         Ok(WriteTx {
             tx,
             dialect: self.dialect,
-            touched: std::collections::BTreeSet::new(),
+            changes: std::collections::BTreeMap::new(),
+            settled: std::collections::BTreeMap::new(),
             _guard: guard,
         })
     }
@@ -223,11 +225,14 @@ impl Store {
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls back,
 /// which is how a failed PATCH or PUT leaves nothing half-applied.
 pub struct WriteTx {
-    tx: sqlx::Transaction<'static, Any>,
+    pub(super) tx: sqlx::Transaction<'static, Any>,
     dialect: Dialect,
-    /// Tenants whose data this transaction wrote: their epochs are bumped at
-    /// commit, inside the transaction.
-    touched: std::collections::BTreeSet<TenantId>,
+    /// What this transaction wrote, per tenant: whose effective
+    /// permissions may have changed. `app` takes it before commit.
+    pub(super) changes: std::collections::BTreeMap<TenantId, Changes>,
+    /// Tenants whose revision was advanced and whose effective permissions
+    /// were brought up to date in this transaction, with the new revision.
+    pub(super) settled: std::collections::BTreeMap<TenantId, i64>,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
@@ -237,18 +242,40 @@ impl WriteTx {
         &mut self.tx
     }
 
-    /// Commits, bumping the epoch of every tenant written in the same
-    /// transaction, so no cache entry computed before this write can be
-    /// reached after it (the cache keys on the epoch read from the database).
-    pub async fn commit(mut self) -> Result<()> {
-        for tenant in std::mem::take(&mut self.touched) {
-            sqlx::query("UPDATE tenants SET epoch = epoch + 1 WHERE id = $1")
-                .bind(tenant.to_string())
-                .execute(&mut *self.tx)
-                .await?;
+    /// Commits. Every tenant this transaction wrote must have been settled
+    /// first ([`WriteTx::advance_tenant`], then its effective permissions
+    /// written): a write whose derived state was not brought up to date in
+    /// the same transaction is refused, never committed. Returns each
+    /// written tenant's new revision.
+    pub async fn commit(self) -> Result<std::collections::BTreeMap<TenantId, i64>> {
+        if let Some(t) = self.changes.keys().find(|t| !self.settled.contains_key(t)) {
+            return Err(Error::Unsettled(t.to_string()));
         }
         self.tx.commit().await?;
-        Ok(())
+        Ok(self.settled)
+    }
+
+    /// Records a changed user (its own attributes or its direct groups).
+    pub(super) fn user_changed(&mut self, tenant: TenantId, id: &str) {
+        self.changes
+            .entry(tenant)
+            .or_default()
+            .users
+            .insert(id.to_string());
+    }
+
+    /// Records a changed group: every user under it is affected.
+    pub(super) fn group_changed(&mut self, tenant: TenantId, id: &str) {
+        self.changes
+            .entry(tenant)
+            .or_default()
+            .groups
+            .insert(id.to_string());
+    }
+
+    /// Records that the tenant was written, whoever is affected.
+    pub fn touch_tenant(&mut self, tenant: TenantId) {
+        self.changes.entry(tenant).or_default();
     }
 
     /// Reads a resource and, on PostgreSQL, locks its row until commit so
@@ -277,7 +304,12 @@ impl WriteTx {
         kind: ResourceKind,
         res: &StoredResource,
     ) -> Result<()> {
-        self.touched.insert(tenant);
+        match kind {
+            // A new group has no members yet: nobody's permissions change
+            // until members are added (recorded by `add_members`).
+            ResourceKind::User => self.user_changed(tenant, res.id.as_str()),
+            ResourceKind::Group => self.touch_tenant(tenant),
+        }
         let cols = IndexedColumns::of(kind, &res.doc);
         self.check_unique(tenant, kind, &res.id, &cols).await?;
         let data = res.doc.to_string();
@@ -338,7 +370,7 @@ impl WriteTx {
         let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut externals: std::collections::HashSet<String> = std::collections::HashSet::new();
         for chunk in resources.chunks(ROWS) {
-            self.touched.insert(tenant);
+            self.touch_tenant(tenant);
             let cols: Vec<IndexedColumns> = chunk
                 .iter()
                 .map(|r| IndexedColumns::of(kind, &r.doc))
@@ -401,6 +433,9 @@ impl WriteTx {
                     }
                 }
                 out.push(None);
+                if kind == ResourceKind::User {
+                    self.user_changed(tenant, res.id.as_str());
+                }
                 accepted.push((res, c));
             }
             if accepted.is_empty() {
@@ -450,7 +485,37 @@ impl WriteTx {
         res: &StoredResource,
         prev_version: i64,
     ) -> Result<()> {
-        self.touched.insert(tenant);
+        match kind {
+            ResourceKind::User => self.user_changed(tenant, res.id.as_str()),
+            ResourceKind::Group => {
+                // A member-only PATCH bumps the version but leaves the
+                // document as it was: the members named are recorded by
+                // the member operations, and the group's other members are
+                // not recomputed.
+                let before = sqlx::query(
+                    "SELECT display_name, data FROM scim_groups WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.to_string())
+                .bind(res.id.as_str())
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                let same = match &before {
+                    Some(row) => {
+                        let name: String = row.try_get(0)?;
+                        let data: String = row.try_get(1)?;
+                        serde_json::from_str::<Value>(&data).ok().as_ref() == Some(&res.doc)
+                            && res.doc.get("displayName").and_then(Value::as_str)
+                                == Some(name.as_str())
+                    }
+                    None => false,
+                };
+                if same {
+                    self.touch_tenant(tenant);
+                } else {
+                    self.group_changed(tenant, res.id.as_str());
+                }
+            }
+        }
         let cols = IndexedColumns::of(kind, &res.doc);
         self.check_unique(tenant, kind, &res.id, &cols).await?;
         let data = res.doc.to_string();
@@ -505,7 +570,16 @@ impl WriteTx {
         kind: ResourceKind,
         id: &ResourceId,
     ) -> Result<bool> {
-        self.touched.insert(tenant);
+        match kind {
+            ResourceKind::User => self.user_changed(tenant, id.as_str()),
+            ResourceKind::Group => {
+                // The edges below the group go with it: find whom it
+                // reaches while they are still there.
+                let under = self.users_under(tenant, &[id.to_string()]).await?;
+                let entry = self.changes.entry(tenant).or_default();
+                entry.users.extend(under);
+            }
+        }
         let sql = format!(
             "DELETE FROM {} WHERE tenant_id = $1 AND id = $2",
             table(kind)
@@ -568,7 +642,14 @@ impl WriteTx {
         group: &ResourceId,
         members: &[(String, &'static str)],
     ) -> Result<u64> {
-        self.touched.insert(tenant);
+        self.touch_tenant(tenant);
+        for (id, ty) in members {
+            if *ty == "Group" {
+                self.group_changed(tenant, id);
+            } else {
+                self.user_changed(tenant, id);
+            }
+        }
         let mut added = 0;
         for chunk in members.chunks(CHUNK) {
             let values = (0..chunk.len())
@@ -600,7 +681,13 @@ impl WriteTx {
         group: &ResourceId,
         ids: &[String],
     ) -> Result<u64> {
-        self.touched.insert(tenant);
+        self.touch_tenant(tenant);
+        // An id may name a user or a nested group; recording it as both is
+        // exact (a user has nothing under it, a group is no user).
+        for id in ids {
+            self.user_changed(tenant, id);
+            self.group_changed(tenant, id);
+        }
         let mut removed = 0;
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
@@ -620,7 +707,23 @@ impl WriteTx {
 
     /// Removes every member of a group.
     pub async fn clear_members(&mut self, tenant: TenantId, group: &ResourceId) -> Result<u64> {
-        self.touched.insert(tenant);
+        self.touch_tenant(tenant);
+        let members = sqlx::query(
+            "SELECT member_id, member_type FROM group_members WHERE tenant_id = $1 AND group_id = $2",
+        )
+        .bind(tenant.to_string())
+        .bind(group.as_str())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for row in &members {
+            let id: String = row.try_get(0)?;
+            let ty: String = row.try_get(1)?;
+            if ty == "Group" {
+                self.group_changed(tenant, &id);
+            } else {
+                self.user_changed(tenant, &id);
+            }
+        }
         Ok(
             sqlx::query("DELETE FROM group_members WHERE tenant_id = $1 AND group_id = $2")
                 .bind(tenant.to_string())
@@ -765,7 +868,7 @@ pub(super) fn row_placeholders(rows: usize, width: usize) -> String {
 }
 
 /// `$first, $first+1, ...` for an IN list of `n` values.
-fn placeholders(first: usize, n: usize) -> String {
+pub(super) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()

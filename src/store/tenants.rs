@@ -119,7 +119,7 @@ const TOKEN_SELECT_BY_TENANT: &str =
     token_select!("WHERE t.tenant_id = $1 ORDER BY t.created DESC");
 const TOKEN_SELECT_ALL: &str = token_select!("ORDER BY n.name, t.created DESC");
 
-fn tenant_from_row(row: &sqlx::any::AnyRow) -> Result<Tenant> {
+pub(super) fn tenant_from_row(row: &sqlx::any::AnyRow) -> Result<Tenant> {
     let id: String = row.try_get("id")?;
     let name: String = row.try_get("name")?;
     Ok(Tenant {

@@ -201,6 +201,49 @@ impl TenantResult {
     }
 }
 
+impl EffectivePermissions {
+    /// True when a rule or the default role offers this user a role with
+    /// `max_per_tenant` (held or refused): only such users' results depend
+    /// on other users', so only they must be computed together.
+    pub fn contends(&self, tenant: &CompiledTenant) -> bool {
+        let limited = |r: &RoleId| {
+            tenant
+                .inner
+                .catalog
+                .roles
+                .get(r)
+                .is_some_and(|role| role.max_per_tenant.is_some())
+        };
+        self.assignments.iter().any(|a| limited(&a.base_role))
+            || self.lost.iter().any(|l| limited(&l.base_role))
+    }
+
+    /// The kinds of the limits that refused an assignment (one entry per
+    /// refusal, sorted); losing a plain conflict is rule precedence, not a
+    /// limit, and is left out.
+    pub fn limit_refusals(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> = self
+            .lost
+            .iter()
+            .map(|l| l.reason.kind())
+            .filter(|k| *k != "single_role")
+            .collect();
+        kinds.sort_unstable();
+        kinds
+    }
+}
+
+impl CompiledTenant {
+    /// True when the catalog has a role with `max_per_tenant`.
+    pub fn has_limited_roles(&self) -> bool {
+        self.inner
+            .catalog
+            .roles
+            .values()
+            .any(|r| r.max_per_tenant.is_some())
+    }
+}
+
 /// Sort key of a candidate: rules before the default role, then priority (higher first), rule order,
 /// position in the rule's `assign`.
 type Key = (bool, Reverse<i64>, usize, usize);

@@ -1,0 +1,323 @@
+//! Effective permissions kept up to date by the writes that change them.
+//!
+//! Every write transaction ends in [`App::commit`]: it advances each written
+//! tenant's revision, finds exactly whose inputs changed (a user written;
+//! the users under a group whose attributes or nesting changed; and, when
+//! any of those contends for a `max_per_tenant` role, every contender of
+//! the tenant), recomputes only them with `mapping::compute_tenant`, and
+//! writes the rows that changed in the same transaction. So a committed
+//! write and its effective permissions are one atomic step, in every
+//! replica's view.
+//!
+//! Computing a subset with `compute_tenant` is exact, not an approximation:
+//! a user who contends for no limited role depends on nobody else, and the
+//! contenders are always computed together. `tests/permissions_incremental.rs`
+//! holds the whole-tenant computation as the oracle for every step.
+//!
+//! Whole-tenant work happens only when the tenant's rows were computed
+//! under another mapping (a mapping change) or a write touched most of the
+//! tenant anyway (a first directory sync).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use mapping::CompiledTenant;
+
+use super::permissions::{user_facts, LoadedMappings, Summary};
+use super::{App, Result};
+use crate::cache::{CacheMetrics, Cached, RedisEntry};
+use crate::domain::TenantId;
+use crate::store::{Changes, EffectiveRow, WriteTx};
+
+/// A write touching more users than this, and more than half the tenant,
+/// recomputes the tenant in one pass (one directory read instead of
+/// thousands of closure reads).
+const WHOLE_TENANT_ABOVE: usize = 2_000;
+
+/// What a commit produced.
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    /// Each written tenant's new revision.
+    pub revisions: BTreeMap<TenantId, i64>,
+    /// Users whose effective permissions were recomputed, and changed.
+    pub recomputed: usize,
+    pub changed: usize,
+}
+
+impl Committed {
+    /// The revision of the one tenant a request wrote.
+    pub fn revision(&self, tenant: TenantId) -> Option<i64> {
+        self.revisions.get(&tenant).copied()
+    }
+}
+
+/// What one tenant's derivation wrote, for the caches after commit.
+struct Derived {
+    tenant: TenantId,
+    revision: i64,
+    changed: Vec<(EffectiveRow, String)>,
+    removed: Vec<String>,
+    recomputed: usize,
+}
+
+impl App {
+    /// Derives every written tenant's effective permissions inside `tx`,
+    /// commits, then updates the caches (after commit: a cache never holds
+    /// what was not committed).
+    pub async fn commit(&self, mut tx: WriteTx) -> Result<Committed> {
+        let loaded = self.mappings.current();
+        let mut derived = Vec::new();
+        for (tenant, changes) in tx.take_changes() {
+            derived.push(self.derive(&mut tx, tenant, changes, &loaded).await?);
+        }
+        let revisions = tx.commit().await?;
+        let mut out = Committed {
+            revisions,
+            ..Committed::default()
+        };
+        let m = &self.cache.metrics;
+        for d in derived {
+            out.recomputed += d.recomputed;
+            out.changed += d.changed.len();
+            CacheMetrics::add_n(&m.recomputed_users, d.recomputed as u64);
+            CacheMetrics::add_n(&m.changed_users, d.changed.len() as u64);
+            self.publish(d);
+        }
+        Ok(out)
+    }
+
+    /// Recomputes the users one tenant's changes affect and writes the rows
+    /// that changed.
+    async fn derive(
+        &self,
+        tx: &mut WriteTx,
+        tenant: TenantId,
+        changes: Changes,
+        loaded: &LoadedMappings,
+    ) -> Result<Derived> {
+        let t = tx.advance_tenant(tenant).await?;
+        let mut out = Derived {
+            tenant,
+            revision: t.revision,
+            changed: Vec::new(),
+            removed: Vec::new(),
+            recomputed: 0,
+        };
+        let Some(compiled) = loaded
+            .set
+            .tenant(&mapping::TenantName::new(t.name.as_str()))
+        else {
+            // Unmapped: nothing is served. Forget the stamp, so mapping the
+            // tenant later recomputes it whole.
+            if t.mapping.is_some() {
+                tx.set_tenant_mapping(tenant, None).await?;
+            }
+            return Ok(out);
+        };
+        let fingerprint = loaded.fingerprint.as_str();
+        if t.mapping.as_deref() != Some(fingerprint) {
+            self.derive_whole(tx, tenant, compiled, fingerprint, &mut out)
+                .await?;
+            tx.set_tenant_mapping(tenant, Some(fingerprint)).await?;
+            return Ok(out);
+        }
+        let mut affected: BTreeSet<String> = changes.users;
+        if !changes.groups.is_empty() {
+            let groups: Vec<String> = changes.groups.into_iter().collect();
+            affected.extend(tx.users_under(tenant, &groups).await?);
+        }
+        if affected.is_empty() {
+            return Ok(out);
+        }
+        if affected.len() > WHOLE_TENANT_ABOVE {
+            let total = tx.user_count(tenant).await?;
+            if affected.len() as i64 * 2 > total {
+                return self
+                    .derive_whole(tx, tenant, compiled, fingerprint, &mut out)
+                    .await
+                    .map(|()| out);
+            }
+        }
+        let mut ids: Vec<String> = affected.into_iter().collect();
+        let mut dir = tx.user_directory(tenant, &ids).await?;
+        let mut old = tx.effective_rows(tenant, &ids).await?;
+        let mut result = mapping::compute_tenant(compiled, &user_facts(&dir));
+        if compiled.has_limited_roles()
+            && (old.values().any(|r| r.contends) || result.users().any(|u| u.contends(compiled)))
+        {
+            // Slots of limited roles depend on every contender: compute
+            // them all together with the affected users.
+            let contenders = tx.contenders(tenant).await?;
+            if contenders.iter().any(|c| ids.binary_search(c).is_err()) {
+                ids.extend(contenders);
+                ids.sort();
+                ids.dedup();
+                dir = tx.user_directory(tenant, &ids).await?;
+                old = tx.effective_rows(tenant, &ids).await?;
+                result = mapping::compute_tenant(compiled, &user_facts(&dir));
+            }
+        }
+        out.recomputed = ids.len();
+        let mut rows = Vec::new();
+        for eff in result.users() {
+            let (row, name) = row_of(compiled, eff, fingerprint, t.revision)?;
+            if old.get(&row.user_id).is_none_or(|o| !o.same_content(&row)) {
+                rows.push((row, name));
+            }
+        }
+        let present: BTreeSet<&str> = dir.users.iter().map(|u| u.id.as_str()).collect();
+        out.removed = old
+            .keys()
+            .filter(|id| !present.contains(id.as_str()))
+            .cloned()
+            .collect();
+        self.write_rows(tx, tenant, &rows, &out.removed, &old).await?;
+        out.changed = rows;
+        Ok(out)
+    }
+
+    /// Recomputes the whole tenant (a mapping change, or a write that
+    /// touched most of it) and rewrites only the rows that changed.
+    async fn derive_whole(
+        &self,
+        tx: &mut WriteTx,
+        tenant: TenantId,
+        compiled: &CompiledTenant,
+        fingerprint: &str,
+        out: &mut Derived,
+    ) -> Result<()> {
+        CacheMetrics::add(&self.cache.metrics.full_recomputes);
+        let dir = tx.directory(tenant).await?;
+        let old = tx.all_effective_rows(tenant).await?;
+        let result = mapping::compute_tenant(compiled, &user_facts(&dir));
+        out.recomputed = dir.users.len();
+        let mut rows = Vec::new();
+        for eff in result.users() {
+            let (row, name) = row_of(compiled, eff, fingerprint, out.revision)?;
+            if old.get(&row.user_id).is_none_or(|o| !o.same_content(&row)) {
+                rows.push((row, name));
+            }
+        }
+        out.removed = old
+            .keys()
+            .filter(|id| result.user(id).is_none())
+            .cloned()
+            .collect();
+        self.write_rows(tx, tenant, &rows, &out.removed, &old).await?;
+        out.changed = rows;
+        Ok(())
+    }
+
+    async fn write_rows(
+        &self,
+        tx: &mut WriteTx,
+        tenant: TenantId,
+        rows: &[(EffectiveRow, String)],
+        removed: &[String],
+        old: &std::collections::HashMap<String, EffectiveRow>,
+    ) -> Result<()> {
+        let plain: Vec<EffectiveRow> = rows.iter().map(|(r, _)| r.clone()).collect();
+        tx.put_effective(tenant, &plain).await?;
+        tx.delete_effective(tenant, removed).await?;
+        for (row, name) in rows {
+            let before = old.get(&row.user_id).and_then(|o| o.refused.clone());
+            if row.refused.is_some() && row.refused != before {
+                tracing::warn!(
+                    tenant = %tenant,
+                    user = %name,
+                    refused = row.refused.as_deref().unwrap_or_default(),
+                    "mapping limit refused an assignment"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// After commit: the in-process cache and Redis get the changed users'
+    /// entries (Redis through its queue: a write never waits for Redis).
+    fn publish(&self, d: Derived) {
+        let mut redis_entries = Vec::with_capacity(d.changed.len() + d.removed.len());
+        for (row, _) in &d.changed {
+            if let Ok(summary) = serde_json::from_str::<Summary>(&row.summary) {
+                let value = Arc::new(summary);
+                let entry = Cached {
+                    as_of: d.revision,
+                    value,
+                };
+                self.cache.local.put(d.tenant, &row.user_id, entry.clone());
+                self.cache.local.put(
+                    d.tenant,
+                    &super::permissions::name_key(&entry.value.user.user_name),
+                    entry,
+                );
+            }
+            redis_entries.push((
+                row.user_id.clone(),
+                RedisEntry {
+                    as_of: d.revision,
+                    json: Some(row.summary.clone()),
+                },
+            ));
+        }
+        for id in &d.removed {
+            self.cache.local.remove(d.tenant, id);
+            redis_entries.push((
+                id.clone(),
+                RedisEntry {
+                    as_of: d.revision,
+                    json: None,
+                },
+            ));
+        }
+        if let Some(redis) = &self.cache.redis {
+            redis.enqueue(d.tenant, redis_entries);
+        }
+    }
+
+    /// Recomputes every tenant whose rows were computed under another
+    /// mapping than the one in force (start-up, reload). Each tenant
+    /// switches in one transaction: until it commits, checks are answered
+    /// from the rows of the previous mapping; after, from the new one.
+    pub async fn reconcile_mappings(&self) -> Result<usize> {
+        let loaded = self.mappings.current();
+        let mut done = 0;
+        for tenant in self.store.tenants_not_under(&loaded.fingerprint).await? {
+            if loaded
+                .set
+                .tenant(&mapping::TenantName::new(tenant.name.as_str()))
+                .is_none()
+            {
+                continue;
+            }
+            let mut tx = self.store.begin_write().await?;
+            tx.touch_tenant(tenant.id);
+            self.commit(tx).await?;
+            done += 1;
+        }
+        Ok(done)
+    }
+}
+
+/// The stored row of one user's result, and their userName for the log.
+fn row_of(
+    compiled: &CompiledTenant,
+    eff: &mapping::EffectivePermissions,
+    fingerprint: &str,
+    revision: i64,
+) -> Result<(EffectiveRow, String)> {
+    let summary = Summary::of(eff);
+    let refused = eff.limit_refusals();
+    Ok((
+        EffectiveRow {
+            user_id: eff.user_id.clone(),
+            revision,
+            mapping: fingerprint.to_string(),
+            contends: eff.contends(compiled),
+            summary: serde_json::to_string(&summary).map_err(|e| {
+                super::Error::Internal(format!("cannot encode a permission summary: {e}"))
+            })?,
+            refused: (!refused.is_empty()).then(|| refused.join(",")),
+        },
+        eff.user_name.clone(),
+    ))
+}
