@@ -1,25 +1,30 @@
-//! The permissions cache against the real Redis on 127.0.0.1:6379: hits,
-//! misses, tenant-scoped keys, invalidation on every write path, 1,000
-//! revoke-then-check cycles across two `serve` processes, and Redis dying
-//! and coming back.
+//! The permissions caches against the real Redis on 127.0.0.1:6379: one
+//! entry per user replaced in place (bounded by users, written once per
+//! changed user), answers from Redis at the revision a write returned, the
+//! default check never reading a cache, every write path reaching a second
+//! app, 1,000 revoke-then-check cycles across two `serve` processes, and
+//! Redis killed or hung and coming back.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rolebridge::app::{App, Consistency, UserRef};
-use rolebridge::domain::{Tenant, TenantName};
-use serde_json::json;
+use rolebridge::app::{AnsweredFrom, App, Checked, Consistency, UserRef};
+use rolebridge::cache::RedisCache;
+use rolebridge::domain::{ResourceId, Tenant, TenantName};
+use rolebridge::store::StoredResource;
+use scim::schema::ResourceKind;
+use serde_json::{json, Value};
 
 use crate::durability::{cli, spawn_server};
 use crate::each_backend;
-use crate::support::{fresh_database, unique, TestServer, GROUP, PATCH_OP};
+use crate::support::{fresh_database, unique, Resp, TestServer, GROUP, PATCH_OP, USER};
 
 pub const REDIS: &str = "redis://127.0.0.1:6379/";
 
 const MAPPING: &str = "catalog: haptik\nrules:\n  - id: agents\n    match: {display_name: \"Chat Agents\"}\n    assign: {roles: [chat_agent]}\n";
 const PERM: &str = "take_and_respond_to_chats";
 
-async fn tenant_of(srv: &TestServer) -> Tenant {
+pub async fn tenant_of(srv: &TestServer) -> Tenant {
     srv.app
         .store
         .tenant_by_name(&TenantName::parse(&srv.tenant).unwrap())
@@ -28,143 +33,394 @@ async fn tenant_of(srv: &TestServer) -> Tenant {
         .unwrap()
 }
 
-async fn allowed(app: &App, tenant: &Tenant, user: &str) -> bool {
-    let s = app
-        .user_permissions(tenant, &UserRef::Id(user.to_string()), Consistency::Full)
-        .await
-        .expect("permissions");
-    s.summary.permissions.iter().any(|p| p == PERM)
+/// The `X-Rolebridge-Revision` of a successful write.
+#[track_caller]
+pub fn revision(r: &Resp) -> i64 {
+    assert!(r.status.is_success(), "{} {}", r.status, r.body);
+    r.header("x-rolebridge-revision")
+        .unwrap_or_else(|| panic!("no X-Rolebridge-Revision on a {} write", r.status))
+        .parse()
+        .expect("revision is a number")
 }
 
-async fn redis_conn() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(REDIS)
+async fn answer(app: &App, tenant: &Tenant, user: &str, c: Consistency) -> Checked {
+    app.user_permissions(tenant, &UserRef::Id(user.to_string()), c)
+        .await
+        .unwrap_or_else(|e| panic!("permissions of {user} at {c:?}: {e}"))
+}
+
+fn grants(c: &Checked) -> bool {
+    c.summary.permissions.iter().any(|p| p == PERM)
+}
+
+async fn allowed(app: &App, tenant: &Tenant, user: &str) -> bool {
+    grants(&answer(app, tenant, user, Consistency::Full).await)
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .expect("Redis on 127.0.0.1:6379 (.ci/run starts it)")
 }
 
+async fn keys(url: &str, prefix: &str) -> Vec<String> {
+    let mut conn = redis_conn(url).await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+async fn drop_keys(url: &str, prefix: &str) {
+    let k = keys(url, prefix).await;
+    if !k.is_empty() {
+        let mut conn = redis_conn(url).await;
+        let _: () = redis::cmd("DEL")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
 fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
+fn redis_of(app: &App) -> &RedisCache {
+    app.cache.redis.as_ref().expect("app built with Redis")
+}
+
+/// Waits until the writer has attempted at least `expect` entries since
+/// `since` (writes, dropped), then a little longer so that any extra entry
+/// shows; returns the entries written and dropped since `since`.
+async fn settle(redis: &RedisCache, since: (u64, u64), expect: u64) -> (u64, u64) {
+    redis.flush().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.writes() + redis.dropped() < since.0 + since.1 + expect && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    (redis.writes() - since.0, redis.dropped() - since.1)
+}
+
+fn patch(ops: Value) -> Value {
+    json!({"schemas": [PATCH_OP], "Operations": ops})
+}
+
+fn add_member(id: &str) -> Value {
+    patch(json!([{"op": "add", "path": "members", "value": [{"value": id}]}]))
+}
+
+fn remove_member(id: &str) -> Value {
+    patch(json!([{"op": "remove", "path": format!("members[value eq \"{id}\"]")}]))
+}
+
+fn replace(path: &str, value: Value) -> Value {
+    patch(json!([{"op": "replace", "path": path, "value": value}]))
+}
+
+/// Seeds `n` users (`{stem}{i}`) through the store, as directory sync does,
+/// all direct members of `group`, in one transaction; returns their ids.
+pub async fn seed_members(
+    app: &App,
+    tenant: &Tenant,
+    group: &str,
+    stem: &str,
+    n: usize,
+) -> Vec<String> {
+    let ts = rolebridge::app::now();
+    let docs: Vec<StoredResource> = (0..n)
+        .map(|i| StoredResource {
+            id: ResourceId::generate(),
+            doc: json!({"schemas": [USER], "userName": format!("{stem}{i}")}),
+            created: ts.clone(),
+            last_modified: ts.clone(),
+            version: 1,
+        })
+        .collect();
+    let mut tx = app.store.begin_write().await.unwrap();
+    let refused = tx
+        .insert_many(tenant.id, ResourceKind::User, &docs)
+        .await
+        .unwrap();
+    assert!(refused.iter().all(Option::is_none), "{refused:?}");
+    let members: Vec<(String, &'static str)> =
+        docs.iter().map(|d| (d.id.to_string(), "User")).collect();
+    tx.add_members(tenant.id, &ResourceId::from_client(group), &members)
+        .await
+        .unwrap();
+    app.commit(tx).await.unwrap();
+    docs.iter().map(|d| d.id.to_string()).collect()
+}
+
 each_backend! {
-    async fn hits_misses_and_tenant_scoped_keys(backend) {
+    async fn entries_are_per_user_and_written_once_per_change(backend) {
         let prefix = format!("{}:", unique("rbtest"));
         let srv = TestServer::start_mapped_redis(backend, MAPPING, REDIS, &prefix).await;
+        // Connected before the first write: entries are never queued for a
+        // connection that is not up yet.
+        srv.app.ready().await.expect("Redis on 127.0.0.1:6379");
         let tenant = tenant_of(&srv).await;
-        let a = srv.user("a").await;
-        let b = srv.user("b").await;
-        let g = srv.post("/Groups", json!({"schemas": [GROUP], "displayName": "Chat Agents", "members": [{"value": a}]})).await;
-        assert_eq!(g.status, 201);
-        let m = &srv.app.cache.metrics;
-        // 20 concurrent cold lookups compute the tenant once.
-        let lookups: Vec<_> = (0..20)
-            .map(|_| {
-                let (app, tenant, a) = (srv.app.clone(), tenant.clone(), a.clone());
-                async move { allowed(&app, &tenant, &a).await }
-            })
-            .collect();
-        let results = futures_join_all(lookups).await;
-        assert!(results.iter().all(|r| *r));
-        assert_eq!(count(&m.computes), 1, "stampede: concurrent misses computed more than once");
-        assert!(!allowed(&srv.app, &tenant, &b).await);
-        assert!(count(&m.local_hits) >= 1);
-        // A second process finds the entries in Redis without computing. A
-        // Redis call may time out on a loaded 2-core machine (the check then
-        // computes, correctly); a fresh second app per attempt keeps that
-        // from hiding behind its own in-process cache.
-        let mut served_by_redis = false;
-        for _ in 0..5 {
-            let sibling = srv.sibling_app(Some((REDIS, &prefix))).await;
-            sibling.ready().await.expect("sibling reaches Redis");
-            assert!(allowed(&sibling, &tenant, &a).await);
-            let sm = &sibling.cache.metrics;
-            if count(&sm.redis_hits) == 1 && count(&sm.computes) == 0 {
-                served_by_redis = true;
-                break;
+        let redis = redis_of(&srv.app);
+        let direct: Vec<String> = {
+            let mut v = Vec::new();
+            for name in ["a", "b", "c", "d"] {
+                v.push(srv.user(name).await);
             }
-            // A miss is legitimate only when some Redis call failed: the
-            // sibling's read, or the first app's write of the entries (the
-            // sibling then computed and wrote them for the next attempt).
-            assert!(
-                count(&sm.redis_errors) + count(&m.redis_errors) >= 1,
-                "a Redis miss without an error: entries were not shared"
-            );
+            v
+        };
+        let nested: Vec<String> = {
+            let mut v = Vec::new();
+            for name in ["n1", "n2", "n3"] {
+                v.push(srv.user(name).await);
+            }
+            v
+        };
+        let a = direct[0].clone();
+        let g = srv.post("/Groups", json!({"schemas": [GROUP], "displayName": "Chat Agents", "members": [{"value": a}]})).await;
+        let gid = g.body["id"].as_str().unwrap().to_string();
+        let all_users = direct.len() + nested.len();
+        let (_, dropped) = settle(redis, (0, 0), all_users as u64 + 1).await;
+        assert_eq!(dropped, 0, "entries dropped with Redis up");
+        // Each write recomputes whom it affects and writes one entry per
+        // user whose permissions changed, none for the others.
+        let steps: Vec<(&str, String, Value, u64)> = vec![
+            ("deactivate one user", format!("/Users/{a}"), replace("active", json!(false)), 1),
+            ("reactivate one user", format!("/Users/{a}"), replace("active", json!(true)), 1),
+            ("a title: nothing served changes", format!("/Users/{a}"), replace("title", json!("Lead")), 0),
+            ("a member removed", format!("/Groups/{gid}"), remove_member(&a), 1),
+            ("a member re-added", format!("/Groups/{gid}"), add_member(&a), 1),
+        ];
+        for (step, path, body, k) in steps {
+            let since = (redis.writes(), redis.dropped());
+            let r = srv.patch(&path, body).await;
+            revision(&r);
+            assert_eq!(settle(redis, since, k).await, (k, 0), "{step}: entry writes, dropped");
         }
-        assert!(served_by_redis, "a second app never got the answer from Redis");
-        // Keys carry the tenant id; another tenant's users never share them.
-        let mut conn = redis_conn().await;
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
-        assert_eq!(keys.len(), 2, "{keys:?}");
-        assert!(keys.iter().all(|k| k.starts_with(&format!("{prefix}perm:{}:", tenant.id))), "{keys:?}");
-        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+        // A group of three matching no rule: recomputed, unchanged, no entry.
+        let since = (redis.writes(), redis.dropped());
+        let inner = srv.post("/Groups", json!({"schemas": [GROUP], "displayName": "Inner",
+            "members": nested.iter().map(|n| json!({"value": n})).collect::<Vec<_>>()})).await;
+        let inner_id = inner.body["id"].as_str().unwrap().to_string();
+        assert_eq!(settle(redis, since, 0).await, (0, 0), "an unmapped group of three");
+        // Nested into the mapped group: its three users gain the role.
+        let since = (redis.writes(), redis.dropped());
+        srv.patch(&format!("/Groups/{gid}"), add_member(&inner_id)).await;
+        assert_eq!(settle(redis, since, 3).await, (3, 0), "a nested group of three added");
+        for n in &nested {
+            assert!(allowed(&srv.app, &tenant, n).await);
+        }
+        // Renamed away from the rule: the direct member and the three nested lose it.
+        let since = (redis.writes(), redis.dropped());
+        srv.patch(&format!("/Groups/{gid}"), replace("displayName", json!("Renamed"))).await;
+        assert_eq!(settle(redis, since, 4).await, (4, 0), "the mapped group renamed");
+        let since = (redis.writes(), redis.dropped());
+        srv.patch(&format!("/Groups/{gid}"), replace("displayName", json!("Chat Agents"))).await;
+        assert_eq!(settle(redis, since, 4).await, (4, 0), "renamed back");
+        let keys_before = keys(REDIS, &prefix).await;
+        // Forty more writes, each flipping one user: forty entries, no new key.
+        let since = (redis.writes(), redis.dropped());
+        for i in 0..40 {
+            let u = &direct[1 + i % 3];
+            let body = if (i / 3) % 2 == 0 { add_member(u) } else { remove_member(u) };
+            let r = srv.patch(&format!("/Groups/{gid}"), body).await;
+            assert_eq!(r.status, 204, "{}", r.body);
+        }
+        assert_eq!(settle(redis, since, 40).await, (40, 0), "forty one-user writes");
+        // A deleted user's entry becomes a tombstone in place.
+        let gone = nested[2].clone();
+        let since = (redis.writes(), redis.dropped());
+        let del_rev = revision(&srv.delete(&format!("/Users/{gone}")).await);
+        assert_eq!(settle(redis, since, 1).await, (1, 0), "a user deleted");
+        let keys_after = keys(REDIS, &prefix).await;
+        assert_eq!(keys_before, keys_after, "writes added keys instead of replacing them in place");
+        assert!(keys_after.len() <= all_users, "{} keys for {all_users} users: {keys_after:?}", keys_after.len());
+        let key_of = |u: &str| format!("{prefix}eff:{}:{u}", tenant.id);
+        let mut expected: Vec<String> = direct.iter().chain(&nested).map(|u| key_of(u)).collect();
+        expected.sort();
+        assert_eq!(keys_after, expected, "one key per user, under the tenant's id");
+        // Every entry is the user's current answer (or the tombstone).
+        let mut conn = redis_conn(REDIS).await;
+        let current = answer(&srv.app, &tenant, &a, Consistency::Full).await.revision;
+        for u in direct.iter().chain(&nested) {
+            let raw: String = redis::cmd("GET").arg(key_of(u)).query_async(&mut conn).await.unwrap();
+            let (as_of, body) = raw.split_once('|').expect("as_of|json");
+            let as_of: i64 = as_of.parse().unwrap();
+            assert!(as_of <= current, "entry of {u} ahead of the tenant: {as_of} > {current}");
+            if *u == gone {
+                assert_eq!((as_of, body), (del_rev, ""), "tombstone of the deleted user");
+                continue;
+            }
+            let full = answer(&srv.app, &tenant, u, Consistency::Full).await;
+            let cached: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(cached, serde_json::to_value(&*full.summary).unwrap(), "entry of {u}");
+        }
+        drop_keys(REDIS, &prefix).await;
     }
 }
 
-/// Joins futures without pulling in the futures crate.
-async fn futures_join_all<F: std::future::Future<Output = bool> + Send + 'static>(
-    fs: Vec<F>,
-) -> Vec<bool> {
-    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap());
+each_backend! {
+    async fn a_second_app_answers_from_redis_at_the_write_revision(backend) {
+        let prefix = format!("{}:", unique("rbtest"));
+        let srv = TestServer::start_mapped_redis(backend, MAPPING, REDIS, &prefix).await;
+        srv.app.ready().await.expect("Redis on 127.0.0.1:6379");
+        let tenant = tenant_of(&srv).await;
+        let u = srv.user("u").await;
+        let v = srv.user("v").await;
+        let g = srv.post("/Groups", json!({"schemas": [GROUP], "displayName": "Chat Agents", "members": [{"value": u}]})).await;
+        let rev = revision(&g);
+        redis_of(&srv.app).flush().await;
+        // A Redis GET may time out on a loaded 2-core machine (the check then
+        // reads the store, correctly); a fresh second app per attempt keeps
+        // that from hiding behind its breaker or its in-process cache.
+        let mut served = None;
+        for _ in 0..5 {
+            let sibling = srv.sibling_app(Some((REDIS, &prefix))).await;
+            sibling.ready().await.expect("sibling reaches Redis");
+            let c = answer(&sibling, &tenant, &u, Consistency::AtLeastAsFresh(rev)).await;
+            assert!(grants(&c), "at_least_as_fresh({rev}) after the grant");
+            assert!(c.revision >= rev, "answered at {} < {rev}", c.revision);
+            if c.from == AnsweredFrom::Redis {
+                assert_eq!(c.revision, rev, "the entry is current as of the write that changed the user");
+                served = Some(sibling);
+                break;
+            }
+            assert_eq!(c.from, AnsweredFrom::Store);
+            assert!(count(&sibling.cache.metrics.redis_errors) >= 1, "a Redis miss without an error: the entry was not shared");
+        }
+        let sibling = served.expect("a second app never got the answer from Redis");
+        // The same question again: the in-process cache now holds it.
+        let c = answer(&sibling, &tenant, &u, Consistency::AtLeastAsFresh(rev)).await;
+        assert_eq!((c.from, grants(&c)), (AnsweredFrom::LocalCache, true));
+        // The default never reads a cache, in either app.
+        let m = &sibling.cache.metrics;
+        let (local, remote) = (count(&m.local_hits), count(&m.redis_hits));
+        for app in [&sibling, &srv.app] {
+            let c = answer(app, &tenant, &u, Consistency::Full).await;
+            assert_eq!((c.from, grants(&c), c.revision), (AnsweredFrom::Store, true, rev));
+        }
+        assert_eq!((count(&m.local_hits), count(&m.redis_hits)), (local, remote), "a full check touched a cache");
+        // A write that does not change u: u's entry (as of `rev`) is older
+        // than the new revision, so that revision is answered by the store.
+        let rev2 = revision(&srv.patch(&format!("/Users/{v}"), replace("title", json!("x"))).await);
+        assert!(rev2 > rev);
+        redis_of(&srv.app).flush().await;
+        let c = answer(&sibling, &tenant, &u, Consistency::AtLeastAsFresh(rev2)).await;
+        assert_eq!((c.from, grants(&c), c.revision), (AnsweredFrom::Store, true, rev2));
+        // A revision the tenant has not reached is refused, not waited for.
+        let ahead = sibling.user_permissions(&tenant, &UserRef::Id(u.clone()), Consistency::AtLeastAsFresh(rev2 + 100)).await;
+        assert!(matches!(ahead, Err(rolebridge::app::Error::RevisionAhead { .. })), "{ahead:?}");
+        // A forged entry at a huge revision: relaxed checks of a fresh app
+        // take it from Redis, the default check never sees it.
+        let forged = json!({"user": {"id": v, "userName": "v", "active": true}, "roles": ["chat_agent"], "profiles": [], "permissions": [PERM]});
+        let mut conn = redis_conn(REDIS).await;
+        let _: () = redis::cmd("SET").arg(format!("{prefix}eff:{}:{v}", tenant.id)).arg(format!("999999999|{forged}"))
+            .query_async(&mut conn).await.unwrap();
+        let fresh = srv.sibling_app(Some((REDIS, &prefix))).await;
+        fresh.ready().await.expect("Redis");
+        let full = answer(&fresh, &tenant, &v, Consistency::Full).await;
+        assert_eq!((full.from, grants(&full)), (AnsweredFrom::Store, false), "the default check read the cache");
+        let mut relaxed_read_redis = false;
+        for _ in 0..5 {
+            let c = answer(&fresh, &tenant, &v, Consistency::MinimizeLatency).await;
+            if c.from == AnsweredFrom::Redis {
+                assert!(grants(&c));
+                relaxed_read_redis = true;
+                break;
+            }
+            assert!(count(&fresh.cache.metrics.redis_errors) >= 1, "{:?} without a Redis error", c.from);
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            fresh.ready().await.expect("Redis");
+        }
+        assert!(relaxed_read_redis, "minimize_latency never read Redis");
+        let full = answer(&fresh, &tenant, &v, Consistency::Full).await;
+        assert_eq!((full.from, grants(&full)), (AnsweredFrom::Store, false), "the default check read a cache");
+        drop_keys(REDIS, &prefix).await;
     }
-    out
 }
 
 each_backend! {
     async fn every_write_path_invalidates(backend) {
         let prefix = format!("{}:", unique("rbtest"));
         let srv = TestServer::start_mapped_redis(backend, MAPPING, REDIS, &prefix).await;
+        srv.app.ready().await.expect("Redis on 127.0.0.1:6379");
         let tenant = tenant_of(&srv).await;
         let sibling = srv.sibling_app(Some((REDIS, &prefix))).await;
+        sibling.ready().await.expect("sibling reaches Redis");
         let u = srv.user("u").await;
         let g = srv.post("/Groups", json!({"schemas": [GROUP], "displayName": "Chat Agents", "members": [{"value": u}]})).await;
         let gid = g.body["id"].as_str().unwrap().to_string();
-        let both = |expected: bool, step: &'static str| {
+        let both = |expected: bool, rev: i64, step: &'static str| {
             let (app, sib, tenant, u) = (srv.app.clone(), sibling.clone(), tenant.clone(), u.clone());
             async move {
-                // Warm both caches, then ask again: the answer must follow the write.
                 assert_eq!(allowed(&app, &tenant, &u).await, expected, "{step} (serving app)");
                 assert_eq!(allowed(&sib, &tenant, &u).await, expected, "{step} (second app)");
+                // The revision of the write: whatever cache answers, the answer follows it.
+                for (who, a) in [("serving app", &app), ("second app", &sib)] {
+                    let c = answer(a, &tenant, &u, Consistency::AtLeastAsFresh(rev)).await;
+                    assert_eq!(grants(&c), expected, "{step} ({who}, at_least_as_fresh {rev}, from {:?})", c.from);
+                    assert!(c.revision >= rev, "{step} ({who}): answered at {} < {rev}", c.revision);
+                }
+                // Warm the second app's caches with this answer before the next write.
+                let _ = answer(&sib, &tenant, &u, Consistency::MinimizeLatency).await;
             }
         };
-        both(true, "granted").await;
-        let patch = |ops: serde_json::Value| json!({"schemas": [PATCH_OP], "Operations": ops});
-        srv.patch(&format!("/Groups/{gid}"), patch(json!([{"op": "remove", "path": format!("members[value eq \"{u}\"]")}]))).await;
-        both(false, "member removed").await;
-        srv.patch(&format!("/Groups/{gid}"), patch(json!([{"op": "add", "path": "members", "value": [{"value": u}]}]))).await;
-        both(true, "member re-added").await;
-        srv.patch(&format!("/Users/{u}"), patch(json!([{"op": "replace", "path": "active", "value": false}]))).await;
-        both(false, "user deactivated").await;
-        srv.patch(&format!("/Users/{u}"), patch(json!([{"op": "replace", "path": "active", "value": true}]))).await;
-        both(true, "user reactivated").await;
-        srv.patch(&format!("/Groups/{gid}"), patch(json!([{"op": "replace", "path": "displayName", "value": "Renamed"}]))).await;
-        both(false, "group renamed away from the rule").await;
-        srv.patch(&format!("/Groups/{gid}"), patch(json!([{"op": "replace", "path": "displayName", "value": "Chat Agents"}]))).await;
-        both(true, "group renamed back").await;
-        // Mapping reload: both processes reload (as SIGHUP does in each).
+        both(true, revision(&g), "granted").await;
+        let r = srv.patch(&format!("/Groups/{gid}"), remove_member(&u)).await;
+        both(false, revision(&r), "member removed").await;
+        let r = srv.patch(&format!("/Groups/{gid}"), add_member(&u)).await;
+        both(true, revision(&r), "member re-added").await;
+        let r = srv.patch(&format!("/Users/{u}"), replace("active", json!(false))).await;
+        both(false, revision(&r), "user deactivated").await;
+        let r = srv.patch(&format!("/Users/{u}"), replace("active", json!(true))).await;
+        both(true, revision(&r), "user reactivated").await;
+        let r = srv.patch(&format!("/Groups/{gid}"), replace("displayName", json!("Renamed"))).await;
+        both(false, revision(&r), "group renamed away from the rule").await;
+        let r = srv.patch(&format!("/Groups/{gid}"), replace("displayName", json!("Chat Agents"))).await;
+        both(true, revision(&r), "group renamed back").await;
+        // Mapping reload: the serving app reloads and reconciles (as serve
+        // does on SIGHUP); the second process reloads its in-memory set.
         let file = srv.mappings_dir().join("tenants").join(format!("{}.yaml", srv.tenant));
-        std::fs::write(&file, MAPPING.replace("Chat Agents", "Someone Else")).unwrap();
-        srv.app.reload_mappings().unwrap();
-        sibling.reload_mappings().unwrap();
-        both(false, "mapping reloaded").await;
-        std::fs::write(&file, MAPPING).unwrap();
-        srv.app.reload_mappings().unwrap();
-        sibling.reload_mappings().unwrap();
-        both(true, "mapping restored").await;
-        // Direct store writes (the path sync batches take) bump the epoch too.
+        for (yaml, expected, step) in [
+            (MAPPING.replace("Chat Agents", "Someone Else"), false, "mapping reloaded"),
+            (MAPPING.to_string(), true, "mapping restored"),
+        ] {
+            std::fs::write(&file, yaml).unwrap();
+            srv.app.reload_mappings().unwrap();
+            assert_eq!(srv.app.reconcile_mappings().await.unwrap(), 1, "{step}: the tenant reconciled");
+            sibling.reload_mappings().unwrap();
+            let rev = answer(&srv.app, &tenant, &u, Consistency::Full).await.revision;
+            both(expected, rev, step).await;
+        }
+        // Direct store writes (the path sync batches take) go through App::commit too.
         let mut tx = srv.app.store.begin_write().await.unwrap();
-        tx.remove_members(tenant.id, &rolebridge::domain::ResourceId::from_client(&gid), std::slice::from_ref(&u)).await.unwrap();
-        srv.app.commit(tx).await.unwrap();
-        both(false, "store batch").await;
-        srv.delete(&format!("/Groups/{gid}")).await;
-        both(false, "group deleted").await;
-        srv.delete(&format!("/Users/{u}")).await;
-        let gone = srv.app.user_permissions(&tenant, &UserRef::Id(u.clone()), Consistency::Full).await;
-        assert!(matches!(gone, Err(rolebridge::app::Error::UnknownUser(_))), "deleted user still answered");
+        tx.remove_members(tenant.id, &ResourceId::from_client(&gid), std::slice::from_ref(&u)).await.unwrap();
+        let committed = srv.app.commit(tx).await.unwrap();
+        let rev = committed.revision(tenant.id).expect("the batch's revision");
+        assert_eq!(committed.changed, 1, "{committed:?}");
+        both(false, rev, "store batch").await;
+        let mut tx = srv.app.store.begin_write().await.unwrap();
+        tx.add_members(tenant.id, &ResourceId::from_client(&gid), &[(u.clone(), "User")]).await.unwrap();
+        let rev = srv.app.commit(tx).await.unwrap().revision(tenant.id).unwrap();
+        both(true, rev, "store batch re-adds").await;
+        let r = srv.delete(&format!("/Groups/{gid}")).await;
+        both(false, revision(&r), "group deleted").await;
+        let r = srv.delete(&format!("/Users/{u}")).await;
+        let rev = revision(&r);
+        for app in [&srv.app, &sibling] {
+            for c in [Consistency::Full, Consistency::AtLeastAsFresh(rev)] {
+                let gone = app.user_permissions(&tenant, &UserRef::Id(u.clone()), c).await;
+                assert!(matches!(gone, Err(rolebridge::app::Error::UnknownUser(_))), "deleted user still answered at {c:?}: {gone:?}");
+            }
+        }
+        drop_keys(REDIS, &prefix).await;
     }
 }
 
@@ -284,48 +540,221 @@ impl PrivateRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+    /// SIGSTOP: the port still accepts connections, nothing is answered.
+    fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+    fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+    fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
+        // SIGKILL also ends a stopped process.
         self.stop();
     }
 }
 
-each_backend! {
-    async fn redis_down_then_back(backend) {
-        let mut redis_server = PrivateRedis::start(None);
-        let url = redis_server.url();
-        let srv = TestServer::start_mapped_redis(backend, MAPPING, &url, "rb:").await;
-        let tenant = tenant_of(&srv).await;
-        let u = srv.user("u").await;
-        let g = srv.post("/Groups", json!({"schemas": [GROUP], "displayName": "Chat Agents", "members": [{"value": u}]})).await;
-        let gid = g.body["id"].as_str().unwrap().to_string();
-        assert!(allowed(&srv.app, &tenant, &u).await);
-        redis_server.stop();
-        // Redis is gone: answers stay correct, computed from the store.
-        srv.patch(&format!("/Groups/{gid}"), json!({"schemas": [PATCH_OP], "Operations": [{"op": "remove", "path": "members"}]})).await;
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outage {
+    /// redis-server killed, later restarted on the same port.
+    Killed,
+    /// redis-server stopped (SIGSTOP), later continued.
+    Hung,
+}
+
+fn p99(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    let i = (v.len() * 99 / 100).min(v.len() - 1);
+    (v[i], v[v.len() - 1])
+}
+
+/// Checks every seeded user once from `app`, alternating minimize_latency
+/// and at_least_as_fresh(`rev`); each must be granted. Returns latencies.
+async fn timed_checks(app: &App, tenant: &Tenant, users: &[String], rev: i64) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(users.len());
+    for (i, u) in users.iter().enumerate() {
+        let c = if i % 2 == 0 {
+            Consistency::MinimizeLatency
+        } else {
+            Consistency::AtLeastAsFresh(rev)
+        };
         let t = Instant::now();
-        assert!(!allowed(&srv.app, &tenant, &u).await, "revoked grant served while Redis was down");
-        assert!(t.elapsed() < Duration::from_secs(2), "a Redis outage must not stall checks: {:?}", t.elapsed());
-        assert!(count(&srv.app.cache.metrics.redis_errors) >= 1);
-        assert!(srv.app.ready().await.is_err(), "/readyz reports Redis down");
-        srv.patch(&format!("/Groups/{gid}"), json!({"schemas": [PATCH_OP], "Operations": [{"op": "add", "path": "members", "value": [{"value": u}]}]})).await;
-        assert!(allowed(&srv.app, &tenant, &u).await);
-        // Redis returns on the same port: the service uses it again by itself.
-        let _back = PrivateRedis::start(Some(redis_server.port));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            // A write forces a new version, whose computation fills Redis.
-            srv.patch(&format!("/Users/{u}"), json!({"schemas": [PATCH_OP], "Operations": [{"op": "replace", "path": "title", "value": format!("{:?}", Instant::now())}]})).await;
-            assert!(allowed(&srv.app, &tenant, &u).await);
-            let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-            let keys: Vec<String> = redis::cmd("KEYS").arg("rb:*").query_async(&mut conn).await.unwrap();
-            if !keys.is_empty() && srv.app.ready().await.is_ok() {
-                break;
+        let got = answer(app, tenant, u, c).await;
+        out.push(t.elapsed());
+        assert!(grants(&got), "seeded member {u} denied at {c:?}");
+    }
+    out
+}
+
+/// The generous bound on a check's p99 during an outage: far above a store
+/// read on a loaded 2-core machine, far below a check that waits on Redis.
+const OUTAGE_P99: Duration = Duration::from_millis(150);
+
+async fn outage(backend: crate::support::Backend, kind: Outage) {
+    let mut redis_server = PrivateRedis::start(None);
+    let url = redis_server.url();
+    let prefix = "rb:";
+    let srv = TestServer::start_mapped_redis(backend, MAPPING, &url, prefix).await;
+    srv.app.ready().await.expect("the private Redis is up");
+    let tenant = tenant_of(&srv).await;
+    let gid = srv.group("Chat Agents").await;
+    // 1,100 members: the second app's checks below each miss its
+    // in-process cache, so each would go to Redis if nothing stopped it.
+    let seeded = seed_members(&srv.app, &tenant, &gid, "member", 1100).await;
+    let u = srv.user("u").await;
+    let w = srv.user("w").await;
+    let mut rev = revision(&srv.patch(&format!("/Groups/{gid}"), add_member(&u)).await);
+    let redis = redis_of(&srv.app);
+    // 1,100 seeded, u and w created, u added.
+    let (written, _) = settle(redis, (0, 0), 1103).await;
+    assert!(written >= 1100, "seeded entries reached Redis: {written}");
+    let sibling = srv.sibling_app(Some((&url, prefix))).await;
+    sibling.ready().await.expect("the sibling reaches Redis");
+    // Before the outage the sibling does read Redis: the path measured below is live.
+    let mut from_redis = 0;
+    for s in &seeded[1000..1100] {
+        let c = answer(&sibling, &tenant, s, Consistency::MinimizeLatency).await;
+        assert!(grants(&c));
+        from_redis += usize::from(c.from == AnsweredFrom::Redis);
+    }
+    assert!(
+        from_redis >= 1,
+        "the sibling never answered from Redis while it was up"
+    );
+    assert!(allowed(&sibling, &tenant, &u).await);
+
+    match kind {
+        Outage::Killed => redis_server.stop(),
+        Outage::Hung => redis_server.pause(),
+    }
+    let errors_before =
+        count(&sibling.cache.metrics.redis_errors) + count(&srv.app.cache.metrics.redis_errors);
+    // Revokes and grants right after: writes stay fast, no check serves the old answer.
+    for cycle in 0..10 {
+        for present in [false, true] {
+            let t = Instant::now();
+            let body = if present {
+                add_member(&u)
+            } else {
+                remove_member(&u)
+            };
+            let r = srv.patch(&format!("/Groups/{gid}"), body).await;
+            assert_eq!(r.status, 204, "{}", r.body);
+            rev = revision(&r);
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "{kind:?} Redis, cycle {cycle}: a PATCH took {:?}",
+                t.elapsed()
+            );
+            for app in [&srv.app, &sibling] {
+                for c in [Consistency::Full, Consistency::AtLeastAsFresh(rev)] {
+                    let got = answer(app, &tenant, &u, c).await;
+                    assert_eq!(
+                        grants(&got),
+                        present,
+                        "{kind:?} Redis, cycle {cycle}, {c:?}, from {:?}",
+                        got.from
+                    );
+                }
             }
-            assert!(Instant::now() < deadline, "did not recover after Redis came back");
-            tokio::time::sleep(Duration::from_millis(300)).await;
         }
+    }
+    let t = Instant::now();
+    assert!(srv.app.ready().await.is_err(), "/readyz reports Redis down");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "readiness waited {:?}",
+        t.elapsed()
+    );
+    // Latency while Redis is out: 200 sequential checks, then 8 tasks x 100.
+    let sequential = timed_checks(&sibling, &tenant, &seeded[..200], rev).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|k| {
+            let (app, tenant) = (sibling.clone(), tenant.clone());
+            let users = seeded[200 + k * 100..300 + k * 100].to_vec();
+            tokio::spawn(async move { timed_checks(&app, &tenant, &users, rev).await })
+        })
+        .collect();
+    let mut concurrent = Vec::new();
+    for t in tasks {
+        concurrent.extend(t.await.unwrap());
+    }
+    let (seq_p99, seq_max) = p99(sequential);
+    let (con_p99, con_max) = p99(concurrent);
+    eprintln!("{kind:?} Redis: 200 sequential checks p99 {seq_p99:?} (max {seq_max:?}); 8x100 concurrent p99 {con_p99:?} (max {con_max:?})");
+    assert!(
+        seq_p99 < OUTAGE_P99,
+        "{kind:?} Redis: sequential p99 {seq_p99:?}"
+    );
+    assert!(
+        con_p99 < OUTAGE_P99,
+        "{kind:?} Redis: concurrent p99 {con_p99:?}"
+    );
+    let errors = count(&sibling.cache.metrics.redis_errors)
+        + count(&srv.app.cache.metrics.redis_errors)
+        - errors_before;
+    assert!(errors <= 3, "{kind:?} Redis: {errors} Redis calls failed in 1,040 checks: the breaker did not skip Redis");
+    assert!(
+        !redis.is_healthy() && !redis_of(&sibling).is_healthy(),
+        "the breaker is closed while Redis is out"
+    );
+
+    // Redis comes back: both apps use it again by themselves.
+    let _back = match kind {
+        Outage::Killed => Some(PrivateRedis::start(Some(redis_server.port))),
+        Outage::Hung => {
+            redis_server.resume();
+            None
+        }
+    };
+    let writes_before = redis.writes();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut active = true;
+    loop {
+        // A change of w's served permissions writes w's entry.
+        active = !active;
+        let r = srv
+            .patch(&format!("/Users/{w}"), replace("active", json!(active)))
+            .await;
+        let rev_w = revision(&r);
+        redis.flush().await;
+        let c = answer(&sibling, &tenant, &w, Consistency::AtLeastAsFresh(rev_w)).await;
+        assert_eq!(c.summary.user.active, active, "w's answer at {rev_w}");
+        assert!(allowed(&sibling, &tenant, &u).await);
+        if redis.writes() > writes_before
+            && c.from == AnsweredFrom::Redis
+            && srv.app.ready().await.is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{kind:?} Redis: not used again 15 s after it came back (writes {} -> {}, last answer from {:?})",
+            writes_before, redis.writes(), c.from);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sibling.ready().await.is_ok());
+}
+
+each_backend! {
+    async fn redis_killed_then_back(backend) {
+        outage(backend, Outage::Killed).await;
+    }
+}
+
+each_backend! {
+    async fn redis_hung_then_back(backend) {
+        outage(backend, Outage::Hung).await;
     }
 }

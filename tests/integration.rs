@@ -22,6 +22,8 @@ mod idp_entra;
 mod idp_okta;
 // Effective permissions through the HTTP API, per catalog, and reload.
 mod permissions_api;
+// The incremental derivation against the whole-tenant oracle (property test).
+mod permissions_incremental;
 // The permissions cache: Redis, invalidation, revocation cycles, outages.
 mod cache;
 // Acknowledged writes survive kill -9.

@@ -195,9 +195,11 @@ each_backend! {
         let errors = srv.app.reload_mappings().unwrap_err();
         assert!(errors.iter().any(|e| e.to_string().contains(":5:") && e.to_string().contains("chat_agnet")), "{errors:?}");
         assert!(has(&perms(&srv, &token, &a).await, "take_and_respond_to_chats"));
-        // A valid edit takes effect without a restart.
+        // A valid edit takes effect without a restart, once the tenant's
+        // rows are recomputed under it (serve does this right after a reload).
         std::fs::write(&file, "catalog: haptik\nrules:\n  - id: agents\n    match: {display_name: \"Chat Agents\"}\n    assign: {roles: [chat_agent_tl]}\n").unwrap();
         srv.app.reload_mappings().unwrap();
+        assert_eq!(srv.app.reconcile_mappings().await.unwrap(), 1, "the mapped tenant is recomputed");
         let p = perms(&srv, &token, &a).await;
         assert!(has(&p, "manage_teams") && !has(&p, "take_and_respond_to_chats"), "{p}");
     }

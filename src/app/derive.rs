@@ -39,9 +39,13 @@ const WHOLE_TENANT_ABOVE: usize = 2_000;
 pub struct Committed {
     /// Each written tenant's new revision.
     pub revisions: BTreeMap<TenantId, i64>,
-    /// Users whose effective permissions were recomputed, and changed.
+    /// Users whose effective permissions were recomputed, and whose rows
+    /// changed (roles, profiles, permissions, userName or refusals).
     pub recomputed: usize,
     pub changed: usize,
+    /// Users whose set of effective permissions changed (a new user with
+    /// any, a deleted user who had any): what sync reports.
+    pub permissions_changed: usize,
 }
 
 impl Committed {
@@ -58,6 +62,7 @@ struct Derived {
     changed: Vec<(EffectiveRow, String)>,
     removed: Vec<String>,
     recomputed: usize,
+    permissions_changed: usize,
 }
 
 impl App {
@@ -79,6 +84,7 @@ impl App {
         for d in derived {
             out.recomputed += d.recomputed;
             out.changed += d.changed.len();
+            out.permissions_changed += d.permissions_changed;
             CacheMetrics::add_n(&m.recomputed_users, d.recomputed as u64);
             CacheMetrics::add_n(&m.changed_users, d.changed.len() as u64);
             self.publish(d);
@@ -102,6 +108,7 @@ impl App {
             changed: Vec::new(),
             removed: Vec::new(),
             recomputed: 0,
+            permissions_changed: 0,
         };
         let Some(compiled) = loaded
             .set
@@ -171,7 +178,9 @@ impl App {
             .filter(|id| !present.contains(id.as_str()))
             .cloned()
             .collect();
-        self.write_rows(tx, tenant, &rows, &out.removed, &old).await?;
+        out.permissions_changed = self
+            .write_rows(tx, tenant, &rows, &out.removed, &old)
+            .await?;
         out.changed = rows;
         Ok(out)
     }
@@ -203,7 +212,9 @@ impl App {
             .filter(|id| result.user(id).is_none())
             .cloned()
             .collect();
-        self.write_rows(tx, tenant, &rows, &out.removed, &old).await?;
+        out.permissions_changed = self
+            .write_rows(tx, tenant, &rows, &out.removed, &old)
+            .await?;
         out.changed = rows;
         Ok(())
     }
@@ -215,8 +226,26 @@ impl App {
         rows: &[(EffectiveRow, String)],
         removed: &[String],
         old: &std::collections::HashMap<String, EffectiveRow>,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let plain: Vec<EffectiveRow> = rows.iter().map(|(r, _)| r.clone()).collect();
+        let perms = |json: &str| {
+            serde_json::from_str::<Summary>(json)
+                .map(|s| s.permissions)
+                .unwrap_or_default()
+        };
+        let mut permissions_changed = removed
+            .iter()
+            .filter(|id| old.get(*id).is_some_and(|o| !perms(&o.summary).is_empty()))
+            .count();
+        for (row, _) in rows {
+            let before = old
+                .get(&row.user_id)
+                .map(|o| perms(&o.summary))
+                .unwrap_or_default();
+            if before != perms(&row.summary) {
+                permissions_changed += 1;
+            }
+        }
         tx.put_effective(tenant, &plain).await?;
         tx.delete_effective(tenant, removed).await?;
         for (row, name) in rows {
@@ -230,7 +259,7 @@ impl App {
                 );
             }
         }
-        Ok(())
+        Ok(permissions_changed)
     }
 
     /// After commit: the in-process cache and Redis get the changed users'

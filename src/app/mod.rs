@@ -16,8 +16,8 @@ mod tokens;
 
 pub use crate::domain::{format_timestamp, now};
 pub use bulk::{BulkLimits, BULK_LIMITS};
-pub use error::Error;
 pub use derive::Committed;
+pub use error::Error;
 pub use permissions::{
     user_facts, AnsweredFrom, Checked, Consistency, LoadedMappings, Mappings, PermissionCache,
     Summary, SummaryUser, UserRef, SYNC_URN,

@@ -1,12 +1,13 @@
-//! Effective permissions: the tenant's directory from the store, the
-//! tenant's compiled mapping, and `mapping::compute_tenant` over them, behind
-//! the caches.
+//! Effective permissions as served: the mapping set in force, and the read
+//! path of a check.
 //!
-//! Correctness of the cache rests on one read per check: the tenant's epoch
-//! from the database (bumped in the same transaction as every write). The
-//! cache key holds that epoch and the mapping fingerprint, so an entry from
-//! before a committed write or a mapping reload is never used after it, in
-//! this process or any other sharing the database.
+//! Each user's effective permissions are a stored row, kept current by the
+//! writes that change them (`derive.rs`). A default check reads that row in
+//! one query together with the tenant's revision; it never reads a cache, so
+//! an acknowledged revocation is never served afterwards, by any replica.
+//! Checks that allow it (`at_least_as_fresh`, `minimize_latency`) may be
+//! answered from the in-process cache or Redis, by the revision an entry is
+//! current at.
 //!
 //! The mapping set in force is swapped whole on reload: an invalid edit is
 //! rejected with every error and the last good set stays (see
@@ -317,14 +318,19 @@ impl App {
             Some(row) => {
                 CacheMetrics::add(&m.store_reads);
                 let s: Summary = serde_json::from_str(&row.summary).map_err(|e| {
-                    Error::Internal(format!("stored permissions of user {user_id} are corrupt: {e}"))
+                    Error::Internal(format!(
+                        "stored permissions of user {user_id} are corrupt: {e}"
+                    ))
                 })?;
                 (Arc::new(s), AnsweredFrom::Store)
             }
             None => {
                 CacheMetrics::add(&m.computes);
                 let result = self.compute_for(tenant, compiled, &user_id).await?;
-                (Arc::new(summary(&result, &user_id)?), AnsweredFrom::Computed)
+                (
+                    Arc::new(summary(&result, &user_id)?),
+                    AnsweredFrom::Computed,
+                )
             }
         };
         if floor.is_some() && from == AnsweredFrom::Store {

@@ -26,6 +26,9 @@ pub const SYNC_USER_URN: &str = "urn:rolebridge:params:sync:1.0:User";
 #[derive(Debug, Default)]
 pub struct Applied {
     pub skipped: Vec<String>,
+    /// Users whose effective permission set changed (from the commit's own
+    /// derivation: no whole-tenant computation).
+    pub permissions_changed: usize,
 }
 
 /// The cursor to save with the changes.
@@ -171,7 +174,7 @@ impl App {
         }
         tx.save_sync_cursor(source, cursor.lease_owner, cursor.cursor, cursor.full_at)
             .await?;
-        self.commit(tx).await?;
+        applied.permissions_changed = self.commit(tx).await?.permissions_changed;
         Ok(applied)
     }
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use redis_cache::{RedisCache, RedisError, RedisEntry};
+pub use redis_cache::{RedisCache, RedisEntry, RedisError};
 
 use crate::domain::TenantId;
 
@@ -151,10 +151,31 @@ mod tests {
     fn an_older_entry_never_replaces_a_newer_one() {
         let c: LocalCache<&'static str> = LocalCache::default();
         let t = TenantId::new();
-        c.put(t, "u", Cached { as_of: 5, value: Arc::new("new") });
-        c.put(t, "u", Cached { as_of: 3, value: Arc::new("old") });
+        c.put(
+            t,
+            "u",
+            Cached {
+                as_of: 5,
+                value: Arc::new("new"),
+            },
+        );
+        c.put(
+            t,
+            "u",
+            Cached {
+                as_of: 3,
+                value: Arc::new("old"),
+            },
+        );
         assert_eq!(*c.get(t, "u").unwrap().value, "new");
-        c.put(t, "u", Cached { as_of: 6, value: Arc::new("newer") });
+        c.put(
+            t,
+            "u",
+            Cached {
+                as_of: 6,
+                value: Arc::new("newer"),
+            },
+        );
         assert_eq!(c.get(t, "u").unwrap().as_of, 6);
     }
 }

@@ -138,13 +138,19 @@ impl RedisCache {
 
     /// One user's entry. Skipped at once (`Open`) while the breaker is
     /// open or no connection is up yet.
-    pub async fn get(&self, tenant: TenantId, user_id: &str) -> Result<Option<RedisEntry>, RedisError> {
+    pub async fn get(
+        &self,
+        tenant: TenantId,
+        user_id: &str,
+    ) -> Result<Option<RedisEntry>, RedisError> {
         let inner = &self.inner;
         let mut conn = inner.usable()?;
         let key = super::user_key(&inner.prefix, tenant, user_id);
         let result = tokio::time::timeout(
             CALL_TIMEOUT,
-            redis::cmd("GET").arg(&key).query_async::<Option<String>>(&mut conn),
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<String>>(&mut conn),
         )
         .await
         .map_err(|_| RedisError::Timeout(CALL_TIMEOUT))
@@ -183,10 +189,13 @@ impl RedisCache {
     pub async fn ping(&self) -> Result<(), RedisError> {
         let inner = &self.inner;
         let result = match inner.connect().await {
-            Ok(mut c) => tokio::time::timeout(CALL_TIMEOUT * 3, redis::cmd("PING").query_async::<String>(&mut c))
-                .await
-                .map_err(|_| RedisError::Timeout(CALL_TIMEOUT * 3))
-                .and_then(|r| r.map(|_| ()).map_err(RedisError::Command)),
+            Ok(mut c) => tokio::time::timeout(
+                CALL_TIMEOUT * 3,
+                redis::cmd("PING").query_async::<String>(&mut c),
+            )
+            .await
+            .map_err(|_| RedisError::Timeout(CALL_TIMEOUT * 3))
+            .and_then(|r| r.map(|_| ()).map_err(RedisError::Command)),
             Err(e) => Err(e),
         };
         inner.record(&result);
@@ -222,10 +231,13 @@ impl Inner {
                 let me = self.clone();
                 tokio::spawn(async move {
                     let result = match me.connect().await {
-                        Ok(mut c) => tokio::time::timeout(CALL_TIMEOUT * 3, redis::cmd("PING").query_async::<String>(&mut c))
-                            .await
-                            .map_err(|_| RedisError::Timeout(CALL_TIMEOUT * 3))
-                            .and_then(|r| r.map(|_| ()).map_err(RedisError::Command)),
+                        Ok(mut c) => tokio::time::timeout(
+                            CALL_TIMEOUT * 3,
+                            redis::cmd("PING").query_async::<String>(&mut c),
+                        )
+                        .await
+                        .map_err(|_| RedisError::Timeout(CALL_TIMEOUT * 3))
+                        .and_then(|r| r.map(|_| ()).map_err(RedisError::Command)),
                         Err(e) => Err(e),
                     };
                     me.record(&result);
@@ -350,7 +362,10 @@ mod tests {
         assert_eq!(RedisEntry::decode(&raw), Some(e));
         assert_eq!(
             RedisEntry::decode("7|"),
-            Some(RedisEntry { as_of: 7, json: None })
+            Some(RedisEntry {
+                as_of: 7,
+                json: None
+            })
         );
         assert_eq!(RedisEntry::decode("garbage"), None);
     }

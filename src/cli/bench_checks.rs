@@ -129,8 +129,12 @@ pub async fn run(config: &Config, args: ChecksArgs) -> anyhow::Result<()> {
         .await?;
         tx.commit().await?;
         let started = Instant::now();
-        app.user_permissions(&t, &UserRef::Id(users[0].to_string()), crate::app::Consistency::Full)
-            .await?;
+        app.user_permissions(
+            &t,
+            &UserRef::Id(users[0].to_string()),
+            crate::app::Consistency::Full,
+        )
+        .await?;
         cold.push(started.elapsed());
     }
     let loaded = app.mappings.current();

@@ -295,7 +295,9 @@ fn spawn_reconcile(app: App) {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "effective permissions recomputed under the mappings in force"
             ),
-            Err(e) => tracing::error!(error = %e, "recomputing effective permissions failed; the next write to each tenant retries"),
+            Err(e) => {
+                tracing::error!(error = %e, "recomputing effective permissions failed; the next write to each tenant retries")
+            }
         }
     });
 }

@@ -93,7 +93,10 @@ async fn user_permissions(
     let at_least = query
         .get("at_least_as_fresh")
         .map(|v| Revision::Text(v.clone()));
-    let mode = consistency(query.get("consistency").map(String::as_str), at_least.as_ref())?;
+    let mode = consistency(
+        query.get("consistency").map(String::as_str),
+        at_least.as_ref(),
+    )?;
     let checked = app.user_permissions(&auth.tenant, &user, mode).await?;
     let mut body = json!(*checked.summary);
     body["revision"] = json!(checked.revision);
@@ -134,7 +137,9 @@ async fn check(
             .permissions
             .iter()
             .any(|p| p == permission.as_str());
-        return Ok(Json(json!({"allowed": allowed, "revision": checked.revision})));
+        return Ok(Json(
+            json!({"allowed": allowed, "revision": checked.revision}),
+        ));
     }
     let (result, user_id) = app.permissions(&auth.tenant, &user).await?;
     let explanation = mapping::explain(&result, &user_id, Some(&permission))
@@ -182,8 +187,10 @@ async fn check_batch(
         .into());
     }
     let mode = consistency(req.consistency.as_deref(), req.at_least_as_fresh.as_ref())?;
-    let mut answered: HashMap<String, std::result::Result<(std::sync::Arc<crate::app::Summary>, i64), Value>> =
-        HashMap::new();
+    let mut answered: HashMap<
+        String,
+        std::result::Result<(std::sync::Arc<crate::app::Summary>, i64), Value>,
+    > = HashMap::new();
     let mut results = Vec::with_capacity(req.checks.len());
     for item in req.checks {
         let permission = match app.known_permission(&auth.tenant, &item.permission) {
@@ -195,11 +202,17 @@ async fn check_batch(
         };
         if !answered.contains_key(&item.user) {
             let got = app
-                .user_permissions(&auth.tenant, &UserRef::IdOrUserName(item.user.clone()), mode)
+                .user_permissions(
+                    &auth.tenant,
+                    &UserRef::IdOrUserName(item.user.clone()),
+                    mode,
+                )
                 .await;
             let entry = match got {
                 Ok(c) => Ok((c.summary, c.revision)),
-                Err(e @ (Error::UnknownUser(_) | Error::RevisionAhead { .. })) => Err(item_error(&e)),
+                Err(e @ (Error::UnknownUser(_) | Error::RevisionAhead { .. })) => {
+                    Err(item_error(&e))
+                }
                 Err(e) => return Err(e.into()),
             };
             answered.insert(item.user.clone(), entry);

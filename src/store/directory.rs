@@ -92,7 +92,10 @@ impl Store {
 
 /// The whole directory of a tenant, on a connection already in the
 /// transaction the caller wants.
-pub(super) async fn directory_on(conn: &mut sqlx::AnyConnection, tenant: TenantId) -> Result<Directory> {
+pub(super) async fn directory_on(
+    conn: &mut sqlx::AnyConnection,
+    tenant: TenantId,
+) -> Result<Directory> {
     let t = tenant.to_string();
     let epoch: i64 = sqlx::query("SELECT epoch FROM tenants WHERE id = $1")
         .bind(&t)

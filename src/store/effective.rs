@@ -15,8 +15,8 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::directory::{directory_on, Directory, DirectoryGroup, DirectoryUser};
 use super::resources::{member_from_row, placeholders, row_placeholders, MULTI_ROW};
-use super::{Error, Result, Store, WriteTx};
 use super::tenants::tenant_from_row;
+use super::{Error, Result, Store, WriteTx};
 use crate::domain::{Tenant, TenantId, TenantName};
 
 /// Ids per IN list.
@@ -123,7 +123,11 @@ impl WriteTx {
     }
 
     /// Records the mapping the tenant's rows are now computed under.
-    pub async fn set_tenant_mapping(&mut self, tenant: TenantId, mapping: Option<&str>) -> Result<()> {
+    pub async fn set_tenant_mapping(
+        &mut self,
+        tenant: TenantId,
+        mapping: Option<&str>,
+    ) -> Result<()> {
         sqlx::query("UPDATE tenants SET mapping = $1 WHERE id = $2")
             .bind(mapping)
             .bind(tenant.to_string())
@@ -143,7 +147,11 @@ impl WriteTx {
 
     /// These users (those that exist) with every group above them and the
     /// edges between: enough for their group closures, nothing more.
-    pub async fn user_directory(&mut self, tenant: TenantId, users: &[String]) -> Result<Directory> {
+    pub async fn user_directory(
+        &mut self,
+        tenant: TenantId,
+        users: &[String],
+    ) -> Result<Directory> {
         user_directory_on(&mut self.tx, tenant, users).await
     }
 
@@ -188,7 +196,10 @@ impl WriteTx {
 
     /// Every stored row of the tenant (a whole-tenant recomputation diffs
     /// against them, so it rewrites only what changed).
-    pub async fn all_effective_rows(&mut self, tenant: TenantId) -> Result<HashMap<String, EffectiveRow>> {
+    pub async fn all_effective_rows(
+        &mut self,
+        tenant: TenantId,
+    ) -> Result<HashMap<String, EffectiveRow>> {
         let sql = format!("SELECT {ROW_COLUMNS} FROM effective_permissions WHERE tenant_id = $1");
         let mut out = HashMap::new();
         for r in sqlx::query(AssertSqlSafe(sql))
@@ -289,7 +300,11 @@ impl Store {
         Ok(CheckRow {
             revision: r.try_get(0)?,
             user: uid.zip(name),
-            row: if has_row { Some(row_from(&r, 3)?) } else { None },
+            row: if has_row {
+                Some(row_from(&r, 3)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -457,7 +472,8 @@ async fn user_directory_on(
     // The order `Store::directory` reads them in: a user's groups, and so
     // which group explain names on a tie, come out the same either way.
     dir.edges.sort_by(|a, b| {
-        (a.group_id.as_str(), a.member_id.as_str()).cmp(&(b.group_id.as_str(), b.member_id.as_str()))
+        (a.group_id.as_str(), a.member_id.as_str())
+            .cmp(&(b.group_id.as_str(), b.member_id.as_str()))
     });
     dir.edges.dedup();
     for chunk in group_ids.chunks(IN_CHUNK) {

@@ -286,9 +286,13 @@ async fn run_leased<S: Source>(
         read_ms,
         ..RunReport::default()
     };
-    report.permission_changes = permission_changes(app, &config.tenant, &before, &plan);
     report.plan_ms = phase.elapsed().as_millis() as u64;
     let held = guard::check(&config.guard, &plan, &counts);
+    // A preview (dry or held run) simulates the plan over the whole tenant,
+    // twice; an applied run counts what its own commit changed instead.
+    if options.dry_run || (held.is_some() && !options.confirm_deletes) {
+        report.permission_changes = permission_changes(app, &config.tenant, &before, &plan);
+    }
     if options.dry_run {
         report.outcome = "dry-run".into();
         report.held_reason = held;
@@ -321,6 +325,7 @@ async fn run_leased<S: Source>(
         )
         .await?;
     report.apply_ms = phase.elapsed().as_millis() as u64;
+    report.permission_changes = applied.permissions_changed as u64;
     report.skipped.extend(applied.skipped);
     report.outcome = if plan.is_empty() {
         "unchanged"

@@ -198,6 +198,34 @@ impl TestServer {
         Self::start_inner(backend, Some(tenant_yaml), None).await
     }
 
+    /// A mapped server whose mappings directory holds only `catalogs`
+    /// (`(id, yaml)` pairs, written to `catalogs/{id}.yaml`) and
+    /// `tenant_yaml`, loaded before any write.
+    pub async fn start_with_catalogs(
+        backend: Backend,
+        catalogs: &[(&str, &str)],
+        tenant_yaml: &str,
+    ) -> TestServer {
+        let srv = Self::start_inner(backend, Some("catalog: gms\n"), None).await;
+        let dir = srv.mappings_dir();
+        for entry in std::fs::read_dir(dir.join("catalogs")).expect("catalogs") {
+            std::fs::remove_file(entry.expect("entry").path()).expect("remove catalog");
+        }
+        for (id, yaml) in catalogs {
+            std::fs::write(dir.join("catalogs").join(format!("{id}.yaml")), yaml)
+                .expect("write catalog");
+        }
+        std::fs::write(
+            dir.join("tenants").join(format!("{}.yaml", srv.tenant)),
+            tenant_yaml,
+        )
+        .expect("write tenant mapping");
+        srv.app
+            .reload_mappings()
+            .unwrap_or_else(|e| panic!("test mapping invalid: {e:?}"));
+        srv
+    }
+
     /// A mapped server whose permissions cache is shared through Redis at
     /// `redis_url` under `prefix`.
     pub async fn start_mapped_redis(
