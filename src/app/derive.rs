@@ -18,7 +18,7 @@
 //! under another mapping (a mapping change) or a write touched most of the
 //! tenant anyway (a first directory sync).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use mapping::CompiledTenant;
@@ -165,23 +165,8 @@ impl App {
             }
         }
         out.recomputed = ids.len();
-        let mut rows = Vec::new();
-        for eff in result.users() {
-            let (row, name) = row_of(compiled, eff, fingerprint, t.revision)?;
-            if old.get(&row.user_id).is_none_or(|o| !o.same_content(&row)) {
-                rows.push((row, name));
-            }
-        }
-        let present: BTreeSet<&str> = dir.users.iter().map(|u| u.id.as_str()).collect();
-        out.removed = old
-            .keys()
-            .filter(|id| !present.contains(id.as_str()))
-            .cloned()
-            .collect();
-        out.permissions_changed = self
-            .write_rows(tx, tenant, &rows, &out.removed, &old)
+        self.settle(tx, compiled, fingerprint, &result, &old, &mut out)
             .await?;
-        out.changed = rows;
         Ok(out)
     }
 
@@ -200,6 +185,22 @@ impl App {
         let old = tx.all_effective_rows(tenant).await?;
         let result = mapping::compute_tenant(compiled, &user_facts(&dir));
         out.recomputed = dir.users.len();
+        self.settle(tx, compiled, fingerprint, &result, &old, out)
+            .await
+    }
+
+    /// Writes the rows of `result` that differ from `old`, removes the rows
+    /// of users `result` no longer has (deleted), and logs new limit
+    /// refusals.
+    async fn settle(
+        &self,
+        tx: &mut WriteTx,
+        compiled: &CompiledTenant,
+        fingerprint: &str,
+        result: &mapping::TenantResult,
+        old: &HashMap<String, EffectiveRow>,
+        out: &mut Derived,
+    ) -> Result<()> {
         let mut rows = Vec::new();
         for eff in result.users() {
             let (row, name) = row_of(compiled, eff, fingerprint, out.revision)?;
@@ -212,54 +213,35 @@ impl App {
             .filter(|id| result.user(id).is_none())
             .cloned()
             .collect();
-        out.permissions_changed = self
-            .write_rows(tx, tenant, &rows, &out.removed, &old)
-            .await?;
-        out.changed = rows;
-        Ok(())
-    }
-
-    async fn write_rows(
-        &self,
-        tx: &mut WriteTx,
-        tenant: TenantId,
-        rows: &[(EffectiveRow, String)],
-        removed: &[String],
-        old: &std::collections::HashMap<String, EffectiveRow>,
-    ) -> Result<usize> {
         let plain: Vec<EffectiveRow> = rows.iter().map(|(r, _)| r.clone()).collect();
+        tx.put_effective(out.tenant, &plain).await?;
+        tx.delete_effective(out.tenant, &out.removed).await?;
         let perms = |json: &str| {
             serde_json::from_str::<Summary>(json)
                 .map(|s| s.permissions)
                 .unwrap_or_default()
         };
-        let mut permissions_changed = removed
+        out.permissions_changed = out
+            .removed
             .iter()
             .filter(|id| old.get(*id).is_some_and(|o| !perms(&o.summary).is_empty()))
             .count();
-        for (row, _) in rows {
-            let before = old
-                .get(&row.user_id)
-                .map(|o| perms(&o.summary))
-                .unwrap_or_default();
-            if before != perms(&row.summary) {
-                permissions_changed += 1;
+        for (row, name) in &rows {
+            let before = old.get(&row.user_id);
+            if before.map(|o| perms(&o.summary)).unwrap_or_default() != perms(&row.summary) {
+                out.permissions_changed += 1;
             }
-        }
-        tx.put_effective(tenant, &plain).await?;
-        tx.delete_effective(tenant, removed).await?;
-        for (row, name) in rows {
-            let before = old.get(&row.user_id).and_then(|o| o.refused.clone());
-            if row.refused.is_some() && row.refused != before {
+            if row.refused.is_some() && row.refused != before.and_then(|o| o.refused.clone()) {
                 tracing::warn!(
-                    tenant = %tenant,
+                    tenant = %out.tenant,
                     user = %name,
                     refused = row.refused.as_deref().unwrap_or_default(),
                     "mapping limit refused an assignment"
                 );
             }
         }
-        Ok(permissions_changed)
+        out.changed = rows;
+        Ok(())
     }
 
     /// After commit: the in-process cache and Redis get the changed users'

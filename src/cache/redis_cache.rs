@@ -187,19 +187,7 @@ impl RedisCache {
     /// PING, for `/readyz` (bounded; ignores the breaker so readiness
     /// reports the truth).
     pub async fn ping(&self) -> Result<(), RedisError> {
-        let inner = &self.inner;
-        let result = match inner.connect().await {
-            Ok(mut c) => tokio::time::timeout(
-                CALL_TIMEOUT * 3,
-                redis::cmd("PING").query_async::<String>(&mut c),
-            )
-            .await
-            .map_err(|_| RedisError::Timeout(CALL_TIMEOUT * 3))
-            .and_then(|r| r.map(|_| ()).map_err(RedisError::Command)),
-            Err(e) => Err(e),
-        };
-        inner.record(&result);
-        result
+        self.inner.ping().await
     }
 
     /// Waits until every queued write was attempted (tests, benchmarks).
@@ -230,17 +218,7 @@ impl Inner {
                 drop(b);
                 let me = self.clone();
                 tokio::spawn(async move {
-                    let result = match me.connect().await {
-                        Ok(mut c) => tokio::time::timeout(
-                            CALL_TIMEOUT * 3,
-                            redis::cmd("PING").query_async::<String>(&mut c),
-                        )
-                        .await
-                        .map_err(|_| RedisError::Timeout(CALL_TIMEOUT * 3))
-                        .and_then(|r| r.map(|_| ()).map_err(RedisError::Command)),
-                        Err(e) => Err(e),
-                    };
-                    me.record(&result);
+                    let _ = me.ping().await;
                 });
                 false
             }
@@ -264,6 +242,22 @@ impl Inner {
             });
         }
         Err(RedisError::Open)
+    }
+
+    /// A bounded PING whose outcome closes or opens the breaker.
+    async fn ping(&self) -> Result<(), RedisError> {
+        let result = match self.connect().await {
+            Ok(mut c) => tokio::time::timeout(
+                CALL_TIMEOUT * 3,
+                redis::cmd("PING").query_async::<String>(&mut c),
+            )
+            .await
+            .map_err(|_| RedisError::Timeout(CALL_TIMEOUT * 3))
+            .and_then(|r| r.map(|_| ()).map_err(RedisError::Command)),
+            Err(e) => Err(e),
+        };
+        self.record(&result);
+        result
     }
 
     async fn connect(&self) -> Result<ConnectionManager, RedisError> {

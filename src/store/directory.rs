@@ -37,43 +37,7 @@ pub struct Directory {
     pub edges: Vec<MemberRow>,
 }
 
-/// A user resolved for a permissions request, with the tenant's epoch.
-#[derive(Debug, Clone)]
-pub struct UserAtEpoch {
-    pub epoch: i64,
-    /// `(id, userName)`, or `None` when no user has this id or userName.
-    pub user: Option<(String, String)>,
-}
-
 impl Store {
-    /// The tenant's current epoch and the user whose SCIM id is `id` or
-    /// whose userName (case-insensitively) is `user_name`: one indexed
-    /// query. An absent key binds NULL, which matches nothing; when both are
-    /// given and match different users, the id wins.
-    pub async fn user_at_epoch(
-        &self,
-        tenant: TenantId,
-        id: Option<&str>,
-        user_name: Option<&str>,
-    ) -> Result<UserAtEpoch> {
-        let row = sqlx::query(
-            "SELECT t.epoch, u.id, u.user_name FROM tenants t \
-             LEFT JOIN scim_users u ON u.tenant_id = t.id AND (u.id = $2 OR u.user_name_lc = $3) \
-             WHERE t.id = $1 ORDER BY CASE WHEN u.id = $2 THEN 0 ELSE 1 END LIMIT 1",
-        )
-        .bind(tenant.to_string())
-        .bind(id)
-        .bind(user_name.map(str::to_lowercase))
-        .fetch_one(&self.pool)
-        .await?;
-        let id: Option<String> = row.try_get(1)?;
-        let name: Option<String> = row.try_get(2)?;
-        Ok(UserAtEpoch {
-            epoch: row.try_get(0)?,
-            user: id.zip(name),
-        })
-    }
-
     /// Reads the tenant's users, groups and memberships. Runs in one
     /// repeatable-read snapshot on PostgreSQL (one read transaction on
     /// SQLite), so the three lists agree with each other.

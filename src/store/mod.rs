@@ -22,7 +22,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use columns::Columns;
-pub use directory::{Directory, DirectoryGroup, DirectoryUser, UserAtEpoch};
+pub use directory::{Directory, DirectoryGroup, DirectoryUser};
 pub use effective::{Changes, CheckRow, EffectiveRow, TenantRevision};
 pub use error::Error;
 pub use resources::{MemberRow, Page, StoredResource, WriteTx};
