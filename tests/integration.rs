@@ -42,3 +42,5 @@ mod sync_cli;
 mod sync_ldap;
 // The Entra ID source against a local Microsoft Graph stand-in.
 mod sync_entra;
+// Revisions, at_least_as_fresh, batch checks, atomic mapping switches over HTTP.
+mod permissions_consistency;

@@ -320,6 +320,9 @@ async fn writer(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::Receiver<Vec<(Stri
             }
         };
         let mut pipe = redis::pipe();
+        // EVALSHA fails with NOSCRIPT on a Redis that never saw the script
+        // (a fresh or restarted server): load it first, in the same pipeline.
+        pipe.load_script(&script).ignore();
         for (key, entry) in &batch {
             pipe.invoke_script(
                 script
