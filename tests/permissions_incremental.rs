@@ -4,14 +4,18 @@
 //! contenders of limited roles). This property test drives the real app
 //! over HTTP SCIM with random directories, random writes and occasional
 //! mapping changes, over a small catalog written here, and after every
-//! step compares, for every user, what the app stores and explains with
-//! `mapping::compute_tenant` over the whole directory read back from the
-//! store. It also checks the refusal gauge, that deleted users have no row,
-//! and that plain directory writes never took the whole-tenant path.
+//! step compares, for every user, what the app serves (the stored row of a
+//! `Full` check, an `AtLeastAsFresh` check at the current revision) and
+//! explains with `mapping::compute_tenant` over the whole directory read
+//! back from the store. It also checks the refusal gauge, that exactly the
+//! live users have a stored row (none for a deleted user, who is unknown to
+//! `/permissions`), and that plain directory writes never took the
+//! whole-tenant path.
 //!
 //! Proptest drives the cases (a case is a `Vec` of operations, so a failure
-//! shrinks to a short sequence); each case runs on a fresh server and
-//! database inside one tokio runtime per backend.
+//! shrinks to a short sequence). Each backend runs one server in one tokio
+//! runtime; each case gets a fresh tenant, the only one the mappings
+//! directory maps while it runs. `PROPTEST_CASES=N` runs more cases.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,14 +26,14 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 use reqwest::Method;
 use rolebridge::app::{AnsweredFrom, Consistency, Summary, SummaryUser, UserRef};
-use rolebridge::domain::{Tenant, TenantName};
+use rolebridge::domain::{Scope, Tenant, TenantName};
 use serde_json::{json, Value};
 
-use crate::support::{Backend, TestServer, GROUP, PATCH_OP, USER};
+use crate::support::{Backend, Resp, TestServer, GROUP, PATCH_OP, USER};
 
 /// Cases per backend, and the most steps one case has (users, groups and
 /// further operations together).
-const CASES: u32 = 24;
+const CASES: u32 = 32;
 const MAX_USERS: usize = 5;
 const MAX_GROUPS: usize = 4;
 const MAX_OPS: usize = 16;
@@ -46,7 +50,9 @@ const GROUP_NAMES: &[&str] = &[
 ];
 const EXTERNAL_IDS: &[&str] = &["x1", "x2", "x3"];
 /// What rules match by `display_name` (case-insensitive; one names no group).
-const DISPLAY_MATCH: &[&str] = &["eng", "OPS", "Admins", "Owners", "Nobody"];
+const DISPLAY_MATCH: &[&str] = &[
+    "eng", "OPS", "Admins", "eng ops", "sales", "Owners", "Nobody",
+];
 const REGEXES: &[&str] = &["^Eng", "(?i)admins", "Ops$", "^S", "."];
 const SOURCES: &[&str] = &["scim", "okta"];
 /// Everything a rule or `default_role` can assign: (assign key, id).
@@ -129,9 +135,13 @@ enum Op {
         group: usize,
         members: Vec<Member>,
     },
+    /// Removes some of the group's current members (indexes into its
+    /// member list, read just before).
     RemoveMembers {
         group: usize,
-        members: Vec<Member>,
+        picks: Vec<usize>,
+        /// Pick among the nested groups only, when the group has any.
+        groups_only: bool,
     },
     ClearMembers {
         group: usize,
@@ -172,11 +182,18 @@ fn matcher() -> impl Strategy<Value = MatchGen> {
     ]
 }
 
+/// An index into `TARGETS`, roles limited per tenant (and their profiles
+/// and derived roles) drawn twice as often: contention is where a
+/// user's result depends on others'.
+fn target() -> impl Strategy<Value = usize> {
+    prop::sample::select(vec![0, 1, 2, 2, 3, 3, 4, 5, 6, 7, 7, 8, 9, 9, 10])
+}
+
 fn rule() -> impl Strategy<Value = RuleGen> {
     (
         matcher(),
         prop::option::weighted(0.2, 0..SOURCES.len()),
-        vec(0..TARGETS.len(), 1..=3),
+        vec(target(), 1..=3),
         prop::option::of(prop::sample::select(vec![-5i64, 10, 20])),
         any::<bool>(),
     )
@@ -192,12 +209,12 @@ fn rule() -> impl Strategy<Value = RuleGen> {
 fn mapping() -> impl Strategy<Value = MappingGen> {
     (
         any::<bool>(),
-        prop::option::of(1u32..=3),
-        prop::option::of(1u32..=2),
+        prop::option::weighted(0.7, 1u32..=3),
+        prop::option::weighted(0.7, 1u32..=2),
         1u32..=2,
         1u32..=2,
-        prop::option::of(0..TARGETS.len()),
-        vec(rule(), 0..=5),
+        prop::option::of(target()),
+        vec(rule(), 1..=5),
     )
         .prop_map(
             |(combinable, per_user, per_role, owner_max, auditor_max, default_role, rules)| {
@@ -216,8 +233,8 @@ fn mapping() -> impl Strategy<Value = MappingGen> {
 
 fn member() -> impl Strategy<Value = Member> {
     prop_oneof![
-        3 => (0usize..8).prop_map(Member::User),
-        2 => (0usize..8).prop_map(Member::Group),
+        1 => (0usize..8).prop_map(Member::User),
+        1 => (0usize..8).prop_map(Member::Group),
     ]
 }
 
@@ -232,11 +249,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..GROUP_NAMES.len(), prop::option::of(0..EXTERNAL_IDS.len()), vec(member(), 0..=3))
             .prop_map(|(name, ext, members)| Op::CreateGroup { name, ext, members }),
         5 => (i(), vec(member(), 1..=3)).prop_map(|(group, members)| Op::AddMembers { group, members }),
-        3 => (i(), vec(member(), 1..=2))
-            .prop_map(|(group, members)| Op::RemoveMembers { group, members }),
+        4 => (i(), vec(i(), 1..=2), any::<bool>())
+            .prop_map(|(group, picks, groups_only)| Op::RemoveMembers { group, picks, groups_only }),
         1 => i().prop_map(|group| Op::ClearMembers { group }),
-        2 => (i(), 0..GROUP_NAMES.len()).prop_map(|(group, name)| Op::RenameGroup { group, name }),
-        1 => (i(), prop::option::of(0..EXTERNAL_IDS.len()))
+        3 => (i(), 0..GROUP_NAMES.len()).prop_map(|(group, name)| Op::RenameGroup { group, name }),
+        2 => (i(), prop::option::of(0..EXTERNAL_IDS.len()))
             .prop_map(|(group, ext)| Op::SetExternalId { group, ext }),
         1 => (i(), 0..GROUP_NAMES.len(), prop::option::of(0..EXTERNAL_IDS.len()), vec(member(), 0..=3))
             .prop_map(|(group, name, ext, members)| Op::PutGroup { group, name, ext, members }),
@@ -255,9 +272,9 @@ fn case() -> impl Strategy<Value = Case> {
             (
                 0..GROUP_NAMES.len(),
                 prop::option::of(0..EXTERNAL_IDS.len()),
-                vec(member(), 0..=4),
+                vec(member(), 1..=4),
             ),
-            0..=MAX_GROUPS,
+            1..=MAX_GROUPS,
         ),
         vec(op(), 0..=MAX_OPS),
     )
@@ -275,6 +292,92 @@ fn case() -> impl Strategy<Value = Case> {
             ops.extend(more);
             Case { mapping, ops }
         })
+}
+
+/// Limits for the catalog the shared server starts with (each case writes
+/// its own).
+fn case_defaults() -> MappingGen {
+    MappingGen {
+        combinable: true,
+        per_user: None,
+        per_role: None,
+        owner_max: 1,
+        auditor_max: 1,
+        default_role: None,
+        rules: Vec::new(),
+    }
+}
+
+/// One case's tenant on the shared server: its SCIM base and tokens.
+struct Ctx<'a> {
+    server: &'a TestServer,
+    app: &'a rolebridge::app::App,
+    tenant: String,
+    addr: std::net::SocketAddr,
+    database_url: String,
+    base: String,
+    token: String,
+    permissions_token: String,
+}
+
+impl Ctx<'_> {
+    fn mappings_dir(&self) -> std::path::PathBuf {
+        self.server.mappings_dir()
+    }
+    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        self.server
+            .send_with(
+                method,
+                &format!("{}{path}", self.base),
+                body,
+                &[],
+                Some(&self.token),
+            )
+            .await
+    }
+    async fn send_with(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+        token: Option<&str>,
+    ) -> Resp {
+        self.server
+            .send_with(method, url, body, headers, token)
+            .await
+    }
+    async fn post(&self, path: &str, body: Value) -> Resp {
+        self.send(Method::POST, path, Some(body)).await
+    }
+    async fn put(&self, path: &str, body: Value) -> Resp {
+        self.send(Method::PUT, path, Some(body)).await
+    }
+    async fn patch(&self, path: &str, body: Value) -> Resp {
+        self.send(Method::PATCH, path, Some(body)).await
+    }
+    async fn delete(&self, path: &str) -> Resp {
+        self.send(Method::DELETE, path, None).await
+    }
+    /// The member ids of a group, sorted.
+    async fn member_ids(&self, group: &str) -> Result<Vec<String>, TestCaseError> {
+        let r = self
+            .send(Method::GET, &format!("/Groups/{group}"), None)
+            .await;
+        if r.status != 200 {
+            return Err(fail(format!("GET group {group}: {} {}", r.status, r.body)));
+        }
+        let mut ids: Vec<String> = r.body["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["value"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        Ok(ids)
+    }
 }
 
 fn catalog_yaml(m: &MappingGen) -> String {
@@ -419,6 +522,17 @@ impl Model {
     fn group(&self, i: usize) -> Option<&(String, String)> {
         (!self.groups.is_empty()).then(|| &self.groups[i % self.groups.len()])
     }
+    /// The label of a user or group (else the id itself).
+    fn label(&self, id: &str) -> String {
+        self.users
+            .iter()
+            .chain(&self.groups)
+            .chain(&self.deleted_users)
+            .find(|r| r.1 == id)
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|| id.to_string())
+    }
+
     /// Member references as SCIM member objects (with their labels), each
     /// once, never `except` itself.
     fn members(&self, refs: &[Member], except: Option<&str>) -> (Vec<Value>, Vec<String>) {
@@ -455,8 +569,9 @@ enum Step {
     Skipped,
     /// A SCIM write; `committed` when the server acknowledged it.
     Write { committed: bool },
-    /// A mapping change, reloaded and reconciled.
-    Remap,
+    /// A mapping change, reloaded and reconciled (`reconciled` tenants
+    /// recomputed whole).
+    Remap { reconciled: usize },
 }
 
 struct Stats {
@@ -466,6 +581,25 @@ struct Stats {
     incremental_writes: Cell<usize>,
     recomputed_users: Cell<u64>,
     directory_users_at_writes: Cell<u64>,
+    /// Steps whose state had each feature, to show what was exercised.
+    slot_refusals: Cell<usize>,
+    profile_refusals: Cell<usize>,
+    single_role_losses: Cell<usize>,
+    dropped: Cell<usize>,
+    nested: Cell<usize>,
+    cycles: Cell<usize>,
+}
+
+/// What one verified state held.
+#[derive(Default)]
+struct Seen {
+    users: usize,
+    slot_refusals: bool,
+    profile_refusals: bool,
+    single_role_losses: bool,
+    dropped: bool,
+    nested: bool,
+    cycles: bool,
 }
 
 impl Stats {
@@ -476,7 +610,7 @@ impl Stats {
 
 /// Applies one op through the real server, updating the model.
 async fn apply(
-    srv: &TestServer,
+    srv: &Ctx<'_>,
     m: &mut Model,
     op: &Op,
     trace: &mut Vec<String>,
@@ -586,19 +720,34 @@ async fn apply(
                 .await;
             (r, format!("patch group {label} add members {labels:?}"))
         }
-        Op::RemoveMembers { group, members } => {
+        Op::RemoveMembers {
+            group,
+            picks,
+            groups_only,
+        } => {
             let Some((label, id)) = m.group(*group).cloned() else {
                 return Ok(Step::Skipped);
             };
-            let (objs, labels) = m.members(members, Some(&id));
-            if objs.is_empty() {
+            let mut current = srv.member_ids(&id).await?;
+            let nested: Vec<String> = current
+                .iter()
+                .filter(|c| m.groups.iter().any(|g| g.1 == **c))
+                .cloned()
+                .collect();
+            if *groups_only && !nested.is_empty() {
+                current = nested;
+            }
+            if current.is_empty() {
                 return Ok(Step::Skipped);
             }
-            let ops: Vec<Value> = objs
+            let mut chosen: Vec<&String> =
+                picks.iter().map(|p| &current[p % current.len()]).collect();
+            chosen.sort();
+            chosen.dedup();
+            let labels: Vec<String> = chosen.iter().map(|c| m.label(c)).collect();
+            let ops: Vec<Value> = chosen
                 .iter()
-                .map(|o| {
-                    json!({"op": "remove", "path": format!("members[value eq \"{}\"]", o["value"].as_str().unwrap_or_default())})
-                })
+                .map(|c| json!({"op": "remove", "path": format!("members[value eq \"{c}\"]")}))
                 .collect();
             let r = srv
                 .patch(&format!("/Groups/{id}"), patch(Value::Array(ops)))
@@ -718,24 +867,50 @@ async fn apply(
             }
             m.stamped = Some(fingerprint);
             m.revision = None;
-            return Ok(Step::Remap);
+            return Ok(Step::Remap { reconciled: done });
         }
     };
-    trace.push(format!("{desc} -> {}", resp.status.as_u16()));
-    let committed = resp.status.is_success();
+    // A write that changed something carries the revision it committed;
+    // one that changed nothing (a PATCH to the same value) carries none.
+    let revision = resp
+        .header("x-rolebridge-revision")
+        .map(|v| v.parse::<i64>())
+        .transpose()
+        .map_err(|e| fail(format!("step '{desc}': bad X-Rolebridge-Revision: {e}")))?;
+    trace.push(format!(
+        "{desc} -> {}{}",
+        resp.status.as_u16(),
+        revision
+            .map(|r| format!(" (revision {r})"))
+            .unwrap_or_default()
+    ));
     // A write the server refuses must be a client error we provoke on
     // purpose (a userName or displayName already taken), never a 5xx.
-    if !committed && resp.status != 409 {
+    if !resp.status.is_success() && resp.status != 409 {
         return Err(fail(format!(
             "step '{desc}' answered {}: {}",
             resp.status, resp.body
         )));
     }
-    if committed {
-        let rev = resp
-            .header("x-rolebridge-revision")
-            .and_then(|v| v.parse::<i64>().ok())
-            .ok_or_else(|| fail(format!("step '{desc}': no X-Rolebridge-Revision")))?;
+    if !resp.status.is_success() && revision.is_some() {
+        return Err(fail(format!(
+            "step '{desc}' failed but returned a revision"
+        )));
+    }
+    let always_writes = matches!(
+        op,
+        Op::CreateUser { .. }
+            | Op::CreateGroup { .. }
+            | Op::DeleteUser { .. }
+            | Op::DeleteGroup { .. }
+    );
+    if always_writes && resp.status.is_success() && revision.is_none() {
+        return Err(fail(format!(
+            "step '{desc}' created or deleted without a revision"
+        )));
+    }
+    let committed = revision.is_some();
+    if let Some(rev) = revision {
         if let Some(before) = m.revision {
             if rev <= before {
                 return Err(fail(format!(
@@ -780,15 +955,34 @@ fn pretty<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("<unserializable: {e}>"))
 }
 
+/// True when group nesting has a cycle: peel off groups that contain no
+/// group still standing; a cycle is what cannot be peeled.
+fn has_cycle(edges: &[rolebridge::store::MemberRow]) -> bool {
+    let mut nested: Vec<(&str, &str)> = edges
+        .iter()
+        .filter(|e| e.member_type == "Group")
+        .map(|e| (e.group_id.as_str(), e.member_id.as_str()))
+        .collect();
+    loop {
+        let parents: BTreeSet<&str> = nested.iter().map(|e| e.0).collect();
+        let before = nested.len();
+        // An edge whose member contains no group is not part of a cycle.
+        nested.retain(|e| parents.contains(e.1));
+        if nested.len() == before {
+            return !nested.is_empty();
+        }
+    }
+}
+
 /// Compares everything the app serves with the whole-tenant oracle.
 /// Returns the number of users compared.
 async fn verify(
-    srv: &TestServer,
+    srv: &Ctx<'_>,
     tenant: &Tenant,
     m: &mut Model,
-    permissions_token: &str,
-) -> Result<usize, TestCaseError> {
-    let app = &srv.app;
+    db: &mut sqlx::AnyConnection,
+) -> Result<Seen, TestCaseError> {
+    let app = srv.app;
     let loaded = app.mappings.current();
     let compiled = loaded
         .set
@@ -807,27 +1001,20 @@ async fn verify(
         )));
     }
     let oracle = mapping::compute_tenant(compiled, &rolebridge::app::user_facts(&dir));
-    let label = |id: &str| {
-        m.users
-            .iter()
-            .find(|u| u.1 == id)
-            .map(|u| u.0.clone())
-            .unwrap_or_else(|| id.to_string())
-    };
     let mut revision: Option<i64> = None;
     for u in &dir.users {
         let want = oracle
             .user(&u.id)
-            .ok_or_else(|| fail(format!("oracle has no result for {}", label(&u.id))))?;
+            .ok_or_else(|| fail(format!("oracle has no result for {}", m.label(&u.id))))?;
         // (a) The stored row, as a Full check serves it.
         let checked = app
             .user_permissions(tenant, &UserRef::Id(u.id.clone()), Consistency::Full)
             .await
-            .map_err(|e| fail(format!("user_permissions({}): {e}", label(&u.id))))?;
+            .map_err(|e| fail(format!("user_permissions({}): {e}", m.label(&u.id))))?;
         if checked.from != AnsweredFrom::Store {
             return Err(fail(format!(
                 "user {} has no stored row: answered from {:?}",
-                label(&u.id),
+                m.label(&u.id),
                 checked.from
             )));
         }
@@ -835,7 +1022,7 @@ async fn verify(
         if *checked.summary != want_summary {
             return Err(fail(format!(
                 "stored permissions of user {} differ from the whole-tenant oracle\nexpected: {}\nactual: {}",
-                label(&u.id),
+                m.label(&u.id),
                 pretty(&want_summary),
                 pretty(&*checked.summary)
             )));
@@ -850,16 +1037,36 @@ async fn verify(
             }
             Some(_) => {}
         }
+        // An answer "at least as fresh as" the current revision may come
+        // from the in-process cache, and must be current all the same.
+        let fresh = app
+            .user_permissions(
+                tenant,
+                &UserRef::Id(u.id.clone()),
+                Consistency::AtLeastAsFresh(checked.revision),
+            )
+            .await
+            .map_err(|e| fail(format!("user_permissions({}, fresh): {e}", m.label(&u.id))))?;
+        if *fresh.summary != want_summary {
+            return Err(fail(format!(
+                "permissions of user {} at least as fresh as revision {} (from {:?}) differ from the whole-tenant oracle\nexpected: {}\nactual: {}",
+                m.label(&u.id),
+                checked.revision,
+                fresh.from,
+                pretty(&want_summary),
+                pretty(&*fresh.summary)
+            )));
+        }
         // (b) The explanation data: assignments, losses with slot holders,
         // grants, dropped permissions.
         let (result, uid) = app
             .permissions(tenant, &UserRef::Id(u.id.clone()))
             .await
-            .map_err(|e| fail(format!("permissions({}): {e}", label(&u.id))))?;
+            .map_err(|e| fail(format!("permissions({}): {e}", m.label(&u.id))))?;
         if uid != u.id {
             return Err(fail(format!(
                 "permissions({}) answered user {uid}",
-                label(&u.id)
+                m.label(&u.id)
             )));
         }
         let got = serde_json::to_value(result.user(&uid)).map_err(|e| fail(e.to_string()))?;
@@ -867,7 +1074,7 @@ async fn verify(
         if got != expected {
             return Err(fail(format!(
                 "explanation data of user {} differs from the whole-tenant oracle\nexpected: {}\nactual: {}",
-                label(&u.id),
+                m.label(&u.id),
                 pretty(&expected),
                 pretty(&got)
             )));
@@ -894,16 +1101,42 @@ async fn verify(
                 .or_default() += 1;
         }
     }
-    let gauge = app
+    let mut gauge = app
         .refusal_gauge()
         .await
         .map_err(|e| fail(format!("refusal_gauge: {e}")))?;
+    // Earlier cases' tenants (unmapped now) keep their rows.
+    gauge.retain(|(t, _), _| *t == srv.tenant);
     if gauge != want_gauge {
         return Err(fail(format!(
             "refusal gauge {gauge:?}, the oracle's refusals give {want_gauge:?}"
         )));
     }
-    // (d) Deleted users: no row, and the API does not know them.
+    // (d) Exactly the live users have a stored row: none is left behind
+    // for a deleted user (the check path cannot see such a row, the table
+    // can).
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT user_id FROM effective_permissions WHERE tenant_id = $1")
+            .bind(tenant.id.to_string())
+            .fetch_all(&mut *db)
+            .await
+            .map_err(|e| fail(format!("read effective_permissions: {e}")))?;
+    let with_rows: BTreeSet<String> = rows.into_iter().map(|(id,)| id).collect();
+    let live: BTreeSet<String> = m.users.iter().map(|u| u.1.clone()).collect();
+    if with_rows != live {
+        let extra: Vec<String> = with_rows.difference(&live).map(|id| m.label(id)).collect();
+        let deleted: Vec<&str> = m
+            .deleted_users
+            .iter()
+            .filter(|d| with_rows.contains(&d.1))
+            .map(|d| d.0.as_str())
+            .collect();
+        let missing: Vec<String> = live.difference(&with_rows).map(|id| m.label(id)).collect();
+        return Err(fail(format!(
+            "stored rows for users not in the directory {extra:?} (deleted: {deleted:?}); live users without a row {missing:?}"
+        )));
+    }
+    // Deleted users: the API does not know them.
     for (label, id) in &m.deleted_users {
         let at = app
             .store
@@ -921,7 +1154,7 @@ async fn verify(
             srv.addr, srv.tenant
         );
         let r = srv
-            .send_with(Method::GET, &url, None, &[], Some(permissions_token))
+            .send_with(Method::GET, &url, None, &[], Some(&srv.permissions_token))
             .await;
         if r.status != 404 || r.body["error"]["code"] != "unknown_user" {
             return Err(fail(format!(
@@ -930,35 +1163,123 @@ async fn verify(
             )));
         }
     }
-    Ok(dir.users.len())
+    let facts = rolebridge::app::user_facts(&dir);
+    let seen = Seen {
+        users: dir.users.len(),
+        slot_refusals: want_gauge.keys().any(|(_, k)| k == "max_per_tenant"),
+        profile_refusals: want_gauge.keys().any(|(_, k)| k != "max_per_tenant"),
+        single_role_losses: oracle
+            .refusals()
+            .iter()
+            .any(|r| r.lost.reason.kind() == "single_role"),
+        dropped: oracle.users().any(|u| !u.dropped.is_empty()),
+        nested: facts
+            .iter()
+            .any(|u| u.groups.iter().any(|g| !g.via.is_empty())),
+        cycles: has_cycle(&dir.edges),
+    };
+    Ok(seen)
 }
 
-async fn run_case(backend: Backend, case: &Case, stats: &Stats) -> Result<(), TestCaseError> {
-    let srv = TestServer::start_with_catalogs(
-        backend,
-        &[("pt", &catalog_yaml(&case.mapping))],
-        &tenant_yaml(&case.mapping),
+/// Removes a backend's test database (a run shrinking a failure makes many
+/// cases, and leftovers slow the next run's cleanup).
+async fn drop_database(backend: Backend, url: &str) {
+    match backend {
+        Backend::Sqlite => {
+            if let Some(path) = url.strip_prefix("sqlite://") {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                }
+            }
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let name = url::Url::parse(url)
+                .map(|u| u.path().trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            if let Ok(mut admin) =
+                sqlx::PgConnection::connect(&crate::support::postgres_admin_url()).await
+            {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await;
+            }
+        }
+    }
+}
+
+/// One case: a fresh tenant on the shared server, the only tenant the
+/// mappings directory maps while the case runs.
+async fn run_case(server: &TestServer, case: &Case, stats: &Stats) -> Result<(), TestCaseError> {
+    let (name, token) = server.other_tenant().await;
+    let dir = server.mappings_dir();
+    for entry in std::fs::read_dir(dir.join("tenants")).expect("tenants dir") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("remove tenant mapping");
+    }
+    std::fs::write(dir.join("catalogs/pt.yaml"), catalog_yaml(&case.mapping)).expect("catalog");
+    std::fs::write(
+        dir.join("tenants").join(format!("{name}.yaml")),
+        tenant_yaml(&case.mapping),
     )
-    .await;
-    let token = srv.permissions_token().await;
-    let tenant = srv
+    .expect("tenant mapping");
+    server
+        .app
+        .reload_mappings()
+        .map_err(|e| fail(format!("generated mapping invalid: {e:?}")))?;
+    let tenant_name = TenantName::parse(&name).expect("tenant name");
+    let tenant = server
         .app
         .store
-        .tenant_by_name(&TenantName::parse(&srv.tenant).expect("tenant name"))
+        .tenant_by_name(&tenant_name)
         .await
         .expect("tenant")
-        .expect("the test tenant exists");
+        .expect("the case's tenant exists");
+    let permissions_token = server
+        .app
+        .create_token(&tenant_name, Scope::Permissions)
+        .await
+        .expect("token")
+        .token
+        .expose()
+        .to_string();
+    let ctx = Ctx {
+        server,
+        app: &server.app,
+        addr: server.addr,
+        database_url: server.database_url.clone(),
+        base: format!("http://{}/scim/v2/{name}", server.addr),
+        tenant: name,
+        token,
+        permissions_token,
+    };
+    run_steps(&ctx, &tenant, case, stats).await
+}
+
+async fn run_steps(
+    srv: &Ctx<'_>,
+    tenant: &Tenant,
+    case: &Case,
+    stats: &Stats,
+) -> Result<(), TestCaseError> {
     let mut m = Model::default();
     let mut trace = vec![format!(
         "initial mapping {:?}\n--- tenant file:\n{}---",
         case.mapping,
         tenant_yaml(&case.mapping)
     )];
+    let mut db = {
+        use sqlx::Connection;
+        sqlx::AnyConnection::connect(&srv.database_url)
+            .await
+            .expect("connect to the test database")
+    };
     let metrics = &srv.app.cache.metrics;
     for op in &case.ops {
         let full_before = metrics.full_recomputes.load(Ordering::Relaxed);
         let recomputed_before = metrics.recomputed_users.load(Ordering::Relaxed);
-        let step = match apply(&srv, &mut m, op, &mut trace).await {
+        let step = match apply(srv, &mut m, op, &mut trace).await {
             Ok(s) => s,
             Err(e) => return Err(fail(format!("{e}\nsteps:\n{}", trace.join("\n")))),
         };
@@ -990,11 +1311,30 @@ async fn run_case(backend: Backend, case: &Case, stats: &Stats) -> Result<(), Te
                         .set(stats.directory_users_at_writes.get() + m.users.len() as u64);
                 }
             }
-            Step::Remap => {}
+            Step::Remap { reconciled } => {
+                if full != reconciled as u64 {
+                    return Err(fail(format!(
+                        "a mapping change reconciled {reconciled} tenant(s) with {full} whole-tenant recomputation(s)\nsteps:\n{}",
+                        trace.join("\n")
+                    )));
+                }
+            }
         }
         Stats::add(&stats.steps, 1);
-        match verify(&srv, &tenant, &mut m, &token).await {
-            Ok(n) => Stats::add(&stats.users_compared, n),
+        match verify(srv, tenant, &mut m, &mut db).await {
+            Ok(seen) => {
+                Stats::add(&stats.users_compared, seen.users);
+                for (flag, counter) in [
+                    (seen.slot_refusals, &stats.slot_refusals),
+                    (seen.profile_refusals, &stats.profile_refusals),
+                    (seen.single_role_losses, &stats.single_role_losses),
+                    (seen.dropped, &stats.dropped),
+                    (seen.nested, &stats.nested),
+                    (seen.cycles, &stats.cycles),
+                ] {
+                    Stats::add(counter, usize::from(flag));
+                }
+            }
             Err(e) => return Err(fail(format!("{e}\nsteps:\n{}", trace.join("\n")))),
         }
     }
@@ -1027,9 +1367,24 @@ fn run(backend: Backend) {
         incremental_writes: Cell::new(0),
         recomputed_users: Cell::new(0),
         directory_users_at_writes: Cell::new(0),
+        slot_refusals: Cell::new(0),
+        profile_refusals: Cell::new(0),
+        single_role_losses: Cell::new(0),
+        dropped: Cell::new(0),
+        nested: Cell::new(0),
+        cycles: Cell::new(0),
     };
     let started = std::time::Instant::now();
-    let outcome = runner.run(&case(), |c| rt.block_on(run_case(backend, &c, &stats)));
+    let server = rt.block_on(TestServer::start_with_catalogs(
+        backend,
+        &[("pt", &catalog_yaml(&case_defaults()))],
+        "catalog: pt\nrules: []\n",
+    ));
+    let outcome = runner.run(&case(), |c| rt.block_on(run_case(&server, &c, &stats)));
+    let (url, mappings) = (server.database_url.clone(), server.mappings_dir());
+    drop(server);
+    rt.block_on(drop_database(backend, &url));
+    let _ = std::fs::remove_dir_all(mappings);
     match outcome {
         Ok(()) => {}
         Err(TestError::Fail(why, minimal)) => {
@@ -1040,18 +1395,28 @@ fn run(backend: Backend) {
         Err(TestError::Abort(why)) => panic!("property test aborted: {why}"),
     }
     println!(
-        "permissions_incremental {backend:?}: {} cases, {} steps, {} user comparisons, {} incremental writes recomputing {} users in all (whole-tenant would be {}), {:.1} s",
+        "permissions_incremental {backend:?}: {} cases, {} steps, {} users compared; {} incremental writes recomputed {} users (whole tenant: {}); steps with slot refusals {}, profile-limit refusals {}, single-role losses {}, dropped permissions {}, nesting {}, nesting cycles {}; {:.1} s",
         stats.cases.get(),
         stats.steps.get(),
         stats.users_compared.get(),
         stats.incremental_writes.get(),
         stats.recomputed_users.get(),
         stats.directory_users_at_writes.get(),
+        stats.slot_refusals.get(),
+        stats.profile_refusals.get(),
+        stats.single_role_losses.get(),
+        stats.dropped.get(),
+        stats.nested.get(),
+        stats.cycles.get(),
         started.elapsed().as_secs_f64()
     );
     assert!(
         stats.incremental_writes.get() > 0,
         "no incremental write was exercised"
+    );
+    assert!(
+        stats.recomputed_users.get() < stats.directory_users_at_writes.get(),
+        "directory writes recomputed as many users as whole-tenant passes would"
     );
 }
 
