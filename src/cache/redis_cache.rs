@@ -307,41 +307,50 @@ impl Inner {
     }
 }
 
-/// Drains the queue: one pipeline of compare-and-set calls per batch.
+/// Entries per pipeline: a whole-tenant recomputation queues one batch per
+/// tenant (100,000 entries at 100k users), which as one pipeline outlasts
+/// any sane timeout; pipelines of this size each answer in milliseconds.
+const PIPELINE: usize = 1000;
+
+/// Drains the queue: pipelines of compare-and-set calls, [`PIPELINE`] at a
+/// time.
 async fn writer(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::Receiver<Vec<(String, RedisEntry)>>) {
     let script = redis::Script::new(CAS);
     while let Some(batch) = rx.recv().await {
-        let n = batch.len() as u64;
-        let mut conn = match inner.usable() {
-            Ok(c) => c,
-            Err(_) => {
-                inner.dropped.fetch_add(n, Ordering::Relaxed);
-                continue;
+        for chunk in batch.chunks(PIPELINE) {
+            let n = chunk.len() as u64;
+            let mut conn = match inner.usable() {
+                Ok(c) => c,
+                Err(_) => {
+                    inner.dropped.fetch_add(n, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            let mut pipe = redis::pipe();
+            // EVALSHA fails with NOSCRIPT on a Redis that never saw the
+            // script (a fresh or restarted server): load it first, in the
+            // same pipeline.
+            pipe.load_script(&script).ignore();
+            for (key, entry) in chunk {
+                pipe.invoke_script(
+                    script
+                        .key(key)
+                        .arg(entry.as_of)
+                        .arg(entry.encode())
+                        .arg(ENTRY_TTL_SECS),
+                )
+                .ignore();
             }
-        };
-        let mut pipe = redis::pipe();
-        // EVALSHA fails with NOSCRIPT on a Redis that never saw the script
-        // (a fresh or restarted server): load it first, in the same pipeline.
-        pipe.load_script(&script).ignore();
-        for (key, entry) in &batch {
-            pipe.invoke_script(
-                script
-                    .key(key)
-                    .arg(entry.as_of)
-                    .arg(entry.encode())
-                    .arg(ENTRY_TTL_SECS),
-            )
-            .ignore();
+            let result = tokio::time::timeout(WRITE_TIMEOUT, pipe.query_async::<()>(&mut conn))
+                .await
+                .map_err(|_| RedisError::Timeout(WRITE_TIMEOUT))
+                .and_then(|r| r.map_err(RedisError::Command));
+            inner.record(&result);
+            match result {
+                Ok(()) => inner.writes.fetch_add(n, Ordering::Relaxed),
+                Err(_) => inner.dropped.fetch_add(n, Ordering::Relaxed),
+            };
         }
-        let result = tokio::time::timeout(WRITE_TIMEOUT, pipe.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| RedisError::Timeout(WRITE_TIMEOUT))
-            .and_then(|r| r.map_err(RedisError::Command));
-        inner.record(&result);
-        match result {
-            Ok(()) => inner.writes.fetch_add(n, Ordering::Relaxed),
-            Err(_) => inner.dropped.fetch_add(n, Ordering::Relaxed),
-        };
     }
 }
 
