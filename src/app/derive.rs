@@ -164,7 +164,8 @@ impl App {
                 result = mapping::compute_tenant(compiled, &user_facts(&dir));
             }
         }
-        out.recomputed = ids.len();
+        // Ids recorded by member removals may name groups: count users.
+        out.recomputed = dir.users.len();
         self.settle(tx, compiled, fingerprint, &result, &old, &mut out)
             .await?;
         Ok(out)

@@ -91,6 +91,8 @@ struct Inner {
     healthy: AtomicBool,
     writes: AtomicU64,
     dropped: AtomicU64,
+    /// Entries queued and not yet written or dropped (`flush`).
+    pending: AtomicU64,
 }
 
 pub struct RedisCache {
@@ -113,6 +115,7 @@ impl RedisCache {
                 healthy: AtomicBool::new(true),
                 writes: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
+                pending: AtomicU64::new(0),
             }),
             queue: OnceLock::new(),
         })
@@ -179,7 +182,9 @@ impl RedisCache {
             tokio::spawn(writer(self.inner.clone(), rx));
             tx
         });
+        self.inner.pending.fetch_add(n, Ordering::AcqRel);
         if tx.try_send(keyed).is_err() {
+            self.inner.pending.fetch_sub(n, Ordering::AcqRel);
             self.inner.dropped.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -190,15 +195,13 @@ impl RedisCache {
         self.inner.ping().await
     }
 
-    /// Waits until every queued write was attempted (tests, benchmarks).
+    /// Waits (at most 5 s) until every queued entry was written or dropped
+    /// (tests, benchmarks).
     pub async fn flush(&self) {
-        let Some(tx) = self.queue.get() else { return };
         let deadline = Instant::now() + Duration::from_secs(5);
-        while tx.capacity() < QUEUE && Instant::now() < deadline {
+        while self.inner.pending.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // The batch the writer holds is not in the queue any more.
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -323,6 +326,7 @@ async fn writer(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::Receiver<Vec<(Stri
                 Ok(c) => c,
                 Err(_) => {
                     inner.dropped.fetch_add(n, Ordering::Relaxed);
+                    inner.pending.fetch_sub(n, Ordering::AcqRel);
                     continue;
                 }
             };
@@ -350,6 +354,7 @@ async fn writer(inner: Arc<Inner>, mut rx: tokio::sync::mpsc::Receiver<Vec<(Stri
                 Ok(()) => inner.writes.fetch_add(n, Ordering::Relaxed),
                 Err(_) => inner.dropped.fetch_add(n, Ordering::Relaxed),
             };
+            inner.pending.fetch_sub(n, Ordering::AcqRel);
         }
     }
 }
