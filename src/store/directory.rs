@@ -61,11 +61,7 @@ pub(super) async fn directory_on(
     tenant: TenantId,
 ) -> Result<Directory> {
     let t = tenant.to_string();
-    let epoch: i64 = sqlx::query("SELECT epoch FROM tenants WHERE id = $1")
-        .bind(&t)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
+    let epoch = tenant_epoch(conn, tenant).await?;
     let users = sqlx::query(
         "SELECT id, user_name, active, created FROM scim_users WHERE tenant_id = $1 ORDER BY created, id",
     )
@@ -89,21 +85,7 @@ pub(super) async fn directory_on(
     .fetch_all(&mut *conn)
     .await?
     .iter()
-    .map(|r| {
-        let id: String = r.try_get(0)?;
-        let data: String = r.try_get(3)?;
-        let doc = serde_json::from_str(&data).map_err(|source| super::Error::Corrupt {
-            kind: "Group",
-            id: id.clone(),
-            source,
-        })?;
-        Ok(DirectoryGroup {
-            id,
-            display_name: r.try_get(1)?,
-            external_id: r.try_get(2)?,
-            doc,
-        })
-    })
+    .map(group_from_row)
     .collect::<Result<Vec<_>>>()?;
     let edges = sqlx::query(
         "SELECT group_id, member_id, member_type FROM group_members WHERE tenant_id = $1 ORDER BY group_id, member_id",
@@ -119,5 +101,32 @@ pub(super) async fn directory_on(
         users,
         groups,
         edges,
+    })
+}
+
+/// The tenant's revision, read on the caller's connection (inside its
+/// snapshot).
+pub(super) async fn tenant_epoch(conn: &mut sqlx::AnyConnection, tenant: TenantId) -> Result<i64> {
+    Ok(sqlx::query("SELECT epoch FROM tenants WHERE id = $1")
+        .bind(tenant.to_string())
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?)
+}
+
+/// A group row of `SELECT id, display_name, external_id, data`.
+pub(super) fn group_from_row(r: &sqlx::any::AnyRow) -> Result<DirectoryGroup> {
+    let id: String = r.try_get(0)?;
+    let data: String = r.try_get(3)?;
+    let doc = serde_json::from_str(&data).map_err(|source| super::Error::Corrupt {
+        kind: "Group",
+        id: id.clone(),
+        source,
+    })?;
+    Ok(DirectoryGroup {
+        id,
+        display_name: r.try_get(1)?,
+        external_id: r.try_get(2)?,
+        doc,
     })
 }

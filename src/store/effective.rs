@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::directory::{directory_on, Directory, DirectoryGroup, DirectoryUser};
+use super::directory::{directory_on, group_from_row, tenant_epoch, Directory, DirectoryUser};
 use super::resources::{member_from_row, placeholders, row_placeholders, MULTI_ROW};
 use super::tenants::tenant_from_row;
 use super::{Error, Result, Store, WriteTx};
@@ -416,11 +416,7 @@ async fn user_directory_on(
     users: &[String],
 ) -> Result<Directory> {
     let t = tenant.to_string();
-    let epoch: i64 = sqlx::query("SELECT epoch FROM tenants WHERE id = $1")
-        .bind(&t)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
+    let epoch = tenant_epoch(conn, tenant).await?;
     let mut dir = Directory {
         epoch,
         ..Directory::default()
@@ -486,19 +482,7 @@ async fn user_directory_on(
             q = q.bind(g.as_str());
         }
         for r in q.fetch_all(&mut *conn).await? {
-            let id: String = r.try_get(0)?;
-            let data: String = r.try_get(3)?;
-            let doc = serde_json::from_str(&data).map_err(|source| Error::Corrupt {
-                kind: "Group",
-                id: id.clone(),
-                source,
-            })?;
-            dir.groups.push(DirectoryGroup {
-                id,
-                display_name: r.try_get(1)?,
-                external_id: r.try_get(2)?,
-                doc,
-            });
+            dir.groups.push(group_from_row(&r)?);
         }
     }
     Ok(dir)
