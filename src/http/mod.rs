@@ -12,6 +12,7 @@ pub mod limits;
 pub mod metrics;
 mod permissions_routes;
 mod scim_routes;
+mod unread_body;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +52,8 @@ pub fn router(app: App) -> Router {
 /// The whole HTTP API with the given quotas and limits.
 ///
 /// Layers, outermost first: metrics (so they see every final status,
-/// including 408, 413, 429 and 503), tracing, the 60 s timeout, then, for
+/// including 408, 413, 429 and 503), the unread-body drain
+/// ([`unread_body`]), tracing, the 60 s timeout, then, for
 /// the SCIM and permissions APIs only, the in-flight cap. Probes and
 /// `/metrics` stay outside the cap so that an overloaded service still
 /// answers its monitoring. Provisioning quotas are enforced after
@@ -97,6 +99,9 @@ pub fn router_with(app: App, settings: HttpSettings) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(60),
         ))
+        // Outside the timeout, so that a 408 also leaves the connection
+        // reusable or says it is not.
+        .layer(middleware::from_fn(unread_body::drain))
         .layer(middleware::from_fn_with_state(http_metrics, metrics::track))
         .with_state(app)
 }

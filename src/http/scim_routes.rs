@@ -25,6 +25,9 @@ pub fn routes() -> Router<App> {
         .route("/Schemas", get(schemas))
         .route("/Schemas/{id}", get(schema_by_id))
         .route("/Users", get(list_users).post(create_user))
+        // Microsoft's SCIM test collection (and clients that join a base URL
+        // and a path naively) send `Users/?filter=...`: same endpoint.
+        .route("/Users/", get(list_users).post(create_user))
         .route("/Users/.search", post(search_users))
         .route(
             "/Users/{id}",
@@ -34,6 +37,7 @@ pub fn routes() -> Router<App> {
                 .delete(delete_user),
         )
         .route("/Groups", get(list_groups).post(create_group))
+        .route("/Groups/", get(list_groups).post(create_group))
         .route("/Groups/.search", post(search_groups))
         .route(
             "/Groups/{id}",
