@@ -350,15 +350,15 @@ impl WriteTx {
                 .await
             }
         };
-        result.map_err(|e| unique_or(e, kind, &cols))?;
+        result.map_err(|e| unique_or(e, &cols))?;
         Ok(())
     }
 
     /// Inserts many new resources with a few statements per [`MULTI_ROW`] rows
     /// instead of four per row (directory sync creates a whole directory at
-    /// once). A resource whose userName or externalId is taken, in the
-    /// tenant or earlier in `resources`, is not inserted: its slot in the
-    /// result holds the [`Error::Uniqueness`] naming the attribute.
+    /// once). A user whose userName is taken, in the tenant or earlier in
+    /// `resources`, is not inserted: its slot in the result holds the
+    /// [`Error::Uniqueness`]. externalId is not unique (migration 0005).
     pub async fn insert_many(
         &mut self,
         tenant: TenantId,
@@ -368,20 +368,14 @@ impl WriteTx {
         const ROWS: usize = MULTI_ROW;
         let mut out: Vec<Option<Error>> = Vec::with_capacity(resources.len());
         let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let mut externals: std::collections::HashSet<String> = std::collections::HashSet::new();
         for chunk in resources.chunks(ROWS) {
             self.touch_tenant(tenant);
             let cols: Vec<IndexedColumns> = chunk
                 .iter()
                 .map(|r| IndexedColumns::of(kind, &r.doc))
                 .collect();
-            // Values already taken in the tenant.
+            // userNames already taken in the tenant.
             let mut taken_names: std::collections::HashSet<String> = Default::default();
-            let mut taken_ext: std::collections::HashSet<String> = Default::default();
-            let ext: Vec<&str> = cols
-                .iter()
-                .filter_map(|c| c.external_id.as_deref())
-                .collect();
             if kind == ResourceKind::User {
                 let sql = format!(
                     "SELECT user_name_lc FROM scim_users WHERE tenant_id = $1 AND user_name_lc IN ({})",
@@ -395,20 +389,6 @@ impl WriteTx {
                     taken_names.insert(row.try_get(0)?);
                 }
             }
-            if !ext.is_empty() {
-                let sql = format!(
-                    "SELECT external_id FROM {} WHERE tenant_id = $1 AND external_id IN ({})",
-                    table(kind),
-                    placeholders(2, ext.len())
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
-                for e in &ext {
-                    q = q.bind(*e);
-                }
-                for row in q.fetch_all(&mut *self.tx).await? {
-                    taken_ext.insert(row.try_get(0)?);
-                }
-            }
             let mut accepted: Vec<(&StoredResource, &IndexedColumns)> = Vec::new();
             for (res, c) in chunk.iter().zip(&cols) {
                 let name_clash = kind == ResourceKind::User
@@ -419,18 +399,6 @@ impl WriteTx {
                         value: c.name.clone(),
                     }));
                     continue;
-                }
-                if let Some(e) = &c.external_id {
-                    if taken_ext.contains(e) || !externals.insert(e.clone()) {
-                        if kind == ResourceKind::User {
-                            names.remove(&c.name_lc);
-                        }
-                        out.push(Some(Error::Uniqueness {
-                            attribute: "externalId",
-                            value: e.clone(),
-                        }));
-                        continue;
-                    }
                 }
                 out.push(None);
                 if kind == ResourceKind::User {
@@ -556,7 +524,7 @@ impl WriteTx {
                 .await
             }
         };
-        let done = result.map_err(|e| unique_or(e, kind, &cols))?;
+        let done = result.map_err(|e| unique_or(e, &cols))?;
         if done.rows_affected() != 1 {
             return Err(Error::Conflict);
         }
@@ -734,9 +702,11 @@ impl WriteTx {
         )
     }
 
-    /// Looks for another resource holding the same unique values, so the
-    /// client learns which attribute clashed. The unique indexes remain the
-    /// guard against races; this only names the attribute.
+    /// Looks for another user holding the same userName, so the client
+    /// learns which attribute clashed. The unique index remains the guard
+    /// against races; this only names the attribute. userName is the one
+    /// unique attribute: RFC 7643 gives `externalId` and a group's
+    /// `displayName` no uniqueness (migration 0005).
     async fn check_unique(
         &mut self,
         tenant: TenantId,
@@ -744,39 +714,22 @@ impl WriteTx {
         id: &ResourceId,
         cols: &IndexedColumns,
     ) -> Result<()> {
-        if kind == ResourceKind::User {
-            let taken = sqlx::query(
-                "SELECT 1 FROM scim_users WHERE tenant_id = $1 AND user_name_lc = $2 AND id <> $3",
-            )
-            .bind(tenant.to_string())
-            .bind(cols.name_lc.as_str())
-            .bind(id.as_str())
-            .fetch_optional(&mut *self.tx)
-            .await?;
-            if taken.is_some() {
-                return Err(Error::Uniqueness {
-                    attribute: "userName",
-                    value: cols.name.clone(),
-                });
-            }
+        if kind != ResourceKind::User {
+            return Ok(());
         }
-        if let Some(ext) = &cols.external_id {
-            let sql = format!(
-                "SELECT 1 FROM {} WHERE tenant_id = $1 AND external_id = $2 AND id <> $3",
-                table(kind)
-            );
-            let taken = sqlx::query(AssertSqlSafe(sql))
-                .bind(tenant.to_string())
-                .bind(ext.as_str())
-                .bind(id.as_str())
-                .fetch_optional(&mut *self.tx)
-                .await?;
-            if taken.is_some() {
-                return Err(Error::Uniqueness {
-                    attribute: "externalId",
-                    value: ext.clone(),
-                });
-            }
+        let taken = sqlx::query(
+            "SELECT 1 FROM scim_users WHERE tenant_id = $1 AND user_name_lc = $2 AND id <> $3",
+        )
+        .bind(tenant.to_string())
+        .bind(cols.name_lc.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        if taken.is_some() {
+            return Err(Error::Uniqueness {
+                attribute: "userName",
+                value: cols.name.clone(),
+            });
         }
         Ok(())
     }
@@ -816,17 +769,13 @@ impl IndexedColumns {
     }
 }
 
-fn unique_or(err: sqlx::Error, kind: ResourceKind, cols: &IndexedColumns) -> Error {
+/// A unique-index violation that [`WriteTx::check_unique`] did not see
+/// (a concurrent writer): only userName is unique.
+fn unique_or(err: sqlx::Error, cols: &IndexedColumns) -> Error {
     if Error::is_unique_violation(&err) {
-        match kind {
-            ResourceKind::User => Error::Uniqueness {
-                attribute: "userName or externalId",
-                value: cols.name.clone(),
-            },
-            ResourceKind::Group => Error::Uniqueness {
-                attribute: "externalId",
-                value: cols.external_id.clone().unwrap_or_default(),
-            },
+        Error::Uniqueness {
+            attribute: "userName",
+            value: cols.name.clone(),
         }
     } else {
         err.into()
