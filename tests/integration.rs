@@ -20,6 +20,8 @@ mod scim_bulk;
 // Exact request shapes of Microsoft Entra ID and Okta.
 mod idp_entra;
 mod idp_okta;
+// The vendors' own test material (Microsoft SCIMReferenceCode, Entra docs), replayed.
+mod vendor_suites;
 // Effective permissions through the HTTP API, per catalog, and reload.
 mod permissions_api;
 // The incremental derivation against the whole-tenant oracle (property test).

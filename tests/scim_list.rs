@@ -90,7 +90,10 @@ both_backends! {
             "emails[type eq \"work\"",
             "userName eq \"a\" trailing",
             "active gt true",
-            "urn:nope:Thing:attr eq \"x\"",
+            // A SCIM message URN and the dot-for-colon typo name no schema
+            // (`urn:nope:Thing:attr` would be a custom extension).
+            "urn:ietf:params:scim:api:messages:2.0:ListResponse:attr eq \"x\"",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User.manager eq \"x\"",
             "name eq \"complex\"",
         ] {
             srv.query("/Users", &[("filter", bad)]).await.assert_error(400, Some("invalidFilter"));

@@ -75,7 +75,7 @@ both_backends! {
         // The second operation fails: nothing is applied.
         srv.patch(&path, ops(json!([
             {"op": "replace", "path": "title", "value": "Changed"},
-            {"op": "replace", "path": "noSuchAttr", "value": 1}
+            {"op": "replace", "path": "emails[type eq \"work\"", "value": 1}
         ]))).await.assert_error(400, Some("invalidPath"));
         assert_eq!(srv.get(&path).await.body, before, "a failed PATCH changed the user");
         srv.patch(&path, ops(json!([{"op": "remove"}]))).await.assert_error(400, Some("noTarget"));

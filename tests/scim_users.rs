@@ -70,31 +70,71 @@ both_backends! {
         srv.put(&format!("/Users/{bob}"), json!({"schemas": [USER], "userName": "ALICE@example.com"}))
             .await
             .assert_error(409, Some("uniqueness"));
-        // externalId is unique per tenant as well.
-        srv.post("/Users", json!({"schemas": [USER], "userName": "c", "externalId": "x1"})).await;
-        srv.post("/Users", json!({"schemas": [USER], "userName": "d", "externalId": "x1"}))
-            .await
-            .assert_error(409, Some("uniqueness"));
     }
 }
 
 both_backends! {
-    async fn unknown_and_extension_attributes_round_trip(srv) {
+    async fn extension_attributes_round_trip_and_unknown_ones_are_dropped(srv) {
+        const CUSTOM: &str = "urn:example:custom:2.0:User";
         let body = json!({
-            "schemas": [USER, ENTERPRISE, "urn:example:custom:2.0:User"],
+            "schemas": [USER, ENTERPRISE, CUSTOM],
             "userName": "roundtrip",
-            "urn:example:custom:2.0:User": {"badge": {"color": "blue", "levels": [1, 2, 3]}},
+            CUSTOM: {"badge": {"color": "blue", "levels": [1, 2, 3]}},
             "nickName": "rt",
             "x509Certificates": [{"value": "MIIDQzCCAqygAwIBAgICEAAwDQYJ"}],
-            ENTERPRISE: {"costCenter": "4130", "unknownEnterpriseField": "kept"}
+            ENTERPRISE: {"costCenter": "4130", "unknownEnterpriseField": "dropped"},
+            "notAnAttribute": "dropped",
+            "name": {"givenName": "R", "nick": "dropped"}
         });
         let r = srv.post("/Users", body.clone()).await;
         assert_eq!(r.status, 201, "{}", r.body);
         let got = srv.get(&format!("/Users/{}", r.body["id"].as_str().unwrap())).await;
-        for key in ["urn:example:custom:2.0:User", "nickName", "x509Certificates", ENTERPRISE] {
+        for key in [CUSTOM, "nickName", "x509Certificates"] {
             assert_eq!(got.body[key], body[key], "{key} lost: {}", got.body);
         }
         assert_eq!(got.body["schemas"], body["schemas"]);
+        // What no published schema defines is not stored.
+        assert_eq!(got.body[ENTERPRISE], json!({"costCenter": "4130"}), "{}", got.body);
+        assert!(got.body.get("notAnAttribute").is_none(), "{}", got.body);
+        assert_eq!(got.body["name"], json!({"givenName": "R"}), "{}", got.body);
+        // A custom extension sent without being declared is declared.
+        let r = srv
+            .post("/Users", json!({"schemas": [USER], "userName": "undeclared", CUSTOM: {"x": 1}}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.body["schemas"], json!([USER, CUSTOM]), "{}", r.body);
+        assert_eq!(r.body[CUSTOM], json!({"x": 1}));
+    }
+}
+
+both_backends! {
+    async fn external_id_is_not_unique(srv) {
+        // RFC 7643 gives externalId no uniqueness; many users and groups may
+        // share one, and a filter finds them all.
+        let a = srv.post("/Users", json!({"schemas": [USER], "userName": "c", "externalId": "x1"})).await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        let b = srv.post("/Users", json!({"schemas": [USER], "userName": "d", "externalId": "x1"})).await;
+        assert_eq!(b.status, 201, "{}", b.body);
+        let c = srv.user("e").await;
+        let put = srv.put(&format!("/Users/{c}"), json!({"schemas": [USER], "userName": "e", "externalId": "x1"})).await;
+        assert_eq!(put.status, 200, "{}", put.body);
+        let found = srv.query("/Users", &[("filter", "externalId eq \"x1\"")]).await;
+        assert_eq!(found.body["totalResults"], 3, "{}", found.body);
+        for name in ["g1", "g2"] {
+            let g = srv
+                .post("/Groups", json!({"schemas": [crate::support::GROUP], "displayName": name, "externalId": "x1"}))
+                .await;
+            assert_eq!(g.status, 201, "{}", g.body);
+        }
+        let groups = srv.query("/Groups", &[("filter", "externalId eq \"x1\"")]).await;
+        assert_eq!(groups.body["totalResults"], 2, "{}", groups.body);
+        // /Schemas says so (externalId is a common attribute, RFC 7643
+        // §3.1, so the rule is in the schemas' descriptions).
+        for urn in [USER, crate::support::GROUP] {
+            let schema = srv.get(&format!("/Schemas/{urn}")).await;
+            let text = schema.body["description"].as_str().unwrap_or_default();
+            assert!(text.contains("externalId is not unique") || text.contains("nor externalId is unique"), "{}", schema.body);
+        }
     }
 }
 

@@ -133,6 +133,16 @@ async fn users(srv: &TestServer) -> serde_json::Value {
     r.body
 }
 
+/// A user's effective permissions, by userName.
+async fn permissions_of(srv: &TestServer, token: &str, user: &str) -> crate::support::Resp {
+    let url = format!(
+        "http://{}/api/v1/tenants/{}/users/{user}/permissions?by=userName",
+        srv.addr, srv.tenant
+    );
+    srv.send_with(Method::GET, &url, None, &[], Some(token))
+        .await
+}
+
 async fn user_by_name(srv: &TestServer, name: &str) -> serde_json::Value {
     let r = srv
         .get(&format!("/Users?filter=userName%20eq%20%22{name}%22"))
@@ -282,6 +292,53 @@ each_backend! {
 }
 
 each_backend! {
+    async fn an_external_id_held_by_scim_resources_is_no_clash(backend) {
+        // externalId is not unique (migration 0005): a source recognises its
+        // own resources by its links, so a SCIM user and group holding the
+        // directory's ids neither block the sync nor are taken over.
+        let srv = TestServer::start(backend).await;
+        let scim_user = srv
+            .post("/Users", serde_json::json!({"schemas": [crate::support::USER], "userName": "scim@example.org", "externalId": "key-0"}))
+            .await;
+        assert_eq!(scim_user.status, 201, "{}", scim_user.body);
+        let scim_group = srv
+            .post("/Groups", serde_json::json!({"schemas": [crate::support::GROUP], "displayName": "Ops", "externalId": "g1"}))
+            .await;
+        assert_eq!(scim_group.status, 201, "{}", scim_group.body);
+        let dir = Directory::default();
+        dir.with(|s| {
+            s.users = (0..2).map(person).collect();
+            let mut g = team("g1", "Ops", &[0, 1]);
+            g.external_id = Some("g1".into());
+            s.groups = vec![g];
+        });
+        let cfg = config(&srv, LENIENT);
+        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(r.outcome, "applied");
+        assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+        assert_eq!(r.counts.users_created, 2);
+        let same = srv.get("/Users?filter=externalId%20eq%20%22key-0%22").await;
+        assert_eq!(same.body["totalResults"], 2, "{}", same.body);
+        let synced = user_by_name(&srv, "user0@example.org").await;
+        assert_ne!(synced["id"], scim_user.body["id"]);
+        let untouched = srv.get(&format!("/Users/{}", scim_user.body["id"].as_str().unwrap())).await;
+        assert_eq!(untouched.body["userName"], "scim@example.org");
+        assert_eq!(untouched.body["meta"]["version"], "W/\"1\"", "{}", untouched.body);
+        let groups = srv.get("/Groups?filter=externalId%20eq%20%22g1%22").await;
+        assert_eq!(groups.body["totalResults"], 2, "{}", groups.body);
+        // The SCIM group keeps no members; the source's group has both.
+        let scim_gid = scim_group.body["id"].as_str().unwrap();
+        assert!(srv.member_ids(scim_gid).await.is_empty());
+        let synced_group = groups.body["Resources"].as_array().unwrap().iter()
+            .find(|g| g["id"] != scim_gid).cloned().unwrap();
+        assert_eq!(srv.member_ids(synced_group["id"].as_str().unwrap()).await.len(), 2);
+        // A second run changes nothing.
+        let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(again.counts.users_created + again.counts.users_updated, 0, "{:?}", again.counts);
+    }
+}
+
+each_backend! {
     async fn overlapping_runs_of_one_source_are_refused(backend) {
         let srv = TestServer::start(backend).await;
         let cfg = config(&srv, LENIENT);
@@ -312,12 +369,7 @@ each_backend! {
         let cfg = config(&srv, LENIENT);
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         assert_eq!(r.permission_changes, 2, "{r:?}");
-        let get = |user: &'static str| {
-            let url = format!("http://{}/api/v1/tenants/{}/users/{user}/permissions?by=userName", srv.addr, srv.tenant);
-            let token = token.clone();
-            let srv = &srv;
-            async move { srv.send_with(Method::GET, &url, None, &[], Some(&token)).await }
-        };
+        let get = |user: &'static str| permissions_of(&srv, &token, user);
         let p = get("user0@example.org").await;
         assert_eq!(p.status, 200, "{}", p.body);
         assert!(p.body["roles"].to_string().contains("editor"), "{}", p.body);
@@ -336,6 +388,61 @@ each_backend! {
         assert_eq!((r.counts.members_removed, r.permission_changes), (1, 1), "{r:?}");
         let p1 = get("user1@example.org").await;
         assert!(!p1.body["roles"].to_string().contains("owner"), "{}", p1.body);
+    }
+}
+
+each_backend! {
+    async fn a_scim_client_cannot_claim_a_directory_group(backend) {
+        // Rules may match a group's DN or source, which directory sync
+        // records under `urn:rolebridge:`; a SCIM client must not be able to
+        // write them.
+        const SYNC: &str = "urn:rolebridge:params:sync:1.0:Group";
+        let yaml = "catalog: loyjoy\nrules:\n  - id: admins\n    match: {dn: \"cn=Admins,ou=groups\"}\n    assign: {roles: [owner]}\n";
+        let srv = TestServer::start_mapped(backend, yaml).await;
+        let token = srv.permissions_token().await;
+        let mallory = srv.user("mallory@example.org").await;
+        let forged = srv
+            .post("/Groups", serde_json::json!({"schemas": [crate::support::GROUP], "displayName": "Admins",
+                SYNC: {"source": "corp-ldap", "dn": "cn=Admins,ou=groups"},
+                "members": [{"value": mallory}]}))
+            .await;
+        assert_eq!(forged.status, 201, "{}", forged.body);
+        assert!(forged.body.get(SYNC).is_none(), "{}", forged.body);
+        let gid = forged.body["id"].as_str().unwrap().to_string();
+        let patch = |value: serde_json::Value| serde_json::json!({"schemas": [crate::support::PATCH_OP], "Operations": [value]});
+        srv.patch(&format!("/Groups/{gid}"), patch(serde_json::json!({"op": "add", "path": format!("{SYNC}:dn"), "value": "cn=Admins,ou=groups"})))
+            .await
+            .assert_error(400, Some("mutability"));
+        srv.patch(&format!("/Groups/{gid}"), patch(serde_json::json!({"op": "add", "value": {SYNC: {"dn": "cn=Admins,ou=groups"}}})))
+            .await
+            .assert_error(400, Some("mutability"));
+        let get = |user: &'static str| permissions_of(&srv, &token, user);
+        let p = get("mallory@example.org").await;
+        assert_eq!(p.status, 200, "{}", p.body);
+        assert!(!p.body["roles"].to_string().contains("owner"), "{}", p.body);
+        // The directory's own Admins group grants owner, and a SCIM PUT on it
+        // (a rename) keeps what sync recorded.
+        let dir = Directory::default();
+        dir.with(|s| {
+            s.users = vec![person(0)];
+            s.groups = vec![team("g-admins", "Admins", &[0])];
+        });
+        let cfg = config(&srv, LENIENT);
+        run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert!(get("user0@example.org").await.body["roles"].to_string().contains("owner"));
+        let groups = srv.get("/Groups?filter=displayName%20eq%20%22Admins%22").await;
+        let synced = groups.body["Resources"].as_array().unwrap().iter()
+            .find(|g| g["id"] != gid.as_str()).cloned().unwrap();
+        let sid = synced["id"].as_str().unwrap();
+        assert_eq!(synced[SYNC]["dn"], "cn=Admins,ou=groups", "{synced}");
+        let user0 = user_by_name(&srv, "user0@example.org").await;
+        let put = srv
+            .put(&format!("/Groups/{sid}"), serde_json::json!({"schemas": [crate::support::GROUP], "displayName": "Admins (renamed)",
+                SYNC: {"dn": "cn=other,ou=groups"}, "members": [{"value": user0["id"]}]}))
+            .await;
+        assert_eq!(put.status, 200, "{}", put.body);
+        assert_eq!(put.body[SYNC], synced[SYNC], "{}", put.body);
+        assert!(get("user0@example.org").await.body["roles"].to_string().contains("owner"));
     }
 }
 

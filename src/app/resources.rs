@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use scim::ast::AttrPath;
 use scim::patch::{MemberOp, MemberRef};
-use scim::schema::{ResourceKind, ENTERPRISE_URN};
+use scim::schema::ResourceKind;
 use serde_json::{json, Map, Value};
 
 use super::{now, App, Error, Result};
@@ -84,7 +84,8 @@ impl App {
         kind: ResourceKind,
         body: Value,
     ) -> Result<Outcome> {
-        let (doc, members) = prepare(kind, body)?;
+        let (doc, members, ignored) = prepare(kind, body, Writer::Client)?;
+        log_ignored(ctx, kind, "POST", &ignored);
         let ts = now();
         let stored = StoredResource {
             id: ResourceId::generate(),
@@ -126,13 +127,15 @@ impl App {
         body: Value,
         if_match: Option<&str>,
     ) -> Result<Outcome> {
-        let (doc, members) = prepare(kind, body)?;
+        let (mut doc, members, ignored) = prepare(kind, body, Writer::Client)?;
+        log_ignored(ctx, kind, "PUT", &ignored);
         let mut tx = self.store.begin_write().await?;
         let current = tx
             .get_for_update(ctx.tenant, kind, id)
             .await?
             .ok_or_else(|| not_found(kind, id))?;
         check_if_match(if_match, current.version)?;
+        keep_server_owned(&current.doc, &mut doc);
         let stored = StoredResource {
             id: current.id.clone(),
             doc,
@@ -179,6 +182,7 @@ impl App {
             obj.insert("id".into(), Value::String(id.to_string()));
         }
         let outcome = scim::patch::apply(kind, &mut doc, &ops)?;
+        log_ignored(ctx, kind, "PATCH", &outcome.ignored);
         if let Some(obj) = doc.as_object_mut() {
             obj.remove("id");
             // The password is write-only and never stored (see `prepare`).
@@ -499,15 +503,65 @@ fn not_found(kind: ResourceKind, id: &ResourceId) -> Error {
     }
 }
 
+/// Logs the attributes a write dropped because no published schema defines
+/// them (`scim::unknown`): names only, never values, which may be personal
+/// data.
+fn log_ignored(ctx: &RequestContext, kind: ResourceKind, method: &str, ignored: &[String]) {
+    if !ignored.is_empty() {
+        tracing::info!(
+            tenant = %ctx.tenant,
+            resource = kind.name(),
+            method,
+            attributes = ?ignored,
+            "ignored attributes that no published schema defines"
+        );
+    }
+}
+
+/// Who writes a document: a SCIM client, or directory sync (which alone
+/// writes the server-owned `urn:rolebridge:` namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Writer {
+    Client,
+    Directory,
+}
+
+/// A PUT replaces what the client may write; the server-owned namespace
+/// (directory sync's record of source and DN) stays as stored.
+fn keep_server_owned(current: &Value, doc: &mut Value) {
+    let (Some(cur), Some(new)) = (current.as_object(), doc.as_object_mut()) else {
+        return;
+    };
+    for (k, v) in cur {
+        if ResourceKind::is_server_owned(k) {
+            new.insert(k.clone(), v.clone());
+        }
+    }
+}
+
 /// Validates and normalises a POST/PUT body into the stored document, and
-/// takes out group members (stored in their own table).
+/// takes out group members (stored in their own table). Also returns the
+/// attributes dropped: those no published schema defines, and, from a
+/// client, the server-owned namespace (readOnly: RFC 7643 §7 has a client's
+/// readOnly values ignored).
 pub(super) fn prepare(
     kind: ResourceKind,
     mut body: Value,
-) -> Result<(Value, Option<Vec<MemberRef>>)> {
+    writer: Writer,
+) -> Result<(Value, Option<Vec<MemberRef>>, Vec<String>)> {
     let obj = body
         .as_object_mut()
         .ok_or_else(|| Error::InvalidSyntax("the request body must be a JSON object".into()))?;
+    let mut dropped = Vec::new();
+    if writer == Writer::Client {
+        obj.retain(|k, _| {
+            let owned = ResourceKind::is_server_owned(k);
+            if owned {
+                dropped.push(k.clone());
+            }
+            !owned
+        });
+    }
     let schemas: Vec<String> = match obj.get("schemas") {
         Some(Value::Array(items)) => items
             .iter()
@@ -544,7 +598,8 @@ pub(super) fn prepare(
     if kind == ResourceKind::User {
         obj.remove("groups");
     }
-    scim::patch::normalize(kind, &mut body)?;
+    let mut ignored = scim::patch::normalize(kind, &mut body)?;
+    ignored.extend(dropped);
     let obj = body
         .as_object_mut()
         .ok_or_else(|| Error::InvalidSyntax("the request body must be a JSON object".into()))?;
@@ -555,19 +610,25 @@ pub(super) fn prepare(
         ResourceKind::Group => Some(member_refs(obj.remove("members"))?),
         ResourceKind::User => None,
     };
-    // An extension's URN belongs in `schemas` when its attributes are sent.
-    if obj.contains_key(ENTERPRISE_URN) {
-        if let Some(Value::Array(list)) = obj.get_mut("schemas") {
-            if !list.iter().any(|s| {
-                s.as_str()
-                    .is_some_and(|s| s.eq_ignore_ascii_case(ENTERPRISE_URN))
-            }) {
-                list.push(json!(ENTERPRISE_URN));
+    // An extension's URN belongs in `schemas` when its attributes are sent
+    // (the enterprise one, or a custom extension: `scim::unknown`).
+    let extensions: Vec<String> = obj
+        .keys()
+        .filter(|k| kind.extension(k).is_some() || kind.is_custom_extension(k))
+        .cloned()
+        .collect();
+    if let Some(Value::Array(list)) = obj.get_mut("schemas") {
+        for urn in extensions {
+            if !list
+                .iter()
+                .any(|s| s.as_str().is_some_and(|s| s.eq_ignore_ascii_case(&urn)))
+            {
+                list.push(json!(urn));
             }
         }
     }
     check_required(kind, &body)?;
-    Ok((body, members))
+    Ok((body, members, ignored))
 }
 
 fn member_refs(raw: Option<Value>) -> Result<Vec<MemberRef>> {
@@ -648,6 +709,7 @@ async fn resolve_members(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::SYNC_URN;
 
     #[test]
     fn if_match_accepts_weak_strong_star_and_lists() {
@@ -664,23 +726,41 @@ mod tests {
 
     #[test]
     fn bodies_need_the_core_schema_and_required_attributes() {
-        assert!(prepare(ResourceKind::User, json!({"userName": "a"})).is_err());
+        assert!(prepare(ResourceKind::User, json!({"userName": "a"}), Writer::Client).is_err());
         assert!(prepare(
             ResourceKind::User,
-            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "userName": "a"})
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "userName": "a"}),
+            Writer::Client
         )
         .is_err());
         assert!(prepare(
             ResourceKind::User,
-            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"]})
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"]}),
+            Writer::Client
         )
         .is_err());
-        let (doc, _) = prepare(
+        let (doc, _, _) = prepare(
             ResourceKind::User,
             json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "a", "password": "p", "id": "x"}),
+            Writer::Client,
         )
         .unwrap();
         assert!(doc.get("password").is_none());
         assert!(doc.get("id").is_none());
+    }
+
+    #[test]
+    fn only_directory_sync_writes_the_server_owned_namespace() {
+        let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Admins",
+            SYNC_URN: {"source": "corp-ldap", "dn": "cn=admins,dc=corp"}});
+        let (doc, _, ignored) = prepare(ResourceKind::Group, body.clone(), Writer::Client).unwrap();
+        assert!(doc.get(SYNC_URN).is_none(), "{doc}");
+        assert_eq!(ignored, vec![SYNC_URN.to_string()]);
+        assert_eq!(
+            doc["schemas"],
+            json!(["urn:ietf:params:scim:schemas:core:2.0:Group"])
+        );
+        let (doc, _, _) = prepare(ResourceKind::Group, body, Writer::Directory).unwrap();
+        assert_eq!(doc[SYNC_URN]["source"], "corp-ldap");
     }
 }

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use scim::schema::ResourceKind;
 use serde_json::{json, Map, Value};
 
-use super::resources::prepare;
+use super::resources::{prepare, Writer};
 use super::{now, App, Result, SYNC_URN};
 use crate::domain::{ResourceId, TenantId};
 use crate::store::{Error as StoreError, StoredResource, WriteTx};
@@ -76,7 +76,12 @@ impl App {
                 .map(|(id, user)| {
                     Ok(new_resource(
                         id,
-                        prepare(ResourceKind::User, user_doc(user, source))?.0,
+                        prepare(
+                            ResourceKind::User,
+                            user_doc(user, source),
+                            Writer::Directory,
+                        )?
+                        .0,
                         &ts,
                     ))
                 })
@@ -92,7 +97,12 @@ impl App {
             match op {
                 UserOp::Create { .. } => {}
                 UserOp::Update { id, user, .. } => {
-                    let doc = prepare(ResourceKind::User, user_doc(user, source))?.0;
+                    let doc = prepare(
+                        ResourceKind::User,
+                        user_doc(user, source),
+                        Writer::Directory,
+                    )?
+                    .0;
                     if let Err(e) = replace(&mut tx, tenant, ResourceKind::User, id, doc, &ts).await
                     {
                         refuse(e, &mut applied, &mut refused, id, &user.user_name)?;
@@ -113,7 +123,12 @@ impl App {
             if let GroupOp::Create { id, group } = op {
                 new_groups.push(new_resource(
                     id,
-                    prepare(ResourceKind::Group, group_doc(group, source))?.0,
+                    prepare(
+                        ResourceKind::Group,
+                        group_doc(group, source),
+                        Writer::Directory,
+                    )?
+                    .0,
                     &ts,
                 ));
                 new_names.push((id.as_str(), group.display_name.as_str()));
@@ -131,7 +146,12 @@ impl App {
             match op {
                 GroupOp::Create { .. } => {}
                 GroupOp::Update { id, group } => {
-                    let doc = prepare(ResourceKind::Group, group_doc(group, source))?.0;
+                    let doc = prepare(
+                        ResourceKind::Group,
+                        group_doc(group, source),
+                        Writer::Directory,
+                    )?
+                    .0;
                     if let Err(e) =
                         replace(&mut tx, tenant, ResourceKind::Group, id, doc, &ts).await
                     {

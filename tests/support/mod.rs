@@ -164,6 +164,23 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Status, headers and the JSON body (`Null` when empty) of a response.
+    pub async fn read(resp: reqwest::Response) -> Resp {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body ({e}): {text}"))
+        };
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -417,20 +434,22 @@ impl TestServer {
                 .header("Content-Type", "application/scim+json")
                 .body(b.to_string());
         }
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.expect("body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body ({e}): {text}"))
-        };
-        Resp {
-            status,
-            headers,
-            body,
+        Resp::read(req.send().await.expect("request")).await
+    }
+
+    /// Sends `body` byte for byte (vendor payloads, some not even JSON) to
+    /// `base + path_and_query`, which is used as written (no encoding).
+    pub async fn send_raw(&self, method: Method, path_and_query: &str, body: Option<&str>) -> Resp {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path_and_query))
+            .header("Authorization", format!("Bearer {}", self.token));
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/scim+json")
+                .body(b.to_string());
         }
+        Resp::read(req.send().await.expect("request")).await
     }
 
     pub async fn get(&self, path: &str) -> Resp {

@@ -22,7 +22,9 @@
 //!   equals the operand;
 //! - `eq null` is true when the attribute is absent, `ne null` when present;
 //! - an attribute the schema does not know is an error, never a silent
-//!   `false`: a typo in a filter must not look like "no results".
+//!   `false`: a typo in a filter must not look like "no results". The
+//!   exception is a custom extension ([`crate::unknown`]), which has no
+//!   schema: its attributes are typed by the operand, as in [`crate::sql`].
 
 use serde_json::Value;
 
@@ -120,6 +122,18 @@ enum Scope {
 }
 
 impl Scope {
+    /// The custom extension URN `path` is qualified by
+    /// ([`ResourceKind::is_custom_extension`]), at the resource root only.
+    fn custom_urn(self, path: &AttrPath) -> Option<&str> {
+        match self {
+            Scope::Resource(kind) => path
+                .schema
+                .as_deref()
+                .filter(|urn| kind.is_custom_extension(urn)),
+            Scope::Element(_) => None,
+        }
+    }
+
     /// The definition governing the value at the end of `path`.
     fn resolve(self, path: &AttrPath) -> Result<&'static Attribute, EvalError> {
         match self {
@@ -206,10 +220,25 @@ fn eval(filter: &Filter, scope: Scope, node: &Value) -> Result<bool, EvalError> 
         }
         Filter::Not(f) => Ok(!eval(f, scope, node)?),
         Filter::Present(path) => {
+            if let Some(urn) = scope.custom_urn(path) {
+                return Ok(custom_value(node, urn, path).is_some_and(custom_present));
+            }
             let (_, values) = scope.values(path, node)?;
             Ok(values.into_iter().any(is_present))
         }
         Filter::Compare(path, op, operand) => {
+            if let Some(urn) = scope.custom_urn(path) {
+                check_custom_operator(*op, operand, path)?;
+                let stored = custom_value(node, urn, path);
+                return Ok(match (op, operand) {
+                    (CompareOp::Eq, CompValue::Null) => !stored.is_some_and(custom_present),
+                    (_, CompValue::Null) => stored.is_some_and(custom_present),
+                    (CompareOp::Ne, _) => {
+                        !stored.is_some_and(|v| custom_compare(CompareOp::Eq, v, operand))
+                    }
+                    _ => stored.is_some_and(|v| custom_compare(*op, v, operand)),
+                });
+            }
             let (def, values) = scope.values(path, node)?;
             let (def, values) = comparable(def, values, path)?;
             check_operator(def, *op, operand, path)?;
@@ -254,7 +283,11 @@ fn validate_in(filter: &Filter, scope: Scope) -> Result<(), EvalError> {
             validate_in(b, scope)
         }
         Filter::Not(f) => validate_in(f, scope),
+        Filter::Present(path) if scope.custom_urn(path).is_some() => Ok(()),
         Filter::Present(path) => scope.resolve(path).map(|_| ()),
+        Filter::Compare(path, op, operand) if scope.custom_urn(path).is_some() => {
+            check_custom_operator(*op, operand, path)
+        }
         Filter::Compare(path, op, operand) => {
             let def = scope.resolve(path)?;
             let (def, _) = comparable(def, Vec::new(), path)?;
@@ -332,6 +365,80 @@ fn check_operator(
             kind: def.kind.as_str(),
             path: path.to_string(),
         })
+    }
+}
+
+/// The value of a custom extension attribute: `[urn][attr][sub]` with the
+/// names as written, exactly as the SQL renderer reads it.
+fn custom_value<'v>(node: &'v Value, urn: &str, path: &AttrPath) -> Option<&'v Value> {
+    let v = node.get(urn)?.get(&path.attr)?;
+    match &path.sub_attr {
+        Some(sub) => v.get(sub),
+        None => Some(v),
+    }
+}
+
+/// `pr` on a custom extension attribute: a non-empty string, any number or
+/// boolean, or a non-empty array or object (as [`crate::sql`] renders it).
+fn custom_present(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Bool(_) | Value::Number(_) => true,
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// A custom extension attribute has no schema, so the operand's type
+/// decides: numbers have no substring match, booleans only `eq`/`ne`.
+fn check_custom_operator(
+    op: CompareOp,
+    operand: &CompValue,
+    path: &AttrPath,
+) -> Result<(), EvalError> {
+    let substring = matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew);
+    let equality = matches!(op, CompareOp::Eq | CompareOp::Ne);
+    let (ok, kind) = match operand {
+        CompValue::String(_) => (true, "string"),
+        CompValue::Number(_) => (!substring, "decimal"),
+        CompValue::Bool(_) => (equality, "boolean"),
+        CompValue::Null => (equality, "string"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(EvalError::UnsupportedOperator {
+            op: op_name(op),
+            kind,
+            path: path.to_string(),
+        })
+    }
+}
+
+/// A stored custom extension value against a non-null operand: only a
+/// value of the operand's JSON type matches.
+fn custom_compare(op: CompareOp, stored: &Value, operand: &CompValue) -> bool {
+    match (stored, operand) {
+        (Value::String(_), CompValue::String(_)) => compare(
+            crate::schema::schemaless(AttrType::String),
+            op,
+            stored,
+            operand,
+        ),
+        (Value::Number(_), CompValue::Number(_)) => compare(
+            crate::schema::schemaless(AttrType::Decimal),
+            op,
+            stored,
+            operand,
+        ),
+        (Value::Bool(_), CompValue::Bool(_)) => compare(
+            crate::schema::schemaless(AttrType::Boolean),
+            op,
+            stored,
+            operand,
+        ),
+        _ => false,
     }
 }
 

@@ -355,13 +355,65 @@ impl<'a> Parser<'a> {
             let inner = self.parse_brackets(start)?;
             self.depth -= 1;
             if self.peek() == Some(b'.') {
-                return Err(FilterError::new(
-                    "a sub-attribute after a value filter is only allowed in patch paths",
-                    self.pos,
-                ));
+                return self.parse_value_path_test(path, inner);
             }
             return Ok(Filter::ValuePath(path, Box::new(inner)));
         }
+        self.parse_test(path)
+    }
+
+    /// A documented extension to the RFC 7644 grammar:
+    /// `attr[valFilter].subAttr op value` (or `pr`), with the cursor on the
+    /// `.`. Entra ID sends it when an admin picks `emails[type eq
+    /// "work"].value` as the matching attribute. It means the test applies
+    /// to the same element as `valFilter`, so it becomes
+    /// `attr[valFilter and subAttr op value]`.
+    fn parse_value_path_test(
+        &mut self,
+        path: AttrPath,
+        inner: Filter,
+    ) -> Result<Filter, FilterError> {
+        self.pos += 1;
+        let name_start = self.pos;
+        while self.peek().is_some_and(is_name_char) {
+            self.pos += 1;
+        }
+        let name = self.src.get(name_start..self.pos).unwrap_or("");
+        if !name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic()) {
+            return Err(FilterError::new(
+                format!(
+                    "expected a sub-attribute name after '{path}[...].', found {}",
+                    self.token_at(name_start)
+                ),
+                name_start,
+            ));
+        }
+        if matches!(self.peek(), Some(b'.' | b':' | b'[')) {
+            return Err(FilterError::new(
+                format!(
+                    "only one sub-attribute may follow the value filter of '{path}', found {}",
+                    self.token_at(self.pos)
+                ),
+                self.pos,
+            ));
+        }
+        self.terms += 1;
+        if self.terms > MAX_TERMS {
+            return Err(FilterError::new(
+                format!("filter has more than {MAX_TERMS} expressions"),
+                name_start,
+            ));
+        }
+        let test = self.parse_test(AttrPath::simple(name))?;
+        Ok(Filter::ValuePath(
+            path,
+            Box::new(Filter::And(Box::new(inner), Box::new(test))),
+        ))
+    }
+
+    /// `"pr" / compareOp compValue` after `path`, with the cursor after the
+    /// path.
+    fn parse_test(&mut self, path: AttrPath) -> Result<Filter, FilterError> {
         self.skip_ws();
         let op_pos = self.pos;
         let op: String = self
@@ -904,6 +956,22 @@ mod tests {
     }
 
     #[test]
+    fn value_filter_then_sub_attribute_is_one_element_test() {
+        // Entra's matching attribute `emails[type eq "work"].value`.
+        let f = parse_filter(r#"emails[type eq "work"].value eq "a@x.org""#).unwrap();
+        let want = parse_filter(r#"emails[type eq "work" and value eq "a@x.org"]"#).unwrap();
+        assert_eq!(f, want);
+        let f =
+            parse_filter(r#"emails[type eq "work" or primary eq true].value pr and userName pr"#)
+                .unwrap();
+        let want = parse_filter(
+            r#"emails[(type eq "work" or primary eq true) and value pr] and userName pr"#,
+        )
+        .unwrap();
+        assert_eq!(f, want);
+    }
+
+    #[test]
     fn reports_precise_errors() {
         let cases: &[(&str, &str, usize)] = &[
             ("", "empty filter", 0),
@@ -938,7 +1006,9 @@ mod tests {
             ("foo:bar pr", "schema-qualified attribute paths must start with 'urn:', found 'foo:bar'", 0),
             ("a# pr", "invalid character '#' in attribute path", 1),
             ("urn:x pr", "missing schema urn before attribute in 'urn:x'", 0),
-            ("emails[type pr].value pr", "a sub-attribute after a value filter is only allowed in patch paths", 15),
+            ("emails[type pr].value.x pr", "only one sub-attribute may follow the value filter of 'emails', found '.'", 21),
+            ("emails[type pr]. pr", "expected a sub-attribute name after 'emails[...].', found ' '", 16),
+            ("emails[type pr].value", "expected an operator after 'value', found end of input", 21),
         ];
         for (input, message, position) in cases {
             let e = err(input);

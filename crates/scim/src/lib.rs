@@ -10,6 +10,7 @@
 //! - [`eval`]: evaluates a filter against a JSON resource in memory.
 //! - [`patch`]: applies PATCH operations atomically to a JSON resource.
 //! - [`projection`]: `attributes` / `excludedAttributes` and `returned`.
+//! - [`unknown`]: the rule for attributes no published schema defines.
 //!
 //! This crate does no IO: it never mentions tokio, sqlx or axum. It lives in
 //! its own crate so it can be tested and fuzzed in seconds, apart from the
@@ -23,3 +24,4 @@ pub mod patch;
 pub mod projection;
 pub mod schema;
 pub mod sql;
+pub mod unknown;

@@ -18,8 +18,9 @@
 //! - with `excludedAttributes` (ignored when `attributes` is given, which
 //!   RFC 7644 §3.9 says takes precedence), the listed attributes or
 //!   sub-attributes are removed unless `always`;
-//! - names the schema does not know are ignored in both lists; attributes
-//!   the schema does not know are kept unless `attributes` is given.
+//! - names the schema does not know are ignored in both lists; custom
+//!   extensions ([`crate::unknown`]) are returned by default and can be
+//!   listed by URN or `urn:attr` in either list.
 
 use serde_json::{Map, Value};
 
@@ -132,6 +133,17 @@ pub fn project(
             }
             continue;
         }
+        if kind.is_custom_extension(key) {
+            let (list, only) = if attributes.is_empty() {
+                (excluded, false)
+            } else {
+                (attributes, true)
+            };
+            if let Some(pv) = project_custom(key, v, list, only) {
+                out.insert(key.clone(), pv);
+            }
+            continue;
+        }
         match top_level(kind, key) {
             Some(def) => {
                 if let Some(pv) = project_attr(None, def, v, &mode) {
@@ -146,6 +158,42 @@ pub fn project(
         }
     }
     Value::Object(out)
+}
+
+/// A custom extension object (no schema, so every attribute is returned
+/// by default) for an `attributes` list (`only`) or an
+/// `excludedAttributes` list: the list may name the whole URN or
+/// `urn:attr`, compared case-insensitively.
+fn project_custom(urn: &str, v: &Value, list: &[AttrPath], only: bool) -> Option<Value> {
+    let whole = list
+        .iter()
+        .any(|p| p.sub_attr.is_none() && p.to_string().eq_ignore_ascii_case(urn));
+    let named: Vec<&str> = list
+        .iter()
+        .filter(|p| {
+            p.schema
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case(urn))
+        })
+        .map(|p| p.attr.as_str())
+        .collect();
+    let Value::Object(obj) = v else {
+        return (!only).then(|| v.clone());
+    };
+    let keep = |k: &str| {
+        let listed = named.iter().any(|n| n.eq_ignore_ascii_case(k));
+        if only {
+            whole || listed
+        } else {
+            !whole && !listed
+        }
+    };
+    let out: Map<String, Value> = obj
+        .iter()
+        .filter(|(k, _)| keep(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    (!out.is_empty()).then_some(Value::Object(out))
 }
 
 /// Whether top-level attribute `name` (e.g. `members`) would appear in a

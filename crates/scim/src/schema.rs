@@ -265,6 +265,57 @@ impl ResourceKind {
             .find(|s| s.id.eq_ignore_ascii_case(urn))
     }
 
+    /// Whether `urn` names an extension this server publishes no schema for
+    /// (Entra's `urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User`,
+    /// an Okta app's custom URN). Its attributes are kept as sent, can be
+    /// patched and filtered, and the URN is listed in the resource's
+    /// `schemas`; see [`crate::patch`] for the whole rule.
+    ///
+    /// Not one: the core URN, a published extension, the server's own
+    /// namespace ([`Self::is_server_owned`]), any other
+    /// `urn:ietf:params:scim:` URN outside `...:schemas:extension:`
+    /// (message and core schemas), a proper prefix of a published schema
+    /// (`...:enterprise:2.0` is what the typo `...:2.0:User.manager` parses
+    /// to, and must stay `invalidPath`), a path inside a published schema,
+    /// and URNs with characters that cannot name a JSON key in SQL.
+    /// Whether `urn` is in the namespace the service itself writes
+    /// (`urn:rolebridge:`, where directory sync records a resource's source
+    /// and DN). Clients can read it but never write it: mapping rules match
+    /// on it, so a client that could set it could claim a directory's
+    /// groups.
+    pub fn is_server_owned(urn: &str) -> bool {
+        const OWNED: &str = "urn:rolebridge:";
+        urn.get(..OWNED.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(OWNED))
+    }
+
+    pub fn is_custom_extension(self, urn: &str) -> bool {
+        const SCIM: &str = "urn:ietf:params:scim:";
+        const EXTENSION: &str = "urn:ietf:params:scim:schemas:extension:";
+        let starts = |s: &str, prefix: &str| {
+            s.get(..prefix.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(prefix))
+        };
+        let well_formed = urn.len() <= 256
+            && starts(urn, "urn:")
+            && urn.split(':').count() >= 3
+            && urn.split(':').all(|seg| !seg.is_empty())
+            && urn
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'));
+        well_formed
+            && !Self::is_server_owned(urn)
+            && (!starts(urn, SCIM) || starts(urn, EXTENSION))
+            && !urn.eq_ignore_ascii_case(self.core_schema().id)
+            && self.extension(urn).is_none()
+            && !all_schemas().iter().any(|s| {
+                // A proper prefix of a published schema, or a path inside
+                // one (`...:enterprise:2.0:User:employeeNumber`).
+                (s.id.len() > urn.len() && starts(s.id, urn))
+                    || (urn.len() > s.id.len() && starts(urn, s.id))
+            })
+    }
+
     /// The `/ResourceTypes/{name}` representation.
     pub fn resource_type_json(self, base: &str) -> Value {
         json!({
@@ -361,6 +412,26 @@ pub enum ResolveError {
 /// The common attributes of RFC 7643 §3.1, which belong to no schema.
 pub fn common_attribute(name: &str) -> Option<&'static Attribute> {
     COMMON.iter().find(|a| a.name.eq_ignore_ascii_case(name))
+}
+
+/// The definition used for an attribute of a custom extension
+/// ([`ResourceKind::is_custom_extension`]), which has no schema: its type
+/// is read from the filter operand (`kind`), strings compare
+/// case-insensitively, and it is single-valued.
+pub fn schemaless(kind: AttrType) -> &'static Attribute {
+    static DEFS: LazyLock<[Attribute; 3]> = LazyLock::new(|| {
+        let d = "An attribute of an extension without a published schema.";
+        [
+            a("extension attribute", AttrType::String, d),
+            a("extension attribute", AttrType::Decimal, d),
+            a("extension attribute", AttrType::Boolean, d),
+        ]
+    });
+    match kind {
+        AttrType::Boolean => &DEFS[2],
+        AttrType::Integer | AttrType::Decimal => &DEFS[1],
+        _ => &DEFS[0],
+    }
 }
 
 /// Every schema, for `/Schemas`.
@@ -468,7 +539,8 @@ static COMMON: LazyLock<Vec<Attribute>> = LazyLock::new(|| {
         .unique(Uniqueness::Server),
         s(
             "externalId",
-            "Identifier for the resource as defined by the provisioning client.",
+            "Identifier for the resource as defined by the provisioning client. Not unique: \
+             several resources may share one (RFC 7643 gives it no uniqueness).",
         )
         .case_exact(),
         a("meta", AttrType::Complex, "Resource metadata.")
@@ -512,7 +584,9 @@ static USER_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     Schema {
         id: USER_URN,
         name: "User",
-        description: "User Account",
+        description: "User Account. userName is unique per tenant (case-insensitively); \
+                      externalId is not unique. Attributes no published schema defines are \
+                      ignored; attributes of a custom extension URN are kept.",
         attributes: vec![
             s("userName", "Unique identifier for the User, typically used by the user to directly authenticate to the service provider.")
                 .required()
@@ -601,7 +675,9 @@ static ENTERPRISE_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
 static GROUP_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     id: GROUP_URN,
     name: "Group",
-    description: "Group",
+    description: "Group. Neither displayName nor externalId is unique. Attributes no \
+                  published schema defines are ignored; attributes of a custom extension URN \
+                  are kept.",
     attributes: vec![
         s("displayName", "A human-readable name for the Group.").required(),
         a(

@@ -39,7 +39,7 @@
 
 use crate::ast::{AttrPath, CompValue, CompareOp, Filter};
 use crate::filter::FilterError;
-use crate::schema::{AttrType, Attribute, ResolveError, Resolved, ResourceKind};
+use crate::schema::{schemaless, AttrType, Attribute, ResolveError, Resolved, ResourceKind};
 
 /// The SQL dialect to render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,10 +199,7 @@ enum Target {
 /// A single value the condition reads.
 enum Loc {
     /// The JSON value at `keys` below `base` (a document or an element).
-    Json {
-        base: String,
-        keys: Vec<&'static str>,
-    },
+    Json { base: String, keys: Vec<String> },
     /// A plain SQL column.
     Column { expr: String, lower: Option<String> },
 }
@@ -402,7 +399,7 @@ impl Renderer<'_> {
         let loc = match target {
             Target::Json(base) => Loc::Json {
                 base: base.clone(),
-                keys: vec![sub.name],
+                keys: vec![sub.name.to_string()],
             },
             Target::Relation(columns) => {
                 let expr = columns
@@ -423,6 +420,9 @@ impl Renderer<'_> {
 
     /// A test on a path resolved from the resource root.
     fn atom_root(&mut self, path: &AttrPath, test: Test) -> Result<String, FilterError> {
+        if let Some(loc) = self.custom_loc(path) {
+            return self.custom_atom(&loc, path, test);
+        }
         let mut resolved = self.resolve(path)?;
         if resolved.attr.multi_valued {
             if resolved.attr.kind != AttrType::Complex {
@@ -474,12 +474,102 @@ impl Renderer<'_> {
         self.test(&loc, resolved.leaf(), test)
     }
 
+    /// Where the value of a custom extension attribute is read
+    /// ([`ResourceKind::is_custom_extension`]), when `path` names one: the
+    /// JSON at `[urn, attr, sub]`, with the names as written (they have no
+    /// canonical spelling).
+    fn custom_loc(&self, path: &AttrPath) -> Option<Loc> {
+        let urn = path.schema.as_deref()?;
+        if !self.kind.is_custom_extension(urn) {
+            return None;
+        }
+        let mut keys = vec![urn.to_string(), path.attr.clone()];
+        keys.extend(path.sub_attr.clone());
+        Some(Loc::Json {
+            base: self.doc(),
+            keys,
+        })
+    }
+
+    /// A test on a custom extension attribute, which has no schema: the
+    /// operand's JSON type decides the comparison, and only a stored value
+    /// of that type can match (strings case-insensitively; numbers with
+    /// orderings; booleans with `eq`/`ne`). `pr` is a non-empty string, any
+    /// number or boolean, or a non-empty array or object.
+    fn custom_atom(
+        &mut self,
+        loc: &Loc,
+        path: &AttrPath,
+        test: Test,
+    ) -> Result<String, FilterError> {
+        let (op, value) = match test {
+            Test::Present => return self.custom_present(loc),
+            Test::Compare(op, value) => (op, value),
+        };
+        let (kind, allowed, what) = match value {
+            CompValue::String(_) => (AttrType::String, true, "a string"),
+            CompValue::Number(_) => (
+                AttrType::Decimal,
+                !matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew),
+                "a number",
+            ),
+            CompValue::Bool(_) => (AttrType::Boolean, op == CompareOp::Eq, "a boolean"),
+            CompValue::Null => (AttrType::String, false, "null"),
+        };
+        if !allowed {
+            return Err(invalid(format!(
+                "operator '{}' cannot compare '{path}' with {what}",
+                op_name(op)
+            )));
+        }
+        let cmp = self.compare(loc, schemaless(kind), op, value)?;
+        if kind == AttrType::String {
+            Ok(format!(
+                "({} AND {cmp})",
+                self.json_type_is(loc, JsonKind::String)?
+            ))
+        } else {
+            Ok(cmp)
+        }
+    }
+
+    /// `pr` on a custom extension attribute (see [`Self::custom_atom`]).
+    fn custom_present(&self, loc: &Loc) -> Result<String, FilterError> {
+        let text = self.text(loc)?;
+        Ok(match self.dialect {
+            Dialect::Sqlite => {
+                let t = self.sqlite_type(loc)?;
+                let Loc::Json { base, keys } = loc else {
+                    return Err(invalid("a custom extension attribute is stored in JSON"));
+                };
+                let path = json_path(keys)?;
+                format!(
+                    "(CASE {t} WHEN 'text' THEN {text} <> '' WHEN 'integer' THEN 1 WHEN 'real' THEN 1 \
+                     WHEN 'true' THEN 1 WHEN 'false' THEN 1 WHEN 'array' THEN json_array_length({base}, {path}) > 0 \
+                     WHEN 'object' THEN {text} <> '{{}}' ELSE 0 END)"
+                )
+            }
+            Dialect::Postgres => {
+                let j = self.json(loc)?;
+                format!(
+                    "(CASE jsonb_typeof({j}) WHEN 'string' THEN {text} <> '' WHEN 'number' THEN TRUE \
+                     WHEN 'boolean' THEN TRUE WHEN 'array' THEN {j} <> '[]'::jsonb \
+                     WHEN 'object' THEN {j} <> '{{}}'::jsonb ELSE FALSE END)"
+                )
+            }
+        })
+    }
+
     /// Where a single-valued path's value is read.
     fn loc(&self, resolved: &Resolved) -> Result<Loc, FilterError> {
         match self.map.storage(resolved) {
             Storage::Json => Ok(Loc::Json {
                 base: self.doc(),
-                keys: resolved.json_keys(),
+                keys: resolved
+                    .json_keys()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
             }),
             Storage::Column { expr, lower } => Ok(Loc::Column { expr, lower }),
             Storage::Relation { .. } => Err(invalid(format!(
@@ -729,6 +819,10 @@ impl Renderer<'_> {
     }
 
     fn sort_key(&mut self, path: &AttrPath) -> Result<String, FilterError> {
+        if let Some(loc) = self.custom_loc(path) {
+            let key = format!("lower({})", self.text(&loc)?);
+            return Ok(self.collate_text(key, schemaless(AttrType::String)));
+        }
         let mut resolved = self.resolve(path)?;
         if resolved.attr.multi_valued {
             if resolved.attr.kind != AttrType::Complex {
@@ -768,7 +862,7 @@ impl Renderer<'_> {
                     let value = self.sort_value(
                         &Loc::Json {
                             base: base.clone(),
-                            keys: vec![sub.name],
+                            keys: vec![sub.name.to_string()],
                         },
                         sub,
                     )?;
@@ -777,7 +871,7 @@ impl Renderer<'_> {
                             let is_primary = self.compare(
                                 &Loc::Json {
                                     base,
-                                    keys: vec![p.name],
+                                    keys: vec![p.name.to_string()],
                                 },
                                 p,
                                 CompareOp::Eq,
@@ -925,10 +1019,10 @@ fn check_key(key: &str) -> Result<&str, FilterError> {
 }
 
 /// SQLite JSON path literal with quoted labels: `'$."name"."givenName"'`.
-fn json_path(keys: &[&str]) -> Result<String, FilterError> {
+fn json_path<K: AsRef<str>>(keys: &[K]) -> Result<String, FilterError> {
     let mut out = String::from("'$");
     for key in keys {
-        out.push_str(&format!(".\"{}\"", check_key(key)?));
+        out.push_str(&format!(".\"{}\"", check_key(key.as_ref())?));
     }
     out.push('\'');
     Ok(out)
@@ -936,10 +1030,10 @@ fn json_path(keys: &[&str]) -> Result<String, FilterError> {
 
 /// PostgreSQL `text[]` path literal with quoted elements:
 /// `'{"urn:...:User","employeeNumber"}'`.
-fn pg_path(keys: &[&str]) -> Result<String, FilterError> {
+fn pg_path<K: AsRef<str>>(keys: &[K]) -> Result<String, FilterError> {
     let quoted = keys
         .iter()
-        .map(|k| check_key(k).map(|k| format!("\"{k}\"")))
+        .map(|k| check_key(k.as_ref()).map(|k| format!("\"{k}\"")))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(format!("'{{{}}}'", quoted.join(",")))
 }
@@ -1314,7 +1408,16 @@ mod tests {
         let u = ResourceKind::User;
         for (filter, message) in [
             ("nope eq \"x\"", "unknown attribute 'nope'"),
-            ("urn:x:y:attr eq \"x\"", "unknown schema 'urn:x:y'"),
+            // `urn:x:y` would be a custom extension; a SCIM message URN or
+            // the dot-for-colon typo names no schema.
+            (
+                "urn:ietf:params:scim:api:messages:2.0:PatchOp:attr eq \"x\"",
+                "unknown schema 'urn:ietf:params:scim:api:messages:2.0:PatchOp'",
+            ),
+            (
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User.manager eq \"x\"",
+                "unknown schema 'urn:ietf:params:scim:schemas:extension:enterprise:2.0'",
+            ),
             ("members pr", "unknown attribute 'members'"),
             (
                 "active gt true",
@@ -1430,6 +1533,33 @@ mod tests {
 
     // ---- executed against SQLite ------------------------------------------
 
+    const CUSTOM: &str = "urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User";
+
+    #[test]
+    fn custom_extension_operators_follow_the_operand_type() {
+        for bad in [
+            format!("{CUSTOM}:vip gt true"),
+            format!("{CUSTOM}:level co 3"),
+            // The dot-for-colon typo names no schema at all.
+            format!("{ENTERPRISE_URN}.manager eq \"x\""),
+            "urn:ietf:params:scim:api:messages:2.0:PatchOp:x eq \"y\"".to_string(),
+        ] {
+            let f = parse_filter(&bad).unwrap();
+            assert!(
+                render_filter(&f, ResourceKind::User, Dialect::Sqlite, &TestMap, 1).is_err(),
+                "{bad}"
+            );
+            assert!(
+                crate::eval::validate(&f, ResourceKind::User).is_err(),
+                "{bad}"
+            );
+        }
+        let f = parse_filter(&format!("{CUSTOM}:CustomAttribute eq \"x\"")).unwrap();
+        let pg = render_filter(&f, ResourceKind::User, Dialect::Postgres, &TestMap, 1).unwrap();
+        assert!(pg.sql.contains("jsonb_typeof"), "{}", pg.sql);
+        assert_eq!(pg.binds, vec![SqlValue::Text("x".into())]);
+    }
+
     fn users() -> Vec<serde_json::Value> {
         vec![
             json!({"id": "u1", "userName": "BJensen", "externalId": "EXT-1", "title": "Tour Guide",
@@ -1438,19 +1568,23 @@ mod tests {
                    "emails": [{"value": "bjensen@Example.com", "type": "work", "primary": true},
                               {"value": "babs@home.org", "type": "home"}],
                    "meta": {"created": "2020-01-01T00:00:00Z", "lastModified": "2024-05-01T10:00:00Z"},
-                   ENTERPRISE_URN: {"employeeNumber": "701984", "manager": {"value": "u2"}}}),
+                   ENTERPRISE_URN: {"employeeNumber": "701984", "manager": {"value": "u2"}},
+                   CUSTOM: {"CustomAttribute": "Blue", "level": 3, "vip": true, "badge": {"color": "red"}}}),
             json!({"id": "u2", "userName": "jsmith", "active": false,
                    "name": {"givenName": "John"},
                    "emails": [{"value": "john@home.org", "type": "work"},
                               {"value": "js@example.com", "type": "home", "primary": true}],
                    "meta": {"created": "2021-06-15T12:00:00Z"},
-                   ENTERPRISE_URN: {"employeeNumber": "42"}}),
+                   ENTERPRISE_URN: {"employeeNumber": "42"},
+                   CUSTOM: {"CustomAttribute": "", "level": "3", "tags": ["a"]}}),
             json!({"id": "u3", "userName": "Zoë", "title": "", "name": {}, "emails": [],
-                   "meta": {"created": "2022-03-01T00:00:00Z"}}),
+                   "meta": {"created": "2022-03-01T00:00:00Z"},
+                   CUSTOM: {"vip": false, "tags": []}}),
             json!({"id": "u4", "userName": "alice", "externalId": "ext-1", "title": "tour guide",
                    "active": true,
                    "emails": [{"value": "ALICE@EXAMPLE.COM", "type": "work"}],
-                   "meta": {"created": "2019-12-31T23:59:59Z"}}),
+                   "meta": {"created": "2019-12-31T23:59:59Z"},
+                   CUSTOM: {"CustomAttribute": 42}}),
             json!({"id": "u5", "userName": "bob", "meta": {"created": "2023-01-01T00:00:00Z"}}),
         ]
     }
@@ -1598,6 +1732,41 @@ mod tests {
                 "urn:ietf:params:scim:schemas:core:2.0:User:name.familyName eq \"jensen\"",
                 &["u1"],
             ),
+            // Entra's matching attribute: a sub-attribute after a value
+            // filter tests the same element (a documented extension).
+            (
+                "emails[type eq \"work\"].value eq \"bjensen@example.com\"",
+                &["u1"],
+            ),
+            (
+                "emails[type eq \"work\"].value co \"example\"",
+                &["u1", "u4"],
+            ),
+            ("emails[type eq \"home\"].primary eq true", &["u2"]),
+            // A custom extension (no schema): typed by the operand, names as
+            // written.
+            (&format!("{CUSTOM}:CustomAttribute eq \"blue\""), &["u1"]),
+            (&format!("{CUSTOM}:CustomAttribute sw \"BL\""), &["u1"]),
+            (&format!("{CUSTOM}:CustomAttribute pr"), &["u1", "u4"]),
+            (
+                &format!("not ({CUSTOM}:CustomAttribute pr)"),
+                &["u2", "u3", "u5"],
+            ),
+            (
+                &format!("{CUSTOM}:CustomAttribute eq null"),
+                &["u2", "u3", "u5"],
+            ),
+            (&format!("{CUSTOM}:CustomAttribute eq \"42\""), &[]),
+            (&format!("{CUSTOM}:CustomAttribute eq 42"), &["u4"]),
+            (&format!("{CUSTOM}:customattribute eq \"blue\""), &[]),
+            (&format!("{CUSTOM}:level gt 2"), &["u1"]),
+            (&format!("{CUSTOM}:level eq \"3\""), &["u2"]),
+            (&format!("{CUSTOM}:vip eq true"), &["u1"]),
+            (&format!("{CUSTOM}:vip ne true"), &["u2", "u3", "u4", "u5"]),
+            (&format!("{CUSTOM}:vip pr"), &["u1", "u3"]),
+            (&format!("{CUSTOM}:tags pr"), &["u2"]),
+            (&format!("{CUSTOM}:badge.color eq \"RED\""), &["u1"]),
+            (&format!("{CUSTOM}:badge pr"), &["u1"]),
             // dateTime ordering, in a column and in JSON.
             (
                 "meta.created gt \"2020-01-01T00:00:00Z\"",
