@@ -17,13 +17,18 @@ pub enum LogFormat {
 }
 
 pub fn init(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.with_env_filter(filter()).try_init(),
+        // Colour codes belong on a terminal, not in a file or a collector.
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter())
+            .try_init(),
         LogFormat::Json => builder
             .json()
             .with_current_span(true)
@@ -31,4 +36,35 @@ pub fn init(format: LogFormat) {
             .with_env_filter(filter())
             .try_init(),
     };
+    install_panic_hook();
+}
+
+/// Panics are logged through `tracing` instead of printed raw, so that in
+/// `--log-format json` every line on stderr is JSON, and a panic carries the
+/// span (request, sync run) it happened in.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(non-string panic payload)".to_string());
+        let backtrace = std::backtrace::Backtrace::capture();
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => tracing::error!(
+                panic = %payload,
+                %location,
+                %thread,
+                backtrace = %backtrace,
+                "panic"
+            ),
+            _ => tracing::error!(panic = %payload, %location, %thread, "panic"),
+        }
+    }));
 }

@@ -20,6 +20,10 @@ mod scim_bulk;
 // Exact request shapes of Microsoft Entra ID and Okta.
 mod idp_entra;
 mod idp_okta;
+// Hostile input: NUL, Content-Type, Unicode, error formats, logs and panics.
+mod hostile_input;
+// A malformed-request corpus against the binary: 4xx in the API's format, no 5xx or panic logged.
+mod malformed_corpus;
 // The vendors' own test material (Microsoft SCIMReferenceCode, Entra docs), replayed.
 mod vendor_suites;
 // Effective permissions through the HTTP API, per catalog, and reload.
@@ -46,3 +50,5 @@ mod sync_ldap;
 mod sync_entra;
 // Revisions, at_least_as_fresh, batch checks, atomic mapping switches over HTTP.
 mod permissions_consistency;
+// The SQL filter path (SQLite, PostgreSQL) against the in-memory evaluator (property test).
+mod filter_property;

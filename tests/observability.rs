@@ -138,9 +138,11 @@ async fn json_logs_never_contain_tokens() {
         let stderr = child.stderr.take().expect("stderr");
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !line.starts_with('{') {
-                    if let Some(addr) = line.split("listening on ").nth(1) {
-                        let _ = addr_tx.send(addr.trim().to_string());
+                // In JSON mode the start-up line is JSON too: the address is
+                // its `fields.address`.
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if let Some(addr) = v["fields"]["address"].as_str() {
+                        let _ = addr_tx.send(addr.to_string());
                     }
                 }
                 lines.lock().unwrap().push(line);
@@ -185,8 +187,18 @@ async fn json_logs_never_contain_tokens() {
             .unwrap();
         assert_eq!(r.status(), 401);
     }
+    // Every request gets an id, echoed back (the client's own when sent).
+    let r = client
+        .get(format!("{base}/Users"))
+        .bearer_auth(&token)
+        .header("x-request-id", "req-7f3a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-7f3a");
     let r = client.get(format!("{addr}/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert!(r.headers()["x-request-id"].to_str().unwrap().len() == 36, "{:?}", r.headers());
     assert!(Instant::now() < deadline);
     let _ = child.kill();
     let _ = child.wait();
@@ -198,10 +210,7 @@ async fn json_logs_never_contain_tokens() {
         for needle in [secret.as_str(), bogus_secret, "Pa55-word!"] {
             assert!(!line.contains(needle), "secret in log line: {line}");
         }
-        // The plain "listening on" line is the start-up hook tools read.
-        if line.starts_with("rolebridge listening on") {
-            continue;
-        }
+        // Every line is JSON in this mode, the start-up line included.
         let v: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
         assert!(
@@ -212,6 +221,13 @@ async fn json_logs_never_contain_tokens() {
     }
     // At debug level, requests produce log lines: the check saw real ones.
     assert!(json_lines >= 3, "{lines:?}");
+    // Lines logged while serving a request carry its span: id and tenant.
+    let in_request = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["span"]["request_id"] == "req-7f3a")
+        .unwrap_or_else(|| panic!("no line in the request's span: {lines:?}"));
+    assert_eq!(in_request["span"]["tenant"], tenant.as_str(), "{in_request}");
 }
 
 #[test]

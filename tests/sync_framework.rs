@@ -33,6 +33,8 @@ struct State {
     /// Another run takes the source's lease while this one reads (as if
     /// this run had outlived its lease).
     thief: Option<(rolebridge::store::Store, String)>,
+    /// A read takes this long (a large directory).
+    delay: Option<std::time::Duration>,
 }
 
 impl Directory {
@@ -59,6 +61,10 @@ impl Source for Directory {
                 .collect();
             (changes, s.fail_after)
         };
+        let delay = self.state.lock().unwrap().delay;
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         let thief = self.state.lock().unwrap().thief.take();
         if let Some((store, source)) = thief {
             let far = "9999-12-31T00:00:00.000000Z";
@@ -335,6 +341,41 @@ each_backend! {
         // A second run changes nothing.
         let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         assert_eq!(again.counts.users_created + again.counts.users_updated, 0, "{:?}", again.counts);
+    }
+}
+
+each_backend! {
+    async fn a_run_holds_a_short_lease_and_renews_it_while_alive(backend) {
+        // A lease held by a dead process must expire within a minute, so it
+        // is short; a live run renews it (every 20 s) however long it reads.
+        let srv = TestServer::start(backend).await;
+        let dir = Directory::default();
+        dir.with(|s| {
+            s.users = vec![person(0)];
+            s.delay = Some(std::time::Duration::from_secs(23));
+        });
+        let cfg = config(&srv, LENIENT);
+        let run = {
+            let app = srv.app.clone();
+            let cfg = cfg.clone();
+            let mut dir = dir.clone();
+            tokio::spawn(async move { run_with_source(&app, &cfg, &mut dir, RunOptions::default(), None).await })
+        };
+        let lease_until = || async {
+            let state = srv.app.store.sync_state(&cfg.name).await.unwrap();
+            assert!(state.lease_owner.is_some(), "the run holds the lease");
+            rolebridge::domain::parse_timestamp(state.lease_until.as_deref().unwrap()).unwrap()
+        };
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let first = lease_until().await;
+        let ahead = first - time::OffsetDateTime::now_utc();
+        assert!(ahead <= time::Duration::seconds(61) && ahead > time::Duration::seconds(30), "lease {ahead} ahead");
+        tokio::time::sleep(std::time::Duration::from_secs(21)).await;
+        let renewed = lease_until().await;
+        assert!(renewed > first + time::Duration::seconds(15), "not renewed: {first} then {renewed}");
+        let r = run.await.unwrap().unwrap();
+        assert_eq!(r.outcome, "applied");
+        assert_eq!(srv.app.store.sync_state(&cfg.name).await.unwrap().lease_owner, None);
     }
 }
 

@@ -845,3 +845,76 @@ async fn runner_reports_bad_bind_and_bad_config_clearly() {
         .collect::<String>();
     assert!(e.contains("source 'x'") && e.contains("(uid=*"), "{e}");
 }
+
+/// A hostile "directory": answers every request on a connection with
+/// `reply`, and counts the connections it saw.
+async fn hostile_ldap(reply: &'static [u8]) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ldap://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                // Bounded: a test server, not a daemon.
+                for _ in 0..16 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            if conn.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+each_backend! {
+    async fn a_malformed_bind_response_fails_the_run_and_frees_the_source(backend) {
+        // The probe's finding: `30 05 02 01 01 61 00` (a BindResponse with
+        // no result fields) makes ldap3 panic while decoding it. The run
+        // must fail like any other (recorded, lease released), and the next
+        // run must be able to start.
+        let srv = TestServer::start(backend).await;
+        let (url, seen) = hostile_ldap(&[0x30, 0x05, 0x02, 0x01, 0x01, 0x61, 0x00]).await;
+        let dir = tempfile_dir();
+        let pw = dir.join("bind-pw");
+        std::fs::write(&pw, "secret").unwrap();
+        let t: toml::Table = toml::from_str(&format!(
+            "name = \"hostile-{tenant}\"\ntenant = \"{tenant}\"\nkind = \"ldap\"\nurl = \"{url}\"\n\
+             bind_dn = \"cn=sync,dc=example,dc=org\"\nbind_password = {{ file = \"{pw}\" }}\n\
+             base_dns = [\"dc=example,dc=org\"]\ntimeout = \"5s\"\n{LENIENT}",
+            tenant = srv.tenant,
+            pw = pw.display(),
+        ))
+        .unwrap();
+        let cfg = parse_sources(&[t]).unwrap_or_else(|e| panic!("{e:?}")).remove(0);
+        for attempt in 0..2 {
+            let err = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap_err();
+            assert!(!matches!(err, SyncError::Busy(_)), "attempt {attempt}: the lease was left held: {err}");
+            eprintln!("attempt {attempt}: {err}");
+            let state = srv.app.store.sync_state(&cfg.name).await.unwrap();
+            assert_eq!(state.lease_owner, None, "attempt {attempt}: lease not released");
+            let runs = srv.app.store.sync_runs(&cfg.name, 10).await.unwrap();
+            assert_eq!(runs.len(), attempt + 1, "every failed run is recorded");
+            assert_eq!(runs[0].outcome, "failed");
+            assert!(runs[0].error.as_deref().is_some_and(|e| !e.is_empty()), "{:?}", runs[0]);
+        }
+        assert!(seen.load(Ordering::SeqCst) >= 2);
+        // Nothing was written.
+        assert_eq!(srv.get("/Users").await.body["totalResults"], 0);
+    }
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(crate::support::unique("hostile-ldap"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

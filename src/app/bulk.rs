@@ -6,10 +6,11 @@
 //! operation whose references can never resolve (unknown, failed, or a
 //! cycle) fails with 409 without being attempted.
 
+use scim::ScimType;
 use std::collections::HashMap;
 
-use scim::schema::{ResourceKind, BULK_RESPONSE_URN};
-use serde_json::{json, Value};
+use scim::schema::ResourceKind;
+use serde_json::Value;
 
 use super::{App, Error, RequestContext, Result};
 use crate::domain::ResourceId;
@@ -26,28 +27,41 @@ pub const BULK_LIMITS: BulkLimits = BulkLimits {
     max_payload_size: 1024 * 1024,
 };
 
-/// The result of one operation, for the BulkResponse.
-struct OpResult {
-    method: String,
-    bulk_id: Option<String>,
-    location: Option<String>,
-    version: Option<String>,
-    status: u16,
-    response: Option<Value>,
+/// One operation of a BulkRequest as it ended, in request order. The HTTP
+/// layer turns it into a BulkResponse entry (status, error body).
+#[derive(Debug)]
+pub struct BulkOp {
+    /// As the client sent it, uppercased.
+    pub method: String,
+    pub bulk_id: Option<String>,
+    pub location: Option<String>,
+    pub version: Option<String>,
+    pub outcome: BulkOutcome,
 }
 
-/// Builds the body of a SCIM error; shared with the HTTP layer's mapping
-/// through [`Error`] so bulk and single requests report alike.
-pub type ErrorBody = fn(&Error) -> (u16, Value);
+/// What one bulk operation did.
+#[derive(Debug)]
+pub enum BulkOutcome {
+    Created,
+    Replaced,
+    Patched,
+    Deleted,
+    /// The operation ran and failed, as the same single request would.
+    Failed(Error),
+    /// Not attempted: it references a `bulkId` that no successful operation
+    /// of this request defined (unknown, failed, or a cycle).
+    Unresolved(String),
+}
+
+impl BulkOutcome {
+    fn is_failure(&self) -> bool {
+        matches!(self, BulkOutcome::Failed(_) | BulkOutcome::Unresolved(_))
+    }
+}
 
 impl App {
     /// Runs a BulkRequest and returns the BulkResponse body.
-    pub async fn bulk(
-        &self,
-        ctx: &RequestContext,
-        body: Value,
-        error_body: ErrorBody,
-    ) -> Result<Value> {
+    pub async fn bulk(&self, ctx: &RequestContext, body: Value) -> Result<Vec<BulkOp>> {
         let schemas_ok = body
             .get("schemas")
             .and_then(Value::as_array)
@@ -58,15 +72,23 @@ impl App {
                 })
             });
         if !schemas_ok {
-            return Err(Error::InvalidSyntax(format!(
-                "'schemas' must contain '{}'",
-                scim::schema::BULK_REQUEST_URN
-            )));
+            return Err(Error::Scim(
+                ScimType::InvalidSyntax,
+                format!(
+                    "'schemas' must contain '{}'",
+                    scim::schema::BULK_REQUEST_URN
+                ),
+            ));
         }
         let ops = body
             .get("Operations")
             .and_then(Value::as_array)
-            .ok_or_else(|| Error::InvalidSyntax("'Operations' must be an array".into()))?;
+            .ok_or_else(|| {
+                Error::Scim(
+                    ScimType::InvalidSyntax,
+                    "'Operations' must be an array".into(),
+                )
+            })?;
         if ops.len() > BULK_LIMITS.max_operations {
             return Err(Error::PayloadTooLarge(format!(
                 "{} operations exceed maxOperations {}",
@@ -77,11 +99,14 @@ impl App {
         let fail_on_errors = match body.get("failOnErrors") {
             None | Some(Value::Null) => None,
             Some(v) => Some(v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
-                Error::InvalidValue("'failOnErrors' must be a positive integer".into())
+                Error::Scim(
+                    ScimType::InvalidValue,
+                    "'failOnErrors' must be a positive integer".into(),
+                )
             })?),
         };
 
-        let mut results: Vec<Option<OpResult>> = (0..ops.len()).map(|_| None).collect();
+        let mut results: Vec<Option<BulkOp>> = (0..ops.len()).map(|_| None).collect();
         let mut created: HashMap<String, String> = HashMap::new();
         let mut failed_ids: Vec<String> = Vec::new();
         let mut errors = 0u64;
@@ -116,17 +141,15 @@ impl App {
                 }
                 progressed = true;
                 let result = match broken {
-                    Some(r) => failure(
+                    Some(r) => unattempted(
                         op,
-                        error_body,
-                        &Error::InvalidValue(format!(
+                        format!(
                             "bulkId '{r}' is not defined by a successful operation of this request"
-                        )),
-                        409,
+                        ),
                     ),
-                    None => self.bulk_one(ctx, op, &created, error_body).await,
+                    None => self.bulk_one(ctx, op, &created).await,
                 };
-                if result.status >= 400 {
+                if result.outcome.is_failure() {
                     errors += 1;
                     if let Some(id) = &result.bulk_id {
                         failed_ids.push(id.clone());
@@ -144,42 +167,13 @@ impl App {
             if !progressed {
                 // Every remaining operation waits on another: a cycle.
                 for &i in &still {
-                    let mut r = failure(
-                        &ops[i],
-                        error_body,
-                        &Error::InvalidValue("circular bulkId references".into()),
-                        409,
-                    );
-                    r.status = 409;
-                    results[i] = Some(r);
+                    results[i] = Some(unattempted(&ops[i], "circular bulkId references".into()));
                 }
                 break;
             }
             pending = still;
         }
-        let operations: Vec<Value> = results
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                let mut o = serde_json::Map::new();
-                o.insert("method".into(), json!(r.method));
-                if let Some(b) = r.bulk_id {
-                    o.insert("bulkId".into(), json!(b));
-                }
-                if let Some(v) = r.version {
-                    o.insert("version".into(), json!(v));
-                }
-                if let Some(l) = r.location {
-                    o.insert("location".into(), json!(l));
-                }
-                o.insert("status".into(), json!(r.status.to_string()));
-                if let Some(resp) = r.response {
-                    o.insert("response".into(), resp);
-                }
-                Value::Object(o)
-            })
-            .collect();
-        Ok(json!({"schemas": [BULK_RESPONSE_URN], "Operations": operations}))
+        Ok(results.into_iter().flatten().collect())
     }
 
     async fn bulk_one(
@@ -187,14 +181,13 @@ impl App {
         ctx: &RequestContext,
         op: &Value,
         created: &HashMap<String, String>,
-        error_body: ErrorBody,
-    ) -> OpResult {
+    ) -> BulkOp {
         match self.try_bulk_one(ctx, op, created).await {
             Ok(r) => r,
-            Err(e) => {
-                let (status, _) = error_body(&e);
-                failure(op, error_body, &e, status)
-            }
+            Err(e) => BulkOp {
+                outcome: BulkOutcome::Failed(e),
+                ..unattempted(op, String::new())
+            },
         }
     }
 
@@ -203,64 +196,81 @@ impl App {
         ctx: &RequestContext,
         op: &Value,
         created: &HashMap<String, String>,
-    ) -> Result<OpResult> {
+    ) -> Result<BulkOp> {
         let method = op
             .get("method")
             .and_then(Value::as_str)
-            .ok_or_else(|| Error::InvalidSyntax("each operation needs a 'method'".into()))?
+            .ok_or_else(|| {
+                Error::Scim(
+                    ScimType::InvalidSyntax,
+                    "each operation needs a 'method'".into(),
+                )
+            })?
             .to_ascii_uppercase();
         let bulk_id = op.get("bulkId").and_then(Value::as_str).map(str::to_string);
-        let path = op
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::InvalidSyntax("each operation needs a 'path'".into()))?;
+        let path = op.get("path").and_then(Value::as_str).ok_or_else(|| {
+            Error::Scim(
+                ScimType::InvalidSyntax,
+                "each operation needs a 'path'".into(),
+            )
+        })?;
         let path = substitute_str(path, created);
         let data = op.get("data").cloned().map(|d| substitute(d, created));
         let if_match = op.get("version").and_then(Value::as_str);
         let (kind, id) = parse_bulk_path(&path)?;
         let need_data = || {
-            data.clone()
-                .ok_or_else(|| Error::InvalidSyntax(format!("{method} needs 'data'")))
+            data.clone().ok_or_else(|| {
+                Error::Scim(ScimType::InvalidSyntax, format!("{method} needs 'data'"))
+            })
         };
         let need_id = || {
             id.clone().ok_or_else(|| {
-                Error::InvalidPath(format!("{method} needs a path like /Users/{{id}}"))
+                Error::Scim(
+                    ScimType::InvalidPath,
+                    format!("{method} needs a path like /Users/{{id}}"),
+                )
             })
         };
-        let (status, outcome) = match method.as_str() {
+        let (done, outcome) = match method.as_str() {
             "POST" => {
                 if id.is_some() {
-                    return Err(Error::InvalidPath(
+                    return Err(Error::Scim(
+                        ScimType::InvalidPath,
                         "POST path must be /Users or /Groups".into(),
                     ));
                 }
                 if bulk_id.is_none() {
-                    return Err(Error::InvalidSyntax(
+                    return Err(Error::Scim(
+                        ScimType::InvalidSyntax,
                         "POST operations need a 'bulkId'".into(),
                     ));
                 }
-                (201, Some(self.create(ctx, kind, need_data()?).await?))
+                (
+                    BulkOutcome::Created,
+                    Some(self.create(ctx, kind, need_data()?).await?),
+                )
             }
             "PUT" => (
-                200,
+                BulkOutcome::Replaced,
                 Some(
                     self.replace(ctx, kind, &need_id()?, need_data()?, if_match)
                         .await?,
                 ),
             ),
             "PATCH" => (
-                200,
+                BulkOutcome::Patched,
                 self.patch(ctx, kind, &need_id()?, need_data()?, if_match, true)
                     .await?,
             ),
             "DELETE" => {
                 self.delete(ctx, kind, &need_id()?, if_match).await?;
-                (204, None)
+                (BulkOutcome::Deleted, None)
             }
             other => {
-                return Err(Error::InvalidSyntax(format!(
-                    "unsupported bulk method '{other}': use POST, PUT, PATCH or DELETE"
-                )))
+                return Err(Error::Scim(
+                    ScimType::InvalidSyntax,
+                    format!("unsupported bulk method '{other}': use POST, PUT, PATCH or DELETE"),
+                ))
             }
         };
         let location = outcome
@@ -272,23 +282,19 @@ impl App {
                 id.as_ref()
                     .map(|id| format!("{}{}/{id}", ctx.base_url, kind.endpoint()))
             });
-        Ok(OpResult {
+        Ok(BulkOp {
             method,
             bulk_id,
             location,
             version: outcome.map(|o| o.etag),
-            status,
-            response: None,
+            outcome: done,
         })
     }
 }
 
-fn failure(op: &Value, error_body: ErrorBody, err: &Error, status: u16) -> OpResult {
-    let (_, mut body) = error_body(err);
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("status".into(), json!(status.to_string()));
-    }
-    OpResult {
+/// An operation that was not attempted, with why.
+fn unattempted(op: &Value, why: String) -> BulkOp {
+    BulkOp {
         method: op
             .get("method")
             .and_then(Value::as_str)
@@ -297,8 +303,7 @@ fn failure(op: &Value, error_body: ErrorBody, err: &Error, status: u16) -> OpRes
         bulk_id: op.get("bulkId").and_then(Value::as_str).map(str::to_string),
         location: None,
         version: None,
-        status,
-        response: Some(body),
+        outcome: BulkOutcome::Unresolved(why),
     }
 }
 
@@ -307,16 +312,22 @@ fn parse_bulk_path(path: &str) -> Result<(ResourceKind, Option<ResourceId>)> {
     let trimmed = path.trim_start_matches('/');
     let (stem, id) = match trimmed.split_once('/') {
         Some((s, id)) if !id.is_empty() && !id.contains('/') => (s, Some(id)),
-        Some(_) => return Err(Error::InvalidPath(format!("invalid bulk path '{path}'"))),
+        Some(_) => {
+            return Err(Error::Scim(
+                ScimType::InvalidPath,
+                format!("invalid bulk path '{path}'"),
+            ))
+        }
         None => (trimmed, None),
     };
     let kind = match stem {
         "Users" => ResourceKind::User,
         "Groups" => ResourceKind::Group,
         _ => {
-            return Err(Error::InvalidPath(format!(
-                "invalid bulk path '{path}': use /Users or /Groups"
-            )))
+            return Err(Error::Scim(
+                ScimType::InvalidPath,
+                format!("invalid bulk path '{path}': use /Users or /Groups"),
+            ))
         }
     };
     Ok((kind, id.map(ResourceId::from_client)))

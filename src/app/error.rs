@@ -1,6 +1,7 @@
 //! Application errors: what went wrong, in terms a client can act on. The
 //! HTTP layer alone turns them into statuses and SCIM error bodies.
 
+use scim::ScimType;
 use thiserror::Error;
 
 use crate::store;
@@ -9,24 +10,21 @@ use crate::store;
 pub enum Error {
     #[error("{kind} '{id}' not found")]
     NotFound { kind: &'static str, id: String },
-    #[error("{0}")]
-    InvalidSyntax(String),
-    #[error("{0}")]
-    InvalidValue(String),
-    #[error("{0}")]
-    InvalidFilter(String),
-    #[error("{0}")]
-    InvalidPath(String),
-    #[error("{0}")]
-    NoTarget(String),
-    #[error("{0}")]
-    Mutability(String),
-    #[error("{0}")]
-    Uniqueness(String),
-    #[error("{0}")]
-    TooMany(String),
+    /// A request SCIM has a `scimType` for (RFC 7644 §3.12): the type
+    /// travels typed to `http/error.rs`, which alone picks the status.
+    #[error("{1}")]
+    Scim(ScimType, String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// No route has this path.
+    #[error("no such endpoint: {0}")]
+    NoSuchEndpoint(String),
+    /// The route exists but not with this method.
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    /// A body declared as a media type the API does not read.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("resource version is {current}, not {expected} (If-Match)")]
     PreconditionFailed { expected: String, current: String },
     #[error("the resource changed while this request ran; retry it")]
@@ -56,9 +54,10 @@ pub enum Error {
 impl From<store::Error> for Error {
     fn from(err: store::Error) -> Self {
         match err {
-            store::Error::Uniqueness { attribute, value } => Error::Uniqueness(format!(
-                "{attribute} '{value}' is already taken in this tenant"
-            )),
+            store::Error::Uniqueness { attribute, value } => Error::Scim(
+                ScimType::Uniqueness,
+                format!("{attribute} '{value}' is already taken in this tenant"),
+            ),
             store::Error::Conflict => Error::Conflict,
             other => Error::Store(other),
         }
@@ -67,14 +66,6 @@ impl From<store::Error> for Error {
 
 impl From<scim::patch::PatchError> for Error {
     fn from(err: scim::patch::PatchError) -> Self {
-        let msg = err.to_string();
-        match err.scim_type() {
-            "invalidPath" => Error::InvalidPath(msg),
-            "noTarget" => Error::NoTarget(msg),
-            "mutability" => Error::Mutability(msg),
-            "invalidFilter" => Error::InvalidFilter(msg),
-            "invalidSyntax" => Error::InvalidSyntax(msg),
-            _ => Error::InvalidValue(msg),
-        }
+        Error::Scim(err.scim_type(), err.to_string())
     }
 }

@@ -15,7 +15,7 @@ mod sync;
 mod tokens;
 
 pub use crate::domain::{format_timestamp, now};
-pub use bulk::{BulkLimits, BULK_LIMITS};
+pub use bulk::{BulkLimits, BulkOp, BulkOutcome, BULK_LIMITS};
 pub use derive::Committed;
 pub use error::Error;
 pub use permissions::{

@@ -220,7 +220,7 @@ pub struct PermissionCache {
 
 /// The in-process cache key of a userName.
 pub(super) fn name_key(user_name: &str) -> String {
-    format!("name:{}", user_name.to_lowercase())
+    format!("name:{}", scim::schema::fold_case(user_name))
 }
 
 impl App {

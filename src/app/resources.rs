@@ -1,6 +1,7 @@
 //! SCIM Users and Groups: create, read, replace, patch, delete and list, each
 //! in one transaction.
 
+use scim::ScimType;
 use std::collections::HashMap;
 
 use scim::ast::AttrPath;
@@ -265,7 +266,10 @@ impl App {
                     skip = (skip - page.total).max(0);
                     resources.extend(page.resources);
                 }
-                Err(e @ (Error::InvalidFilter(_) | Error::InvalidValue(_))) => {
+                Err(
+                    e @ (Error::Scim(ScimType::InvalidFilter, _)
+                    | Error::Scim(ScimType::InvalidValue, _)),
+                ) => {
                     first_error.get_or_insert(e);
                 }
                 Err(e) => return Err(e),
@@ -293,22 +297,40 @@ impl App {
         let condition = match query.filter.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(text) => {
-                let filter = scim::filter::parse_filter(text)
-                    .map_err(|e| Error::InvalidFilter(format!("invalid filter: {e}")))?;
+                let filter = scim::filter::parse_filter(text).map_err(|e| {
+                    Error::Scim(ScimType::InvalidFilter, format!("invalid filter: {e}"))
+                })?;
+                if let Some(path) = nul_operand(&filter) {
+                    // A `\u0000` escape in a filter literal: no stored value
+                    // can hold one, and PostgreSQL refuses it as a bind.
+                    return Err(Error::Scim(
+                        ScimType::InvalidValue,
+                        format!("the filter value for '{path}' contains a NUL character"),
+                    ));
+                }
                 Some(
-                    scim::sql::render_filter(&filter, kind, dialect, &columns, 2)
-                        .map_err(|e| Error::InvalidFilter(format!("invalid filter: {e}")))?,
+                    scim::sql::render_filter(&filter, kind, dialect, &columns, 2).map_err(|e| {
+                        Error::Scim(ScimType::InvalidFilter, format!("invalid filter: {e}"))
+                    })?,
                 )
             }
         };
         let sort_key = match query.sort_by.as_deref() {
             None | Some("") => None,
             Some(raw) => {
-                let path = scim::filter::parse_attr_path(raw)
-                    .map_err(|e| Error::InvalidValue(format!("invalid sortBy '{raw}': {e}")))?;
+                let path = scim::filter::parse_attr_path(raw).map_err(|e| {
+                    Error::Scim(
+                        ScimType::InvalidValue,
+                        format!("invalid sortBy '{raw}': {e}"),
+                    )
+                })?;
                 Some(
-                    scim::sql::render_sort_key(&path, kind, dialect, &columns)
-                        .map_err(|e| Error::InvalidValue(format!("invalid sortBy '{raw}': {e}")))?,
+                    scim::sql::render_sort_key(&path, kind, dialect, &columns).map_err(|e| {
+                        Error::Scim(
+                            ScimType::InvalidValue,
+                            format!("invalid sortBy '{raw}': {e}"),
+                        )
+                    })?,
                 )
             }
         };
@@ -317,9 +339,10 @@ impl App {
             Some(o) if o.eq_ignore_ascii_case("ascending") => false,
             Some(o) if o.eq_ignore_ascii_case("descending") => true,
             Some(o) => {
-                return Err(Error::InvalidValue(format!(
-                    "invalid sortOrder '{o}': use 'ascending' or 'descending'"
-                )))
+                return Err(Error::Scim(
+                    ScimType::InvalidValue,
+                    format!("invalid sortOrder '{o}': use 'ascending' or 'descending'"),
+                ))
             }
         };
         // RFC 7644 §3.4.2.4: startIndex below 1 means 1; a negative count
@@ -408,6 +431,20 @@ impl App {
                 }
             })
             .collect())
+    }
+}
+
+/// The path of the first comparison whose string operand holds a NUL.
+fn nul_operand(f: &scim::ast::Filter) -> Option<String> {
+    use scim::ast::{CompValue, Filter};
+    match f {
+        Filter::Compare(path, _, CompValue::String(s)) if s.contains('\0') => {
+            Some(path.to_string())
+        }
+        Filter::Compare(..) | Filter::Present(_) => None,
+        Filter::Not(inner) => nul_operand(inner),
+        Filter::And(a, b) | Filter::Or(a, b) => nul_operand(a).or_else(|| nul_operand(b)),
+        Filter::ValuePath(path, inner) => nul_operand(inner).map(|sub| format!("{path}.{sub}")),
     }
 }
 
@@ -549,9 +586,12 @@ pub(super) fn prepare(
     mut body: Value,
     writer: Writer,
 ) -> Result<(Value, Option<Vec<MemberRef>>, Vec<String>)> {
-    let obj = body
-        .as_object_mut()
-        .ok_or_else(|| Error::InvalidSyntax("the request body must be a JSON object".into()))?;
+    let obj = body.as_object_mut().ok_or_else(|| {
+        Error::Scim(
+            ScimType::InvalidSyntax,
+            "the request body must be a JSON object".into(),
+        )
+    })?;
     let mut dropped = Vec::new();
     if writer == Writer::Client {
         obj.retain(|k, _| {
@@ -567,30 +607,37 @@ pub(super) fn prepare(
             .iter()
             .map(|v| {
                 v.as_str().map(str::to_string).ok_or_else(|| {
-                    Error::InvalidSyntax("'schemas' must be an array of strings".into())
+                    Error::Scim(
+                        ScimType::InvalidSyntax,
+                        "'schemas' must be an array of strings".into(),
+                    )
                 })
             })
             .collect::<Result<_>>()?,
         Some(_) => {
-            return Err(Error::InvalidSyntax(
+            return Err(Error::Scim(
+                ScimType::InvalidSyntax,
                 "'schemas' must be an array of strings".into(),
             ))
         }
         None => {
-            return Err(Error::InvalidSyntax(format!(
-                "'schemas' is required and must contain '{}'",
-                kind.core_schema().id
-            )))
+            return Err(Error::Scim(
+                ScimType::InvalidSyntax,
+                format!(
+                    "'schemas' is required and must contain '{}'",
+                    kind.core_schema().id
+                ),
+            ))
         }
     };
     if !schemas
         .iter()
         .any(|s| s.eq_ignore_ascii_case(kind.core_schema().id))
     {
-        return Err(Error::InvalidSyntax(format!(
-            "'schemas' must contain '{}'",
-            kind.core_schema().id
-        )));
+        return Err(Error::Scim(
+            ScimType::InvalidSyntax,
+            format!("'schemas' must contain '{}'", kind.core_schema().id),
+        ));
     }
     // RFC 7643 §7: readOnly values sent by a client are ignored.
     obj.remove("id");
@@ -600,9 +647,12 @@ pub(super) fn prepare(
     }
     let mut ignored = scim::patch::normalize(kind, &mut body)?;
     ignored.extend(dropped);
-    let obj = body
-        .as_object_mut()
-        .ok_or_else(|| Error::InvalidSyntax("the request body must be a JSON object".into()))?;
+    let obj = body.as_object_mut().ok_or_else(|| {
+        Error::Scim(
+            ScimType::InvalidSyntax,
+            "the request body must be a JSON object".into(),
+        )
+    })?;
     // The password is write-only: rolebridge never authenticates users, so it
     // keeps no password, not even a hash (RFC 7643 §4.1.1 allows this).
     obj.remove("password");
@@ -635,15 +685,22 @@ fn member_refs(raw: Option<Value>) -> Result<Vec<MemberRef>> {
     let items = match raw {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(Error::InvalidValue("'members' must be an array".into())),
+        Some(_) => {
+            return Err(Error::Scim(
+                ScimType::InvalidValue,
+                "'members' must be an array".into(),
+            ))
+        }
     };
     items
         .into_iter()
         .map(|m| {
-            let value = m
-                .get("value")
-                .and_then(Value::as_str)
-                .ok_or_else(|| Error::InvalidValue("each member needs a string 'value'".into()))?;
+            let value = m.get("value").and_then(Value::as_str).ok_or_else(|| {
+                Error::Scim(
+                    ScimType::InvalidValue,
+                    "each member needs a string 'value'".into(),
+                )
+            })?;
             Ok(MemberRef {
                 value: value.to_string(),
                 member_type: m.get("type").and_then(Value::as_str).map(str::to_string),
@@ -653,17 +710,41 @@ fn member_refs(raw: Option<Value>) -> Result<Vec<MemberRef>> {
         .collect()
 }
 
+/// Longest userName, externalId or group displayName, in characters. They
+/// are copied into indexed columns, and a PostgreSQL b-tree entry cannot
+/// exceed about 2,700 bytes: a longer value would fail in the store instead
+/// of being refused here. Entra caps userPrincipalName at 113 characters.
+pub const MAX_INDEXED_CHARS: usize = 512;
+
+/// The required attribute is present, and the indexed ones fit their index.
 fn check_required(kind: ResourceKind, doc: &Value) -> Result<()> {
     let key = match kind {
         ResourceKind::User => "userName",
         ResourceKind::Group => "displayName",
     };
     match doc.get(key).and_then(Value::as_str) {
-        Some(s) if !s.trim().is_empty() => Ok(()),
-        _ => Err(Error::InvalidValue(format!(
-            "'{key}' is required and must be a non-empty string"
-        ))),
+        Some(s) if !s.trim().is_empty() => {}
+        _ => {
+            return Err(Error::Scim(
+                ScimType::InvalidValue,
+                format!("'{key}' is required and must be a non-empty string"),
+            ))
+        }
     }
+    for attr in [key, "externalId"] {
+        if let Some(v) = doc.get(attr).and_then(Value::as_str) {
+            let n = v.chars().count();
+            if n > MAX_INDEXED_CHARS {
+                return Err(Error::Scim(
+                    ScimType::InvalidValue,
+                    format!(
+                        "'{attr}' is {n} characters long; at most {MAX_INDEXED_CHARS} are accepted"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks that every member names a User or Group of this tenant (and agrees
@@ -682,23 +763,23 @@ async fn resolve_members(
     let mut out = Vec::with_capacity(refs.len());
     for r in refs {
         if r.value == group.as_str() {
-            return Err(Error::InvalidValue(format!(
-                "group '{}' cannot be a member of itself",
-                r.value
-            )));
+            return Err(Error::Scim(
+                ScimType::InvalidValue,
+                format!("group '{}' cannot be a member of itself", r.value),
+            ));
         }
         let actual = types.get(&r.value).copied().ok_or_else(|| {
-            Error::InvalidValue(format!(
-                "member '{}' is not a User or Group of this tenant",
-                r.value
-            ))
+            Error::Scim(
+                ScimType::InvalidValue,
+                format!("member '{}' is not a User or Group of this tenant", r.value),
+            )
         })?;
         if let Some(claimed) = &r.member_type {
             if !claimed.eq_ignore_ascii_case(actual) {
-                return Err(Error::InvalidValue(format!(
-                    "member '{}' is a {actual}, not a {claimed}",
-                    r.value
-                )));
+                return Err(Error::Scim(
+                    ScimType::InvalidValue,
+                    format!("member '{}' is a {actual}, not a {claimed}", r.value),
+                ));
             }
         }
         out.push((r.value, actual));

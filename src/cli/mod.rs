@@ -132,7 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
     )?;
     match cli.command {
-        Command::Serve => serve(config).await,
+        Command::Serve => serve(config, cli.log_format).await,
         Command::Tenant(cmd) => tenant(&config, cmd).await,
         Command::Token(cmd) => token(&config, cmd).await,
         Command::Mappings(MappingsCommand::Validate { dir }) => {
@@ -197,7 +197,7 @@ async fn explain(config: &Config, args: ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, log_format: crate::telemetry::LogFormat) -> anyhow::Result<()> {
     let sources = crate::sync::parse_sources(&config.sources).map_err(|errors| {
         for e in &errors {
             eprintln!("{e}");
@@ -222,10 +222,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(
         database = %store::redact_url(&config.database_url),
+        address = %format!("http://{addr}"),
         "rolebridge listening on http://{addr}"
     );
-    // Tools that start the server on port 0 read the address from here.
-    eprintln!("rolebridge listening on http://{addr}");
+    // Tools that start the server on port 0 read the address from this
+    // line; in JSON mode every line is JSON, so they read `fields.address`
+    // of the line above instead.
+    if log_format == crate::telemetry::LogFormat::Text {
+        eprintln!("rolebridge listening on http://{addr}");
+    }
     axum::serve(
         listener,
         crate::http::router_with(app.clone(), config.http.clone()),

@@ -7,6 +7,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use scim::schema::ERROR_URN;
+use scim::ScimType;
 use serde_json::{json, Value};
 
 use crate::app::Error;
@@ -30,23 +31,28 @@ pub fn classify(err: &Error) -> (StatusCode, Option<&'static str>) {
     use Error::*;
     match err {
         NotFound { .. } => (StatusCode::NOT_FOUND, None),
-        InvalidSyntax(_) => (StatusCode::BAD_REQUEST, Some("invalidSyntax")),
-        InvalidValue(_) | Usage(_) => (StatusCode::BAD_REQUEST, Some("invalidValue")),
-        InvalidFilter(_) => (StatusCode::BAD_REQUEST, Some("invalidFilter")),
-        InvalidPath(_) => (StatusCode::BAD_REQUEST, Some("invalidPath")),
-        NoTarget(_) => (StatusCode::BAD_REQUEST, Some("noTarget")),
-        Mutability(_) => (StatusCode::BAD_REQUEST, Some("mutability")),
-        TooMany(_) => (StatusCode::BAD_REQUEST, Some("tooMany")),
-        Uniqueness(_) => (StatusCode::CONFLICT, Some("uniqueness")),
+        // RFC 7644 §3.12: 409 for uniqueness, 400 for every other type.
+        Scim(ScimType::Uniqueness, _) => (StatusCode::CONFLICT, Some("uniqueness")),
+        Scim(kind, _) => (StatusCode::BAD_REQUEST, Some(kind.as_str())),
+        Usage(_) => (
+            StatusCode::BAD_REQUEST,
+            Some(ScimType::InvalidValue.as_str()),
+        ),
         Conflict => (StatusCode::CONFLICT, None),
         PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, None),
+        UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, None),
+        NoSuchEndpoint(_) => (StatusCode::NOT_FOUND, None),
+        MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, None),
         PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, None),
         Unauthorized => (StatusCode::UNAUTHORIZED, None),
         Forbidden(_) => (StatusCode::FORBIDDEN, None),
         TenantNotMapped(_) => (StatusCode::CONFLICT, None),
         UnknownUser(_) => (StatusCode::NOT_FOUND, None),
         UnknownPermission(_) => (StatusCode::BAD_REQUEST, None),
-        RevisionAhead { .. } => (StatusCode::BAD_REQUEST, Some("invalidValue")),
+        RevisionAhead { .. } => (
+            StatusCode::BAD_REQUEST,
+            Some(ScimType::InvalidValue.as_str()),
+        ),
         Store(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
     }
 }
@@ -63,6 +69,47 @@ pub fn error_body(err: &Error) -> (u16, Value) {
     (status.as_u16(), body(status, scim_type, &detail))
 }
 
+/// One entry of a BulkResponse (RFC 7644 §3.7.3): the operation's status
+/// and, when it failed, the SCIM error body a single request would get. An
+/// operation not attempted for an unresolvable `bulkId` is 409.
+pub fn bulk_operation(op: crate::app::BulkOp) -> Value {
+    use crate::app::BulkOutcome;
+    let (status, response) = match op.outcome {
+        BulkOutcome::Created => (StatusCode::CREATED, None),
+        BulkOutcome::Replaced | BulkOutcome::Patched => (StatusCode::OK, None),
+        BulkOutcome::Deleted => (StatusCode::NO_CONTENT, None),
+        BulkOutcome::Failed(e) => {
+            let (status, body) = error_body(&e);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, Some(body))
+        }
+        BulkOutcome::Unresolved(why) => (
+            StatusCode::CONFLICT,
+            Some(body(
+                StatusCode::CONFLICT,
+                Some(ScimType::InvalidValue.as_str()),
+                &why,
+            )),
+        ),
+    };
+    let mut o = serde_json::Map::new();
+    o.insert("method".into(), json!(op.method));
+    if let Some(b) = op.bulk_id {
+        o.insert("bulkId".into(), json!(b));
+    }
+    if let Some(v) = op.version {
+        o.insert("version".into(), json!(v));
+    }
+    if let Some(l) = op.location {
+        o.insert("location".into(), json!(l));
+    }
+    o.insert("status".into(), json!(status.as_u16().to_string()));
+    if let Some(r) = response {
+        o.insert("response".into(), r);
+    }
+    Value::Object(o)
+}
+
 /// A SCIM error body.
 pub fn body(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Value {
     let mut v = json!({
@@ -74,6 +121,17 @@ pub fn body(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Value 
         v["scimType"] = json!(t);
     }
     v
+}
+
+/// An error answered before any handler ran (`http::input`, fallbacks), in
+/// the format of the API that `path` addresses: `{"error": ...}` under
+/// `/api/`, a SCIM error body elsewhere.
+pub fn for_path(path: &str, err: Error) -> Response {
+    if path.starts_with("/api/") {
+        JsonApiError(err).into_response()
+    } else {
+        ApiError(err).into_response()
+    }
 }
 
 /// A SCIM error response that does not come from the application (unknown
@@ -153,6 +211,9 @@ pub fn code(err: &Error) -> &'static str {
         RevisionAhead { .. } => "revision_ahead",
         Store(_) | Internal(_) => "internal",
         PayloadTooLarge(_) => "payload_too_large",
+        UnsupportedMediaType(_) => "unsupported_media_type",
+        NoSuchEndpoint(_) => "not_found",
+        MethodNotAllowed { .. } => "method_not_allowed",
         _ => "invalid_request",
     }
 }
@@ -218,13 +279,41 @@ mod tests {
 
     #[test]
     fn statuses_and_scim_types() {
-        check(Error::InvalidFilter("x".into()), 400, Some("invalidFilter"));
-        check(Error::InvalidPath("x".into()), 400, Some("invalidPath"));
-        check(Error::NoTarget("x".into()), 400, Some("noTarget"));
-        check(Error::InvalidValue("x".into()), 400, Some("invalidValue"));
-        check(Error::InvalidSyntax("x".into()), 400, Some("invalidSyntax"));
-        check(Error::Mutability("x".into()), 400, Some("mutability"));
-        check(Error::Uniqueness("x".into()), 409, Some("uniqueness"));
+        check(
+            Error::Scim(ScimType::InvalidFilter, "x".into()),
+            400,
+            Some("invalidFilter"),
+        );
+        check(
+            Error::Scim(ScimType::InvalidPath, "x".into()),
+            400,
+            Some("invalidPath"),
+        );
+        check(
+            Error::Scim(ScimType::NoTarget, "x".into()),
+            400,
+            Some("noTarget"),
+        );
+        check(
+            Error::Scim(ScimType::InvalidValue, "x".into()),
+            400,
+            Some("invalidValue"),
+        );
+        check(
+            Error::Scim(ScimType::InvalidSyntax, "x".into()),
+            400,
+            Some("invalidSyntax"),
+        );
+        check(
+            Error::Scim(ScimType::Mutability, "x".into()),
+            400,
+            Some("mutability"),
+        );
+        check(
+            Error::Scim(ScimType::Uniqueness, "x".into()),
+            409,
+            Some("uniqueness"),
+        );
         check(
             Error::NotFound {
                 kind: "User",
@@ -244,6 +333,16 @@ mod tests {
         check(Error::Unauthorized, 401, None);
         check(Error::Forbidden("x".into()), 403, None);
         check(Error::PayloadTooLarge("x".into()), 413, None);
+        check(Error::UnsupportedMediaType("x".into()), 415, None);
+        check(Error::NoSuchEndpoint("x".into()), 404, None);
+        check(
+            Error::MethodNotAllowed {
+                method: "POST".into(),
+                path: "/x".into(),
+            },
+            405,
+            None,
+        );
     }
 
     #[test]

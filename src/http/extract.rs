@@ -3,6 +3,7 @@
 //! SCIM error format. Authentication, and the provisioning quotas that
 //! depend on who is asking, happen here before any handler runs.
 
+use scim::ScimType;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -152,9 +153,10 @@ impl FromRequestParts<App> for PermissionsRequest {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let Path(params): Path<HashMap<String, String>> = Path::from_request_parts(parts, app)
-            .await
-            .map_err(|e| JsonApiError(Error::InvalidValue(e.body_text())).into_response())?;
+        let Path(params): Path<HashMap<String, String>> =
+            Path::from_request_parts(parts, app).await.map_err(|e| {
+                JsonApiError(Error::Scim(ScimType::InvalidValue, e.body_text())).into_response()
+            })?;
         let tenant = params.get("tenant").cloned().unwrap_or_default();
         authenticate(parts, app, &tenant, Scope::Permissions)
             .await

@@ -8,6 +8,7 @@
 
 pub mod error;
 mod extract;
+mod input;
 pub mod limits;
 pub mod metrics;
 mod permissions_routes;
@@ -20,16 +21,16 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::http::{header, HeaderValue, Method, Request, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use serde_json::{json, Value};
 use tower::ServiceBuilder;
-use tower_http::trace::{DefaultMakeSpan, TraceLayer};
+use tower_http::trace::TraceLayer;
 
-use crate::app::App;
+use crate::app::{App, Error};
 pub use crate::config::HttpSettings;
 use limits::RateLimits;
 use metrics::HttpMetrics;
@@ -77,24 +78,36 @@ pub fn router_with(app: App, settings: HttpSettings) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(apis)
-        .fallback(|| async { error::response(StatusCode::NOT_FOUND, None, "no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            error::response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                None,
-                "method not allowed on this endpoint",
+        .fallback(|uri: Uri| async move {
+            error::for_path(uri.path(), Error::NoSuchEndpoint(uri.path().to_string()))
+        })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            error::for_path(
+                uri.path(),
+                Error::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: uri.path().to_string(),
+                },
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // A handler that panics (a bug; no input should make one) answers
+        // a generic 500 in its API's format instead of dropping the
+        // connection; the panic hook has logged it.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(middleware::from_fn(input::screen))
         .layer(middleware::from_fn(log_internal_errors))
         .layer(Extension(rate_limits))
         .layer(Extension(http_metrics.clone()))
-        // Spans carry method, URI and version only: request headers hold
-        // bearer tokens, so they are never recorded, at any log level.
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().include_headers(false)),
-        )
+        // Spans carry method, URI, the request id and the tenant named in
+        // the path only: request headers hold bearer tokens, so they are
+        // never recorded, at any log level.
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // The id is the client's `X-Request-Id` when it sent one, else a
+        // fresh UUID; the response carries it back.
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(60),
@@ -102,8 +115,36 @@ pub fn router_with(app: App, settings: HttpSettings) -> Router {
         // Outside the timeout, so that a 408 also leaves the connection
         // reusable or says it is not.
         .layer(middleware::from_fn(unread_body::drain))
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            tower_http::request_id::MakeRequestUuid,
+        ))
         .layer(middleware::from_fn_with_state(http_metrics, metrics::track))
         .with_state(app)
+}
+
+/// The span of one request: method, URI, request id and the tenant its
+/// path names (`/scim/v2/{tenant}/...`, `/api/v1/tenants/{tenant}/...`),
+/// which authentication has not checked yet.
+fn request_span(req: &Request<Body>) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let path = req.uri().path();
+    let tenant = path
+        .strip_prefix("/scim/v2/")
+        .or_else(|| path.strip_prefix("/api/v1/tenants/"))
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        uri = %req.uri(),
+        version = ?req.version(),
+        request_id,
+        tenant,
+    )
 }
 
 /// Prometheus text format: the HTTP metrics, then the application's.
@@ -138,6 +179,17 @@ async fn readyz(State(app): State<App>) -> Response {
             error::not_ready("timeout")
         }
     }
+}
+
+/// The response for a handler panic. The request path is not at hand here,
+/// so the body is the SCIM error; `/api/v1` clients still get a 500.
+fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    error::internal("/scim", &format!("handler panicked: {text}"))
 }
 
 /// Logs the error text that [`error::ApiError`] attached to a 5xx response.

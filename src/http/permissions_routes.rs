@@ -4,6 +4,7 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use scim::ScimType;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -38,26 +39,27 @@ fn consistency(consistency: Option<&str>, at_least: Option<&Revision>) -> Result
         None => None,
         Some(Revision::Number(n)) => Some(*n),
         Some(Revision::Text(t)) => Some(t.trim().parse::<i64>().map_err(|_| {
-            Error::InvalidValue(format!(
+            Error::Scim(ScimType::InvalidValue, format!(
                 "at_least_as_fresh '{t}' is not a revision (a whole number from X-Rolebridge-Revision)"
             ))
         })?),
     };
     if rev.is_some_and(|r| r < 1) {
-        return Err(Error::InvalidValue(
+        return Err(Error::Scim(
+            ScimType::InvalidValue,
             "at_least_as_fresh must be a revision of at least 1".into(),
         )
         .into());
     }
     match (consistency, rev) {
-        (Some(_), Some(_)) => Err(Error::InvalidValue(
+        (Some(_), Some(_)) => Err(Error::Scim(ScimType::InvalidValue, 
             "give either 'consistency' or 'at_least_as_fresh', not both".into(),
         )
         .into()),
         (None | Some("full"), None) => Ok(Consistency::Full),
         (Some("minimize_latency"), None) => Ok(Consistency::MinimizeLatency),
         (None, Some(r)) => Ok(Consistency::AtLeastAsFresh(r)),
-        (Some(other), None) => Err(Error::InvalidValue(format!(
+        (Some(other), None) => Err(Error::Scim(ScimType::InvalidValue, format!(
             "unknown consistency '{other}': use 'full' or 'minimize_latency', or give at_least_as_fresh"
         ))
         .into()),
@@ -74,9 +76,12 @@ async fn user_permissions(
     let query = parse_query(raw.as_deref().unwrap_or(""));
     for key in query.keys() {
         if !["by", "consistency", "at_least_as_fresh"].contains(&key.as_str()) {
-            return Err(Error::InvalidValue(format!(
-                "unknown query parameter '{key}': use by, consistency or at_least_as_fresh"
-            ))
+            return Err(Error::Scim(
+                ScimType::InvalidValue,
+                format!(
+                    "unknown query parameter '{key}': use by, consistency or at_least_as_fresh"
+                ),
+            )
             .into());
         }
     }
@@ -84,9 +89,10 @@ async fn user_permissions(
         None | Some("id") => UserRef::Id(id),
         Some("userName") => UserRef::UserName(id),
         Some(other) => {
-            return Err(Error::InvalidValue(format!(
-                "unknown 'by' value '{other}': use 'id' or 'userName'"
-            ))
+            return Err(Error::Scim(
+                ScimType::InvalidValue,
+                format!("unknown 'by' value '{other}': use 'id' or 'userName'"),
+            )
             .into())
         }
     };
@@ -126,7 +132,7 @@ async fn check(
     PermissionsRequest(auth): PermissionsRequest,
     body: std::result::Result<Json<CheckRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>> {
-    let Json(req) = body.map_err(|e| Error::InvalidSyntax(e.body_text()))?;
+    let Json(req) = body.map_err(|e| Error::Scim(ScimType::InvalidSyntax, e.body_text()))?;
     let mode = consistency(req.consistency.as_deref(), req.at_least_as_fresh.as_ref())?;
     let permission = app.known_permission(&auth.tenant, &req.permission)?;
     let user = UserRef::IdOrUserName(req.user);
@@ -178,12 +184,15 @@ async fn check_batch(
     PermissionsRequest(auth): PermissionsRequest,
     body: std::result::Result<Json<BatchRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>> {
-    let Json(req) = body.map_err(|e| Error::InvalidSyntax(e.body_text()))?;
+    let Json(req) = body.map_err(|e| Error::Scim(ScimType::InvalidSyntax, e.body_text()))?;
     if req.checks.is_empty() || req.checks.len() > MAX_BATCH {
-        return Err(Error::InvalidValue(format!(
-            "'checks' holds {} pairs: give 1 to {MAX_BATCH}",
-            req.checks.len()
-        ))
+        return Err(Error::Scim(
+            ScimType::InvalidValue,
+            format!(
+                "'checks' holds {} pairs: give 1 to {MAX_BATCH}",
+                req.checks.len()
+            ),
+        )
         .into());
     }
     let mode = consistency(req.consistency.as_deref(), req.at_least_as_fresh.as_ref())?;

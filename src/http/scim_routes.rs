@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use scim::schema::{self, ResourceKind, LIST_RESPONSE_URN, SEARCH_REQUEST_URN};
+use scim::ScimType;
 use serde_json::{json, Value};
 
 use super::error::{self, ApiError};
@@ -254,9 +255,10 @@ fn int_param(q: &std::collections::HashMap<String, String>, name: &str) -> Resul
     match q.get(name) {
         None => Ok(None),
         Some(v) => v.trim().parse::<i64>().map(Some).map_err(|_| {
-            ApiError(Error::InvalidValue(format!(
-                "'{name}' must be an integer, not '{v}'"
-            )))
+            ApiError(Error::Scim(
+                ScimType::InvalidValue,
+                format!("'{name}' must be an integer, not '{v}'"),
+            ))
         }),
     }
 }
@@ -268,26 +270,30 @@ fn search_query(body: &Value, ctx: &mut crate::app::RequestContext) -> Result<Li
         .and_then(Value::as_array)
         .is_some_and(|s| s.iter().any(|v| v.as_str() == Some(SEARCH_REQUEST_URN)));
     if !has_schema {
-        return Err(ApiError(Error::InvalidSyntax(format!(
-            "'schemas' must contain '{SEARCH_REQUEST_URN}'"
-        ))));
+        return Err(ApiError(Error::Scim(
+            ScimType::InvalidSyntax,
+            format!("'schemas' must contain '{SEARCH_REQUEST_URN}'"),
+        )));
     }
     let text = |k: &str| -> Result<Option<String>> {
         match body.get(k) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(ApiError(Error::InvalidValue(format!(
-                "'{k}' must be a string"
-            )))),
+            Some(_) => Err(ApiError(Error::Scim(
+                ScimType::InvalidValue,
+                format!("'{k}' must be a string"),
+            ))),
         }
     };
     let int = |k: &str| -> Result<Option<i64>> {
         match body.get(k) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| ApiError(Error::InvalidValue(format!("'{k}' must be an integer")))),
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+                ApiError(Error::Scim(
+                    ScimType::InvalidValue,
+                    format!("'{k}' must be an integer"),
+                ))
+            }),
         }
     };
     let list = |k: &str| -> Result<Option<String>> {
@@ -301,9 +307,10 @@ fn search_query(body: &Value, ctx: &mut crate::app::RequestContext) -> Result<Li
                     .join(","),
             )),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(ApiError(Error::InvalidValue(format!(
-                "'{k}' must be an array of strings"
-            )))),
+            Some(_) => Err(ApiError(Error::Scim(
+                ScimType::InvalidValue,
+                format!("'{k}' must be an array of strings"),
+            ))),
         }
     };
     if let Some(a) = list("attributes")? {
@@ -335,7 +342,9 @@ async fn bulk(
     ScimRequest(ctx): ScimRequest,
     ScimBody(body): ScimBody,
 ) -> Result<Response> {
-    let out = app.bulk(&ctx, body, error::error_body).await?;
+    let ops = app.bulk(&ctx, body).await?;
+    let operations: Vec<Value> = ops.into_iter().map(error::bulk_operation).collect();
+    let out = json!({"schemas": [scim::schema::BULK_RESPONSE_URN], "Operations": operations});
     Ok(with_revision(scim_json(StatusCode::OK, &out), &ctx))
 }
 

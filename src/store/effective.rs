@@ -291,7 +291,7 @@ impl Store {
         let r = sqlx::query(AssertSqlSafe(sql))
             .bind(tenant.to_string())
             .bind(id)
-            .bind(user_name.map(str::to_lowercase))
+            .bind(user_name.map(scim::schema::fold_case))
             .fetch_one(&self.pool)
             .await?;
         let uid: Option<String> = r.try_get(1)?;

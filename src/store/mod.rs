@@ -10,6 +10,7 @@ mod columns;
 mod directory;
 mod effective;
 mod error;
+mod repairs;
 mod resources;
 mod sync;
 mod tenants;
@@ -108,11 +109,13 @@ impl Store {
             .run(&pool)
             .await
             .map_err(Error::Migrate)?;
-        Ok(Store {
+        let store = Store {
             pool,
             dialect,
             write_lock: (dialect == Dialect::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
-        })
+        };
+        store.run_repairs().await?;
+        Ok(store)
     }
 
     pub fn dialect(&self) -> Dialect {

@@ -756,7 +756,7 @@ impl IndexedColumns {
             .unwrap_or_default()
             .to_string();
         IndexedColumns {
-            name_lc: name.to_lowercase(),
+            name_lc: scim::schema::fold_case(&name),
             name,
             external_id: doc
                 .get("externalId")

@@ -123,6 +123,20 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Extends `owner`'s lease to `until`; false when `owner` no longer
+    /// holds it (it expired and another run took it).
+    pub async fn renew_sync_lease(&self, source: &str, owner: &str, until: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sync_state SET lease_until = $1 WHERE source = $2 AND lease_owner = $3",
+        )
+        .bind(until)
+        .bind(source)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn release_sync_lease(&self, source: &str, owner: &str) -> Result<()> {
         sqlx::query(
             "UPDATE sync_state SET lease_owner = NULL, lease_until = NULL WHERE source = $1 AND lease_owner = $2",

@@ -5,6 +5,9 @@ use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
+use futures_util::FutureExt;
+use tracing::Instrument;
+
 use super::entra::EntraSource;
 use super::ldap::LdapSource;
 use super::plan::{self, Counts, PlanInput};
@@ -70,6 +73,13 @@ pub enum SyncError {
     },
     #[error("source '{0}' is already running (another process holds its lease)")]
     Busy(String),
+    /// The run panicked (a bug, or a library's decoder on malformed server
+    /// input); nothing was applied.
+    #[error("source '{source_name}': the run panicked: {message}")]
+    Panicked {
+        source_name: String,
+        message: String,
+    },
     #[error("tenant '{0}' does not exist; create it with `rolebridge tenant create`")]
     UnknownTenant(String),
     #[error(transparent)]
@@ -92,9 +102,58 @@ fn capped(diff: &[String]) -> Vec<String> {
     out
 }
 
-/// How long a run may hold its source's lease. A run that crashes leaves
-/// the lease to expire; one that finishes releases it at once.
-const LEASE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long a lease lasts unless renewed. A live run renews it every
+/// [`LEASE_RENEW`]; a process that died stops renewing, so its lease
+/// expires within this long and the next run can take the source. A run
+/// that ends in any way (a panic included) releases it at once.
+const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How often a live run renews its lease: three chances before it expires.
+const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Renews a run's lease until dropped (the run ended), so only a dead
+/// process leaves a lease to expire.
+struct LeaseKeeper(tokio::task::JoinHandle<()>);
+
+impl LeaseKeeper {
+    fn start(store: crate::store::Store, source: String, owner: String) -> LeaseKeeper {
+        LeaseKeeper(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE_RENEW);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(until) = format_timestamp(time::OffsetDateTime::now_utc() + LEASE) else {
+                    continue;
+                };
+                match store.renew_sync_lease(&source, &owner, &until).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // Another run holds the source now; this run's
+                        // apply will be refused (save_sync_cursor checks).
+                        tracing::warn!(source, "sync lease lost to another run");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(source, error = %e, "sync lease renewal failed; retrying"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The text of a panic payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
 
 /// Reports entries read so far (the CLI draws a progress bar with it).
 pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
@@ -133,6 +192,23 @@ pub async fn run_with_source<S: Source>(
     options: RunOptions,
     progress: Option<Progress>,
 ) -> Result<RunReport, SyncError> {
+    // Every log line of the run carries its source and run id, the id
+    // `sync_runs` records it under.
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("sync_run", source = %config.name, run_id = %run_id);
+    run_in_span(app, config, source, options, progress, run_id)
+        .instrument(span)
+        .await
+}
+
+async fn run_in_span<S: Source>(
+    app: &App,
+    config: &SourceConfig,
+    source: &mut S,
+    options: RunOptions,
+    progress: Option<Progress>,
+    run_id: String,
+) -> Result<RunReport, SyncError> {
     let started = now();
     let clock = Instant::now();
     let tenant = app
@@ -150,10 +226,22 @@ pub async fn run_with_source<S: Source>(
     {
         return Err(SyncError::Busy(config.name.clone()));
     }
-    let result = run_leased(
+    let keeper = LeaseKeeper::start(app.store.clone(), config.name.clone(), owner.clone());
+    // A panic anywhere in the run (ldap3's decoders panic on some malformed
+    // server replies) fails this run like any error: recorded, lease
+    // released, the schedule going on.
+    let result = std::panic::AssertUnwindSafe(run_leased(
         app, config, source, tenant.id, options, progress, &started, &owner,
-    )
-    .await;
+    ))
+    .catch_unwind()
+    .await
+    .unwrap_or_else(|payload| {
+        Err(SyncError::Panicked {
+            source_name: config.name.clone(),
+            message: panic_text(payload.as_ref()),
+        })
+    });
+    drop(keeper);
     let released = app.store.release_sync_lease(&config.name, &owner).await;
     let finished = now();
     let (outcome, report_json, error) = match &result {
@@ -175,7 +263,7 @@ pub async fn run_with_source<S: Source>(
     if !options.dry_run || result.is_err() {
         app.store
             .record_sync_run(&SyncRunRecord {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: run_id,
                 source: config.name.clone(),
                 started,
                 finished,

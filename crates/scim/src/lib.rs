@@ -4,6 +4,7 @@
 //!
 //! Layout:
 //! - [`ast`]: filter and PATCH-path syntax trees.
+//! - [`error`]: the `scimType` vocabulary ([`ScimType`]).
 //! - [`schema`]: the User, Enterprise User and Group schemas; path resolution.
 //! - [`filter`]: the filter and PATCH-path parser.
 //! - [`sql`]: renders a resolved filter as a parameterised SQL condition.
@@ -18,6 +19,7 @@
 #![deny(clippy::unwrap_used, clippy::panic, clippy::todo)]
 
 pub mod ast;
+pub mod error;
 pub mod eval;
 pub mod filter;
 pub mod patch;
@@ -25,3 +27,5 @@ pub mod projection;
 pub mod schema;
 pub mod sql;
 pub mod unknown;
+
+pub use error::ScimType;

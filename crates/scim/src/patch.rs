@@ -54,6 +54,7 @@
 use serde_json::{Map, Value};
 
 use crate::ast::{AttrPath, CompValue, CompareOp, Filter, PatchPath};
+use crate::error::ScimType;
 use crate::eval::{matches_element, validate_element};
 use crate::filter::parse_patch_path;
 use crate::schema::{
@@ -152,14 +153,14 @@ pub enum PatchError {
 
 impl PatchError {
     /// The SCIM `scimType` (RFC 7644 §3.12).
-    pub fn scim_type(&self) -> &'static str {
+    pub fn scim_type(&self) -> ScimType {
         match self {
-            PatchError::InvalidSyntax(_) => "invalidSyntax",
-            PatchError::InvalidPath(_) => "invalidPath",
-            PatchError::NoTarget(_) => "noTarget",
-            PatchError::InvalidValue(_) => "invalidValue",
-            PatchError::Mutability(_) => "mutability",
-            PatchError::InvalidFilter(_) => "invalidFilter",
+            PatchError::InvalidSyntax(_) => ScimType::InvalidSyntax,
+            PatchError::InvalidPath(_) => ScimType::InvalidPath,
+            PatchError::NoTarget(_) => ScimType::NoTarget,
+            PatchError::InvalidValue(_) => ScimType::InvalidValue,
+            PatchError::Mutability(_) => ScimType::Mutability,
+            PatchError::InvalidFilter(_) => ScimType::InvalidFilter,
         }
     }
 }
@@ -1695,13 +1696,13 @@ mod tests {
         let parsed = match parse_request(&body(ops.clone())) {
             Ok(p) => p,
             Err(e) => {
-                assert_eq!(e.scim_type(), scim_type, "{ops}: {e}");
+                assert_eq!(e.scim_type().as_str(), scim_type, "{ops}: {e}");
                 return e.to_string();
             }
         };
         let mut doc = before.clone();
         let e = apply(kind, &mut doc, &parsed).expect_err("must fail");
-        assert_eq!(e.scim_type(), scim_type, "{ops}: {e}");
+        assert_eq!(e.scim_type().as_str(), scim_type, "{ops}: {e}");
         assert_eq!(doc, before, "document untouched on error");
         e.to_string()
     }
@@ -1759,7 +1760,7 @@ mod tests {
         assert_eq!(ops[0].op, OpKind::Replace);
         assert_eq!(ops[1].op, OpKind::Remove);
         assert!(ops[2].path.is_none());
-        let bad = |b: Value| parse_request(&b).expect_err("rejects").scim_type();
+        let bad = |b: Value| parse_request(&b).expect_err("rejects").scim_type().as_str();
         assert_eq!(
             bad(json!({"Operations": [{"op": "add", "value": {}}]})),
             "invalidSyntax"
@@ -2521,7 +2522,7 @@ mod tests {
         );
         let mut g = json!({"displayName": "Eng", "members": [{"display": "no id"}]});
         assert_eq!(
-            normalize(GROUP, &mut g).map_err(|e| e.scim_type()),
+            normalize(GROUP, &mut g).map_err(|e| e.scim_type().as_str()),
             Err("invalidValue")
         );
     }

@@ -414,6 +414,15 @@ pub fn common_attribute(name: &str) -> Option<&'static Attribute> {
     COMMON.iter().find(|a| a.name.eq_ignore_ascii_case(name))
 }
 
+/// The form in which case-insensitive text is compared: Unicode NFC, then
+/// lowercased (and NFC again, since lowercasing can decompose). So
+/// `José.Müller` typed as NFC and as NFD (`e` + U+0301) is one userName.
+pub fn fold_case(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let lower = s.nfc().collect::<String>().to_lowercase();
+    lower.nfc().collect()
+}
+
 /// The definition used for an attribute of a custom extension
 /// ([`ResourceKind::is_custom_extension`]), which has no schema: its type
 /// is read from the filter operand (`kind`), strings compare

@@ -1,0 +1,235 @@
+//! Refuses, before any handler runs, request input the service cannot hold
+//! or was not built to read: a NUL character anywhere (path, query, JSON
+//! body), and a SCIM body declared as something other than JSON.
+//!
+//! NUL is refused at the edge rather than per attribute because PostgreSQL
+//! can store it in no `TEXT` column and in no `jsonb` value: a NUL that
+//! reached the store made every filter over the tenant's documents fail.
+//! SQLite would store it, so refusing it here is also what makes both
+//! backends answer the same.
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use scim::ScimType;
+use serde_json::Value;
+
+use super::error;
+use super::MAX_BODY;
+use crate::app::Error;
+
+/// Middleware: see the module docs.
+pub async fn screen(req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if let Some(detail) = nul_in_path(&path) {
+        return error::for_path(&path, Error::Scim(ScimType::InvalidValue, detail));
+    }
+    if let Some(detail) = req.uri().query().and_then(nul_in_query) {
+        return error::for_path(&path, Error::Scim(ScimType::InvalidValue, detail));
+    }
+    if !has_body(&req) {
+        return next.run(req).await;
+    }
+    if path.starts_with("/scim/") {
+        if let Some(declared) = unsupported_content_type(&req) {
+            return error::for_path(
+                &path,
+                Error::UnsupportedMediaType(format!(
+                    "Content-Type '{declared}' is not accepted: send application/scim+json or application/json"
+                )),
+            );
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error::for_path(
+                &path,
+                Error::PayloadTooLarge(format!("request body exceeds {MAX_BODY} bytes")),
+            )
+        }
+    };
+    if let Some(detail) = nul_in_json(&bytes) {
+        return error::for_path(&path, Error::Scim(ScimType::InvalidValue, detail));
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+fn has_body(req: &Request) -> bool {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE) {
+        // A body on these is meaningless to every handler; they never read it.
+        return false;
+    }
+    let headers = req.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+/// The declared media type when it is neither `application/scim+json` nor
+/// `application/json` (parameters such as `charset` allowed). A body sent
+/// without a `Content-Type` is read as JSON.
+fn unsupported_content_type(req: &Request) -> Option<String> {
+    let value = req.headers().get(header::CONTENT_TYPE)?;
+    let text = String::from_utf8_lossy(value.as_bytes()).to_string();
+    let essence = text.split(';').next().unwrap_or("").trim();
+    let ok = essence.eq_ignore_ascii_case(super::SCIM_JSON)
+        || essence.eq_ignore_ascii_case("application/json");
+    (!ok).then_some(text)
+}
+
+fn nul_in_path(path: &str) -> Option<String> {
+    let decoded = percent_decode(path);
+    decoded
+        .contains(&0)
+        .then(|| "the request path contains a NUL character (%00)".to_string())
+}
+
+fn nul_in_query(query: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes()).find_map(|(k, v)| {
+        (k.contains('\0') || v.contains('\0')).then(|| {
+            format!(
+                "query parameter '{}' contains a NUL character",
+                k.replace('\0', "\\u0000")
+            )
+        })
+    })
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b.get(i),
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (Some(b'%'), Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (Some(c), _, _) => {
+                out.push(*c);
+                i += 1;
+            }
+            (None, _, _) => break,
+        }
+    }
+    out
+}
+
+/// Where a JSON body holds a NUL (JSON can only carry one as the escape
+/// `\u0000`), named as the attribute path a client would recognise:
+/// `title`, `emails[0].value`, `Operations[0].value (path 'title')`. A body
+/// that is not JSON is left to the handler's own `invalidSyntax`.
+fn nul_in_json(bytes: &Bytes) -> Option<String> {
+    // Fast path: no escape, no NUL (a raw NUL byte is invalid JSON anyway).
+    if !bytes.windows(6).any(|w| w == b"\\u0000") {
+        return None;
+    }
+    let value: Value = serde_json::from_slice(bytes).ok()?;
+    let mut at = String::new();
+    if !find_nul(&value, &mut at) {
+        return None;
+    }
+    // For a PATCH operation, name the attribute it writes too.
+    let op_path = at
+        .strip_prefix("Operations[")
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|i| i.parse::<usize>().ok())
+        .and_then(|i| {
+            let ops = value
+                .as_object()?
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("operations"))?
+                .1;
+            ops.get(i)?
+                .as_object()?
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("path"))?
+                .1
+                .as_str()
+                .map(str::to_string)
+        });
+    Some(match op_path {
+        Some(p) if !p.contains('\0') => {
+            format!(
+                "attribute '{at}' (path '{p}') contains a NUL character, which cannot be stored"
+            )
+        }
+        _ => format!("attribute '{at}' contains a NUL character, which cannot be stored"),
+    })
+}
+
+/// Depth-first search for a NUL in a key or string; `at` ends as its path.
+fn find_nul(v: &Value, at: &mut String) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+            let len = at.len();
+            at.push_str(&format!("[{i}]"));
+            if find_nul(item, at) {
+                return true;
+            }
+            at.truncate(len);
+            false
+        }),
+        Value::Object(map) => map.iter().any(|(k, item)| {
+            let len = at.len();
+            if !at.is_empty() {
+                at.push('.');
+            }
+            at.push_str(&k.replace('\0', "\\u0000"));
+            if k.contains('\0') || find_nul(item, at) {
+                return true;
+            }
+            at.truncate(len);
+            false
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_where_the_nul_is() {
+        let b = |s: &str| Bytes::from(s.to_string());
+        assert_eq!(nul_in_json(&b(r#"{"userName":"a"}"#)), None);
+        // An escaped backslash followed by "u0000" is no NUL.
+        assert_eq!(nul_in_json(&b(r#"{"title":"\\u0000"}"#)), None);
+        assert_eq!(
+            nul_in_json(&b(r#"{"userName":"a\u0000b"}"#)).as_deref(),
+            Some("attribute 'userName' contains a NUL character, which cannot be stored")
+        );
+        assert_eq!(
+            nul_in_json(&b(r#"{"emails":[{"value":"x"},{"value":"\u0000"}]}"#)).as_deref(),
+            Some("attribute 'emails[1].value' contains a NUL character, which cannot be stored")
+        );
+        assert_eq!(
+            nul_in_json(&b(r#"{"Operations":[{"op":"replace","path":"title","value":"x\u0000y"}]}"#)).as_deref(),
+            Some("attribute 'Operations[0].value' (path 'title') contains a NUL character, which cannot be stored")
+        );
+        assert!(nul_in_json(&b(r#"{"a\u0000":1}"#))
+            .unwrap()
+            .contains("a\\u0000"));
+        assert!(nul_in_path("/scim/v2/t/Users/a%00b").is_some());
+        assert!(nul_in_path("/scim/v2/t/Users/a%2500b").is_none());
+        assert!(nul_in_query("filter=title%20eq%20%22a%00%22")
+            .unwrap()
+            .contains("'filter'"));
+        assert!(nul_in_query("filter=title%20eq%20%22a%22").is_none());
+    }
+}
