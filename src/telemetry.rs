@@ -55,7 +55,10 @@ fn install_panic_hook() {
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "(non-string panic payload)".to_string());
         let backtrace = std::backtrace::Backtrace::capture();
-        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
         match backtrace.status() {
             std::backtrace::BacktraceStatus::Captured => tracing::error!(
                 panic = %payload,

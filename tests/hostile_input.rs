@@ -20,7 +20,11 @@ use crate::support::{fresh_database, unique, Backend, Resp, GROUP, PATCH_OP, USE
 fn assert_nul_refused(r: &Resp, what: &str) {
     r.assert_error(400, Some("invalidValue"));
     let detail = r.body["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains(what) && detail.contains("NUL"), "{what}: {}", r.body);
+    assert!(
+        detail.contains(what) && detail.contains("NUL"),
+        "{what}: {}",
+        r.body
+    );
 }
 
 both_backends! {
@@ -178,7 +182,10 @@ fn hostile_ldap() -> String {
                     match conn.read(&mut buf) {
                         Ok(0) | Err(_) => return,
                         Ok(_) => {
-                            if conn.write_all(&[0x30, 0x05, 0x02, 0x01, 0x01, 0x61, 0x00]).is_err() {
+                            if conn
+                                .write_all(&[0x30, 0x05, 0x02, 0x01, 0x01, 0x61, 0x00])
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -199,7 +206,9 @@ async fn a_panicking_source_leaves_json_logs_and_a_free_lease() {
     let db = fresh_database(Backend::Sqlite).await;
     let tenant = unique("panic");
     assert_eq!(cli(&db, &["tenant", "create", &tenant]).0, 0);
-    let dir = std::env::temp_dir().join("rolebridge-tests").join(unique("panic"));
+    let dir = std::env::temp_dir()
+        .join("rolebridge-tests")
+        .join(unique("panic"));
     std::fs::create_dir_all(&dir).unwrap();
     let pw = dir.join("pw");
     std::fs::write(&pw, "secret\n").unwrap();
@@ -216,7 +225,14 @@ async fn a_panicking_source_leaves_json_logs_and_a_free_lease() {
     )
     .unwrap();
     let mut child = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--config"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--config",
+        ])
         .arg(&config)
         .env("ROLEBRIDGE_DATABASE_URL", &db)
         .env("RUST_LOG", "info")
@@ -237,31 +253,74 @@ async fn a_panicking_source_leaves_json_logs_and_a_free_lease() {
     };
     // Two failed scheduled runs: the first did not end the schedule.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while lines.lock().unwrap().iter().filter(|l| l.contains("sync run failed")).count() < 2 {
-        assert!(Instant::now() < deadline, "no failed runs logged: {:?}", lines.lock().unwrap());
+    while lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("sync run failed"))
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no failed runs logged: {:?}",
+            lines.lock().unwrap()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (code, out, err) = cli(&db, &["--config", config.to_str().unwrap(), "--mappings", "/nonexistent", "sync", "status", "--json"]);
+    let (code, out, err) = cli(
+        &db,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--mappings",
+            "/nonexistent",
+            "sync",
+            "status",
+            "--json",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     let s: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
     assert_eq!(s[0]["last_run"]["outcome"], "failed", "{s}");
-    assert!(s[0]["last_run"]["error"].as_str().unwrap_or_default().contains("panicked"), "{s}");
+    assert!(
+        s[0]["last_run"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("panicked"),
+        "{s}"
+    );
     let _ = child.kill();
     let _ = child.wait();
     let _ = reader.join();
     let lines = lines.lock().unwrap();
     let mut panics = 0;
     for line in lines.iter() {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
         if v["fields"]["panic"].is_string() {
             panics += 1;
-            assert!(v["fields"]["location"].as_str().unwrap_or_default().contains("ldap3"), "{line}");
+            assert!(
+                v["fields"]["location"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("ldap3"),
+                "{line}"
+            );
             // Logged inside the run's span, with its id.
             assert_eq!(v["span"]["name"], "sync_run", "{line}");
-            assert!(v["span"]["run_id"].as_str().is_some_and(|id| id.len() == 36), "{line}");
+            assert!(
+                v["span"]["run_id"]
+                    .as_str()
+                    .is_some_and(|id| id.len() == 36),
+                "{line}"
+            );
         }
     }
-    assert!(panics >= 2, "the panics were not logged through tracing: {lines:?}");
+    assert!(
+        panics >= 2,
+        "the panics were not logged through tracing: {lines:?}"
+    );
 }
 
 /// In text mode, colour codes go to a terminal only: a redirected stderr
@@ -292,6 +351,9 @@ async fn text_logs_to_a_file_have_no_colour_codes() {
     let _ = child.wait();
     assert!(seen.iter().any(|l| l.contains("INFO")), "{seen:?}");
     for line in &seen {
-        assert!(!line.contains('\u{1b}'), "ANSI escape in a redirected log: {line:?}");
+        assert!(
+            !line.contains('\u{1b}'),
+            "ANSI escape in a redirected log: {line:?}"
+        );
     }
 }

@@ -42,9 +42,19 @@ fn scim_corpus(user: &str, group: &str) -> Vec<Case> {
     let post_user = |body: Value| case(Method::POST, "/Users", Some(&body.to_string()));
     // Bodies that are not JSON objects, or not JSON.
     for raw in [
-        "", "{", "[]", "null", "42", "\"x\"", "{\"schemas\": [}", "\u{feff}{}", "{\"a\":1}{\"b\":2}",
-        &"[".repeat(5000), &format!("{}1{}", "[".repeat(200), "]".repeat(200)),
-        "{\"userName\": \"\\ud800\"}", "{\"userName\": 1e999999}",
+        "",
+        "{",
+        "[]",
+        "null",
+        "42",
+        "\"x\"",
+        "{\"schemas\": [}",
+        "\u{feff}{}",
+        "{\"a\":1}{\"b\":2}",
+        &"[".repeat(5000),
+        &format!("{}1{}", "[".repeat(200), "]".repeat(200)),
+        "{\"userName\": \"\\ud800\"}",
+        "{\"userName\": 1e999999}",
     ] {
         c.push(case(Method::POST, "/Users", Some(raw)));
         c.push(case(Method::POST, "/Groups", Some(raw)));
@@ -106,12 +116,20 @@ fn scim_corpus(user: &str, group: &str) -> Vec<Case> {
         json!({"schemas": [PATCH], "Operations": [{"op": "replace", "path": "urn:rolebridge:params:sync:1.0:User:source", "value": "x"}]}),
         json!({"schemas": [PATCH], "Operations": [{"op": "replace", "path": "title", "value": "x\u{0}y"}]}),
     ] {
-        c.push(case(Method::PATCH, &format!("/Users/{user}"), Some(&ops.to_string())));
+        c.push(case(
+            Method::PATCH,
+            &format!("/Users/{user}"),
+            Some(&ops.to_string()),
+        ));
         // userName and active are no Group attributes: on a group those
         // operations are ignored (unknown attributes), not errors.
         let text = ops.to_string();
         if !text.contains("\"userName\"") && !text.contains("\"active\"") {
-            c.push(case(Method::PATCH, &format!("/Groups/{group}"), Some(&text)));
+            c.push(case(
+                Method::PATCH,
+                &format!("/Groups/{group}"),
+                Some(&text),
+            ));
         }
     }
     for ops in [
@@ -121,20 +139,37 @@ fn scim_corpus(user: &str, group: &str) -> Vec<Case> {
         json!({"schemas": [PATCH], "Operations": [{"op": "add", "path": "members", "value": [{"value": "no-such-user"}]}]}),
         json!({"schemas": [PATCH], "Operations": [{"op": "remove", "path": "members[display eq \"x\"]"}]}),
     ] {
-        c.push(case(Method::PATCH, &format!("/Groups/{group}"), Some(&ops.to_string())));
+        c.push(case(
+            Method::PATCH,
+            &format!("/Groups/{group}"),
+            Some(&ops.to_string()),
+        ));
     }
     // Filters, sorting and paging.
     for q in [
-        "filter=userName%20eq", "filter=userName%20xx%20%22a%22", "filter=(userName%20eq%20%22a%22",
-        "filter=noSuchAttribute%20eq%20%22a%22", "filter=emails%5Btype%20eq%20%22work%22",
-        "filter=userName%20eq%20bjensen", "filter=title%20eq%20%22a%00%22",
-        "filter=title%20eq%20%22a%5Cu0000%22", "filter=%5C", "filter=%22", "filter=%FF%FE",
-        "filter=active%20gt%20true", "filter=name%20eq%20%22x%22",
+        "filter=userName%20eq",
+        "filter=userName%20xx%20%22a%22",
+        "filter=(userName%20eq%20%22a%22",
+        "filter=noSuchAttribute%20eq%20%22a%22",
+        "filter=emails%5Btype%20eq%20%22work%22",
+        "filter=userName%20eq%20bjensen",
+        "filter=title%20eq%20%22a%00%22",
+        "filter=title%20eq%20%22a%5Cu0000%22",
+        "filter=%5C",
+        "filter=%22",
+        "filter=%FF%FE",
+        "filter=active%20gt%20true",
+        "filter=name%20eq%20%22x%22",
         "filter=urn:ietf:params:scim:schemas:extension:enterprise:2.0:User.manager%20eq%20%22x%22",
-        "sortBy=emails%5B", "sortBy=name", "sortBy=noSuch", "sortOrder=sideways",
+        "sortBy=emails%5B",
+        "sortBy=name",
+        "sortBy=noSuch",
+        "sortOrder=sideways",
         // (count=-1 and startIndex=-5 are not errors: RFC 7644 §3.4.2.4 reads
         // them as 0 and 1.)
-        "count=abc", "count=99999999999999999999", "startIndex=abc",
+        "count=abc",
+        "count=99999999999999999999",
+        "startIndex=abc",
     ] {
         c.push(case(Method::GET, &format!("/Users?{q}"), None));
         c.push(case(Method::GET, &format!("/Groups?{q}"), None));
@@ -143,7 +178,11 @@ fn scim_corpus(user: &str, group: &str) -> Vec<Case> {
     let long = vec!["userName eq \"a\""; 5000].join(" or ");
     for f in [deep, long] {
         let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": f});
-        c.push(case(Method::POST, "/Users/.search", Some(&body.to_string())));
+        c.push(case(
+            Method::POST,
+            "/Users/.search",
+            Some(&body.to_string()),
+        ));
         c.push(case(Method::POST, "/.search", Some(&body.to_string())));
     }
     // Paths, ids and methods.
@@ -163,11 +202,20 @@ fn scim_corpus(user: &str, group: &str) -> Vec<Case> {
         c.push(case(m, &p, Some("{}")));
     }
     // If-Match that matches nothing.
-    let mut stale = case(Method::PUT, &format!("/Users/{user}"), Some(&json!({"schemas": [USER], "userName": "corpus-user"}).to_string()));
+    let mut stale = case(
+        Method::PUT,
+        &format!("/Users/{user}"),
+        Some(&json!({"schemas": [USER], "userName": "corpus-user"}).to_string()),
+    );
     stale.path.push_str("#if-match");
     c.push(stale);
     // Declared as something else than JSON.
-    for ct in ["text/plain", "application/xml", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+    for ct in [
+        "text/plain",
+        "application/xml",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
         let mut k = post_user(json!({"schemas": [USER], "userName": "ct"}));
         k.content_type = ct;
         c.push(k);
@@ -188,7 +236,11 @@ fn scim_corpus(user: &str, group: &str) -> Vec<Case> {
 fn api_corpus() -> Vec<Case> {
     let mut c = Vec::new();
     for raw in [
-        "", "{", "[]", "{\"user\": 5, \"permission\": \"x\"}", "{\"permission\": \"x\"}",
+        "",
+        "{",
+        "[]",
+        "{\"user\": 5, \"permission\": \"x\"}",
+        "{\"permission\": \"x\"}",
         "{\"user\": \"a\\u0000\", \"permission\": \"x\"}",
         "{\"user\": \"nobody\", \"permission\": \"x\", \"consistency\": \"sometimes\"}",
         "{\"user\": \"nobody\", \"permission\": \"x\", \"at_least_as_fresh\": \"abc\"}",
@@ -208,9 +260,13 @@ fn api_corpus() -> Vec<Case> {
         c.push(k);
     }
     for p in [
-        "//users/a%00b/permissions", "//users/nobody/permissions", "//users/x/permissions?by=nope",
-        "//users/x/permissions?consistency=sometimes", "//users/x/permissions?at_least_as_fresh=-1",
-        "//users/x/permissions?bogus=1", "//nope",
+        "//users/a%00b/permissions",
+        "//users/nobody/permissions",
+        "//users/x/permissions?by=nope",
+        "//users/x/permissions?consistency=sometimes",
+        "//users/x/permissions?at_least_as_fresh=-1",
+        "//users/x/permissions?bogus=1",
+        "//nope",
     ] {
         c.push(case(Method::GET, p, None));
     }
@@ -222,8 +278,27 @@ async fn run_corpus(backend: Backend) {
     let db = fresh_database(backend).await;
     let tenant = unique("corpus");
     assert_eq!(cli(&db, &["tenant", "create", &tenant]).0, 0);
-    let token = cli(&db, &["token", "create", "--tenant", &tenant, "--scope", "scim"]).1.trim().to_string();
-    let ptoken = cli(&db, &["token", "create", "--tenant", &tenant, "--scope", "permissions"]).1.trim().to_string();
+    let token = cli(
+        &db,
+        &["token", "create", "--tenant", &tenant, "--scope", "scim"],
+    )
+    .1
+    .trim()
+    .to_string();
+    let ptoken = cli(
+        &db,
+        &[
+            "token",
+            "create",
+            "--tenant",
+            &tenant,
+            "--scope",
+            "permissions",
+        ],
+    )
+    .1
+    .trim()
+    .to_string();
     let mut child = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .env("ROLEBRIDGE_DATABASE_URL", &db)
@@ -250,21 +325,51 @@ async fn run_corpus(backend: Backend) {
             }
         })
     };
-    let addr = addr_rx.recv_timeout(Duration::from_secs(30)).expect("server started");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server started");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     let base = format!("{addr}/scim/v2/{tenant}");
     let api = format!("{addr}/api/v1/tenants/{tenant}");
     let created = |r: reqwest::Response| async move {
         assert_eq!(r.status(), 201);
-        r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
-    let user = created(client.post(format!("{base}/Users")).bearer_auth(&token).header("content-type", "application/scim+json")
-        .body(json!({"schemas": [USER], "userName": "corpus-user"}).to_string()).send().await.unwrap()).await;
-    let group = created(client.post(format!("{base}/Groups")).bearer_auth(&token).header("content-type", "application/scim+json")
-        .body(json!({"schemas": [GROUP], "displayName": "corpus-group"}).to_string()).send().await.unwrap()).await;
+    let user = created(
+        client
+            .post(format!("{base}/Users"))
+            .bearer_auth(&token)
+            .header("content-type", "application/scim+json")
+            .body(json!({"schemas": [USER], "userName": "corpus-user"}).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let group = created(
+        client
+            .post(format!("{base}/Groups"))
+            .bearer_auth(&token)
+            .header("content-type", "application/scim+json")
+            .body(json!({"schemas": [GROUP], "displayName": "corpus-group"}).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let started = Instant::now();
     let mut sent = 0;
-    for (is_api, c) in scim_corpus(&user, &group).into_iter().map(|c| (false, c)).chain(api_corpus().into_iter().map(|c| (true, c))) {
+    for (is_api, c) in scim_corpus(&user, &group)
+        .into_iter()
+        .map(|c| (false, c))
+        .chain(api_corpus().into_iter().map(|c| (true, c)))
+    {
         let (path, if_match) = match c.path.strip_suffix("#if-match") {
             Some(p) => (p.to_string(), true),
             None => (c.path.clone(), false),
@@ -273,24 +378,45 @@ async fn run_corpus(backend: Backend) {
             Some(rest) => format!("{api}/{rest}"),
             None => format!("{base}{path}"),
         };
-        let mut req = client.request(c.method.clone(), &url).bearer_auth(if is_api { &ptoken } else { &token });
+        let mut req = client
+            .request(c.method.clone(), &url)
+            .bearer_auth(if is_api { &ptoken } else { &token });
         if if_match {
             req = req.header("If-Match", "W/\"999\"");
         }
         if let Some(b) = &c.body {
             req = req.header("content-type", c.content_type).body(b.clone());
         }
-        let r = req.send().await.unwrap_or_else(|e| panic!("{} {url}: {e}", c.method));
+        let r = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{} {url}: {e}", c.method));
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        let sent_body = c.body.as_deref().map(String::from_utf8_lossy).unwrap_or_default().chars().take(300).collect::<String>();
-        let shown = format!("{} {} {sent_body} -> {status} {}", c.method, url.chars().take(200).collect::<String>(), text.chars().take(300).collect::<String>());
+        let sent_body = c
+            .body
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect::<String>();
+        let shown = format!(
+            "{} {} {sent_body} -> {status} {}",
+            c.method,
+            url.chars().take(200).collect::<String>(),
+            text.chars().take(300).collect::<String>()
+        );
         assert!((400..500).contains(&status), "{shown}");
-        let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{shown}: not JSON ({e})"));
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{shown}: not JSON ({e})"));
         if is_api {
             assert_eq!(body["error"]["status"], status, "{shown}");
         } else {
-            assert_eq!(body["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:Error", "{shown}");
+            assert_eq!(
+                body["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:Error",
+                "{shown}"
+            );
             assert_eq!(body["status"], status.to_string(), "{shown}");
         }
         sent += 1;
@@ -298,7 +424,12 @@ async fn run_corpus(backend: Backend) {
     assert!(sent >= 220, "corpus of {sent}");
     assert!(started.elapsed() < Duration::from_secs(120));
     // Nothing was half-applied: the user and group are as created.
-    let r = client.get(format!("{base}/Users")).bearer_auth(&token).send().await.unwrap();
+    let r = client
+        .get(format!("{base}/Users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     let all: Value = r.json().await.unwrap();
     assert_eq!(all["totalResults"], 1, "{all}");
     assert_eq!(all["Resources"][0]["meta"]["version"], "W/\"1\"", "{all}");
@@ -307,9 +438,13 @@ async fn run_corpus(backend: Backend) {
     let _ = reader.join();
     let lines = lines.lock().unwrap();
     for line in lines.iter() {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
         assert!(v["fields"]["panic"].is_null(), "panic logged: {line}");
-        assert_ne!(v["fields"]["message"], "request failed", "5xx logged: {line}");
+        assert_ne!(
+            v["fields"]["message"], "request failed",
+            "5xx logged: {line}"
+        );
         assert!(!line.contains("\"status\":5"), "5xx logged: {line}");
     }
 }

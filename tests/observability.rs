@@ -198,7 +198,11 @@ async fn json_logs_never_contain_tokens() {
     assert_eq!(r.headers()["x-request-id"], "req-7f3a");
     let r = client.get(format!("{addr}/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["x-request-id"].to_str().unwrap().len() == 36, "{:?}", r.headers());
+    assert!(
+        r.headers()["x-request-id"].to_str().unwrap().len() == 36,
+        "{:?}",
+        r.headers()
+    );
     assert!(Instant::now() < deadline);
     let _ = child.kill();
     let _ = child.wait();
@@ -227,7 +231,11 @@ async fn json_logs_never_contain_tokens() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|v| v["span"]["request_id"] == "req-7f3a")
         .unwrap_or_else(|| panic!("no line in the request's span: {lines:?}"));
-    assert_eq!(in_request["span"]["tenant"], tenant.as_str(), "{in_request}");
+    assert_eq!(
+        in_request["span"]["tenant"],
+        tenant.as_str(),
+        "{in_request}"
+    );
 }
 
 #[test]

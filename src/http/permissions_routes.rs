@@ -52,7 +52,7 @@ fn consistency(consistency: Option<&str>, at_least: Option<&Revision>) -> Result
         .into());
     }
     match (consistency, rev) {
-        (Some(_), Some(_)) => Err(Error::Scim(ScimType::InvalidValue, 
+        (Some(_), Some(_)) => Err(Error::Scim(ScimType::InvalidValue,
             "give either 'consistency' or 'at_least_as_fresh', not both".into(),
         )
         .into()),

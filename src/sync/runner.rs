@@ -133,7 +133,9 @@ impl LeaseKeeper {
                         tracing::warn!(source, "sync lease lost to another run");
                         return;
                     }
-                    Err(e) => tracing::warn!(source, error = %e, "sync lease renewal failed; retrying"),
+                    Err(e) => {
+                        tracing::warn!(source, error = %e, "sync lease renewal failed; retrying")
+                    }
                 }
             }
         }))
