@@ -385,6 +385,7 @@ fn substitute_str(s: &str, created: &HashMap<String, String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn finds_and_substitutes_bulk_ids() {
