@@ -42,13 +42,49 @@ impl<S: Send + Sync> FromRequest<S> for ScimBody {
                 &other.body_text(),
             ),
         })?;
-        serde_json::from_slice(&bytes).map(ScimBody).map_err(|e| {
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             error::response(
                 StatusCode::BAD_REQUEST,
                 Some("invalidSyntax"),
                 &format!("request body is not valid JSON: {e}"),
             )
-        })
+        })?;
+        if let Some(detail) = super::input::nul_in_json(&value) {
+            return Err(ApiError(Error::Scim(ScimType::InvalidValue, detail)).into_response());
+        }
+        Ok(ScimBody(value))
+    }
+}
+
+/// A JSON body of the permissions API, deserialised into `T`: invalid JSON
+/// or a wrong shape is 400 in the API's format, a NUL in any string is 400
+/// naming where, and a body over the limit is 413.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(_) => JsonApiError(Error::PayloadTooLarge(format!(
+                "request body exceeds {} bytes",
+                super::MAX_BODY
+            )))
+            .into_response(),
+            other => JsonApiError(Error::Scim(ScimType::InvalidSyntax, other.body_text()))
+                .into_response(),
+        })?;
+        let bad = |detail: String| {
+            JsonApiError(Error::Scim(ScimType::InvalidSyntax, detail)).into_response()
+        };
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("request body is not valid JSON: {e}")))?;
+        if let Some(detail) = super::input::nul_in_json(&value) {
+            return Err(JsonApiError(Error::Scim(ScimType::InvalidValue, detail)).into_response());
+        }
+        serde_json::from_value(value)
+            .map(ApiJson)
+            .map_err(|e| bad(format!("invalid request body: {e}")))
     }
 }
 

@@ -1,6 +1,7 @@
-//! Refuses, before any handler runs, request input the service cannot hold
-//! or was not built to read: a NUL character anywhere (path, query, JSON
-//! body), and a SCIM body declared as something other than JSON.
+//! Refuses request input the service cannot hold or was not built to read:
+//! a NUL character anywhere (path and query here, before any handler; JSON
+//! bodies where the extractors parse them, through [`nul_in_json`]), and a
+//! SCIM body declared as something other than JSON.
 //!
 //! NUL is refused at the edge rather than per attribute because PostgreSQL
 //! can store it in no `TEXT` column and in no `jsonb` value: a NUL that
@@ -8,7 +9,6 @@
 //! SQLite would store it, so refusing it here is also what makes both
 //! backends answer the same.
 
-use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{header, Method};
 use axum::middleware::Next;
@@ -17,10 +17,13 @@ use scim::ScimType;
 use serde_json::Value;
 
 use super::error;
-use super::MAX_BODY;
 use crate::app::Error;
 
-/// Middleware: see the module docs.
+/// Middleware: refuses NUL in the path and query, and a SCIM body declared
+/// as something other than JSON, from the headers alone. Bodies are checked
+/// for NUL where they are read ([`super::extract::ScimBody`],
+/// [`super::extract::ApiJson`]): buffering them here, before the in-flight
+/// cap and the handlers, would let slow bodies pile up outside the cap.
 pub async fn screen(req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     if let Some(detail) = nul_in_path(&path) {
@@ -29,10 +32,7 @@ pub async fn screen(req: Request, next: Next) -> Response {
     if let Some(detail) = req.uri().query().and_then(nul_in_query) {
         return error::for_path(&path, Error::Scim(ScimType::InvalidValue, detail));
     }
-    if !has_body(&req) {
-        return next.run(req).await;
-    }
-    if path.starts_with("/scim/") {
+    if has_body(&req) && path.starts_with("/scim/") {
         if let Some(declared) = unsupported_content_type(&req) {
             return error::for_path(
                 &path,
@@ -42,21 +42,7 @@ pub async fn screen(req: Request, next: Next) -> Response {
             );
         }
     }
-    let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return error::for_path(
-                &path,
-                Error::PayloadTooLarge(format!("request body exceeds {MAX_BODY} bytes")),
-            )
-        }
-    };
-    if let Some(detail) = nul_in_json(&bytes) {
-        return error::for_path(&path, Error::Scim(ScimType::InvalidValue, detail));
-    }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    next.run(req).await
 }
 
 fn has_body(req: &Request) -> bool {
@@ -128,18 +114,12 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
-/// Where a JSON body holds a NUL (JSON can only carry one as the escape
-/// `\u0000`), named as the attribute path a client would recognise:
-/// `title`, `emails[0].value`, `Operations[0].value (path 'title')`. A body
-/// that is not JSON is left to the handler's own `invalidSyntax`.
-fn nul_in_json(bytes: &Bytes) -> Option<String> {
-    // Fast path: no escape, no NUL (a raw NUL byte is invalid JSON anyway).
-    if !bytes.windows(6).any(|w| w == b"\\u0000") {
-        return None;
-    }
-    let value: Value = serde_json::from_slice(bytes).ok()?;
+/// Where a parsed JSON body holds a NUL, named as the attribute path a
+/// client would recognise: `title`, `emails[0].value`,
+/// `Operations[0].value (path 'title')`.
+pub fn nul_in_json(value: &Value) -> Option<String> {
     let mut at = String::new();
-    if !find_nul(&value, &mut at) {
+    if !find_nul(value, &mut at) {
         return None;
     }
     // For a PATCH operation, name the attribute it writes too.
@@ -162,11 +142,9 @@ fn nul_in_json(bytes: &Bytes) -> Option<String> {
                 .map(str::to_string)
         });
     Some(match op_path {
-        Some(p) if !p.contains('\0') => {
-            format!(
-                "attribute '{at}' (path '{p}') contains a NUL character, which cannot be stored"
-            )
-        }
+        Some(p) if !p.contains('\0') => format!(
+            "attribute '{at}' (path '{p}') contains a NUL character, which cannot be stored"
+        ),
         _ => format!("attribute '{at}' contains a NUL character, which cannot be stored"),
     })
 }
@@ -206,7 +184,7 @@ mod tests {
 
     #[test]
     fn names_where_the_nul_is() {
-        let b = |s: &str| Bytes::from(s.to_string());
+        let b = |s: &str| serde_json::from_str::<Value>(s).unwrap();
         assert_eq!(nul_in_json(&b(r#"{"userName":"a"}"#)), None);
         // An escaped backslash followed by "u0000" is no NUL.
         assert_eq!(nul_in_json(&b(r#"{"title":"\\u0000"}"#)), None);
@@ -219,7 +197,10 @@ mod tests {
             Some("attribute 'emails[1].value' contains a NUL character, which cannot be stored")
         );
         assert_eq!(
-            nul_in_json(&b(r#"{"Operations":[{"op":"replace","path":"title","value":"x\u0000y"}]}"#)).as_deref(),
+            nul_in_json(&b(
+                r#"{"Operations":[{"op":"replace","path":"title","value":"x\u0000y"}]}"#
+            ))
+            .as_deref(),
             Some("attribute 'Operations[0].value' (path 'title') contains a NUL character, which cannot be stored")
         );
         assert!(nul_in_json(&b(r#"{"a\u0000":1}"#))

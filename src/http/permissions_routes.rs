@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::JsonApiError;
-use super::extract::{parse_query, PermissionsRequest};
+use super::extract::{parse_query, ApiJson, PermissionsRequest};
 use std::collections::HashMap;
 
 use crate::app::{App, Consistency, Error, UserRef};
@@ -130,9 +130,8 @@ struct CheckRequest {
 async fn check(
     State(app): State<App>,
     PermissionsRequest(auth): PermissionsRequest,
-    body: std::result::Result<Json<CheckRequest>, axum::extract::rejection::JsonRejection>,
+    ApiJson(req): ApiJson<CheckRequest>,
 ) -> Result<Json<Value>> {
-    let Json(req) = body.map_err(|e| Error::Scim(ScimType::InvalidSyntax, e.body_text()))?;
     let mode = consistency(req.consistency.as_deref(), req.at_least_as_fresh.as_ref())?;
     let permission = app.known_permission(&auth.tenant, &req.permission)?;
     let user = UserRef::IdOrUserName(req.user);
@@ -182,9 +181,8 @@ struct BatchItem {
 async fn check_batch(
     State(app): State<App>,
     PermissionsRequest(auth): PermissionsRequest,
-    body: std::result::Result<Json<BatchRequest>, axum::extract::rejection::JsonRejection>,
+    ApiJson(req): ApiJson<BatchRequest>,
 ) -> Result<Json<Value>> {
-    let Json(req) = body.map_err(|e| Error::Scim(ScimType::InvalidSyntax, e.body_text()))?;
     if req.checks.is_empty() || req.checks.len() > MAX_BATCH {
         return Err(Error::Scim(
             ScimType::InvalidValue,
