@@ -4,6 +4,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use time::format_description::FormatItem;
 use time::macros::format_description;
 use uuid::Uuid;
@@ -216,5 +217,69 @@ mod tests {
     fn secrets_never_print() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
+    }
+}
+
+/// Where a parsed JSON body holds a NUL, named as the attribute path a
+/// client would recognise: `title`, `emails[0].value`,
+/// `Operations[0].value (path 'title')`.
+pub fn nul_in_json(value: &Value) -> Option<String> {
+    let mut at = String::new();
+    if !find_nul(value, &mut at) {
+        return None;
+    }
+    // For a PATCH operation, name the attribute it writes too.
+    let op_path = at
+        .strip_prefix("Operations[")
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|i| i.parse::<usize>().ok())
+        .and_then(|i| {
+            let ops = value
+                .as_object()?
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("operations"))?
+                .1;
+            ops.get(i)?
+                .as_object()?
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("path"))?
+                .1
+                .as_str()
+                .map(str::to_string)
+        });
+    Some(match op_path {
+        Some(p) if !p.contains('\0') => format!(
+            "attribute '{at}' (path '{p}') contains a NUL character, which cannot be stored"
+        ),
+        _ => format!("attribute '{at}' contains a NUL character, which cannot be stored"),
+    })
+}
+
+/// Depth-first search for a NUL in a key or string; `at` ends as its path.
+fn find_nul(v: &Value, at: &mut String) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+            let len = at.len();
+            at.push_str(&format!("[{i}]"));
+            if find_nul(item, at) {
+                return true;
+            }
+            at.truncate(len);
+            false
+        }),
+        Value::Object(map) => map.iter().any(|(k, item)| {
+            let len = at.len();
+            if !at.is_empty() {
+                at.push('.');
+            }
+            at.push_str(&k.replace('\0', "\\u0000"));
+            if k.contains('\0') || find_nul(item, at) {
+                return true;
+            }
+            at.truncate(len);
+            false
+        }),
+        _ => false,
     }
 }

@@ -380,6 +380,37 @@ each_backend! {
 }
 
 each_backend! {
+    async fn a_directory_entry_the_store_cannot_hold_is_skipped_not_fatal(backend) {
+        // A NUL (LDAP values may hold one; PostgreSQL stores none) or an
+        // over-long name in one entry skips that entry, reported; the run
+        // applies the rest, and the next run is not stuck on it.
+        let srv = TestServer::start(backend).await;
+        let dir = Directory::default();
+        dir.with(|s| {
+            s.users = (0..4).map(person).collect();
+            s.users[1].display_name = Some("Bad\u{0}Name".into());
+            s.users[2].user_name = format!("{}@example.org", "x".repeat(600));
+            s.groups = vec![team("g1", "Ops", &[0, 1, 2, 3]), team("g2", "Nul\u{0}Group", &[0])];
+        });
+        let cfg = config(&srv, LENIENT);
+        for run in 0..2 {
+            let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None)
+                .await
+                .unwrap_or_else(|e| panic!("run {run}: {e}"));
+            assert_eq!(r.outcome, "applied", "run {run}");
+            assert_eq!(r.skipped.len(), 3, "run {run}: {:?}", r.skipped);
+            assert!(r.skipped.iter().any(|s| s.contains("NUL") && s.contains("displayName")), "{:?}", r.skipped);
+            assert!(r.skipped.iter().any(|s| s.contains("at most 512")), "{:?}", r.skipped);
+            assert!(r.skipped.iter().any(|s| s.contains("Nul\\u0000Group")), "{:?}", r.skipped);
+        }
+        assert_eq!(users(&srv).await["totalResults"], 2);
+        let ops = srv.get("/Groups?filter=displayName%20eq%20%22Ops%22").await;
+        let gid = ops.body["Resources"][0]["id"].as_str().unwrap().to_string();
+        assert_eq!(srv.member_ids(&gid).await.len(), 2, "only the stored users are members");
+    }
+}
+
+each_backend! {
     async fn overlapping_runs_of_one_source_are_refused(backend) {
         let srv = TestServer::start(backend).await;
         let cfg = config(&srv, LENIENT);

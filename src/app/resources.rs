@@ -586,6 +586,11 @@ pub(super) fn prepare(
     mut body: Value,
     writer: Writer,
 ) -> Result<(Value, Option<Vec<MemberRef>>, Vec<String>)> {
+    // The HTTP edge refuses NUL already; a directory may send one too, and
+    // PostgreSQL can store none.
+    if let Some(detail) = crate::domain::nul_in_json(&body) {
+        return Err(Error::Scim(ScimType::InvalidValue, detail));
+    }
     let obj = body.as_object_mut().ok_or_else(|| {
         Error::Scim(
             ScimType::InvalidSyntax,

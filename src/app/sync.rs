@@ -71,23 +71,24 @@ impl App {
             })
             .collect();
         for chunk in creates.chunks(1000) {
-            let docs = chunk
-                .iter()
-                .map(|(id, user)| {
-                    Ok(new_resource(
-                        id,
-                        prepare(
-                            ResourceKind::User,
-                            user_doc(user, source),
-                            Writer::Directory,
-                        )?
-                        .0,
-                        &ts,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let mut docs = Vec::with_capacity(chunk.len());
+            let mut accepted = Vec::with_capacity(chunk.len());
+            for (id, user) in chunk {
+                let doc = user_doc(user, source);
+                if let Some(doc) = valid_doc(
+                    ResourceKind::User,
+                    doc,
+                    &mut applied,
+                    &mut refused,
+                    id,
+                    &user.user_name,
+                )? {
+                    docs.push(new_resource(id, doc, &ts));
+                    accepted.push((*id, *user));
+                }
+            }
             let results = tx.insert_many(tenant, ResourceKind::User, &docs).await?;
-            for ((id, user), result) in chunk.iter().zip(results) {
+            for ((id, user), result) in accepted.into_iter().zip(results) {
                 if let Some(e) = result {
                     refuse(e, &mut applied, &mut refused, id, &user.user_name)?;
                 }
@@ -97,12 +98,23 @@ impl App {
             match op {
                 UserOp::Create { .. } => {}
                 UserOp::Update { id, user, .. } => {
-                    let doc = prepare(
+                    let doc = user_doc(user, source);
+                    let Some(doc) = valid_doc(
                         ResourceKind::User,
-                        user_doc(user, source),
-                        Writer::Directory,
+                        doc,
+                        &mut applied,
+                        &mut refused,
+                        id,
+                        &user.user_name,
                     )?
-                    .0;
+                    else {
+                        // The entry is unusable, but a disable must still
+                        // revoke access.
+                        if !user.active {
+                            deactivate(&mut tx, tenant, id, &ts).await?;
+                        }
+                        continue;
+                    };
                     if let Err(e) = replace(&mut tx, tenant, ResourceKind::User, id, doc, &ts).await
                     {
                         refuse(e, &mut applied, &mut refused, id, &user.user_name)?;
@@ -121,17 +133,18 @@ impl App {
         let mut new_names = Vec::new();
         for op in &plan.groups {
             if let GroupOp::Create { id, group } = op {
-                new_groups.push(new_resource(
+                let doc = group_doc(group, source);
+                if let Some(doc) = valid_doc(
+                    ResourceKind::Group,
+                    doc,
+                    &mut applied,
+                    &mut refused,
                     id,
-                    prepare(
-                        ResourceKind::Group,
-                        group_doc(group, source),
-                        Writer::Directory,
-                    )?
-                    .0,
-                    &ts,
-                ));
-                new_names.push((id.as_str(), group.display_name.as_str()));
+                    &group.display_name,
+                )? {
+                    new_groups.push(new_resource(id, doc, &ts));
+                    new_names.push((id.as_str(), group.display_name.as_str()));
+                }
             }
         }
         let results = tx
@@ -146,12 +159,18 @@ impl App {
             match op {
                 GroupOp::Create { .. } => {}
                 GroupOp::Update { id, group } => {
-                    let doc = prepare(
+                    let doc = group_doc(group, source);
+                    let Some(doc) = valid_doc(
                         ResourceKind::Group,
-                        group_doc(group, source),
-                        Writer::Directory,
+                        doc,
+                        &mut applied,
+                        &mut refused,
+                        id,
+                        &group.display_name,
                     )?
-                    .0;
+                    else {
+                        continue;
+                    };
                     if let Err(e) =
                         replace(&mut tx, tenant, ResourceKind::Group, id, doc, &ts).await
                     {
@@ -196,6 +215,31 @@ impl App {
             .await?;
         applied.permissions_changed = self.commit(tx).await?.permissions_changed;
         Ok(applied)
+    }
+}
+
+/// The stored document of a directory entry, or `None` when the directory
+/// sent something no resource may hold (a NUL, an over-long or empty name):
+/// the entry is skipped and reported, like a uniqueness clash, and the rest
+/// of the run applies. One bad entry must not stop a source for good.
+fn valid_doc(
+    kind: ResourceKind,
+    doc: Value,
+    applied: &mut Applied,
+    refused: &mut HashSet<String>,
+    id: &str,
+    name: &str,
+) -> Result<Option<Value>> {
+    match prepare(kind, doc, Writer::Directory) {
+        Ok((doc, _, _)) => Ok(Some(doc)),
+        Err(crate::app::Error::Scim(_, detail)) => {
+            applied
+                .skipped
+                .push(format!("'{}': {detail}", name.replace('\0', "\\u0000")));
+            refused.insert(id.to_string());
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 

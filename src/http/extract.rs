@@ -49,7 +49,7 @@ impl<S: Send + Sync> FromRequest<S> for ScimBody {
                 &format!("request body is not valid JSON: {e}"),
             )
         })?;
-        if let Some(detail) = super::input::nul_in_json(&value) {
+        if let Some(detail) = crate::domain::nul_in_json(&value) {
             return Err(ApiError(Error::Scim(ScimType::InvalidValue, detail)).into_response());
         }
         Ok(ScimBody(value))
@@ -79,7 +79,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
         };
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| bad(format!("request body is not valid JSON: {e}")))?;
-        if let Some(detail) = super::input::nul_in_json(&value) {
+        if let Some(detail) = crate::domain::nul_in_json(&value) {
             return Err(JsonApiError(Error::Scim(ScimType::InvalidValue, detail)).into_response());
         }
         serde_json::from_value(value)

@@ -1,6 +1,7 @@
 //! Refuses request input the service cannot hold or was not built to read:
 //! a NUL character anywhere (path and query here, before any handler; JSON
-//! bodies where the extractors parse them, through [`nul_in_json`]), and a
+//! bodies where the extractors parse them, through
+//! [`crate::domain::nul_in_json`]), and a
 //! SCIM body declared as something other than JSON.
 //!
 //! NUL is refused at the edge rather than per attribute because PostgreSQL
@@ -14,7 +15,6 @@ use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use scim::ScimType;
-use serde_json::Value;
 
 use super::error;
 use crate::app::Error;
@@ -22,7 +22,8 @@ use crate::app::Error;
 /// Middleware: refuses NUL in the path and query, and a SCIM body declared
 /// as something other than JSON, from the headers alone. Bodies are checked
 /// for NUL where they are read ([`super::extract::ScimBody`],
-/// [`super::extract::ApiJson`]): buffering them here, before the in-flight
+/// [`super::extract::ApiJson`], with [`crate::domain::nul_in_json`]):
+/// buffering them here, before the in-flight
 /// cap and the handlers, would let slow bodies pile up outside the cap.
 pub async fn screen(req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
@@ -114,73 +115,11 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
-/// Where a parsed JSON body holds a NUL, named as the attribute path a
-/// client would recognise: `title`, `emails[0].value`,
-/// `Operations[0].value (path 'title')`.
-pub fn nul_in_json(value: &Value) -> Option<String> {
-    let mut at = String::new();
-    if !find_nul(value, &mut at) {
-        return None;
-    }
-    // For a PATCH operation, name the attribute it writes too.
-    let op_path = at
-        .strip_prefix("Operations[")
-        .and_then(|rest| rest.split(']').next())
-        .and_then(|i| i.parse::<usize>().ok())
-        .and_then(|i| {
-            let ops = value
-                .as_object()?
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("operations"))?
-                .1;
-            ops.get(i)?
-                .as_object()?
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("path"))?
-                .1
-                .as_str()
-                .map(str::to_string)
-        });
-    Some(match op_path {
-        Some(p) if !p.contains('\0') => format!(
-            "attribute '{at}' (path '{p}') contains a NUL character, which cannot be stored"
-        ),
-        _ => format!("attribute '{at}' contains a NUL character, which cannot be stored"),
-    })
-}
-
-/// Depth-first search for a NUL in a key or string; `at` ends as its path.
-fn find_nul(v: &Value, at: &mut String) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
-            let len = at.len();
-            at.push_str(&format!("[{i}]"));
-            if find_nul(item, at) {
-                return true;
-            }
-            at.truncate(len);
-            false
-        }),
-        Value::Object(map) => map.iter().any(|(k, item)| {
-            let len = at.len();
-            if !at.is_empty() {
-                at.push('.');
-            }
-            at.push_str(&k.replace('\0', "\\u0000"));
-            if k.contains('\0') || find_nul(item, at) {
-                return true;
-            }
-            at.truncate(len);
-            false
-        }),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::nul_in_json;
+    use serde_json::Value;
 
     #[test]
     fn names_where_the_nul_is() {
