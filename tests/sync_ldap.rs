@@ -918,3 +918,35 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+each_backend! {
+    async fn an_entry_that_cannot_be_converted_is_left_as_it_was(backend) {
+        // `active` mapped to a free-text attribute: one entry with a value
+        // that is no boolean must not fail every run of the source, and
+        // must not read as a deletion either.
+        let srv = TestServer::start(backend).await;
+        let slapd = Slapd::start();
+        let mut ldif = String::new();
+        for u in ["ann", "bob", "cyd"] {
+            ldif.push_str(&user_ldif(u, &format!("{u}@example.org")).replace("\n\n", "\ntitle: TRUE\n\n"));
+        }
+        slapd.add(&ldif);
+        let cfg = source(&srv, &slapd, &format!("{LENIENT}[attributes]\nactive = \"title\"\n"));
+        let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
+        assert_eq!(r.counts.users_created, 3, "{r:?}");
+        slapd.modify(&format!("dn: {}\nchangetype: modify\nreplace: title\ntitle: maybe\n\n", user_dn("cyd")));
+        slapd.add(&user_ldif("dee", "dee@example.org").replace("\n\n", "\ntitle: sometimes\n\n"));
+        slapd.add(&user_ldif("eve", "eve@example.org").replace("\n\n", "\ntitle: FALSE\n\n"));
+        for full in [false, true] {
+            let opts = RunOptions { force_full: full, ..RunOptions::default() };
+            let r = run_source(&srv.app, &cfg, opts).await.unwrap_or_else(|e| panic!("full={full}: {e}"));
+            assert!(["applied", "unchanged"].contains(&r.outcome.as_str()), "full={full}: {r:?}");
+            assert_eq!(r.counts.users_deleted + r.counts.users_deactivated, 0, "full={full}: {r:?}");
+        }
+        // cyd is kept as it was (active), dee was never provisioned, eve is.
+        assert_eq!(scim_user(&srv, "cyd").await["active"], true);
+        assert_eq!(scim_user(&srv, "eve").await["active"], false);
+        let dee = srv.get("/Users?filter=userName%20eq%20%22dee%22").await;
+        assert_eq!(dee.body["totalResults"], 0, "{}", dee.body);
+    }
+}

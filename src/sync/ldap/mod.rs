@@ -982,26 +982,30 @@ fn push_entry(
         dn: entry.dn.clone(),
         message,
     };
+    // An entry that cannot be converted (a value that is not UTF-8, an
+    // `active` that is no boolean) is left as it was: reported present, so
+    // a complete read deletes nothing for it, and logged. Failing the read
+    // instead would stop the whole source on one bad entry, every run. Only
+    // an entry without a usable stable id fails the read: it cannot be
+    // told apart from a deleted one.
+    let left_as_it_was = |batch: &mut Batch, why: &str| -> Result<(), LdapError> {
+        let key = convert::stable_id(entry, &attributes.external_id).map_err(bad)?;
+        tracing::warn!(dn = %entry.dn, reason = why, "directory entry left as it was");
+        batch.push(Change::Present { key });
+        Ok(())
+    };
     match kind {
-        Kind::User => match convert::user(entry, attributes, base).map_err(bad)? {
-            Some(u) => batch.push(Change::User(u)),
-            None => {
-                // Without a user name it cannot be provisioned; reporting it
-                // present keeps a complete read from deleting an account
-                // that merely lost an attribute.
-                let key = convert::stable_id(entry, &attributes.external_id).map_err(bad)?;
-                tracing::warn!(dn = %entry.dn, attribute = %attributes.user_name, "user entry without a user name; left as it was");
-                batch.push(Change::Present { key });
-            }
+        Kind::User => match convert::user(entry, attributes, base) {
+            Ok(Some(u)) => batch.push(Change::User(u)),
+            // Without a user name it cannot be provisioned.
+            Ok(None) => left_as_it_was(batch, &format!("no {}", attributes.user_name))?,
+            Err(e) => left_as_it_was(batch, &e)?,
         },
-        Kind::Group => {
-            let (g, pending) = convert::group(entry, attributes, base).map_err(bad)?;
-            if pending.is_empty() {
-                batch.push(Change::Group(g));
-            } else {
-                return Ok(Some((g, pending)));
-            }
-        }
+        Kind::Group => match convert::group(entry, attributes, base) {
+            Ok((g, pending)) if pending.is_empty() => batch.push(Change::Group(g)),
+            Ok((g, pending)) => return Ok(Some((g, pending))),
+            Err(e) => left_as_it_was(batch, &e)?,
+        },
     }
     Ok(None)
 }
