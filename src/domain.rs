@@ -194,32 +194,6 @@ pub fn parse_timestamp(s: &str) -> Option<time::OffsetDateTime> {
         .map(|t| t.assume_utc())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_round_trip() {
-        let s = now();
-        assert_eq!(parse_timestamp(&s).and_then(format_timestamp), Some(s));
-        assert_eq!(parse_timestamp("yesterday"), None);
-    }
-
-    #[test]
-    fn tenant_names_follow_the_rule() {
-        assert!(TenantName::parse("acme-corp_2").is_ok());
-        for bad in ["", "-acme", "Acme", "a/b", "a b", &"x".repeat(64)] {
-            assert!(TenantName::parse(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn secrets_never_print() {
-        let s = Secret::new("hunter2");
-        assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
-    }
-}
-
 /// Where a parsed JSON body holds a NUL, named as the attribute path a
 /// client would recognise: `title`, `emails[0].value`,
 /// `Operations[0].value (path 'title')`.
@@ -281,5 +255,31 @@ fn find_nul(v: &Value, at: &mut String) -> bool {
             false
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        let s = now();
+        assert_eq!(parse_timestamp(&s).and_then(format_timestamp), Some(s));
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn tenant_names_follow_the_rule() {
+        assert!(TenantName::parse("acme-corp_2").is_ok());
+        for bad in ["", "-acme", "Acme", "a/b", "a b", &"x".repeat(64)] {
+            assert!(TenantName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
     }
 }

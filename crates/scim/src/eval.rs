@@ -11,8 +11,11 @@
 //! Semantics, all read from [`crate::schema`] rather than hard-coded:
 //! - string comparisons honour `caseExact` (case-insensitive comparisons
 //!   lower-case both sides);
-//! - `dateTime` values are compared as strings (canonical RFC 3339 strings
-//!   order chronologically), numbers numerically, booleans only with
+//! - `dateTime` values are compared as instants ([`datetime_micros`]: RFC
+//!   3339, at the microsecond precision the service stores), and an operand
+//!   that is not an RFC 3339 date-time is an error, as in [`crate::sql`];
+//!   `co`/`sw`/`ew` on a dateTime mean `eq` (the SQL renderer compares
+//!   fixed-width texts); numbers compare numerically, booleans only with
 //!   `eq`/`ne`;
 //! - a multi-valued attribute matches when any of its values matches, and a
 //!   complex attribute compared directly means its `value` sub-attribute
@@ -61,12 +64,16 @@ pub enum EvalError {
     /// A value filter on an attribute that is not complex (`userName[x eq 1]`).
     #[error("value filter on '{0}', which is not a complex attribute")]
     NotComplex(String),
+    /// A dateTime attribute compared with something that is not an RFC 3339
+    /// date-time (`meta.created gt "yesterday"`).
+    #[error("'{value}' is not a dateTime such as 2011-05-13T04:42:34Z (attribute '{path}')")]
+    InvalidDateTime { path: String, value: String },
 }
 
 impl EvalError {
     /// The SCIM `scimType` for this error (RFC 7644 §3.12).
-    pub fn scim_type(&self) -> &'static str {
-        "invalidFilter"
+    pub fn scim_type(&self) -> crate::ScimType {
+        crate::ScimType::InvalidFilter
     }
 }
 
@@ -240,15 +247,18 @@ fn eval(filter: &Filter, scope: Scope, node: &Value) -> Result<bool, EvalError> 
                 });
             }
             let (def, values) = scope.values(path, node)?;
-            let (def, values) = comparable(def, values, path)?;
-            check_operator(def, *op, operand, path)?;
             if let CompValue::Null = operand {
+                // Presence of the attribute itself (`name eq null`,
+                // `emails ne null`), not of an implied `value`.
+                check_operator(def, *op, operand, path)?;
                 let present = values.into_iter().any(is_present);
                 return Ok(match op {
                     CompareOp::Eq => !present,
                     _ => present,
                 });
             }
+            let (def, values) = comparable(def, values, path)?;
+            check_operator(def, *op, operand, path)?;
             if *op == CompareOp::Ne {
                 return Ok(!values
                     .into_iter()
@@ -290,6 +300,9 @@ fn validate_in(filter: &Filter, scope: Scope) -> Result<(), EvalError> {
         }
         Filter::Compare(path, op, operand) => {
             let def = scope.resolve(path)?;
+            if let CompValue::Null = operand {
+                return check_operator(def, *op, operand, path);
+            }
             let (def, _) = comparable(def, Vec::new(), path)?;
             check_operator(def, *op, operand, path)
         }
@@ -357,6 +370,26 @@ fn check_operator(
         (AttrType::Complex, _) => false,
         _ => true,
     };
+    if ok && def.kind == AttrType::DateTime {
+        // What the SQL renderer needs to compare instants (the service's
+        // `normalize_datetime` accepts exactly these).
+        let valid = match operand {
+            CompValue::Null => true,
+            CompValue::String(s) => datetime_micros(s).is_some(),
+            CompValue::Bool(_) | CompValue::Number(_) => false,
+        };
+        if !valid {
+            return Err(EvalError::InvalidDateTime {
+                path: path.to_string(),
+                value: match operand {
+                    CompValue::String(s) => s.clone(),
+                    CompValue::Number(n) => n.to_string(),
+                    CompValue::Bool(b) => b.to_string(),
+                    CompValue::Null => "null".into(),
+                },
+            });
+        }
+    }
     if ok {
         Ok(())
     } else {
@@ -475,6 +508,19 @@ fn compare(def: &Attribute, op: CompareOp, stored: &Value, operand: &CompValue) 
                 _ => false,
             }
         }
+        AttrType::DateTime => {
+            let (Some(s), CompValue::String(o)) = (stored.as_str(), operand) else {
+                return false;
+            };
+            let (Some(s), Some(o)) = (datetime_micros(s), datetime_micros(o)) else {
+                return false;
+            };
+            match op {
+                // Fixed-width texts in SQL: containment is equality.
+                CompareOp::Co | CompareOp::Sw | CompareOp::Ew => s == o,
+                _ => ordered(op, Some(s.cmp(&o))),
+            }
+        }
         AttrType::Integer | AttrType::Decimal => {
             let Some(s) = as_f64(stored) else {
                 return false;
@@ -502,7 +548,7 @@ fn compare(def: &Attribute, op: CompareOp, stored: &Value, operand: &CompValue) 
             let (s, o) = if def.case_exact {
                 (s, o)
             } else {
-                (s.to_lowercase(), o.to_lowercase())
+                (crate::schema::fold_case(&s), crate::schema::fold_case(&o))
             };
             match op {
                 CompareOp::Co => s.contains(&o),
@@ -543,6 +589,87 @@ fn as_f64(v: &Value) -> Option<f64> {
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
+}
+
+/// An RFC 3339 date-time (RFC 7643 §2.3.5), as microseconds since
+/// 1970-01-01T00:00:00Z: `2011-05-13T04:42:34Z`, with an optional fraction
+/// (digits past the sixth are dropped: the service stores microseconds) and
+/// a `Z` or a `+hh:mm`/`-hh:mm` offset; `T` and `Z` may be lowercase (RFC
+/// 3339 §5.6). `None` for anything else, leap seconds included. The
+/// service's SQL normalisation of filter literals accepts exactly what this
+/// accepts, so a filter is valid for both or for neither.
+pub fn datetime_micros(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let digits = b.get(from..from + len)?;
+        digits.iter().try_fold(0i64, |acc, d| {
+            d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0'))
+        })
+    };
+    let sep = |at: usize, want: &[u8]| b.get(at).is_some_and(|c| want.contains(c));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut at = 19;
+    let mut micros = 0;
+    if sep(at, b".") {
+        at += 1;
+        let start = at;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            if at - start < 6 {
+                micros = micros * 10 + i64::from(b[at] - b'0');
+            }
+            at += 1;
+        }
+        if at == start {
+            return None;
+        }
+        for _ in (at - start)..6 {
+            micros *= 10;
+        }
+    }
+    let offset = match b.get(at..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (num(at + 1, 2)?, num(at + 4, 2)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let secs = h * 3600 + m * 60;
+            if *sign == b'-' {
+                -secs
+            } else {
+                secs
+            }
+        }
+        _ => return None,
+    };
+    // Days from 1970-01-01 to year-month-day (proleptic Gregorian).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    Some(secs * 1_000_000 + micros)
 }
 
 fn as_text(v: &Value) -> Option<String> {
@@ -633,6 +760,16 @@ mod tests {
         assert!(t(&Filter::Present(p("emails"))));
         assert!(t(&cmp("nickName", Eq, CompValue::Null)));
         assert!(t(&cmp("userName", Ne, CompValue::Null)));
+        // null tests the attribute itself, complex ones included.
+        assert!(t(&cmp("name", Ne, CompValue::Null)));
+        assert!(!t(&cmp("name", Eq, CompValue::Null)));
+        assert!(validate(&cmp("name", Eq, CompValue::Null), ResourceKind::User).is_ok());
+        assert!(validate(&cmp("name", Gt, CompValue::Null), ResourceKind::User).is_err());
+        let no_value = json!({"emails": [{"type": "work"}], "name": {"givenName": ""}});
+        let m = |f: &Filter| matches(f, ResourceKind::User, &no_value).expect("evaluates");
+        assert!(m(&cmp("emails", Ne, CompValue::Null)));
+        assert!(m(&cmp("emails.value", Eq, CompValue::Null)));
+        assert!(m(&cmp("name", Eq, CompValue::Null)));
         assert!(t(&Filter::Not(Box::new(Filter::Present(p("title"))))));
     }
 
@@ -749,9 +886,68 @@ mod tests {
         assert!(matches(&bad_inner, k, &json!({"userName": "a"})).is_err());
         assert!(validate(&bad_inner, k).is_err());
         assert_eq!(
-            EvalError::UnknownAttribute("x".into()).scim_type(),
+            EvalError::UnknownAttribute("x".into()).scim_type().as_str(),
             "invalidFilter"
         );
+    }
+
+    #[test]
+    fn date_times_are_instants_and_other_operands_are_errors() {
+        use CompareOp::*;
+        let us = |s: &str| datetime_micros(s);
+        assert_eq!(us("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(us("1970-01-01t00:00:01.5z"), Some(1_500_000));
+        assert_eq!(us("1969-12-31T23:59:59.9999999Z"), Some(-1));
+        assert_eq!(us("2000-03-01T00:00:00Z"), Some(951_868_800_000_000));
+        assert_eq!(
+            us("2011-05-13T06:42:34+02:00"),
+            us("2011-05-13T04:42:34.000000Z")
+        );
+        assert_eq!(us("2024-02-29T00:00:00-00:00"), Some(1_709_164_800_000_000));
+        for bad in [
+            "",
+            "yesterday",
+            "2011-05-13",
+            "2011-05-13T04:42:34",
+            "2011-05-13 04:42:34Z",
+            "2011-05-13T04:42:34.Z",
+            "2011-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2011-13-01T00:00:00Z",
+            "2011-05-13T24:00:00Z",
+            "2016-12-31T23:59:60Z",
+            "2011-05-13T04:42:34+2:00",
+            "2011-05-13T04:42:34+24:00",
+            "2011-05-13T04:42:34Zjunk",
+            "+2011-05-13T04:42:34Z",
+        ] {
+            assert_eq!(us(bad), None, "{bad}");
+        }
+        let u = user();
+        let f = |op, v: &str| cmp("meta.lastModified", op, st(v));
+        assert!(t(&f(Eq, "2024-05-01T12:00:00+02:00")));
+        assert!(t(&f(Co, "2024-05-01t10:00:00.000z")));
+        assert!(t(&f(Ge, "2024-05-01T10:00:00Z")));
+        assert!(!t(&f(Gt, "2024-05-01T10:00:00.000000Z")));
+        assert!(t(&f(Lt, "2024-05-01T10:00:00.000001Z")));
+        for bad in [
+            st(""),
+            st("2024"),
+            CompValue::Bool(true),
+            CompValue::Number(1.into()),
+        ] {
+            let f = cmp("meta.lastModified", Gt, bad);
+            assert!(matches!(
+                matches(&f, ResourceKind::User, &u),
+                Err(EvalError::InvalidDateTime { .. })
+            ));
+            assert!(validate(&f, ResourceKind::User).is_err());
+        }
+        assert!(!t(&Filter::Not(Box::new(cmp(
+            "meta.created",
+            Eq,
+            CompValue::Null
+        )))));
     }
 
     #[test]

@@ -16,18 +16,29 @@
 //!   placeholder may appear several times (e.g. in `ew`); it is one bind.
 //!
 //! Semantics (the in-memory evaluator in [`crate::eval`] should agree):
-//! - Textual attributes compare case-insensitively unless `caseExact`: the
-//!   value is lowercased in Rust and compared with `lower(..)` (or with the
-//!   column's precomputed lowercase twin). Note that SQLite's built-in
-//!   `lower()` only folds ASCII; a `lower` column filled by the service
-//!   with Rust's `to_lowercase()` folds all of Unicode.
+//! - Textual attributes compare case-insensitively unless `caseExact`, by
+//!   [`crate::schema::fold_case`] as the evaluator does: the operand is
+//!   folded in Rust and compared with the column's precomputed folded twin,
+//!   or with the stored text folded in SQL. Neither dialect has that fold
+//!   (SQLite's `lower()` folds ASCII only; PostgreSQL's follows the
+//!   database's locale), so the stored text goes through `lower()` for
+//!   ASCII (in PostgreSQL under `COLLATE "C"`, which is ASCII-only in every
+//!   locale) and `replace()` for each other character whose fold can change
+//!   the outcome against this operand ([`fold_pairs_for`]). That is exact
+//!   for stored text in NFC without a word-final capital sigma (`fold_case`
+//!   lowercases `ΟΔΟΣ` to `οδος`, by context), and otherwise close.
 //! - `co`/`sw`/`ew` never use `LIKE` (SQLite's `LIKE` ignores case even for
 //!   `caseExact` attributes and treats `%`/`_` specially).
 //! - `ne` is `NOT (eq)`: it matches resources where the attribute is absent,
 //!   and for a multi-valued attribute it means "no value equals". `not` is
 //!   rendered as `NOT COALESCE(x, FALSE)` so that absent attributes (SQL
 //!   `NULL`) do not make the negation `NULL`.
-//! - `eq null` means "not present", `ne null` means "present".
+//! - `eq null` means "not present", `ne null` means "present". `pr` on a
+//!   complex value means one of its sub-attributes is present (RFC 7644
+//!   §3.4.2.2: `{"givenName": ""}` is not), on a multi-valued one that an
+//!   element is.
+//! - A value filter on a single-valued complex attribute (`manager[value ne
+//!   "x"]`) needs the value to exist, as an element does for `emails[...]`.
 //! - All conditions of one value filter (`emails[type eq "work" and value co
 //!   "@x"]`) apply to the same element; separate conditions on a
 //!   multi-valued attribute (`emails.type eq "work" and emails.value co
@@ -88,6 +99,12 @@ pub trait StorageMap {
     }
 }
 
+/// Most characters one comparison may fold with `replace()`, and most in a
+/// whole filter: they bound the nesting SQLite accepts (1000 levels) and the
+/// binds both dialects accept. Real operands need a handful.
+const MAX_FOLD_PAIRS: usize = 256;
+const MAX_FILTER_FOLD_PAIRS: usize = 4096;
+
 /// A bind value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SqlValue {
@@ -124,6 +141,7 @@ pub fn render_filter(
         first: first_placeholder,
         binds: Vec::new(),
         aliases: 0,
+        fold_pairs: 0,
     };
     let sql = r.render(filter, &Scope::Root)?;
     Ok(SqlCondition {
@@ -151,6 +169,7 @@ pub fn render_sort_key(
         first: 1,
         binds: Vec::new(),
         aliases: 0,
+        fold_pairs: 0,
     };
     r.sort_key(path)
 }
@@ -220,6 +239,8 @@ struct Renderer<'m> {
     first: usize,
     binds: Vec<SqlValue>,
     aliases: usize,
+    /// `replace()` pairs rendered so far ([`MAX_FILTER_FOLD_PAIRS`]).
+    fold_pairs: usize,
 }
 
 impl Renderer<'_> {
@@ -289,10 +310,18 @@ impl Renderer<'_> {
             )));
         }
         if !resolved.attr.multi_valued {
+            // Like an element of a multi-valued attribute, the value must
+            // exist for the filter to apply to it: `manager[value ne "x"]`
+            // is false without a manager.
+            let exists = match self.loc(&resolved)? {
+                loc @ Loc::Json { .. } => self.json_type_is(&loc, JsonKind::Object)?,
+                Loc::Column { expr, .. } => format!("{expr} IS NOT NULL"),
+            };
             let scope = Scope::Complex {
                 parent: path.clone(),
             };
-            return self.render(inner, &scope);
+            let cond = self.render(inner, &scope)?;
+            return Ok(format!("({exists} AND {cond})"));
         }
         match self.map.storage(&resolved) {
             Storage::Json => self.exists_json(&resolved, |this, target| {
@@ -440,7 +469,7 @@ impl Renderer<'_> {
                 ..resolved
             };
             return match (self.map.storage(&parent), sub) {
-                (Storage::Json, None) => self.array_not_empty(&parent),
+                (Storage::Json, None) => self.any_element_present(&parent),
                 (Storage::Json, Some(sub)) => self.exists_json(&parent, |this, target| {
                     this.atom_element(parent.attr, sub, &target, test)
                 }),
@@ -586,22 +615,21 @@ impl Renderer<'_> {
         }
     }
 
-    /// `pr` on a multi-valued attribute stored in JSON: a non-empty array.
-    fn array_not_empty(&self, parent: &Resolved) -> Result<String, FilterError> {
-        let keys = parent_keys(parent);
-        match self.dialect {
-            Dialect::Sqlite => Ok(format!(
-                "json_array_length({}, {}) > 0",
-                self.map.json_column(),
-                json_path(&keys)?
-            )),
-            Dialect::Postgres => {
-                let x = format!("({} #> {})", self.doc(), pg_path(&keys)?);
-                Ok(format!(
-                    "(jsonb_typeof({x}) = 'array' AND {x} <> '[]'::jsonb)"
-                ))
-            }
-        }
+    /// `pr` on a multi-valued complex attribute stored in JSON: an element
+    /// that is present, i.e. has a present sub-attribute (`[{}]` and
+    /// `[{"value": ""}]` are not present).
+    fn any_element_present(&mut self, parent: &Resolved) -> Result<String, FilterError> {
+        let attr = parent.attr;
+        self.exists_json(parent, |this, target| match target {
+            Target::Json(base) => this.present(
+                &Loc::Json {
+                    base,
+                    keys: Vec::new(),
+                },
+                attr,
+            ),
+            Target::Relation(_) => Err(invalid("a JSON array has JSON elements")),
+        })
     }
 
     /// `pr` on a single value: present, not null, and not empty.
@@ -612,20 +640,35 @@ impl Renderer<'_> {
             } else {
                 format!("{expr} IS NOT NULL")
             }),
-            Loc::Json { .. } => Ok(match attr.kind {
+            Loc::Json { base, keys } => Ok(match attr.kind {
                 AttrType::Boolean => self.json_type_is(loc, JsonKind::Boolean)?,
                 AttrType::Integer | AttrType::Decimal => {
                     self.json_type_is(loc, JsonKind::Number)?
                 }
                 AttrType::Complex => {
-                    let empty = match self.dialect {
-                        Dialect::Sqlite => format!("{} <> '{{}}'", self.text(loc)?),
-                        Dialect::Postgres => format!("{} <> '{{}}'::jsonb", self.json(loc)?),
-                    };
-                    format!(
-                        "({} AND {empty})",
-                        self.json_type_is(loc, JsonKind::Object)?
-                    )
+                    // RFC 7644 §3.4.2.2: a complex value is present when it
+                    // has a present sub-attribute (`{"givenName": ""}` is
+                    // not), as in the evaluator.
+                    let subs = attr
+                        .sub_attributes
+                        .iter()
+                        .map(|sub| {
+                            let mut keys = keys.clone();
+                            keys.push(sub.name.to_string());
+                            self.present(
+                                &Loc::Json {
+                                    base: base.clone(),
+                                    keys,
+                                },
+                                sub,
+                            )
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if subs.is_empty() {
+                        "FALSE".to_string()
+                    } else {
+                        format!("({})", subs.join(" OR "))
+                    }
                 }
                 _ => format!(
                     "({} AND {} <> '')",
@@ -732,15 +775,54 @@ impl Renderer<'_> {
                     let lhs = self.text(loc)?;
                     return Ok(self.text_compare(&lhs, op, s));
                 }
+                let folded = crate::schema::fold_case(&s);
                 let lhs = match loc {
+                    // A lowercase column holds `fold_case` of the value.
                     Loc::Column {
                         lower: Some(lower), ..
                     } => lower.clone(),
-                    _ => format!("lower({})", self.text(loc)?),
+                    _ => {
+                        let text = self.text(loc)?;
+                        self.fold(&text, &folded, op, attr)?
+                    }
                 };
-                Ok(self.text_compare(&lhs, op, s.to_lowercase()))
+                Ok(self.text_compare(&lhs, op, folded))
             }
         }
+    }
+
+    /// `text` folded as [`crate::schema::fold_case`] folds it, as far as
+    /// comparing it by `op` with the folded operand `folded` can tell (see
+    /// the module docs and [`fold_pairs_for`]).
+    fn fold(
+        &mut self,
+        text: &str,
+        folded: &str,
+        op: CompareOp,
+        attr: &Attribute,
+    ) -> Result<String, FilterError> {
+        let mut sql = match self.dialect {
+            Dialect::Sqlite => format!("lower({text})"),
+            Dialect::Postgres => format!("lower({text} COLLATE \"C\")"),
+        };
+        let ordering = matches!(
+            op,
+            CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le
+        );
+        let pairs = fold_pairs_for(folded, ordering);
+        self.fold_pairs += pairs.len();
+        if pairs.len() > MAX_FOLD_PAIRS || self.fold_pairs > MAX_FILTER_FOLD_PAIRS {
+            return Err(invalid(format!(
+                "too many distinct letters to compare case-insensitively with '{}'",
+                attr.name
+            )));
+        }
+        for (upper, lower) in pairs {
+            let u = self.bind(SqlValue::Text(upper.to_string()));
+            let l = self.bind(SqlValue::Text(lower.clone()));
+            sql = format!("replace({sql}, {u}, {l})");
+        }
+        Ok(sql)
     }
 
     /// A text comparison of `lhs` with the bound `value`, without `LIKE`.
@@ -957,6 +1039,51 @@ impl Renderer<'_> {
             key
         }
     }
+}
+
+/// Every character that can appear in NFC text, is not ASCII, and that
+/// [`crate::schema::fold_case`] changes, with what it becomes, in code point
+/// order (about 1,400: capitals of every cased script, titlecase digraphs,
+/// `İ` to `i` + U+0307, `ẞ` to `ß`).
+fn fold_pairs() -> &'static [(char, String)] {
+    static PAIRS: std::sync::LazyLock<Vec<(char, String)>> = std::sync::LazyLock::new(|| {
+        ('\u{80}'..=char::MAX)
+            .filter(|c| c.to_lowercase().ne(std::iter::once(*c)))
+            .filter_map(|c| {
+                let one = c.to_string();
+                let folded = crate::schema::fold_case(&one);
+                (folded != one && unicode_normalization::is_nfc(&one)).then_some((c, folded))
+            })
+            .collect()
+    });
+    &PAIRS
+}
+
+/// The characters [`fold_pairs`] whose folding can change how a stored text
+/// compares with the folded operand `folded`: those whose fold holds one of
+/// its characters (else neither the character nor its fold can be part of
+/// an equal, containing, starting or ending text); for an ordering also
+/// those with one of its characters strictly between them and the first
+/// character of their fold (else both sort on the same side of it). The
+/// others may stay as stored: `lower()` folds ASCII.
+fn fold_pairs_for(folded: &str, ordering: bool) -> Vec<&'static (char, String)> {
+    let mut chars: Vec<char> = folded.chars().collect();
+    chars.sort_unstable();
+    chars.dedup();
+    let holds = |c: char| chars.binary_search(&c).is_ok();
+    let between = |a: char, b: char| {
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        // The first operand character after `lo`.
+        let i = chars.partition_point(|&c| c <= lo);
+        chars.get(i).is_some_and(|&c| c < hi)
+    };
+    fold_pairs()
+        .iter()
+        .filter(|(upper, lower)| {
+            lower.chars().any(holds)
+                || (ordering && lower.chars().next().is_some_and(|f| between(*upper, f)))
+        })
+        .collect()
 }
 
 /// The single name of a path inside `parent[...]`.
@@ -1206,7 +1333,7 @@ mod tests {
         check(
             "name.givenName co \"BAR\"",
             Pg,
-            "strpos(lower((CAST(r.data AS jsonb) #>> '{\"name\",\"givenName\"}')), $1) > 0",
+            "strpos(lower((CAST(r.data AS jsonb) #>> '{\"name\",\"givenName\"}') COLLATE \"C\"), $1) > 0",
             &[t("bar")],
         );
         check(
@@ -1230,7 +1357,7 @@ mod tests {
         check(
             &format!("{ENTERPRISE_URN}:manager.value eq \"m\""),
             Pg,
-            "lower((CAST(r.data AS jsonb) #>> '{\"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User\",\"manager\",\"value\"}')) = $1",
+            "lower((CAST(r.data AS jsonb) #>> '{\"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User\",\"manager\",\"value\"}') COLLATE \"C\") = $1",
             &[t("m")],
         );
         check(
@@ -1279,12 +1406,23 @@ mod tests {
             "(json_type(r.data, '$.\"title\"') = 'text' AND json_extract(r.data, '$.\"title\"') <> '')",
             &[],
         );
-        check(
-            "name pr",
-            Pg,
-            "(jsonb_typeof((CAST(r.data AS jsonb) #> '{\"name\"}')) = 'object' AND (CAST(r.data AS jsonb) #> '{\"name\"}') <> '{}'::jsonb)",
-            &[],
-        );
+        // A complex value is present when one of its sub-attributes is.
+        let subs: Vec<String> = [
+            "formatted",
+            "familyName",
+            "givenName",
+            "middleName",
+            "honorificPrefix",
+            "honorificSuffix",
+        ]
+        .iter()
+        .map(|sub| {
+            render(ResourceKind::User, &format!("name.{sub} pr"), Pg)
+                .unwrap()
+                .sql
+        })
+        .collect();
+        check("name pr", Pg, &format!("({})", subs.join(" OR ")), &[]);
         check(
             "title eq null",
             Lite,
@@ -1317,7 +1455,7 @@ mod tests {
         check(
             "emails[type eq \"work\" and value co \"@X\"]",
             Pg,
-            "EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof((CAST(r.data AS jsonb) #> '{\"emails\"}')) = 'array' THEN (CAST(r.data AS jsonb) #> '{\"emails\"}') ELSE '[]'::jsonb END) AS e1(v) WHERE (lower((e1.v #>> '{\"type\"}')) = $1 AND strpos(lower((e1.v #>> '{\"value\"}')), $2) > 0))",
+            "EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof((CAST(r.data AS jsonb) #> '{\"emails\"}')) = 'array' THEN (CAST(r.data AS jsonb) #> '{\"emails\"}') ELSE '[]'::jsonb END) AS e1(v) WHERE (lower((e1.v #>> '{\"type\"}') COLLATE \"C\") = $1 AND strpos(lower((e1.v #>> '{\"value\"}') COLLATE \"C\"), $2) > 0))",
             &[t("work"), t("@x")],
         );
         check(
@@ -1326,17 +1464,18 @@ mod tests {
             "(EXISTS (SELECT 1 FROM json_each(r.data, '$.\"emails\"') AS e1 WHERE lower(json_extract(e1.value, '$.\"value\"')) = $1) OR EXISTS (SELECT 1 FROM json_each(r.data, '$.\"emails\"') AS e2 WHERE lower(json_extract(e2.value, '$.\"value\"')) = $2))",
             &[t("a"), t("b")],
         );
+        // An element is present when one of its sub-attributes is.
         check(
             "emails pr",
             Lite,
-            "json_array_length(r.data, '$.\"emails\"') > 0",
+            "EXISTS (SELECT 1 FROM json_each(r.data, '$.\"emails\"') AS e1 WHERE ((json_type(e1.value, '$.\"value\"') = 'text' AND json_extract(e1.value, '$.\"value\"') <> '') OR (json_type(e1.value, '$.\"display\"') = 'text' AND json_extract(e1.value, '$.\"display\"') <> '') OR (json_type(e1.value, '$.\"type\"') = 'text' AND json_extract(e1.value, '$.\"type\"') <> '') OR json_type(e1.value, '$.\"primary\"') IN ('true', 'false')))",
             &[],
         );
-        check(
-            "emails pr",
-            Pg,
-            "(jsonb_typeof((CAST(r.data AS jsonb) #> '{\"emails\"}')) = 'array' AND (CAST(r.data AS jsonb) #> '{\"emails\"}') <> '[]'::jsonb)",
-            &[],
+        let pg = render(ResourceKind::User, "emails pr", Pg).unwrap().sql;
+        assert!(pg.starts_with("EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof((CAST(r.data AS jsonb) #> '{\"emails\"}')) = 'array'"), "{pg}");
+        assert!(
+            pg.ends_with(" OR jsonb_typeof((e1.v #> '{\"primary\"}')) = 'boolean'))"),
+            "{pg}"
         );
         check(
             "emails.primary eq true",
@@ -1350,10 +1489,11 @@ mod tests {
             "NOT COALESCE(EXISTS (SELECT 1 FROM json_each(r.data, '$.\"emails\"') AS e1 WHERE lower(json_extract(e1.value, '$.\"value\"')) = $1), FALSE)",
             &[t("a")],
         );
+        // A single-valued complex attribute: the value must exist.
         check(
             &format!("{ENTERPRISE_URN}:manager[value eq \"m\"]"),
             Lite,
-            "lower(json_extract(r.data, '$.\"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User\".\"manager\".\"value\"')) = $1",
+            "(json_type(r.data, '$.\"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User\".\"manager\"') = 'object' AND lower(json_extract(r.data, '$.\"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User\".\"manager\".\"value\"')) = $1)",
             &[t("m")],
         );
     }
@@ -1844,6 +1984,181 @@ mod tests {
         }
         for (filter, want) in group_cases() {
             assert_eq!(matching(&c, ResourceKind::Group, filter), want, "{filter}");
+        }
+    }
+
+    #[test]
+    fn fold_pairs_are_what_fold_case_does_to_each_character() {
+        let pairs = fold_pairs();
+        assert!(pairs.len() > 1000, "{}", pairs.len());
+        assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
+        for (c, folded) in pairs {
+            assert!(!c.is_ascii());
+            // Folded text is a fixed point, so a stored character that is
+            // left as is never equals an operand character.
+            for f in folded.chars() {
+                assert_eq!(
+                    crate::schema::fold_case(&f.to_string()),
+                    f.to_string(),
+                    "{c}"
+                );
+            }
+        }
+        let find = |c: char| pairs.iter().find(|(u, _)| *u == c).map(|(_, l)| l.as_str());
+        assert_eq!(find('É'), Some("é"));
+        assert_eq!(find('ẞ'), Some("ß"));
+        assert_eq!(find('İ'), Some("i\u{307}"));
+        assert_eq!(find('ǅ'), Some("ǆ"));
+        // Not NFC (it is `K`), and not a capital.
+        assert_eq!(find('\u{212a}'), None);
+        assert_eq!(find('ß'), None);
+        // Only the pairs the operand can meet are rendered.
+        let upper = |p: Vec<&(char, String)>| p.iter().map(|(u, _)| *u).collect::<String>();
+        assert_eq!(upper(fold_pairs_for("bob", false)), "");
+        assert_eq!(upper(fold_pairs_for("zoë", false)), "Ë");
+        assert_eq!(upper(fold_pairs_for("i", false)), "İ");
+        // `É` sorts below `ß` but `é` above: `gt "ß"` must fold it, `eq`
+        // need not.
+        assert!(upper(fold_pairs_for("ß", true)).contains('É'));
+        assert!(!upper(fold_pairs_for("ß", false)).contains('É'));
+        assert!(!upper(fold_pairs_for("é", true)).contains('Ω'));
+        let c = render(ResourceKind::User, "title eq \"ZOË\"", Pg).unwrap();
+        assert_eq!(
+            c.sql,
+            "replace(lower((CAST(r.data AS jsonb) #>> '{\"title\"}') COLLATE \"C\"), $1, $2) = $3"
+        );
+        assert_eq!(c.binds, vec![t("Ë"), t("ë"), t("zoë")]);
+        // An operand no SQL statement could fold is refused, not sent.
+        let many: String = pairs.iter().take(300).map(|(_, l)| l.as_str()).collect();
+        let f = format!("title co {}", serde_json::Value::from(many));
+        assert!(render(ResourceKind::User, &f, Lite).is_err());
+    }
+
+    /// `pr` and value filters on complex values that exist but hold nothing
+    /// present, executed, against the evaluator.
+    #[test]
+    fn sqlite_presence_of_complex_values_follows_the_evaluator() {
+        let docs = [
+            json!({}),
+            json!({"name": {}, "emails": [], ENTERPRISE_URN: {"manager": {}}}),
+            json!({"name": {"givenName": ""}, "emails": [{}], ENTERPRISE_URN: {"manager": {"value": ""}}}),
+            json!({"name": {"familyName": "x"}, "emails": [{"value": ""}, {"primary": false}]}),
+            json!({"emails": [{"value": "", "type": ""}], ENTERPRISE_URN: {"manager": {"value": "m"}}}),
+        ];
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE r (id TEXT, data TEXT)")
+            .unwrap();
+        for (i, d) in docs.iter().enumerate() {
+            c.execute(
+                "INSERT INTO r VALUES (?1, ?2)",
+                rusqlite::params![i.to_string(), d.to_string()],
+            )
+            .unwrap();
+        }
+        for (filter, want) in [
+            ("name pr", &["3"][..]),
+            ("not (name pr)", &["0", "1", "2", "4"]),
+            ("name eq null", &["0", "1", "2", "4"]),
+            ("emails pr", &["3"]),
+            ("emails eq null", &["0", "1", "2", "4"]),
+            (&format!("{ENTERPRISE_URN}:manager pr"), &["4"]),
+            (
+                &format!("{ENTERPRISE_URN}:manager[value ne \"x\"]"),
+                &["1", "2", "4"],
+            ),
+            (
+                &format!("{ENTERPRISE_URN}:manager[not (value pr)]"),
+                &["1", "2"],
+            ),
+            ("name[givenName eq null]", &["1", "2", "3"]),
+            ("emails[value eq null]", &["2", "3", "4"]),
+        ] {
+            let f = parse_filter(filter).unwrap();
+            let cond = render_filter(&f, ResourceKind::User, Lite, &TestMap, 1).unwrap();
+            let got = run(
+                &c,
+                &format!("SELECT r.id FROM r WHERE {} ORDER BY r.id", cond.sql),
+                &cond.binds,
+            );
+            assert_eq!(got, want, "{filter}");
+            let by_eval: Vec<String> = docs
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| crate::eval::matches(&f, ResourceKind::User, d).unwrap())
+                .map(|(i, _)| i.to_string())
+                .collect();
+            assert_eq!(by_eval, want, "eval: {filter}");
+        }
+    }
+
+    /// SQLite folds text as [`crate::eval`] does: every stored value against
+    /// every operand and operator, executed.
+    #[test]
+    fn sqlite_folds_case_as_the_evaluator() {
+        let values = [
+            "",
+            "a",
+            "A",
+            "b",
+            "Zoë",
+            "ZOË",
+            "zoë",
+            "ZOE",
+            "É",
+            "é",
+            "è",
+            "ß",
+            "ẞ",
+            "ss",
+            "SS",
+            "Straße",
+            "STRAẞE",
+            "İ",
+            "I",
+            "i",
+            "i\u{307}",
+            "Ǆ",
+            "ǅ",
+            "ǆ",
+            "Ωμέγα",
+            "ΩΜΈΓΑ",
+            "Москва",
+            "МОСКВА",
+            "ᏣᎳᎩ",
+            "ꮳꮃꭹ",
+            "Ꭓ",
+            "中文",
+            "Ǉa",
+            "k",
+            "@x.É",
+        ];
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE r (id TEXT, data TEXT)")
+            .unwrap();
+        let mut docs = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let doc = json!({"id": format!("{i:02}"), "title": v});
+            c.execute(
+                "INSERT INTO r VALUES (?1, ?2)",
+                rusqlite::params![format!("{i:02}"), doc.to_string()],
+            )
+            .unwrap();
+            docs.push(doc);
+        }
+        for operand in values {
+            for op in ["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"] {
+                let filter = format!("title {op} {}", serde_json::Value::from(operand));
+                let f = parse_filter(&filter).unwrap();
+                let cond = render_filter(&f, ResourceKind::User, Lite, &TestMap, 1).unwrap();
+                let sql = format!("SELECT r.id FROM r WHERE {} ORDER BY r.id", cond.sql);
+                let by_sql = run(&c, &sql, &cond.binds);
+                let by_eval: Vec<String> = docs
+                    .iter()
+                    .filter(|d| crate::eval::matches(&f, ResourceKind::User, d).unwrap())
+                    .map(|d| d["id"].as_str().unwrap().to_string())
+                    .collect();
+                assert_eq!(by_sql, by_eval, "{filter}: {}", cond.sql);
+            }
         }
     }
 
