@@ -133,6 +133,39 @@ pub(crate) struct RawAssign {
 pub(crate) struct Reader<'e> {
     pub file: String,
     pub errors: &'e mut Vec<MappingError>,
+    /// Line and column just past the last character of the text given to [`Reader::parse`]. The YAML
+    /// scanner ends a text that lacks a final line break with one of its own, so a syntax error or an
+    /// empty value at the end would be reported on a line the file does not have; positions are
+    /// clamped to this one.
+    end: (usize, usize),
+}
+
+/// Line and column just past the last character of `text`, counting line breaks as the YAML 1.2
+/// scanner does (`\n`, `\r\n`, a lone `\r`).
+fn end_of(text: &str) -> (usize, usize) {
+    let (mut line, mut column) = (1, 1);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\r' | '\n' => {
+                line += 1;
+                column = 1;
+            }
+            _ => column += 1,
+        }
+    }
+    (line, column)
+}
+
+impl<'e> Reader<'e> {
+    pub fn new(file: &str, errors: &'e mut Vec<MappingError>) -> Self {
+        Reader {
+            file: file.to_owned(),
+            errors,
+            end: (usize::MAX, usize::MAX),
+        }
+    }
 }
 
 impl Reader<'_> {
@@ -140,8 +173,13 @@ impl Reader<'_> {
         self.errors.push(MappingError { at, kind });
     }
 
-    fn loc(&self, span: &Span) -> Location {
-        let (line, column) = span.start().map_or((1, 1), |m| (m.line(), m.column()));
+    /// The location of a 1-based position, no later than the end of the text.
+    fn at(&self, line: usize, column: usize) -> Location {
+        let (line, column) = if (line, column) > self.end {
+            self.end
+        } else {
+            (line, column)
+        };
         Location {
             file: self.file.clone(),
             line,
@@ -149,8 +187,14 @@ impl Reader<'_> {
         }
     }
 
+    fn loc(&self, span: &Span) -> Location {
+        let (line, column) = span.start().map_or((1, 1), |m| (m.line(), m.column()));
+        self.at(line, column)
+    }
+
     /// Parses YAML text into its top-level mapping, reporting a syntax error with its position.
     pub fn parse(&mut self, text: &str) -> Option<Node> {
+        self.end = end_of(text);
         let options = LoaderOptions::default()
             .error_on_duplicate_keys(true)
             .prevent_coercion(true);
@@ -188,11 +232,7 @@ impl Reader<'_> {
                         }
                     }
                 };
-                let at = Location {
-                    file: self.file.clone(),
-                    line: marker.line(),
-                    column: marker.column(),
-                };
+                let at = self.at(marker.line(), marker.column());
                 self.error(at, kind);
                 None
             }
@@ -664,4 +704,50 @@ pub(crate) fn read_tenant(r: &mut Reader<'_>, text: &str) -> Option<RawTenant> {
         });
     }
     Some(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate_sources;
+
+    fn positions(files: &[(&str, &str)]) -> Vec<String> {
+        match validate_sources(files) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.at.to_string()).collect(),
+        }
+    }
+
+    /// Found by fuzz/fuzz_targets/mapping.rs (minimised to `[`): the YAML
+    /// scanner ends a text without a final line break on a line of its own,
+    /// so errors at the end named line 2 of a one-line file.
+    #[test]
+    fn errors_at_the_end_of_a_file_without_a_final_line_break_stay_inside_it() {
+        assert_eq!(
+            positions(&[("m/tenants/t.yaml", "[")]),
+            ["m/tenants/t.yaml:1:2"]
+        );
+        assert_eq!(
+            positions(&[("m/tenants/t.yaml", "catalog: c\nrules: [")]),
+            ["m/tenants/t.yaml:2:9"]
+        );
+        // An empty value at the very end (the file has more errors).
+        let at = positions(&[("m/catalogs/c.yaml", "permissions:\n  - id:")]);
+        assert!(at.contains(&"m/catalogs/c.yaml:2:8".to_string()), "{at:?}");
+        assert!(at.iter().all(|a| !a.contains(":3:")), "{at:?}");
+        // With the final line break the end is the start of the next line.
+        assert_eq!(
+            positions(&[("m/tenants/t.yaml", "[\n")]),
+            ["m/tenants/t.yaml:2:1"]
+        );
+    }
+
+    #[test]
+    fn end_of_counts_lines_as_yaml_does() {
+        assert_eq!(end_of(""), (1, 1));
+        assert_eq!(end_of("ab"), (1, 3));
+        assert_eq!(end_of("a\r\nb"), (2, 2));
+        assert_eq!(end_of("a\rb\n"), (3, 1));
+        assert_eq!(end_of("é\u{2028}"), (1, 3));
+    }
 }

@@ -181,10 +181,7 @@ pub(crate) fn validate_tenant(
     errors: &mut Vec<MappingError>,
 ) -> Option<CompiledTenant> {
     let before = errors.len();
-    let mut r = Reader {
-        file: file.to_owned(),
-        errors,
-    };
+    let mut r = Reader::new(file, errors);
     let raw = raw::read_tenant(&mut r, text)?;
     if !valid_tenant_name(stem) {
         r.error(

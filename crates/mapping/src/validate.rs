@@ -307,10 +307,7 @@ fn validate_catalog(
     errors: &mut Vec<MappingError>,
 ) -> Option<Catalog> {
     let before = errors.len();
-    let mut r = Reader {
-        file: file.to_owned(),
-        errors,
-    };
+    let mut r = Reader::new(file, errors);
     let raw = raw::read_catalog(&mut r, text)?;
     let mut id = CatalogId::new(stem);
     if let Some(i) = &raw.id {

@@ -221,9 +221,91 @@ impl EntraSource {
 }
 
 /// Where a page leads: on to the next page, or to the collection's deltaLink.
-enum Next {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
     Page(String),
     Done(String),
+}
+
+/// A page's objects and where it leads: a nextLink wins over a deltaLink,
+/// and a page with neither is malformed.
+fn page_parts<T>(page: Page<T>) -> Result<(Vec<T>, Next), &'static str> {
+    let next = match (page.next_link, page.delta_link) {
+        (Some(next), _) => Next::Page(next),
+        (None, Some(delta)) => Next::Done(delta),
+        (None, None) => return Err("a page with neither @odata.nextLink nor @odata.deltaLink"),
+    };
+    Ok((page.value, next))
+}
+
+/// Which delta collection a page belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    Users,
+    Groups,
+}
+
+/// Answers a group's `(displayName, securityEnabled)` for [`parse_page`],
+/// or `None` when the group is gone.
+pub type GroupLookup<'a> = dyn FnMut(&str) -> Option<(Option<String>, Option<bool>)> + 'a;
+
+/// Decodes one page of `/users/delta` or `/groups/delta` (its JSON body) and
+/// pushes its changes into `batch`, through the code a read uses: the page's
+/// shape, the nextLink/deltaLink rule, the user conversion and the group
+/// scan (`selection` and `full` as for a read, the scan starting on this
+/// page). A group the scan would fetch alone is handed to `lookup`, which
+/// answers its `(displayName, securityEnabled)`, or `None` when it is gone.
+///
+/// Exists for fuzzing (`fuzz/fuzz_targets/graph_delta.rs`) and tests; it
+/// does no IO.
+pub fn parse_page(
+    collection: Collection,
+    body: &[u8],
+    map: &AttributeMap,
+    selection: &GroupSelection,
+    full: bool,
+    lookup: &mut GroupLookup<'_>,
+    batch: &mut Batch,
+) -> Result<Next, String> {
+    match collection {
+        Collection::Users => {
+            let page: Page<Map<String, Value>> =
+                serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            let (objects, next) = page_parts(page)?;
+            for o in objects {
+                batch.push(user_change(map, o)?);
+            }
+            Ok(next)
+        }
+        Collection::Groups => {
+            let page: Page<GraphGroup> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            let (groups, next) = page_parts(page)?;
+            let mut scan = GroupScan {
+                full,
+                selection: selection.clone(),
+                seen: HashMap::new(),
+            };
+            for g in groups {
+                let Some(mut p) = scan.begin(g, batch) else {
+                    continue;
+                };
+                if p.look_up {
+                    match lookup(&p.id) {
+                        Some((name, security)) => {
+                            p.name = name;
+                            p.security = security;
+                        }
+                        None => {
+                            scan.seen.insert(p.id, false);
+                            continue;
+                        }
+                    }
+                }
+                scan.finish(p, batch);
+            }
+            Ok(next)
+        }
+    }
 }
 
 /// Fetches one page of a delta collection.
@@ -239,16 +321,7 @@ async fn fetch_page<T: serde::de::DeserializeOwned>(
         .get(url, false)
         .await?
         .ok_or_else(|| malformed("empty response"))?;
-    let next = match (page.next_link, page.delta_link) {
-        (Some(next), _) => Next::Page(next),
-        (None, Some(delta)) => Next::Done(delta),
-        (None, None) => {
-            return Err(
-                malformed("a page with neither @odata.nextLink nor @odata.deltaLink").into(),
-            )
-        }
-    };
-    Ok((page.value, next))
+    page_parts(page).map_err(|m| malformed(m).into())
 }
 
 impl Source for EntraSource {
@@ -428,6 +501,21 @@ struct GroupScan {
     seen: HashMap<String, bool>,
 }
 
+/// A group of a page whose scope is still to be decided: what
+/// [`GroupScan::begin`] learnt from the page.
+struct PendingGroup {
+    id: String,
+    name: Option<String>,
+    security: Option<bool>,
+    /// Attributes on the page mean they changed (a members-only change
+    /// carries none), which is the only way a group can leave scope.
+    attributes_changed: bool,
+    added: Vec<MemberRef>,
+    removed: Vec<MemberRef>,
+    /// Its attributes must be fetched before its scope is decided.
+    look_up: bool,
+}
+
 impl GroupScan {
     async fn group(
         &mut self,
@@ -436,13 +524,40 @@ impl GroupScan {
         g: GraphGroup,
         batch: &mut Batch,
     ) -> Result<(), SourceError> {
+        let Some(mut p) = self.begin(g, batch) else {
+            return Ok(());
+        };
+        if p.look_up {
+            let url = format!(
+                "{graph_url}/groups/{}?$select=id,displayName,securityEnabled",
+                p.id
+            );
+            match client.get::<GroupAttributes>(&url, true).await? {
+                Some(a) => {
+                    p.name = a.display_name;
+                    p.security = a.security_enabled;
+                }
+                // Deleted since the page was made; its removal follows.
+                None => {
+                    self.seen.insert(p.id, false);
+                    return Ok(());
+                }
+            }
+        }
+        self.finish(p, batch);
+        Ok(())
+    }
+
+    /// The part of a group's handling that needs no request: removals and
+    /// repeats are pushed here (`None`); otherwise what is known so far.
+    fn begin(&mut self, g: GraphGroup, batch: &mut Batch) -> Option<PendingGroup> {
         if g.removed.is_some() {
             self.seen.insert(g.id.clone(), false);
             batch.push(Change::Deleted {
                 key: g.id,
                 kind: Some(Kind::Group),
             });
-            return Ok(());
+            return None;
         }
         let mut added = Vec::new();
         let mut removed = Vec::new();
@@ -471,65 +586,66 @@ impl GroupScan {
                     removed,
                 });
             }
-            return Ok(());
+            return None;
         }
-        // Attributes on the page mean they changed (a members-only change
-        // carries none), which is the only way a group can leave scope.
         let attributes_changed = g.display_name.is_some() || g.security_enabled.is_some();
-        let mut name = g.display_name;
-        let mut security = g.security_enabled;
         let decidable = match &self.selection {
             GroupSelection::All => true,
-            GroupSelection::Security => security.is_some(),
-            GroupSelection::Named(list) => list.contains(&g.id) || name.is_some(),
+            GroupSelection::Security => g.security_enabled.is_some(),
+            GroupSelection::Named(list) => list.contains(&g.id) || g.display_name.is_some(),
         };
         // A full read must name every group; a selection must know what it
         // selects on. Members-only changes omit both, so ask for the group.
-        let looked_up = (self.full && name.is_none()) || !decidable;
-        if looked_up {
-            let url = format!(
-                "{graph_url}/groups/{}?$select=id,displayName,securityEnabled",
-                g.id
-            );
-            match client.get::<GroupAttributes>(&url, true).await? {
-                Some(a) => {
-                    name = a.display_name;
-                    security = a.security_enabled;
-                }
-                // Deleted since the page was made; its removal follows.
-                None => {
-                    self.seen.insert(g.id, false);
-                    return Ok(());
-                }
-            }
-        }
+        let look_up = (self.full && g.display_name.is_none()) || !decidable;
+        Some(PendingGroup {
+            id: g.id,
+            name: g.display_name,
+            security: g.security_enabled,
+            attributes_changed,
+            added,
+            removed,
+            look_up,
+        })
+    }
+
+    /// Decides the scope of a group and pushes what follows from it.
+    fn finish(&mut self, p: PendingGroup, batch: &mut Batch) {
+        let PendingGroup {
+            id,
+            name,
+            security,
+            attributes_changed,
+            added,
+            removed,
+            look_up: _,
+        } = p;
         let in_scope = match &self.selection {
             GroupSelection::All => true,
             GroupSelection::Security => security == Some(true),
             GroupSelection::Named(list) => list.iter().any(|s| {
-                *s == g.id
+                *s == id
                     || name
                         .as_deref()
                         .is_some_and(|n| n.to_lowercase() == s.to_lowercase())
             }),
         };
-        self.seen.insert(g.id.clone(), in_scope);
+        self.seen.insert(id.clone(), in_scope);
         if !in_scope {
             // A group whose attributes changed and is outside the
             // selection: if an earlier read synced it (it was renamed out of
             // a list), it has left scope. Unknown keys are ignored.
             if !self.full && attributes_changed {
                 batch.push(Change::Deleted {
-                    key: g.id,
+                    key: id,
                     kind: Some(Kind::Group),
                 });
             }
-            return Ok(());
+            return;
         }
         match name {
             Some(display_name) => batch.push(Change::Group(ExternalGroup {
-                external_id: Some(g.id.clone()),
-                key: g.id,
+                external_id: Some(id.clone()),
+                key: id,
                 locator: None,
                 base: BASE.to_string(),
                 display_name,
@@ -540,12 +656,11 @@ impl GroupScan {
                 },
             })),
             None => batch.push(Change::GroupMembers {
-                key: g.id,
+                key: id,
                 added,
                 removed,
             }),
         }
-        Ok(())
     }
 }
 
@@ -567,5 +682,75 @@ mod tests {
         assert_eq!(u.user_name, "ann@contoso.com");
         assert_eq!(u.emails, ["ann@contoso.com"]);
         assert!(!u.active);
+    }
+
+    #[test]
+    fn parse_page_runs_the_read_rules_on_one_page() {
+        let map = AttributeMap::default();
+        let mut batch = Batch::default();
+        let users = br#"{"@odata.nextLink": "n", "value": [
+            {"id": "u1", "userPrincipalName": "ann@contoso.com"},
+            {"id": "u2", "@removed": {"reason": "deleted"}}]}"#;
+        let mut never = |_: &str| -> Option<(Option<String>, Option<bool>)> { unreachable!() };
+        let next = parse_page(
+            Collection::Users,
+            users,
+            &map,
+            &GroupSelection::All,
+            true,
+            &mut never,
+            &mut batch,
+        )
+        .unwrap();
+        assert_eq!(next, Next::Page("n".into()));
+        assert!(batch.users.contains_key("u1"));
+        assert_eq!(batch.deleted.get("u2"), Some(&Some(Kind::User)));
+
+        // g1 is named on the page; g2 (members only) is looked up in a full
+        // read; g3 is gone by then; the repeat of g1 adds a member.
+        let groups = br##"{"@odata.deltaLink": "d", "value": [
+            {"id": "g1", "displayName": "Admins", "members@delta": [
+                {"@odata.type": "#microsoft.graph.user", "id": "u1"},
+                {"@odata.type": "#microsoft.graph.device", "id": "d1"}]},
+            {"id": "g2", "members@delta": []},
+            {"id": "g3"},
+            {"id": "g1", "members@delta": [{"@odata.type": "#microsoft.graph.group", "id": "g2"}]}]}"##;
+        let mut looked_up = Vec::new();
+        let mut lookup = |id: &str| {
+            looked_up.push(id.to_string());
+            (id == "g2").then(|| (Some("Ops".to_string()), Some(true)))
+        };
+        let mut batch = Batch::default();
+        let next = parse_page(
+            Collection::Groups,
+            groups,
+            &map,
+            &GroupSelection::All,
+            true,
+            &mut lookup,
+            &mut batch,
+        )
+        .unwrap();
+        assert_eq!(next, Next::Done("d".into()));
+        assert_eq!(looked_up, ["g2", "g3"]);
+        let g1 = &batch.groups["g1"];
+        assert_eq!(g1.group.as_ref().unwrap().display_name, "Admins");
+        assert!(g1.added.contains(&MemberRef::Key("g2".into())));
+        assert_eq!(
+            batch.groups["g2"].group.as_ref().unwrap().display_name,
+            "Ops"
+        );
+        assert!(!batch.groups.contains_key("g3"));
+
+        let neither = parse_page(
+            Collection::Groups,
+            br#"{"value": []}"#,
+            &map,
+            &GroupSelection::All,
+            false,
+            &mut never,
+            &mut batch,
+        );
+        assert!(neither.unwrap_err().contains("neither"));
     }
 }

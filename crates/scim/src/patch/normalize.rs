@@ -114,6 +114,12 @@ pub fn normalize(kind: ResourceKind, doc: &mut Value) -> Result<Vec<String>, Pat
         }
     }
     let ignored = crate::unknown::strip(kind, &mut out);
+    // An extension object whose attributes were all unknown is empty now:
+    // unassigned, like an empty one sent as such (dropped above), so that a
+    // normalised body normalises to itself.
+    out.retain(|key, v| {
+        kind.extension(key).is_none() || v.as_object().is_none_or(|o| !o.is_empty())
+    });
     *doc = Value::Object(out);
     Ok(ignored)
 }

@@ -858,3 +858,21 @@ fn normalize_canonicalises_coerces_and_type_checks() {
         Err("invalidValue")
     );
 }
+
+/// Found by fuzz/fuzz_targets/patch.rs (minimised): an Enterprise User
+/// object holding only unknown attributes was left behind empty, and the
+/// second normalisation dropped it.
+#[test]
+fn normalize_drops_an_extension_emptied_of_unknown_attributes() {
+    let mut doc = json!({"URN:IETF:PARAMS:SCIM:SCHEMAS:EXTENSION:ENTERPRISE:2.0:USER":{"":""}});
+    let ignored = normalize(USER, &mut doc).expect("normalises");
+    assert_eq!(doc, json!({}));
+    assert_eq!(ignored, vec![format!("{ENTERPRISE_URN}:")]);
+    let mut again = doc.clone();
+    assert_eq!(normalize(USER, &mut again), Ok(vec![]));
+    assert_eq!(again, doc);
+    // An extension keeping a known attribute stays.
+    let mut doc = json!({ENTERPRISE_URN: {"department": "d", "costCentre": "c"}});
+    normalize(USER, &mut doc).expect("normalises");
+    assert_eq!(doc, json!({ENTERPRISE_URN: {"department": "d"}}));
+}
