@@ -230,9 +230,9 @@ fn run_sqlite(kind: ResourceKind, sql: &str, binds: &[SqlValue], filter: &str) {
     };
     let query = format!("SELECT r.id FROM {table} AS r WHERE r.tenant_id = 't1' AND ({sql})");
     let c = db().lock().expect("db lock");
-    let mut stmt = c
-        .prepare(&query)
-        .unwrap_or_else(|e| panic!("rendered SQL does not prepare: {e}\n{query}\nfilter: {filter:?}"));
+    let mut stmt = c.prepare(&query).unwrap_or_else(|e| {
+        panic!("rendered SQL does not prepare: {e}\n{query}\nfilter: {filter:?}")
+    });
     assert_eq!(
         stmt.parameter_count(),
         binds.len(),

@@ -28,15 +28,25 @@ fn lookup(id: &str) -> Option<(Option<String>, Option<bool>)> {
 
 fn check(batch: &Batch) {
     for (key, u) in &batch.users {
-        assert!(!key.is_empty() && *key == u.key, "user key {key:?} / {:?}", u.key);
+        assert!(
+            !key.is_empty() && *key == u.key,
+            "user key {key:?} / {:?}",
+            u.key
+        );
         assert!(!u.user_name.is_empty(), "empty userName for {key}");
     }
     for (key, kind) in &batch.deleted {
         if *kind != Some(Kind::Group) {
-            assert!(!batch.users.contains_key(key), "user {key} deleted and updated");
+            assert!(
+                !batch.users.contains_key(key),
+                "user {key} deleted and updated"
+            );
         }
         if *kind != Some(Kind::User) {
-            assert!(!batch.groups.contains_key(key), "group {key} deleted and updated");
+            assert!(
+                !batch.groups.contains_key(key),
+                "group {key} deleted and updated"
+            );
         }
     }
 }

@@ -22,12 +22,18 @@ const CATALOGS: &[(&str, &str)] = &[
         include_str!("../../mappings/catalogs/iadvize.yaml"),
     ),
     ("gms", include_str!("../../mappings/catalogs/gms.yaml")),
-    ("haptik", include_str!("../../mappings/catalogs/haptik.yaml")),
+    (
+        "haptik",
+        include_str!("../../mappings/catalogs/haptik.yaml"),
+    ),
     (
         "liveperson",
         include_str!("../../mappings/catalogs/liveperson.yaml"),
     ),
-    ("loyjoy", include_str!("../../mappings/catalogs/loyjoy.yaml")),
+    (
+        "loyjoy",
+        include_str!("../../mappings/catalogs/loyjoy.yaml"),
+    ),
 ];
 
 /// A tenant of the fuzzed catalog `fuzz`: ids it may or may not define.
@@ -85,7 +91,12 @@ fn check_errors(files: &[(&str, &str)], errors: &[MappingError]) {
     }
 }
 
-fn group(name: &str, dn: Option<&str>, source: Option<&str>, external_id: Option<&str>) -> GroupFact {
+fn group(
+    name: &str,
+    dn: Option<&str>,
+    source: Option<&str>,
+    external_id: Option<&str>,
+) -> GroupFact {
     GroupFact {
         id: format!("g-{name}"),
         display_name: name.into(),
@@ -159,7 +170,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let (id, catalog) = named_catalog(text);
     let catalog_name = format!("m/catalogs/{id}.yaml");
-    run(&[(catalog_name.as_str(), catalog), ("m/tenants/fuzz.yaml", text)]);
+    run(&[
+        (catalog_name.as_str(), catalog),
+        ("m/tenants/fuzz.yaml", text),
+    ]);
     run(&[("m/catalogs/fuzz.yaml", text)]);
     run(&[
         ("m/catalogs/fuzz.yaml", text),

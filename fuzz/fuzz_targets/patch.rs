@@ -112,7 +112,12 @@ fn group() -> &'static Value {
     })
 }
 
-fn check_apply(kind: ResourceKind, before: &Value, ops: &[scim::patch::PatchOperation], input: &Value) {
+fn check_apply(
+    kind: ResourceKind,
+    before: &Value,
+    ops: &[scim::patch::PatchOperation],
+    input: &Value,
+) {
     let mut doc = before.clone();
     match apply(kind, &mut doc, ops) {
         Err(e) => assert_eq!(
@@ -146,13 +151,18 @@ fn check_normalize(kind: ResourceKind, body: &Value) {
             let mut again = doc.clone();
             match normalize(kind, &mut again) {
                 Ok(dropped) => {
-                    assert_eq!(again, doc, "normalize is not idempotent ({kind:?}) on {body}");
+                    assert_eq!(
+                        again, doc,
+                        "normalize is not idempotent ({kind:?}) on {body}"
+                    );
                     assert!(
                         dropped.is_empty(),
                         "normalising a normalised body dropped {dropped:?} ({kind:?}); first {doc} from {body}"
                     );
                 }
-                Err(e) => panic!("a normalised body fails to normalise ({kind:?}): {e}\n{doc}\nfrom {body}"),
+                Err(e) => panic!(
+                    "a normalised body fails to normalise ({kind:?}): {e}\n{doc}\nfrom {body}"
+                ),
             }
         }
     }
