@@ -59,6 +59,23 @@ pub enum CompareOp {
     Le,
 }
 
+impl CompareOp {
+    /// The operator as a filter spells it (lower case), for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompareOp::Eq => "eq",
+            CompareOp::Ne => "ne",
+            CompareOp::Co => "co",
+            CompareOp::Sw => "sw",
+            CompareOp::Ew => "ew",
+            CompareOp::Gt => "gt",
+            CompareOp::Ge => "ge",
+            CompareOp::Lt => "lt",
+            CompareOp::Le => "le",
+        }
+    }
+}
+
 /// `compValue = false / null / true / number / string`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CompValue {

@@ -339,20 +339,6 @@ fn comparable<'v>(
     Ok((value_def, inner))
 }
 
-fn op_name(op: CompareOp) -> &'static str {
-    match op {
-        CompareOp::Eq => "eq",
-        CompareOp::Ne => "ne",
-        CompareOp::Co => "co",
-        CompareOp::Sw => "sw",
-        CompareOp::Ew => "ew",
-        CompareOp::Gt => "gt",
-        CompareOp::Ge => "ge",
-        CompareOp::Lt => "lt",
-        CompareOp::Le => "le",
-    }
-}
-
 /// Rejects operators the attribute type cannot support (RFC 7644
 /// §3.4.2.2: booleans and binaries have no ordering or substring match).
 fn check_operator(
@@ -394,7 +380,7 @@ fn check_operator(
         Ok(())
     } else {
         Err(EvalError::UnsupportedOperator {
-            op: op_name(op),
+            op: op.as_str(),
             kind: def.kind.as_str(),
             path: path.to_string(),
         })
@@ -442,7 +428,7 @@ fn check_custom_operator(
         Ok(())
     } else {
         Err(EvalError::UnsupportedOperator {
-            op: op_name(op),
+            op: op.as_str(),
             kind,
             path: path.to_string(),
         })

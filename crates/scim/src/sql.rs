@@ -279,7 +279,7 @@ impl Renderer<'_> {
                 (CompareOp::Ne, CompValue::Null) => self.atom(scope, path, Test::Present),
                 (_, CompValue::Null) => Err(invalid(format!(
                     "operator '{}' cannot compare '{path}' with null",
-                    op_name(*op)
+                    op.as_str()
                 ))),
                 (CompareOp::Ne, v) => {
                     let eq = self.atom(scope, path, Test::Compare(CompareOp::Eq, v))?;
@@ -548,7 +548,7 @@ impl Renderer<'_> {
         if !allowed {
             return Err(invalid(format!(
                 "operator '{}' cannot compare '{path}' with {what}",
-                op_name(op)
+                op.as_str()
             )));
         }
         let cmp = self.compare(loc, schemaless(kind), op, value)?;
@@ -690,7 +690,7 @@ impl Renderer<'_> {
         let unsupported = || {
             invalid(format!(
                 "operator '{}' is not supported for {} attribute '{}'",
-                op_name(op),
+                op.as_str(),
                 attr.kind.as_str(),
                 attr.name
             ))
@@ -1172,20 +1172,6 @@ fn ordering_symbol(op: CompareOp) -> &'static str {
         CompareOp::Lt => "<",
         CompareOp::Le => "<=",
         _ => "=",
-    }
-}
-
-fn op_name(op: CompareOp) -> &'static str {
-    match op {
-        CompareOp::Eq => "eq",
-        CompareOp::Ne => "ne",
-        CompareOp::Co => "co",
-        CompareOp::Sw => "sw",
-        CompareOp::Ew => "ew",
-        CompareOp::Gt => "gt",
-        CompareOp::Ge => "ge",
-        CompareOp::Lt => "lt",
-        CompareOp::Le => "le",
     }
 }
 

@@ -84,17 +84,7 @@ pub(super) fn show_filter(f: &Filter) -> String {
     match f {
         Filter::Present(p) => format!("{p} pr"),
         Filter::Compare(p, op, v) => {
-            let op = match op {
-                CompareOp::Eq => "eq",
-                CompareOp::Ne => "ne",
-                CompareOp::Co => "co",
-                CompareOp::Sw => "sw",
-                CompareOp::Ew => "ew",
-                CompareOp::Gt => "gt",
-                CompareOp::Ge => "ge",
-                CompareOp::Lt => "lt",
-                CompareOp::Le => "le",
-            };
+            let op = op.as_str();
             let v = match v {
                 CompValue::Null => "null".to_string(),
                 CompValue::Bool(b) => b.to_string(),
