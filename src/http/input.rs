@@ -46,18 +46,12 @@ pub async fn screen(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Whether a request carries a body a handler may read: announced
+/// ([`super::unread_body::has_body`]) on a method whose handlers read one.
 fn has_body(req: &Request) -> bool {
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE) {
-        // A body on these is meaningless to every handler; they never read it.
-        return false;
-    }
-    let headers = req.headers();
-    headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|n| n > 0)
+    // A body on these is meaningless to every handler; they never read it.
+    !matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE)
+        && super::unread_body::has_body(req)
 }
 
 /// The declared media type when it is neither `application/scim+json` nor

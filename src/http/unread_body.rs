@@ -63,7 +63,7 @@ impl HttpBody for SharedBody {
 
 /// Whether the request announces a body (`Content-Length` above zero, or
 /// any `Transfer-Encoding`).
-fn has_body(req: &Request) -> bool {
+pub(super) fn has_body(req: &Request) -> bool {
     let headers = req.headers();
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
