@@ -48,12 +48,7 @@ fn install_panic_hook() {
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
             .unwrap_or_default();
-        let payload = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(non-string panic payload)".to_string());
+        let payload = panic_message(info.payload()).unwrap_or("(non-string panic payload)");
         let backtrace = std::backtrace::Backtrace::capture();
         let thread = std::thread::current()
             .name()
@@ -70,4 +65,13 @@ fn install_panic_hook() {
             _ => tracing::error!(panic = %payload, %location, %thread, "panic"),
         }
     }));
+}
+
+/// The message of a panic payload (`panic!` gives a `&str` or a `String`),
+/// for the hook and for the places that catch a panic and report it.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
 }

@@ -184,11 +184,7 @@ async fn readyz(State(app): State<App>) -> Response {
 /// The response for a handler panic. The request path is not at hand here,
 /// so the body is the SCIM error; `/api/v1` clients still get a 500.
 fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let text = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
+    let text = crate::telemetry::panic_message(payload.as_ref()).unwrap_or_default();
     error::internal("/scim", &format!("handler panicked: {text}"))
 }
 

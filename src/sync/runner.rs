@@ -148,15 +148,6 @@ impl Drop for LeaseKeeper {
     }
 }
 
-/// The text of a panic payload.
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_string())
-}
-
 /// Reports entries read so far (the CLI draws a progress bar with it).
 pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
 
@@ -240,7 +231,9 @@ async fn run_in_span<S: Source>(
     .unwrap_or_else(|payload| {
         Err(SyncError::Panicked {
             source_name: config.name.clone(),
-            message: panic_text(payload.as_ref()),
+            message: crate::telemetry::panic_message(payload.as_ref())
+                .unwrap_or("a panic without a message")
+                .to_string(),
         })
     });
     drop(keeper);
