@@ -146,3 +146,68 @@ async fn kill_nine_sqlite() {
 async fn kill_nine_postgres() {
     kill_nine_keeps_acknowledged_writes(Backend::Postgres).await;
 }
+
+/// `rolebridge serve --log-format json` on a free port, for tests that read
+/// its log: every stderr line is collected by a thread, and the address is
+/// read from the start-up line's `fields.address` (in JSON mode it is JSON).
+pub struct JsonServer {
+    pub child: Child,
+    pub addr: String,
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl JsonServer {
+    /// Starts it on `db` with `RUST_LOG=log_level` and `extra` arguments.
+    pub fn start(db: &str, log_level: &str, extra: &[&str]) -> JsonServer {
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra)
+            .env("ROLEBRIDGE_DATABASE_URL", db)
+            .env("RUST_LOG", log_level)
+            .env_remove("ROLEBRIDGE_CONFIG")
+            .env_remove("ROLEBRIDGE_LOG_FORMAT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let reader = {
+            let lines = lines.clone();
+            let stderr = child.stderr.take().expect("stderr");
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if let Some(addr) = v["fields"]["address"].as_str() {
+                            let _ = addr_tx.send(addr.to_string());
+                        }
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        };
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not start: {:?}", lines.lock().unwrap());
+            }
+        };
+        JsonServer {
+            child,
+            addr,
+            lines,
+            reader,
+        }
+    }
+
+    /// Kills it and returns every line it logged.
+    pub fn stop(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}

@@ -5,14 +5,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::both_backends;
-use crate::durability::{bin, cli};
+use crate::durability::{bin, cli, JsonServer};
 use crate::support::{fresh_database, unique, Backend, Resp, GROUP, PATCH_OP, USER};
 
 /// Asserts a 400 `invalidValue` whose detail names `what`.
@@ -224,33 +223,8 @@ async fn a_panicking_source_leaves_json_logs_and_a_free_lease() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--config",
-        ])
-        .arg(&config)
-        .env("ROLEBRIDGE_DATABASE_URL", &db)
-        .env("RUST_LOG", "info")
-        .env_remove("ROLEBRIDGE_LOG_FORMAT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let reader = {
-        let lines = lines.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        })
-    };
+    let server = JsonServer::start(&db, "info", &["--config", config.to_str().unwrap()]);
+    let lines = server.lines.clone();
     // Two failed scheduled runs: the first did not end the schedule.
     let deadline = Instant::now() + Duration::from_secs(60);
     while lines
@@ -290,10 +264,7 @@ async fn a_panicking_source_leaves_json_logs_and_a_free_lease() {
             .contains("panicked"),
         "{s}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
-    let lines = lines.lock().unwrap();
+    let lines = server.stop();
     let mut panics = 0;
     for line in lines.iter() {
         let v: Value = serde_json::from_str(line)

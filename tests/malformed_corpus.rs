@@ -4,15 +4,12 @@
 //! `{"error": ...}` under `/api/v1`), and the server's log must hold no 5xx
 //! and no panic.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::durability::{bin, cli};
+use crate::durability::{cli, JsonServer};
 use crate::support::{fresh_database, unique, Backend};
 
 /// One request of the corpus: method, path below the tenant's base (or an
@@ -299,35 +296,8 @@ async fn run_corpus(backend: Backend) {
     .1
     .trim()
     .to_string();
-    let mut child = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("ROLEBRIDGE_DATABASE_URL", &db)
-        .env("RUST_LOG", "info")
-        .env_remove("ROLEBRIDGE_CONFIG")
-        .env_remove("ROLEBRIDGE_LOG_FORMAT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let reader = {
-        let lines = lines.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(a) = v["fields"]["address"].as_str() {
-                        let _ = addr_tx.send(a.to_string());
-                    }
-                }
-                lines.lock().unwrap().push(line);
-            }
-        })
-    };
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server started");
+    let server = JsonServer::start(&db, "info", &[]);
+    let addr = server.addr.clone();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -433,10 +403,7 @@ async fn run_corpus(backend: Backend) {
     let all: Value = r.json().await.unwrap();
     assert_eq!(all["totalResults"], 1, "{all}");
     assert_eq!(all["Resources"][0]["meta"]["version"], "W/\"1\"", "{all}");
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
-    let lines = lines.lock().unwrap();
+    let lines = server.stop();
     for line in lines.iter() {
         let v: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));

@@ -1,9 +1,7 @@
 //! `/metrics` per route template, `/readyz`, and JSON logs that never carry a
 //! token.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -121,42 +119,8 @@ async fn json_logs_never_contain_tokens() {
         .to_string();
     let bogus_secret = "Zm9yZ2VkLXNlY3JldC10aGF0LW11c3Qtbm90LWxlYWs";
 
-    let mut child = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("ROLEBRIDGE_DATABASE_URL", &db)
-        .env("RUST_LOG", "debug")
-        .env_remove("ROLEBRIDGE_CONFIG")
-        .env_remove("ROLEBRIDGE_LOG_FORMAT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let reader = {
-        let lines = lines.clone();
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // In JSON mode the start-up line is JSON too: the address is
-                // its `fields.address`.
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(addr) = v["fields"]["address"].as_str() {
-                        let _ = addr_tx.send(addr.to_string());
-                    }
-                }
-                lines.lock().unwrap().push(line);
-            }
-        })
-    };
-    let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(addr) => addr,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("server did not start: {:?}", lines.lock().unwrap());
-        }
-    };
+    let server = crate::durability::JsonServer::start(&db, "debug", &[]);
+    let addr = server.addr.clone();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -204,11 +168,7 @@ async fn json_logs_never_contain_tokens() {
         r.headers()
     );
     assert!(Instant::now() < deadline);
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
-
-    let lines = lines.lock().unwrap();
+    let lines = server.stop();
     let mut json_lines = 0;
     for line in lines.iter() {
         for needle in [secret.as_str(), bogus_secret, "Pa55-word!"] {
