@@ -431,7 +431,7 @@ each_backend! {
         assert_eq!(cli(&db, &["tenant", "create", &tenant]).0, 0);
         let scim = cli(&db, &["token", "create", "--tenant", &tenant, "--scope", "scim"]).1.trim().to_string();
         let perm = cli(&db, &["token", "create", "--tenant", &tenant, "--scope", "permissions"]).1.trim().to_string();
-        let dir = std::env::temp_dir().join("rolebridge-tests").join(format!("{tenant}-mappings"));
+        let dir = crate::support::test_dir().join(format!("{tenant}-mappings"));
         std::fs::create_dir_all(dir.join("tenants")).unwrap();
         let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/catalogs");
         std::fs::create_dir_all(dir.join("catalogs")).unwrap();

@@ -73,7 +73,9 @@ async fn bad_input_is_one_line_and_non_zero() {
         assert!(err.starts_with("error: "), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
-    let cfg = std::env::temp_dir().join(format!("rb-bad-{}.toml", std::process::id()));
+    let cfg = crate::support::test_dir()
+        .join(crate::support::unique("rb-bad"))
+        .with_extension("toml");
     std::fs::write(&cfg, "listen = 5\n").unwrap();
     let out = std::process::Command::new(bin())
         .args(["--config", cfg.to_str().unwrap(), "tenant", "list"])
@@ -87,7 +89,7 @@ async fn bad_input_is_one_line_and_non_zero() {
 
 #[tokio::test]
 async fn serve_defaults_create_a_sqlite_file_under_data() {
-    let dir = std::env::temp_dir().join(crate::support::unique("rb-defaults"));
+    let dir = crate::support::test_dir().join(crate::support::unique("rb-defaults"));
     std::fs::create_dir_all(&dir).unwrap();
     let mappings = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings");
     let (mut child, addr) = spawn_server("", Some(&dir), &["--mappings", mappings]);
@@ -108,7 +110,7 @@ async fn mappings_validate_points_at_the_line() {
         "{out}"
     );
 
-    let dir = std::env::temp_dir().join(crate::support::unique("rb-badmap"));
+    let dir = crate::support::test_dir().join(crate::support::unique("rb-badmap"));
     std::fs::create_dir_all(dir.join("catalogs")).unwrap();
     std::fs::create_dir_all(dir.join("tenants")).unwrap();
     std::fs::write(

@@ -205,9 +205,7 @@ async fn a_panicking_source_leaves_json_logs_and_a_free_lease() {
     let db = fresh_database(Backend::Sqlite).await;
     let tenant = unique("panic");
     assert_eq!(cli(&db, &["tenant", "create", &tenant]).0, 0);
-    let dir = std::env::temp_dir()
-        .join("rolebridge-tests")
-        .join(unique("panic"));
+    let dir = crate::support::test_dir().join(unique("panic"));
     std::fs::create_dir_all(&dir).unwrap();
     let pw = dir.join("pw");
     std::fs::write(&pw, "secret\n").unwrap();

@@ -170,7 +170,7 @@ async fn permissions_api_is_not_held_to_the_provisioning_quota() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_file_overrides_one_tenants_quota() {
     let srv = TestServer::start_with_settings(Backend::Sqlite, |tenant| {
-        let path = std::env::temp_dir().join(format!("rb-rl-{tenant}.toml"));
+        let path = crate::support::test_dir().join(format!("rb-rl-{tenant}.toml"));
         std::fs::write(
             &path,
             format!(

@@ -29,9 +29,7 @@ fn setup_with(users: usize, schedule: &str) -> Setup {
     }
     ldif.push_str(&group_ldif("staff", &members));
     let slapd = Slapd::start_with(&ldif);
-    let dir = std::env::temp_dir()
-        .join("rolebridge-tests")
-        .join(unique("synccli"));
+    let dir = crate::support::test_dir().join(unique("synccli"));
     std::fs::create_dir_all(&dir).unwrap();
     let db = format!("sqlite://{}/db.sqlite", dir.display());
     let tenant = unique("t");

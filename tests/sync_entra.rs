@@ -17,8 +17,7 @@ use serde_json::json;
 
 /// Writes the stand-in's client secret to a file the config points at.
 fn secret_file(secret: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join("rolebridge-tests");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::support::test_dir();
     let path = dir.join(format!("{}.secret", crate::support::unique("entra")));
     std::fs::write(&path, format!("{secret}\n")).unwrap();
     path
@@ -820,7 +819,7 @@ async fn cli_sync_dry_run_run_and_status() {
     let db = crate::support::fresh_database(crate::support::Backend::Sqlite).await;
     let tenant = crate::support::unique("entracli");
     assert_eq!(cli(&db, &["tenant", "create", &tenant]).0, 0);
-    let dir = std::env::temp_dir().join("rolebridge-tests");
+    let dir = crate::support::test_dir();
     let config = dir.join(format!("{tenant}.toml"));
     let bad = dir.join(format!("{tenant}-bad.toml"));
     let source = |name: &str, secret: &str| {

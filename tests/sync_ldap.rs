@@ -914,7 +914,7 @@ each_backend! {
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(crate::support::unique("hostile-ldap"));
+    let d = crate::support::test_dir().join(crate::support::unique("hostile-ldap"));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

@@ -63,13 +63,47 @@ pub enum Backend {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// A unique name for this process and test.
+/// This test process's run: its pid and a random suffix. The pid alone is
+/// not enough: pids wrap (32,768 on the CI machine, and a build spends
+/// thousands), while SQLite files, PostgreSQL databases and Redis keys outlive
+/// the process that made them, so a later run with the same pid would open
+/// an earlier run's database and find its tenants already there.
+pub fn run_token() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| format!("{}r{:06x}", std::process::id(), rand::random::<u32>() >> 8))
+}
+
+/// A unique name for this run and test: `{prefix}{run}x{n}`.
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}{}x{}",
-        std::process::id(),
+        run_token(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// `$TMPDIR/rolebridge-tests`, where tests keep their SQLite files, mapping
+/// directories and secrets. The first call in a process removes what runs
+/// more than six hours old left there, so the directory does not grow
+/// without bound on a long-lived machine; a run still going is never that old.
+pub fn test_dir() -> std::path::PathBuf {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    let dir = std::env::temp_dir().join("rolebridge-tests");
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    SWEPT.call_once(|| {
+        let cutoff = std::time::SystemTime::now() - Duration::from_secs(6 * 3600);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < cutoff);
+            if old {
+                let path = entry.path();
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+    });
+    dir
 }
 
 /// The PostgreSQL server tests use; `.ci/run` makes sure it is up.
@@ -84,9 +118,7 @@ static PG_CLEANUP: OnceCell<()> = OnceCell::const_new();
 pub async fn fresh_database(backend: Backend) -> String {
     match backend {
         Backend::Sqlite => {
-            let dir = std::env::temp_dir().join("rolebridge-tests");
-            std::fs::create_dir_all(&dir).expect("create test dir");
-            format!("sqlite://{}/{}.db", dir.display(), unique("t"))
+            format!("sqlite://{}/{}.db", test_dir().display(), unique("t"))
         }
         Backend::Postgres => {
             use sqlx::Connection;
@@ -98,12 +130,13 @@ pub async fn fresh_database(backend: Backend) -> String {
                 });
             PG_CLEANUP
                 .get_or_init(|| async {
-                    // Databases of earlier runs: drop them once per process.
+                    // Databases of earlier runs (any other run token): drop
+                    // them once per process.
                     let old: Vec<(String,)> = sqlx::query_as(
                         "SELECT datname FROM pg_database WHERE datname LIKE 'rbtest\\_%' \
                          AND datname NOT LIKE $1",
                     )
-                    .bind(format!("rbtest\\_{}x%", std::process::id()))
+                    .bind(format!("rbtest\\_{}x%", run_token()))
                     .fetch_all(
                         &mut sqlx::PgConnection::connect(&postgres_admin_url())
                             .await
@@ -268,9 +301,7 @@ impl TestServer {
 
     /// The mappings directory of a mapped server.
     pub fn mappings_dir(&self) -> std::path::PathBuf {
-        std::env::temp_dir()
-            .join("rolebridge-tests")
-            .join(format!("{}-mappings", self.tenant))
+        test_dir().join(format!("{}-mappings", self.tenant))
     }
 
     /// A token of scope `permissions` for this tenant.
@@ -296,9 +327,7 @@ impl TestServer {
         let app = match tenant_yaml {
             None => App::new(store),
             Some(yaml) => {
-                let dir = std::env::temp_dir()
-                    .join("rolebridge-tests")
-                    .join(format!("{tenant}-mappings"));
+                let dir = test_dir().join(format!("{tenant}-mappings"));
                 std::fs::create_dir_all(dir.join("catalogs")).expect("mkdir");
                 std::fs::create_dir_all(dir.join("tenants")).expect("mkdir");
                 let shipped =

@@ -23,6 +23,14 @@ pub const GROUPS: &str = "ou=groups,dc=example,dc=org";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// The pid and a random suffix: pids wrap, and a directory an earlier
+/// process left must never be taken for this one's (the benches include
+/// this file without the rest of the test support).
+fn run_token() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| format!("{}r{:06x}", std::process::id(), rand::random::<u32>() >> 8))
+}
+
 pub struct Slapd {
     child: Option<Child>,
     pub port: u16,
@@ -117,7 +125,7 @@ impl Slapd {
     pub fn start_with(ldif: &str) -> Slapd {
         let dir = std::env::temp_dir().join(format!(
             "rolebridge-slapd-{}-{}",
-            std::process::id(),
+            run_token(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
