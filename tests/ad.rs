@@ -16,7 +16,7 @@ use rolebridge::app::SYNC_USER_URN;
 use rolebridge::sync::ldap::{LdapConfig, LdapSource};
 use rolebridge::sync::{
     parse_sources, run_source, Batch, GroupChange, MemberRef, Members, ReadOutcome, ReadRequest,
-    RunOptions, RunReport, Source, SourceConfig,
+    RunOptions, RunReport, Source, SourceConfig, SourceError,
 };
 use samba::{dc, guid_string};
 use serde_json::Value;
@@ -458,6 +458,56 @@ async fn incremental_reads_only_entries_changed_since_the_cursor() {
 
     // And from the new cursor, nothing again.
     let (batch, _) = read(&config, false, Some(next)).await;
+    assert_eq!(batch.received, 0, "{batch:?}");
+}
+
+/// A USN cursor is pinned to the DC that gave it: it records the DC's
+/// invocationId, and a cursor from another DC (or from this one before a
+/// restore), or one ahead of the DC's highestCommittedUSN, has expired, so
+/// the runner reads in full instead of trusting USNs that do not compare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usn_cursor_is_pinned_to_the_dcs_invocation_id() {
+    let dc = dc();
+    let mut admin = dc.admin().await;
+    let tag = unique("u");
+    let ou = admin.ou(&tag).await;
+    seed_users(&mut admin, &ou, &format!("{tag}x"), 2).await;
+    let config = ldap_config(&ou, r#"incremental = "usn""#);
+    let (_, full) = read(&config, true, None).await;
+    let cursor: Value = serde_json::from_str(full.cursor.as_deref().unwrap()).unwrap();
+    let invocation = cursor["invocation_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the cursor names the DC: {cursor}"))
+        .to_string();
+    assert_eq!(invocation.len(), 32, "a GUID in hex: {invocation}");
+    let usn = cursor["usn"].as_u64().expect("usn");
+
+    let expired = |c: Value| {
+        let config = config.clone();
+        async move {
+            let mut source = LdapSource::new(&config).expect("source");
+            source
+                .read(
+                    &ReadRequest {
+                        full: false,
+                        cursor: Some(c.to_string()),
+                    },
+                    &mut Batch::new(),
+                )
+                .await
+        }
+    };
+    let mut other_dc = cursor.clone();
+    other_dc["invocation_id"] = Value::from("00112233445566778899aabbccddeeff");
+    let err = expired(other_dc).await.unwrap_err();
+    assert!(matches!(err, SourceError::CursorExpired), "{err}");
+    let mut ahead = cursor.clone();
+    ahead["usn"] = Value::from(usn + 1_000_000);
+    let err = expired(ahead).await.unwrap_err();
+    assert!(matches!(err, SourceError::CursorExpired), "{err}");
+    // The cursor as saved still reads incrementally.
+    let (batch, outcome) = read(&config, false, full.cursor.clone()).await;
+    assert!(!outcome.complete);
     assert_eq!(batch.received, 0, "{batch:?}");
 }
 

@@ -327,12 +327,15 @@ async fn modify_timestamp_polling_is_incomplete() {
         Some("Bob Renamed")
     );
     assert!(batch.deleted.is_empty());
-    // A cursor of another mode or scope means a full read.
+    // A cursor of another mode or scope has expired: the runner's retry
+    // then reads in full (and reports the run as full).
     let other = config(
         &slapd,
         "incremental = \"modify_timestamp\"\nuser_filter = \"(uid=*)\"",
     );
-    let (b3, o3) = read(&other, after(&outcome)).await.unwrap();
+    let err = read(&other, after(&outcome)).await.unwrap_err();
+    assert!(matches!(err, SourceError::CursorExpired), "{err:?}");
+    let (b3, o3) = read(&other, full()).await.unwrap();
     assert!(o3.complete);
     assert_eq!(b3.users.len(), 2);
 }
@@ -949,4 +952,115 @@ each_backend! {
         let dee = srv.get("/Users?filter=userName%20eq%20%22dee%22").await;
         assert_eq!(dee.body["totalResults"], 0, "{}", dee.body);
     }
+}
+
+/// slapd killed with `-9` restarts with the `contextCSN` of its last
+/// checkpoint, older than the cookie of the last run. Syncrepl with that
+/// cookie then answers "nothing changed", and a refresh without one leaves
+/// out every entry changed since the checkpoint. The incremental run must
+/// notice the rewind and read in full with a plain paged search; a forced
+/// full run must read everything too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_that_rewinds_the_context_csn_is_read_in_full() {
+    let srv = TestServer::start(crate::support::Backend::Sqlite).await;
+    let mut ldif = base_ldif();
+    let crew: Vec<String> = (0..20).map(|i| user_dn(&format!("r{i:02}"))).collect();
+    for i in 0..40 {
+        ldif.push_str(&user_ldif(
+            &format!("r{i:02}"),
+            &format!("r{i}@example.org"),
+        ));
+    }
+    ldif.push_str(&group_ldif("crew", &crew));
+    let mut slapd = Slapd::start_with(&ldif);
+    // A write after the seed moves contextCSN past what is on disk.
+    slapd.add(&user_ldif("r40", "r40@example.org"));
+    let cfg = source(&srv, &slapd, LENIENT);
+    let first = run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(first.mode, "full");
+    assert_eq!(first.counts.users_created, 41, "{first:?}");
+    // Changes after the first run: 5 mails, 3 deletions, 4 new users, one
+    // of them in the group.
+    let mut changes = String::new();
+    for i in 0..5 {
+        changes.push_str(&format!(
+            "dn: {}\nchangetype: modify\nreplace: mail\nmail: r{i}@changed.example.org\n\n",
+            user_dn(&format!("r{i:02}"))
+        ));
+    }
+    slapd.modify(&changes);
+    slapd.delete(
+        &(5..8)
+            .map(|i| user_dn(&format!("r{i:02}")))
+            .collect::<Vec<_>>(),
+    );
+    for i in 41..45 {
+        slapd.add(&user_ldif(&format!("r{i}"), &format!("r{i}@example.org")));
+    }
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nadd: member\nmember: {}\n\n",
+        group_dn("crew"),
+        user_dn("r41")
+    ));
+    let before_crash = slapd.context_csn();
+    slapd.kill();
+    slapd.restart();
+    let after_crash = slapd.context_csn();
+    assert!(
+        after_crash < before_crash,
+        "the crash must rewind contextCSN for this test to mean anything: {after_crash} vs {before_crash}"
+    );
+
+    let r = run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.mode, "full", "a rewound server is read in full: {r:?}");
+    assert_eq!(r.outcome, "applied", "{r:?}");
+    assert_eq!(r.counts.users_created, 4, "{r:?}");
+    assert_eq!(r.counts.users_deactivated, 3, "{r:?}");
+    assert_eq!(r.counts.users_updated, 5, "the 5 changed mails: {r:?}");
+    assert_eq!(r.counts.members_added, 1, "{r:?}");
+    assert_eq!(r.counts.groups_deleted, 0, "{r:?}");
+    assert_eq!(active_users(&srv).await, 41 - 3 + 4);
+    let u = scim_user(&srv, "r00").await;
+    assert_eq!(u["emails"][0]["value"], "r0@changed.example.org", "{u}");
+    assert!(group_names(&scim_user(&srv, "r41").await).contains("crew"));
+
+    // From the full read on, incremental runs work again and see new writes.
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: mail\nmail: r10@later.example.org\n\n",
+        user_dn("r10")
+    ));
+    let r = run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.mode, "incremental", "{r:?}");
+    assert_eq!(r.counts.users_updated, 1, "{r:?}");
+    assert_eq!(r.entries_read, 1, "only the changed entry is read: {r:?}");
+
+    // A forced full run after another crash reads every entry: a plain
+    // paged search, not a refresh bounded by the rewound contextCSN.
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: mail\nmail: r11@later.example.org\n\n",
+        user_dn("r11")
+    ));
+    slapd.kill();
+    slapd.restart();
+    let r = run_source(
+        &srv.app,
+        &cfg,
+        RunOptions {
+            force_full: true,
+            ..RunOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.mode, "full");
+    assert_eq!(r.entries_read, 42 + 1, "42 users and one group: {r:?}");
+    assert_eq!(r.counts.users_updated, 1, "{r:?}");
+    assert_eq!(r.counts.users_deactivated, 0, "{r:?}");
+    assert_eq!(r.counts.groups_deleted, 0, "{r:?}");
 }

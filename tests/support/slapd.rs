@@ -182,6 +182,58 @@ impl Slapd {
         panic!("slapd did not start");
     }
 
+    /// Starts slapd again on the same database and port, after [`kill`]:
+    /// a crashed server coming back.
+    ///
+    /// [`kill`]: Slapd::kill
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart a killed slapd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let mut child = Command::new("slapd")
+                .arg("-f")
+                .arg(self.dir.join("slapd.conf"))
+                .arg("-h")
+                .arg(format!("{}/", self.url))
+                .arg("-d")
+                .arg("0")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start slapd");
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port is still in TIME_WAIT's hands: retry
+                }
+                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    self.child = Some(child);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("slapd did not restart on port {}", self.port);
+    }
+
+    /// The server's `contextCSN` on the suffix.
+    pub fn context_csn(&self) -> String {
+        let out = Command::new("ldapsearch")
+            .args(["-x", "-LLL", "-H", &self.url, "-D", ROOT_DN, "-w", ROOT_PW])
+            .args(["-b", SUFFIX, "-s", "base", "contextCSN"])
+            .output()
+            .expect("ldapsearch");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("contextCSN: "))
+            .unwrap_or_else(|| panic!("no contextCSN: {text}"))
+            .to_string()
+    }
+
     /// The pid, for killing it from a callback.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)

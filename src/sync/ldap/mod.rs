@@ -1,13 +1,14 @@
 //! LDAP and Active Directory source.
 //!
-//! A full read is a paged search (RFC 2696) per base DN and kind (users,
-//! groups), or, where the server offers content sync and the stable id is
-//! `entryUUID`, an RFC 4533 refreshOnly search without a cookie (which
-//! returns the same entries plus the cookie for next time). Each entry is
+//! A full read is always a plain paged search (RFC 2696) per base DN and
+//! kind (users, groups): never a syncrepl refresh, whose answer leaves out
+//! whatever changed after a crashed server's `contextCSN`. Each entry is
 //! converted and pushed into the [`Batch`] as it arrives; pages are never
 //! held. An incremental read is syncrepl with the saved cookies, or polling
 //! on `uSNChanged` (AD) or `modifyTimestamp` (reported incomplete: the
-//! runner's periodic full reconcile finds deletions).
+//! runner's periodic full reconcile finds deletions). Before either, the
+//! saved cursor is checked against the server's state ([`state`]); one the
+//! server is behind is expired, and the runner reads in full.
 //!
 //! Every failure — connect, StartTLS, bind, a page, a size or time limit, a
 //! lost connection, an unreadable message, an entry without its stable id —
@@ -17,6 +18,7 @@ pub mod ber;
 pub mod config;
 pub mod convert;
 pub mod dn;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -130,6 +132,10 @@ struct Cursor {
     /// usn: the rootDSE's `highestCommittedUSN` read before the last read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     usn: Option<u64>,
+    /// usn: the invocationId of the DC the USN is from; USNs of another DC,
+    /// or of this one restored from backup, do not compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    invocation_id: Option<String>,
     /// modify_timestamp: the highest `modifyTimestamp` seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     timestamp: Option<String>,
@@ -167,48 +173,153 @@ async fn read(
     let root = conn.root_dse().await?;
     let mode = resolve_mode(config, &root, &conn.url)?;
     let scope = scope_fingerprint(config);
+    // An incremental request whose cursor cannot be used is expired, so the
+    // runner's retry reads in full and says so; it is never quietly read in
+    // full under the incremental label.
+    let url = conn.url.clone();
+    let expired = |why: String| {
+        tracing::warn!(%url, "saved LDAP cursor not usable: {why}; reading everything");
+        Err(SourceError::CursorExpired)
+    };
     let previous = match (&request.cursor, request.full) {
-        (Some(c), false) => serde_json::from_str::<Cursor>(c)
-            .ok()
-            .filter(|c| c.mode == mode && c.scope == scope),
+        (Some(c), false) => match serde_json::from_str::<Cursor>(c) {
+            Err(e) => return expired(format!("unreadable ({e})")),
+            Ok(c) if c.mode != mode => {
+                return expired(format!(
+                    "it is for {:?}, the server now gets {mode:?}",
+                    c.mode
+                ))
+            }
+            Ok(c) if c.scope != scope => {
+                return expired("bases, filters or attributes changed since".into())
+            }
+            Ok(c) => Some(c),
+        },
         _ => None,
     };
-    if request.cursor.is_some() && !request.full && previous.is_none() {
-        tracing::info!(
-            "LDAP cursor is for another mode or scope (bases, filters, attributes changed); reading everything"
-        );
-    }
     let mut next = Cursor {
         mode,
         scope,
         cookies: BTreeMap::new(),
         usn: None,
+        invocation_id: None,
         timestamp: None,
     };
     let mut complete = true;
-    match mode {
-        Mode::Syncrepl => {
-            let mut gone = Gone::new();
+    match (mode, previous) {
+        (Mode::Syncrepl, Some(previous)) => {
+            // The server's contextCSN per base, read before searching.
+            let mut csns: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for base in &config.base_dns {
-                for kind in [Kind::User, Kind::Group] {
-                    let key = format!("{}:{base}", kind.as_str().to_ascii_lowercase());
-                    let cookie = previous
-                        .as_ref()
-                        .and_then(|p| p.cookies.get(&key))
-                        .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok());
-                    let out = conn
-                        .sync_search(config, base, kind, cookie.as_deref(), batch, &mut gone)
-                        .await?;
-                    complete &= out.complete;
-                    if let Some(c) = out.cookie.or(cookie) {
-                        next.cookies
-                            .insert(key, base64::engine::general_purpose::STANDARD.encode(c));
+                csns.insert(base.clone(), conn.context_csn(&root, base).await?);
+            }
+            // A crash can also leave contextCSN at a point after the cookie
+            // but before the last writes; syncrepl then stops at it. Entries
+            // newer than the contextCSN give that away.
+            for base in &config.base_dns {
+                if let Some(entry) = conn.entry_csn_above(&root, base, &csns[base]).await? {
+                    // Read contextCSN again, so a write landing between the
+                    // two reads is not taken for a crash.
+                    let now = conn.context_csn(&root, base).await?;
+                    if now.iter().max().is_none_or(|c| *c < entry) {
+                        return expired(format!(
+                            "'{base}' holds an entry with entryCSN {entry}, newer than the \
+                             server's contextCSN (a crash moved it back)"
+                        ));
                     }
                 }
             }
+            let mut cookies = Vec::new();
+            for base in &config.base_dns {
+                for kind in [Kind::User, Kind::Group] {
+                    let key = cookie_key(kind, base);
+                    let Some(cookie) = previous
+                        .cookies
+                        .get(&key)
+                        .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
+                    else {
+                        return expired(format!("no usable cookie for {key}"));
+                    };
+                    if let Some(why) = state::csn_rewound(&state::cookie_csns(&cookie), &csns[base])
+                    {
+                        return expired(format!("{key}: {why}"));
+                    }
+                    cookies.push((base, kind, key, cookie));
+                }
+            }
+            let mut gone = Gone::new();
+            for (base, kind, key, cookie) in cookies {
+                let out = conn
+                    .sync_search(config, base, kind, Some(&cookie), batch, &mut gone)
+                    .await?;
+                complete &= out.complete;
+                let c = out.cookie.unwrap_or(cookie);
+                next.cookies
+                    .insert(key, base64::engine::general_purpose::STANDARD.encode(c));
+            }
             flush_deleted(gone, batch);
         }
-        Mode::Usn | Mode::ModifyTimestamp | Mode::None => {
+        (Mode::Syncrepl, None) => {
+            // Full: a plain paged search, with the cookie for next time made
+            // from the contextCSN read before it, or from a newer entryCSN
+            // when a crash left contextCSN behind the entries: everything
+            // written until then is in this read, and later writes get
+            // newer CSNs.
+            for base in &config.base_dns {
+                let mut csns = conn.context_csn(&root, base).await?;
+                if let Some(entry) = conn.entry_csn_above(&root, base, &csns).await? {
+                    tracing::warn!(
+                        base,
+                        entry,
+                        "contextCSN is behind the entries (a crash moved it back)"
+                    );
+                    state::advance(&mut csns, entry);
+                }
+                let cookie = state::cookie_at(&csns);
+                if cookie.is_none() {
+                    tracing::info!(
+                        base,
+                        "the server has no contextCSN yet; the next read is full too"
+                    );
+                }
+                for kind in [Kind::User, Kind::Group] {
+                    if let Some(c) = &cookie {
+                        next.cookies.insert(
+                            cookie_key(kind, base),
+                            base64::engine::general_purpose::STANDARD.encode(c),
+                        );
+                    }
+                }
+            }
+            let mut newest = None;
+            for base in &config.base_dns {
+                for kind in [Kind::User, Kind::Group] {
+                    conn.paged_search(config, base, kind, None, batch, &mut newest)
+                        .await?;
+                }
+            }
+        }
+        (Mode::Usn | Mode::ModifyTimestamp | Mode::None, previous) => {
+            if mode == Mode::Usn {
+                let usn = root.highest_usn.ok_or_else(|| LdapError::Unsupported {
+                    url: conn.url.clone(),
+                    what: "highestCommittedUSN".into(),
+                })?;
+                let invocation = conn.invocation_id(&root).await?;
+                if let Some(p) = &previous {
+                    let saved = p.usn.unwrap_or(0);
+                    if let Some(why) = state::usn_rewound(
+                        saved,
+                        p.invocation_id.as_deref(),
+                        usn,
+                        invocation.as_deref(),
+                    ) {
+                        return expired(why);
+                    }
+                }
+                next.usn = Some(usn);
+                next.invocation_id = invocation;
+            }
             // The USN is read before searching: whatever changes during the
             // read gets a higher USN and is read again next time.
             let since = previous.as_ref().and_then(|p| match mode {
@@ -220,12 +331,6 @@ async fn read(
                 _ => None,
             });
             complete = since.is_none();
-            if mode == Mode::Usn {
-                next.usn = Some(root.highest_usn.ok_or_else(|| LdapError::Unsupported {
-                    url: conn.url.clone(),
-                    what: "highestCommittedUSN".into(),
-                })?);
-            }
             let mut newest = previous.as_ref().and_then(|p| p.timestamp.clone());
             for base in &config.base_dns {
                 for kind in [Kind::User, Kind::Group] {
@@ -248,6 +353,22 @@ async fn read(
         cursor,
         bases: config.base_dns.clone(),
     })
+}
+
+/// The naming context holding `base`. The longest suffix wins, so a
+/// subordinate database is not mistaken for its parent.
+fn naming_context(root: &RootDse, base: &str) -> Option<String> {
+    let base = dn::normalize(base);
+    root.naming_contexts
+        .iter()
+        .filter(|c| dn::is_under(&base, &dn::normalize(c)))
+        .max_by_key(|c| c.len())
+        .cloned()
+}
+
+/// The key of one search's cookie: `user:<base>` or `group:<base>`.
+fn cookie_key(kind: Kind, base: &str) -> String {
+    format!("{}:{base}", kind.as_str().to_ascii_lowercase())
 }
 
 fn resolve_mode(config: &LdapConfig, root: &RootDse, url: &str) -> Result<Mode, LdapError> {
@@ -288,6 +409,11 @@ fn resolve_mode(config: &LdapConfig, root: &RootDse, url: &str) -> Result<Mode, 
 struct RootDse {
     syncrepl: bool,
     highest_usn: Option<u64>,
+    /// The suffixes the server holds; a base's `contextCSN` is on the one
+    /// that contains it.
+    naming_contexts: Vec<String>,
+    /// AD: the DN of the DC's NTDS settings, which carry its invocationId.
+    ds_service_name: Option<String>,
 }
 
 /// One item of a search response.
@@ -511,6 +637,8 @@ impl Conn {
         let attrs = [
             "supportedControl".to_string(),
             "highestCommittedUSN".to_string(),
+            "namingContexts".to_string(),
+            "dsServiceName".to_string(),
         ];
         let res = self
             .request(
@@ -536,6 +664,15 @@ impl Conn {
                             .first()
                             .and_then(|v| std::str::from_utf8(v).ok())
                             .and_then(|s| s.trim().parse().ok());
+                        root.naming_contexts = e
+                            .values("namingContexts")
+                            .iter()
+                            .filter_map(|v| String::from_utf8(v.clone()).ok())
+                            .collect();
+                        root.ds_service_name = e
+                            .values("dsServiceName")
+                            .first()
+                            .and_then(|v| String::from_utf8(v.clone()).ok());
                     }
                     Ok(())
                 },
@@ -547,6 +684,122 @@ impl Conn {
             tracing::debug!(url = %self.url, "rootDSE unreadable: {}", describe(&res));
         }
         Ok(root)
+    }
+
+    /// The values of one attribute of one entry (a base search); an entry
+    /// or attribute the bind DN cannot see gives no values.
+    async fn base_values(&mut self, dn: &str, attr: &str) -> Result<Vec<Vec<u8>>, LdapError> {
+        let url = self.url.clone();
+        let operation = format!("read of {attr} on '{dn}'");
+        let mut values = Vec::new();
+        let res = self
+            .request(
+                dn,
+                Scope::Base,
+                "(objectClass=*)",
+                &[attr.to_string()],
+                vec![],
+                &operation,
+                |item| {
+                    if let Item::Entry(tag, _) = item {
+                        let e = ber::entry(tag).map_err(|message| LdapError::Protocol {
+                            url: url.clone(),
+                            operation: operation.clone(),
+                            message,
+                        })?;
+                        values = e.values(attr).to_vec();
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        if res.rc != 0 {
+            tracing::debug!(url = %self.url, dn, attr, "unreadable: {}", describe(&res));
+        }
+        Ok(values)
+    }
+
+    /// The `contextCSN` values of the naming context holding `base`.
+    async fn context_csn(&mut self, root: &RootDse, base: &str) -> Result<Vec<String>, LdapError> {
+        let Some(context) = naming_context(root, base) else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .base_values(&context, "contextCSN")
+            .await?
+            .into_iter()
+            .filter_map(|v| String::from_utf8(v).ok())
+            .collect())
+    }
+
+    /// The newest `entryCSN` in `base`'s naming context that is newer than
+    /// every CSN in `csns` (its `contextCSN`). A live server never has one
+    /// for long (it moves contextCSN with every write); a restarted one
+    /// whose contextCSN a crash moved back does.
+    async fn entry_csn_above(
+        &mut self,
+        root: &RootDse,
+        base: &str,
+        csns: &[String],
+    ) -> Result<Option<String>, LdapError> {
+        let Some(newest) = csns.iter().max() else {
+            return Ok(None);
+        };
+        let Some(context) = naming_context(root, base) else {
+            return Ok(None);
+        };
+        let newest = ldap3::ldap_escape(newest);
+        let filter = format!("(&(entryCSN>={newest})(!(entryCSN={newest})))");
+        let url = self.url.clone();
+        let mut above: Option<String> = None;
+        let res = self
+            .request(
+                &context,
+                Scope::Subtree,
+                &filter,
+                &["entryCSN".to_string()],
+                vec![],
+                "entryCSN check",
+                |item| {
+                    if let Item::Entry(tag, _) = item {
+                        let e = ber::entry(tag).map_err(|message| LdapError::Protocol {
+                            url: url.clone(),
+                            operation: "entryCSN check".into(),
+                            message,
+                        })?;
+                        for v in e.values("entryCSN") {
+                            if let Ok(csn) = String::from_utf8(v.clone()) {
+                                if above.as_ref().is_none_or(|a| *a < csn) {
+                                    above = Some(csn);
+                                }
+                            }
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        if res.rc != 0 {
+            return Err(LdapError::Search {
+                base: context,
+                filter,
+                message: describe(&res),
+            });
+        }
+        Ok(above)
+    }
+
+    /// AD: the invocationId (hex) of the DC answering, or `None` for a
+    /// server without `dsServiceName`.
+    async fn invocation_id(&mut self, root: &RootDse) -> Result<Option<String>, LdapError> {
+        let Some(dn) = root.ds_service_name.clone() else {
+            return Ok(None);
+        };
+        Ok(self
+            .base_values(&dn, "invocationId")
+            .await?
+            .first()
+            .map(hex::encode))
     }
 
     fn attrs(config: &LdapConfig, kind: Kind, mode_attr: Option<&str>) -> Vec<String> {
