@@ -253,7 +253,7 @@ each_backend! {
         dir.with(|s| s.users.clear());
         let held = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         assert_eq!(held.outcome, "held", "{held:?}");
-        assert!(held.held_reason.unwrap().contains("'ou=people' returned no users"));
+        assert!(held.held_reason.unwrap().contains("'ou=people' would hold no active users"));
     }
 }
 

@@ -1064,3 +1064,48 @@ async fn a_crash_that_rewinds_the_context_csn_is_read_in_full() {
     assert_eq!(r.counts.users_deactivated, 0, "{r:?}");
     assert_eq!(r.counts.groups_deleted, 0, "{r:?}");
 }
+
+/// 5 of 50 groups deleted is 10%, the default share: held, and the
+/// memberships that go with the deleted groups are counted and named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_groups_count_with_their_memberships() {
+    let srv = TestServer::start(crate::support::Backend::Sqlite).await;
+    let mut ldif = base_ldif();
+    let people: Vec<String> = (0..30).map(|i| user_dn(&format!("k{i:02}"))).collect();
+    for i in 0..30 {
+        ldif.push_str(&user_ldif(
+            &format!("k{i:02}"),
+            &format!("k{i}@example.org"),
+        ));
+    }
+    for g in 0..50 {
+        let members = if g < 5 { &people[..] } else { &people[..1] };
+        ldif.push_str(&group_ldif(&format!("team{g:02}"), members));
+    }
+    let slapd = Slapd::start_with(&ldif);
+    let cfg = source(&srv, &slapd, "[guard]\nmax_deletes = 1000\n");
+    let first = run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(first.counts.groups_created, 50, "{first:?}");
+    slapd.delete(
+        &(0..5)
+            .map(|g| group_dn(&format!("team{g:02}")))
+            .collect::<Vec<_>>(),
+    );
+    let held = run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(held.outcome, "held", "{held:?}");
+    assert_eq!(held.counts.groups_deleted, 5, "{held:?}");
+    assert_eq!(held.counts.members_removed, 5 * 30, "{held:?}");
+    let reason = held.held_reason.unwrap();
+    assert!(
+        reason.contains("5 group deletions of 50 (10.0%)"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("150 membership removals of 195"),
+        "{reason}"
+    );
+}

@@ -1,7 +1,19 @@
 //! The deletion guard: the most common disaster in directory sync is a run
 //! that deletes everyone (a wrong base DN, an expired bind account that
-//! suddenly sees nothing, a filter typo). A run whose removals exceed the
-//! configured count or share is held until an administrator confirms it.
+//! suddenly sees nothing, a filter typo, a server restarted empty). A run
+//! that removes too much is held until an administrator confirms it.
+//!
+//! One rule, [`over`], for users, groups and memberships alike: what a run
+//! removes is over the threshold when it is more than `max_deletes`, or
+//! when it is `max_delete_percent` or more of what the source held before.
+//! What counts as removed:
+//! - users: deletions and deactivations (a mass disable revokes as much as
+//!   a mass delete);
+//! - groups: deletions, and groups whose whole member list vanished;
+//! - memberships: removed edges, and the edges that go with deleted groups.
+//!
+//! Besides, a base that held active users and would hold none after the
+//! run is held, for a full read and an incremental one alike.
 
 use super::config::GuardConfig;
 use super::plan::{Counts, Plan};
@@ -11,7 +23,7 @@ pub fn check(guard: &GuardConfig, plan: &Plan, counts: &Counts) -> Option<String
     let mut reasons = Vec::new();
     if !plan.emptied_bases.is_empty() {
         reasons.push(format!(
-            "base {} returned no users but held users before",
+            "base {} would hold no active users but held some before",
             plan.emptied_bases
                 .iter()
                 .map(|b| format!("'{b}'"))
@@ -19,30 +31,19 @@ pub fn check(guard: &GuardConfig, plan: &Plan, counts: &Counts) -> Option<String
                 .join(", ")
         ));
     }
-    // Directory-disabled accounts count too: a mass disable revokes as
-    // much as a mass delete.
     let users = counts.users_deactivated + counts.users_deleted;
-    if let Some(r) = exceeds(guard, "user", users, plan.linked_users) {
-        reasons.push(r);
-    }
-    // A group whose whole member list vanished counts as deleted: to the
-    // users in it, it is.
     let groups = counts.groups_deleted + plan.emptied_groups;
-    if let Some(r) = exceeds(guard, "group", groups, plan.linked_groups) {
-        reasons.push(r);
-    }
-    // Membership loss: held only when it is both over the count and over
-    // the share of this source's memberships, so a reorganisation moving
-    // people between groups applies, and losing read access to `member`
-    // (every list empty) does not.
-    let removed = counts.members_removed;
-    if removed > guard.max_deletes && plan.linked_edges > 0 {
-        let share = removed as f64 * 100.0 / plan.linked_edges as f64;
-        if share > guard.max_delete_percent {
-            reasons.push(format!(
-                "{removed} of {} memberships ({share:.1}%) would be removed, over guard.max_deletes = {} and guard.max_delete_percent = {}",
-                plan.linked_edges, guard.max_deletes, guard.max_delete_percent
-            ));
+    for (what, removed, before) in [
+        ("user deletions/deactivations", users, plan.linked_users),
+        ("group deletions", groups, plan.linked_groups),
+        (
+            "membership removals",
+            counts.members_removed,
+            plan.linked_edges,
+        ),
+    ] {
+        if let Some(r) = over(guard, what, removed, before) {
+            reasons.push(r);
         }
     }
     if reasons.is_empty() {
@@ -52,13 +53,15 @@ pub fn check(guard: &GuardConfig, plan: &Plan, counts: &Counts) -> Option<String
     }
 }
 
-fn exceeds(guard: &GuardConfig, what: &str, removed: u64, before: u64) -> Option<String> {
+/// The guard's one threshold rule (see the module docs), with the reason
+/// when `removed` of `before` is over it.
+pub fn over(guard: &GuardConfig, what: &str, removed: u64, before: u64) -> Option<String> {
     if removed == 0 {
         return None;
     }
     if removed > guard.max_deletes {
         return Some(format!(
-            "{removed} {what} deletions/deactivations exceed guard.max_deletes = {}",
+            "{removed} {what} exceed guard.max_deletes = {}",
             guard.max_deletes
         ));
     }
@@ -67,11 +70,32 @@ fn exceeds(guard: &GuardConfig, what: &str, removed: u64, before: u64) -> Option
     } else {
         removed as f64 * 100.0 / before as f64
     };
-    if share > guard.max_delete_percent {
-        return Some(format!(
-            "{removed} of {before} {what}s ({share:.1}%) would be deleted or deactivated, over guard.max_delete_percent = {}",
+    (share >= guard.max_delete_percent).then(|| {
+        format!(
+            "{removed} {what} of {before} ({share:.1}%) reach guard.max_delete_percent = {}",
             guard.max_delete_percent
-        ));
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_rule_count_or_share() {
+        let g = GuardConfig {
+            max_deletes: 50,
+            max_delete_percent: 10.0,
+        };
+        assert_eq!(over(&g, "x", 0, 0), None);
+        // Exactly the share is over it: 5 of 50 groups.
+        assert!(over(&g, "x", 5, 50).unwrap().contains("10.0%"));
+        assert_eq!(over(&g, "x", 4, 50), None);
+        // More than the count, whatever the share.
+        assert!(over(&g, "x", 51, 100_000).unwrap().contains("max_deletes"));
+        assert_eq!(over(&g, "x", 50, 100_000), None);
+        // Removing from nothing known is all of it.
+        assert!(over(&g, "x", 1, 0).is_some());
     }
-    None
 }

@@ -32,6 +32,10 @@ pub struct Plan {
     /// Groups that had members and whose full member list is now empty (a
     /// bind account that lost read access to `member` looks like this).
     pub emptied_groups: u64,
+    /// Memberships that go with the groups this plan deletes: the group's
+    /// own members, and its place in the groups it was nested in. To a
+    /// user, losing the group is losing the membership.
+    pub members_lost_with_groups: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +120,7 @@ impl Plan {
             c.members_added += d.add.len() as u64;
             c.members_removed += d.remove.len() as u64;
         }
+        c.members_removed += self.members_lost_with_groups;
         c
     }
 
@@ -656,6 +661,56 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
         }
     }
 
+    // Any run, incremental too: a base all of whose active users this
+    // plan deactivates or deletes has been emptied, whatever the read
+    // reported.
+    {
+        let mut active: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut base_of: HashMap<&str, &str> = HashMap::new();
+        for l in user_links.values() {
+            base_of.insert(l.resource_id.as_str(), l.base.as_str());
+            if l.missing_since.is_none() {
+                *active.entry(l.base.as_str()).or_default() += 1;
+            }
+        }
+        let mut removed: BTreeMap<&str, u64> = BTreeMap::new();
+        for op in &plan.users {
+            let id = match op {
+                UserOp::Deactivate { id, .. } => id,
+                UserOp::Update {
+                    id,
+                    deactivated: true,
+                    ..
+                } => id,
+                _ => continue,
+            };
+            if let Some(base) = base_of.get(id.as_str()) {
+                *removed.entry(base).or_default() += 1;
+            }
+        }
+        let kept_or_added: HashSet<&str> = plan
+            .users
+            .iter()
+            .filter_map(|op| match op {
+                UserOp::Create { user, .. } => Some(user.base.as_str()),
+                UserOp::Update {
+                    user,
+                    deactivated: false,
+                    ..
+                } => Some(user.base.as_str()),
+                _ => None,
+            })
+            .collect();
+        for (base, n) in removed {
+            if active.get(base).copied().unwrap_or(0) == n
+                && !kept_or_added.contains(base)
+                && !plan.emptied_bases.iter().any(|b| b == base)
+            {
+                plan.emptied_bases.push(base.to_string());
+            }
+        }
+    }
+
     plan_members(
         batch,
         input,
@@ -679,6 +734,14 @@ fn plan_members(
     group_ids: &HashMap<&str, String>,
     plan: &mut Plan,
 ) {
+    let deleted_groups: HashSet<&str> = plan
+        .groups
+        .iter()
+        .filter_map(|op| match op {
+            GroupOp::Delete { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
     let deleted: HashSet<&str> = plan
         .users
         .iter()
@@ -837,6 +900,20 @@ fn plan_members(
         }
     }
     plan.emptied_groups = emptied;
+    // Edges of deleted groups, unless a parent's delta already removes it.
+    plan.members_lost_with_groups = input
+        .before
+        .edges
+        .iter()
+        .filter(|e| {
+            deleted_groups.contains(e.group_id.as_str())
+                || (deleted_groups.contains(e.member_id.as_str())
+                    && !plan
+                        .members
+                        .get(e.group_id.as_str())
+                        .is_some_and(|d| d.remove.iter().any(|r| *r == e.member_id)))
+        })
+        .count() as u64;
     if unresolved > plan.skipped.len() {
         plan.skipped.push(format!(
             "{unresolved} member reference(s) in all name no user or group this source syncs"

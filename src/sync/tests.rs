@@ -430,13 +430,95 @@ fn member_lists_that_come_back_empty_are_held() {
     };
     let reason = guard::check(&lenient_users, &p, &p.counts()).expect("held");
     assert!(reason.contains("4 group"), "{reason}");
-    assert!(reason.contains("40 of 40 memberships"), "{reason}");
+    assert!(reason.contains("40 membership removals"), "{reason}");
     // Moving a few people between groups is not a mass loss.
     let mut moved = groups.clone();
     moved[0] = group("g0", "team0", &refs[3..]);
     let p = w.plan(full_batch(&users, &moved), true, T1, "");
     assert_eq!(p.counts().members_removed, 3);
     assert_eq!(guard::check(&lenient_users, &p, &p.counts()), None);
+}
+
+#[test]
+fn memberships_lost_with_deleted_groups_count() {
+    let mut w = World::new();
+    let users: Vec<ExternalUser> = (0..10)
+        .map(|i| {
+            user(
+                &format!("u{i}"),
+                &format!("n{i}"),
+                &format!("uid=n{i},ou=people,dc=x"),
+            )
+        })
+        .collect();
+    let dns: Vec<String> = (0..10)
+        .map(|i| format!("uid=n{i},ou=people,dc=x"))
+        .collect();
+    let refs: Vec<&str> = dns.iter().map(String::as_str).collect();
+    let mut groups: Vec<ExternalGroup> = (0..19)
+        .map(|g| group(&format!("g{g}"), &format!("team{g}"), &refs[..1]))
+        .collect();
+    // One big group, nested in team0.
+    groups.push(group("big", "big", &refs));
+    groups[0] = group("g0", "team0", &["cn=big,ou=groups,dc=x", refs[0]]);
+    w.apply(&w.plan(full_batch(&users, &groups), true, T0, ""));
+    // The big group is deleted: 1 of 20 groups (5%), but 10 memberships
+    // and its place in team0 go with it.
+    let p = w.plan(full_batch(&users, &groups[..19]), true, T1, "");
+    let c = p.counts();
+    assert_eq!((c.groups_deleted, c.members_removed), (1, 11), "{c:?}");
+    assert_eq!(p.members_lost_with_groups, 10 + 1);
+    let guard = GuardConfig {
+        max_deletes: 5,
+        max_delete_percent: 50.0,
+    };
+    let reason = guard::check(&guard, &p, &c).expect("held");
+    assert!(reason.contains("11 membership removals"), "{reason}");
+    assert!(!reason.contains("group deletions"), "{reason}");
+}
+
+#[test]
+fn an_incremental_run_that_empties_a_base_is_held() {
+    let mut w = World::new();
+    let users: Vec<ExternalUser> = (0..4)
+        .map(|i| {
+            user(
+                &format!("u{i}"),
+                &format!("n{i}"),
+                &format!("uid=n{i},ou=people,dc=x"),
+            )
+        })
+        .collect();
+    w.apply(&w.plan(full_batch(&users, &[]), true, T0, ""));
+    let mut b = Batch::new();
+    for i in 0..4 {
+        b.push(Change::Deleted {
+            key: format!("u{i}"),
+            kind: None,
+        });
+    }
+    let p = w.plan(b, false, T1, "");
+    assert_eq!(p.emptied_bases, ["ou=people,dc=x"]);
+    let open = GuardConfig {
+        max_deletes: 1000,
+        max_delete_percent: 100.1,
+    };
+    let reason = guard::check(&open, &p, &p.counts()).expect("held");
+    assert!(
+        reason.contains("'ou=people,dc=x' would hold no active users"),
+        "{reason}"
+    );
+    // Three of four is not an emptied base.
+    let mut b = Batch::new();
+    for i in 0..3 {
+        b.push(Change::Deleted {
+            key: format!("u{i}"),
+            kind: None,
+        });
+    }
+    let p = w.plan(b, false, T1, "");
+    assert!(p.emptied_bases.is_empty(), "{:?}", p.emptied_bases);
+    assert_eq!(guard::check(&open, &p, &p.counts()), None);
 }
 
 #[test]
