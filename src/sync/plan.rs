@@ -911,7 +911,7 @@ fn plan_members(
                     && !plan
                         .members
                         .get(e.group_id.as_str())
-                        .is_some_and(|d| d.remove.iter().any(|r| *r == e.member_id)))
+                        .is_some_and(|d| d.remove.contains(&e.member_id)))
         })
         .count() as u64;
     if unresolved > plan.skipped.len() {
