@@ -32,11 +32,29 @@ fn main() -> ExitCode {
     match runtime.block_on(rolebridge::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error and its causes, joined.
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line_error(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line: the error and each cause not already part of the message
+/// before it. Most of our errors quote their cause in their own message
+/// (so a log line or `sync status` shows it whole); printing the chain
+/// as well said everything twice.
+fn one_line_error(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Clap's usage errors span several lines (message, usage, hint); keep the
@@ -54,5 +72,30 @@ fn one_line_usage_error(rendered: &str) -> String {
         joined
     } else {
         format!("error: {joined}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("source 'corp': {0}")]
+    struct Quoting(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("bind failed: invalidCredentials (49)")]
+    struct Inner;
+
+    #[test]
+    fn a_cause_the_message_quotes_is_printed_once() {
+        let e = anyhow::Error::new(Quoting(Inner));
+        assert_eq!(
+            super::one_line_error(&e),
+            "source 'corp': bind failed: invalidCredentials (49)"
+        );
+        let e = anyhow::Error::new(Inner).context("cannot listen on 127.0.0.1:1");
+        assert_eq!(
+            super::one_line_error(&e),
+            "cannot listen on 127.0.0.1:1: bind failed: invalidCredentials (49)"
+        );
     }
 }

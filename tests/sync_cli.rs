@@ -181,7 +181,15 @@ fn configuration_and_connection_errors_are_one_clear_line() {
         err.contains("no [[source]] named 'nope' (configured: corp)"),
         "{err}"
     );
-    // A source whose server is gone: the error names it, nothing changes.
+    // A wrong password: said once, with the server's result code.
+    let pw = s.config.with_file_name("bind-pw");
+    std::fs::write(&pw, "wrong\n").unwrap();
+    let (code, _, err) = s.run(&["sync", "--source", "corp"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.matches("invalidCredentials").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    std::fs::write(&pw, format!("{SYNC_PW}\n")).unwrap();
+    // A source whose server is gone: the error names it once, nothing changes.
     let url = s.slapd.url.clone();
     drop(s.slapd);
     let (code, _, err) = cli(
@@ -196,6 +204,8 @@ fn configuration_and_connection_errors_are_one_clear_line() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("source 'corp'") && err.contains(&url), "{err}");
+    assert_eq!(err.matches("source 'corp'").count(), 1, "{err}");
+    assert_eq!(err.matches(url.as_str()).count(), 1, "{err}");
     let bad = s.config.with_file_name("bad.toml");
     std::fs::write(
         &bad,
@@ -289,4 +299,89 @@ fn a_terminal_gets_a_progress_spinner() {
         "{err}"
     );
     assert!(piped.contains("sync corp"), "{piped}");
+}
+
+/// An LDAP "server" that accepts the bind, then drops the connection at
+/// the first search: a directory lost mid-run, deterministically.
+fn drops_after_bind() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ldap://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(8) {
+            let Ok(mut conn) = conn else { return };
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .ok();
+            let mut buf = [0u8; 4096];
+            let Ok(n) = conn.read(&mut buf) else { continue };
+            // The bind request's messageID: 30 len 02 idlen id...
+            let at = if n > 1 && buf[1] & 0x80 != 0 {
+                2 + usize::from(buf[1] & 0x7f)
+            } else {
+                2
+            };
+            if n < at + 2 || buf[at] != 0x02 {
+                continue;
+            }
+            let id = &buf[at + 2..(at + 2 + usize::from(buf[at + 1])).min(n)];
+            // BindResponse: success, no matched DN, no message.
+            let mut op = vec![0x02, id.len() as u8];
+            op.extend_from_slice(id);
+            op.extend_from_slice(&[0x61, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00]);
+            let mut msg = vec![0x30, op.len() as u8];
+            msg.extend_from_slice(&op);
+            if conn.write_all(&msg).is_err() {
+                continue;
+            }
+            let _ = conn.read(&mut buf);
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    url
+}
+
+/// A directory lost mid-run: ldap3's own warnings about the socket go
+/// through tracing like every other line (level and target, no colour
+/// codes when stderr is not a terminal), and the error is one line.
+#[test]
+fn a_lost_connection_logs_through_tracing_without_colour() {
+    let s = setup(1);
+    let config = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace(&s.slapd.url, &drops_after_bind());
+    let lost = s.config.with_file_name("lost.toml");
+    std::fs::write(&lost, config).unwrap();
+    let (code, _, err) = cli(
+        &s.db,
+        &[
+            "--config",
+            lost.to_str().unwrap(),
+            "sync",
+            "--source",
+            "corp",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escape in a redirected log: {err:?}"
+    );
+    let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(error_lines.len(), 1, "{err}");
+    assert!(error_lines[0].contains("source 'corp'"), "{err}");
+    // ldap3 warns about the stream it could not close: through tracing,
+    // inside the run's span.
+    assert!(
+        err.lines()
+            .any(|l| l.contains(" WARN ") && l.contains("sync_run{") && l.contains("ldap3")),
+        "{err}"
+    );
+    for line in err.lines().filter(|l| !l.starts_with("error: ")) {
+        assert!(
+            [" WARN ", " INFO ", " ERROR ", " DEBUG "]
+                .iter()
+                .any(|lvl| line.contains(lvl)),
+            "a stderr line that did not come through tracing: {line:?}\n{err}"
+        );
+    }
 }
