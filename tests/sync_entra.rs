@@ -168,10 +168,12 @@ async fn full_read_reports_users_groups_and_nested_members() {
     );
 
     // The request selected the mapped properties and the members.
+    // Groups first, then users (see the source for why).
     let paths = g.paths();
+    assert!(paths[0].contains("/groups/delta?"), "{paths:?}");
     assert!(
-        paths[0].contains(
-            "$select=id,userPrincipalName,displayName,givenName,surname,mail,accountEnabled"
+        paths[1].contains(
+            "/users/delta?$select=id,userPrincipalName,displayName,givenName,surname,mail,accountEnabled"
         ),
         "{paths:?}"
     );
@@ -467,7 +469,7 @@ async fn stand_in_going_down_mid_run_fails_the_read() {
         "{text}"
     );
     assert!(
-        text.contains("/users/delta unreachable after 4 attempts"),
+        text.contains("/groups/delta unreachable after 4 attempts"),
         "{text}"
     );
     assert!(
@@ -561,7 +563,15 @@ async fn attribute_mapping_is_applied() {
     ))
     .unwrap();
     let (batch, _) = read(&mut source, None).await.unwrap();
-    assert!(g.paths()[0].contains("$select=id,mail,employeeId,displayName,surname,accountEnabled"));
+    let users_path = g
+        .paths()
+        .into_iter()
+        .find(|p| p.contains("/users/delta"))
+        .unwrap();
+    assert!(
+        users_path.contains("$select=id,mail,employeeId,displayName,surname,accountEnabled"),
+        "{users_path}"
+    );
     let ann = &batch.users[&d.ann];
     assert_eq!(ann.user_name, "ann@contoso.example");
     assert_eq!(ann.external_id.as_deref(), Some("E-1001"));
@@ -896,4 +906,42 @@ async fn cli_sync_dry_run_run_and_status() {
         (Some("unchanged"), Some("incremental")),
         "{report}"
     );
+}
+
+/// A user created and added to a group while a run reads, between its two
+/// delta reads (whichever comes first), joins the group by the next run at
+/// the latest: the membership is never dropped as "not a user this source
+/// syncs" and forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_created_mid_run_keeps_the_membership() {
+    for second_read in ["/v1.0/users/delta", "/v1.0/groups/delta"] {
+        let srv = TestServer::start(crate::support::Backend::Sqlite).await;
+        let g = std::sync::Arc::new(GraphStandIn::start().await);
+        let d = populate(&g);
+        let cfg = source_config(&srv, &g, LENIENT, "");
+        run_source(&srv.app, &cfg, RunOptions::default())
+            .await
+            .unwrap();
+        // An incremental run, paused before one of its reads.
+        let gate = g.pause_before(second_read);
+        let run = {
+            let (app, cfg) = (srv.app.clone(), cfg.clone());
+            tokio::spawn(async move { run_source(&app, &cfg, RunOptions::default()).await })
+        };
+        gate.reached().await;
+        let eve = g.add_user("eve@contoso.example", "Eve", "Eyre");
+        g.add_member(&d.ops, &eve);
+        gate.release();
+        let r = run.await.unwrap().unwrap();
+        assert_eq!(r.outcome, "applied", "{second_read}: {r:?}");
+        let r = run_source(&srv.app, &cfg, RunOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r.mode, "incremental", "{second_read}: {r:?}");
+        assert_eq!(
+            scim_group_members(&srv, "Ops").await,
+            set(&["bob@contoso.example", "eve@contoso.example"]),
+            "paused before {second_read}"
+        );
+    }
 }

@@ -111,6 +111,30 @@ struct Faults {
     reject_all_tokens: bool,
     /// After this many more Graph requests, the server shuts down.
     down_after: Option<usize>,
+    /// The first request to this path is held until the test releases it.
+    pause: Option<(String, Arc<Gate>)>,
+}
+
+/// A request held at the stand-in's door: the test learns it arrived,
+/// edits the directory, and lets it through.
+#[derive(Default)]
+pub struct Gate {
+    reached: tokio::sync::Notify,
+    released: tokio::sync::Notify,
+}
+
+impl Gate {
+    /// Waits (at most 30 s) until the held request has arrived.
+    pub async fn reached(&self) {
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.reached.notified())
+            .await
+            .expect("the paused request never came");
+    }
+
+    /// Lets the held request through.
+    pub fn release(&self) {
+        self.released.notify_one();
+    }
 }
 
 struct Inner {
@@ -391,6 +415,15 @@ impl GraphStandIn {
     /// After `n` more Graph requests the server stops listening.
     pub fn go_down_after(&self, n: usize) {
         self.with(|s| s.faults.down_after = Some(n));
+    }
+
+    /// Holds the first Graph request to `path` (`/v1.0/users/delta`, say)
+    /// until the returned gate is released, so a test can change the
+    /// directory between two reads of one run.
+    pub fn pause_before(&self, path: &str) -> Arc<Gate> {
+        let gate = Arc::new(Gate::default());
+        self.with(|s| s.faults.pause = Some((path.to_string(), gate.clone())));
+        gate
     }
 
     /// Stops listening now.
@@ -801,12 +834,29 @@ fn page_response(
     axum::Json(Value::Object(body)).into_response()
 }
 
+/// Waits at the gate when this is the paused path's first request.
+async fn hold_if_paused(shared: &Shared, path: &str) {
+    let gate = {
+        let mut s = shared.inner.lock().unwrap();
+        match &s.faults.pause {
+            Some((p, _)) if p == path => s.faults.pause.take().map(|(_, g)| g),
+            _ => None,
+        }
+    };
+    if let Some(gate) = gate {
+        gate.reached.notify_one();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), gate.released.notified())
+            .await;
+    }
+}
+
 async fn users_delta(
     State(shared): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
+    hold_if_paused(&shared, uri.path()).await;
     let mut s = shared.inner.lock().unwrap();
     s.paths.push(uri.to_string());
     if let Err(r) = s.admit(&headers, &shared.shutdown) {
@@ -864,6 +914,7 @@ async fn groups_delta(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
+    hold_if_paused(&shared, uri.path()).await;
     let mut s = shared.inner.lock().unwrap();
     s.paths.push(uri.to_string());
     if let Err(r) = s.admit(&headers, &shared.shutdown) {

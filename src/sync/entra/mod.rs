@@ -1,6 +1,6 @@
 //! Microsoft Entra ID through Microsoft Graph delta queries.
 //!
-//! A full read walks `/users/delta` and `/groups/delta` from the start (the
+//! A full read walks `/groups/delta`, then `/users/delta`, from the start (the
 //! documented way to enumerate for a later incremental sync,
 //! https://learn.microsoft.com/en-us/graph/delta-query-overview) and keeps
 //! both final `@odata.deltaLink`s as the cursor; the next read follows them
@@ -342,32 +342,6 @@ impl Source for EntraSource {
         let started = std::time::Instant::now();
         let requests_before = self.client.requests;
 
-        // Users.
-        let map = self.config.attributes.clone();
-        let mut url = users_start;
-        let mut users_link = None;
-        for _ in 0..MAX_PAGES {
-            let (objects, next) = fetch_page::<Map<String, Value>>(&mut self.client, &url).await?;
-            for o in objects {
-                let change = user_change(&map, o).map_err(|message| EntraError::Malformed {
-                    path: display_path(&url),
-                    message,
-                })?;
-                batch.push(change);
-            }
-            match next {
-                Next::Page(next) => url = next,
-                Next::Done(delta) => {
-                    users_link = Some(delta);
-                    break;
-                }
-            }
-        }
-        let users_link = users_link.ok_or_else(|| EntraError::TooManyPages {
-            path: display_path(&url),
-            max: MAX_PAGES,
-        })?;
-
         // Groups. Scope decisions are remembered per read, because a group
         // repeated on later pages comes back without its attributes.
         let mut scan = GroupScan {
@@ -392,6 +366,36 @@ impl Source for EntraSource {
             }
         }
         let groups_link = groups_link.ok_or_else(|| EntraError::TooManyPages {
+            path: display_path(&url),
+            max: MAX_PAGES,
+        })?;
+
+        // Users, after the groups: a member the groups read names was
+        // created before it, so before this read too, and is in it (or in
+        // the links of an earlier run). Read the other way round, a user
+        // created between the reads and added to a group was a member
+        // nobody knew, and the next delta never repeats the membership.
+        let map = self.config.attributes.clone();
+        let mut url = users_start;
+        let mut users_link = None;
+        for _ in 0..MAX_PAGES {
+            let (objects, next) = fetch_page::<Map<String, Value>>(&mut self.client, &url).await?;
+            for o in objects {
+                let change = user_change(&map, o).map_err(|message| EntraError::Malformed {
+                    path: display_path(&url),
+                    message,
+                })?;
+                batch.push(change);
+            }
+            match next {
+                Next::Page(next) => url = next,
+                Next::Done(delta) => {
+                    users_link = Some(delta);
+                    break;
+                }
+            }
+        }
+        let users_link = users_link.ok_or_else(|| EntraError::TooManyPages {
             path: display_path(&url),
             max: MAX_PAGES,
         })?;
