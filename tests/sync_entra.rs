@@ -448,6 +448,121 @@ async fn expired_delta_token_asks_for_a_full_resync() {
     assert!(matches!(err, SourceError::CursorExpired), "{err}");
 }
 
+/// Microsoft documents the reset as "40X-series" with `syncStateNotFound`:
+/// any 4xx with a reset code expires the cursor, not only 400 and 410.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_reset_on_any_4xx_expires_the_cursor() {
+    for status in [400, 403, 404, 409, 410] {
+        let g = GraphStandIn::start().await;
+        populate(&g);
+        let mut source = EntraSource::new(&config(&g, "")).unwrap();
+        let (_, outcome) = read(&mut source, None).await.unwrap();
+        g.reset_status(status);
+        g.expire_delta_tokens();
+        let err = read(&mut source, outcome.cursor.as_deref())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SourceError::CursorExpired), "{status}: {err}");
+    }
+}
+
+/// The token endpoint's transient answers (429/503 `temporarily_unavailable`,
+/// AADSTS90033) are retried like Graph throttling, honouring Retry-After;
+/// when retries run out the message says what the endpoint said, not that
+/// the credentials were rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_token_errors_are_retried() {
+    let g = GraphStandIn::start().await;
+    let d = populate(&g);
+    let mut source = EntraSource::new(&config(&g, "max_retries = 3")).unwrap();
+    g.fail_token_next(2, 429, Some(1));
+    let started = Instant::now();
+    let (batch, _) = read(&mut source, None).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "Retry-After honoured"
+    );
+    assert_eq!(g.token_requests(), 3);
+    assert_eq!(members(&batch, &d.admins), set(&[&d.ann, &d.ops]));
+
+    let mut fresh = EntraSource::new(&config(&g, "max_retries = 3")).unwrap();
+    g.fail_token_next(100, 503, None);
+    let err = read(&mut fresh, None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            SourceError::Entra(EntraError::Throttled {
+                attempts: 4,
+                status: 503,
+                ..
+            })
+        ),
+        "{text}"
+    );
+    assert!(text.contains("token endpoint"), "{text}");
+    assert!(
+        text.contains("503 temporarily_unavailable after 4 attempts"),
+        "{text}"
+    );
+    assert!(!text.contains("rejected the client credentials"), "{text}");
+}
+
+/// A wrong client id is worded as what the endpoint said, not as a bad
+/// secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_errors_are_worded_by_their_code() {
+    let g = GraphStandIn::start().await;
+    populate(&g);
+    let text = entra_toml(&g, &g.options.client_secret, "").replace(
+        &format!("client_id = \"{}\"", g.options.client_id),
+        "client_id = \"00000000-0000-0000-0000-000000000000\"",
+    );
+    let cfg = EntraConfig::from_toml(toml::Value::Table(toml::from_str(&text).unwrap())).unwrap();
+    let err = read(&mut EntraSource::new(&cfg).unwrap(), None)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("unauthorized_client: AADSTS700016"), "{text}");
+    assert!(text.contains("does not know this client id"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+    assert_eq!(g.token_requests(), 1, "a final error is not retried");
+}
+
+/// A run throttled page after page ends when its retries have waited
+/// `max_run_wait` in all, though each request is within its own budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_run_is_bounded_by_max_run_wait() {
+    let g = GraphStandIn::start_with(GraphOptions {
+        page_size: 1,
+        ..GraphOptions::default()
+    })
+    .await;
+    populate(&g);
+    let text = entra_toml(
+        &g,
+        &g.options.client_secret,
+        "max_retries = 20\nmax_run_wait = \"2s\"",
+    )
+    .replace("max_retry_wait = \"5s\"", "max_retry_wait = \"30s\"");
+    let cfg = EntraConfig::from_toml(toml::Value::Table(toml::from_str(&text).unwrap())).unwrap();
+    let mut source = EntraSource::new(&cfg).unwrap();
+    g.fail_next(1000, 429, Some(1));
+    let started = Instant::now();
+    let err = read(&mut source, None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, SourceError::Entra(EntraError::RunWaitExhausted { .. })),
+        "{text}"
+    );
+    assert!(text.contains("max_run_wait = 2s"), "{text}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stand_in_going_down_mid_run_fails_the_read() {
     let g = GraphStandIn::start_with(GraphOptions {

@@ -111,6 +111,12 @@ struct Faults {
     reject_all_tokens: bool,
     /// After this many more Graph requests, the server shuts down.
     down_after: Option<usize>,
+    /// The next token requests answered with this transient error:
+    /// (count, HTTP status, `Retry-After` seconds).
+    token_fail: Option<(usize, u16, Option<u64>)>,
+    /// The status of the "sync state gone" answer (410 unless set): the
+    /// docs only promise "40X-series".
+    reset_status: Option<u16>,
     /// The first request to this path is held until the test releases it.
     pause: Option<(String, Arc<Gate>)>,
 }
@@ -407,6 +413,12 @@ impl GraphStandIn {
         self.with(|s| s.faults.reject_all_tokens = true);
     }
 
+    /// Expired delta tokens are answered with `status` and
+    /// `syncStateNotFound` instead of 410.
+    pub fn reset_status(&self, status: u16) {
+        self.with(|s| s.faults.reset_status = Some(status));
+    }
+
     /// Every delta and skip token handed out so far is expired (410).
     pub fn expire_delta_tokens(&self) {
         self.with(|s| s.generation += 1);
@@ -415,6 +427,14 @@ impl GraphStandIn {
     /// After `n` more Graph requests the server stops listening.
     pub fn go_down_after(&self, n: usize) {
         self.with(|s| s.faults.down_after = Some(n));
+    }
+
+    /// The next `n` token requests fail as the Microsoft identity platform
+    /// does when its directory store is unavailable: `status` (429 or 503)
+    /// with `temporarily_unavailable` / AADSTS90033, and `Retry-After`
+    /// when given.
+    pub fn fail_token_next(&self, n: usize, status: u16, retry_after: Option<u64>) {
+        self.with(|s| s.faults.token_fail = Some((n, status, retry_after)));
     }
 
     /// Holds the first Graph request to `path` (`/v1.0/users/delta`, say)
@@ -540,9 +560,10 @@ impl Inner {
         q: &HashMap<String, String>,
         default_select: &str,
     ) -> Result<Token, Response> {
+        let status = StatusCode::from_u16(self.faults.reset_status.unwrap_or(410)).unwrap();
         let expired = || {
             error(
-                StatusCode::GONE,
+                status,
                 "syncStateNotFound",
                 "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
                 None,
@@ -1017,6 +1038,22 @@ async fn token(
 ) -> Response {
     let mut s = shared.inner.lock().unwrap();
     s.token_requests += 1;
+    if let Some((n, status, retry_after)) = s.faults.token_fail {
+        s.faults.token_fail = (n > 1).then(|| (n - 1, status, retry_after));
+        let mut r = token_error(
+            StatusCode::from_u16(status).unwrap(),
+            "temporarily_unavailable",
+            90033,
+            "A transient error has occurred. Please try again.",
+        );
+        if let Some(secs) = retry_after {
+            r.headers_mut().insert(
+                "retry-after",
+                HeaderValue::from_str(&secs.to_string()).unwrap(),
+            );
+        }
+        return r;
+    }
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     // The secret may come in the body or as HTTP Basic.
     let (mut client_id, mut secret) = (

@@ -37,7 +37,24 @@ pub struct GraphClient {
     token: Option<CachedToken>,
     /// Requests sent (including retries), for the logs.
     pub requests: u64,
+    /// Time this run has spent waiting to retry, across all its requests:
+    /// bounded by `max_run_wait`, so a throttled run ends instead of taking
+    /// pages × `max_retry_wait`.
+    run_waited: Duration,
 }
+
+/// Why one token request failed: worth another try, or final.
+enum TokenFailure {
+    Transient {
+        why: Transient,
+        retry_after: Option<Duration>,
+    },
+    Final(EntraError),
+}
+
+/// OAuth2 error codes (RFC 6749 section 5.2 and Microsoft's) that say "try
+/// again later", not "your request is wrong".
+const TRANSIENT_TOKEN_ERRORS: &[&str] = &["temporarily_unavailable", "server_error"];
 
 /// `{"error": {"code", "message", "innerError"}}`
 /// (https://learn.microsoft.com/en-us/graph/errors).
@@ -68,10 +85,19 @@ impl GraphClient {
             config: config.clone(),
             token: None,
             requests: 0,
+            run_waited: Duration::ZERO,
         })
     }
 
-    /// A token valid for a while yet: the cached one, or a new one.
+    /// Starts a run's retry budget afresh.
+    pub fn begin_run(&mut self) {
+        self.run_waited = Duration::ZERO;
+    }
+
+    /// A token valid for a while yet: the cached one, or a new one. A
+    /// transient answer of the token endpoint (429, 5xx,
+    /// `temporarily_unavailable` such as AADSTS90033, a refused connection)
+    /// is retried like a throttled Graph request, within the same bounds.
     async fn token(&mut self) -> Result<Secret, EntraError> {
         if let Some(t) = &self.token {
             if Instant::now() < t.refresh_at {
@@ -79,59 +105,113 @@ impl GraphClient {
             }
         }
         self.token = None;
-        let fresh = self.fetch_token().await?;
-        let token = fresh.token.clone();
-        self.token = Some(fresh);
-        Ok(token)
+        let what = format!("token endpoint {}", self.config.token_url());
+        let (mut attempt, mut waited) = (0u32, Duration::ZERO);
+        loop {
+            match self.fetch_token().await {
+                Ok(fresh) => {
+                    let token = fresh.token.clone();
+                    self.token = Some(fresh);
+                    return Ok(token);
+                }
+                Err(TokenFailure::Final(e)) => return Err(e),
+                Err(TokenFailure::Transient { why, retry_after }) => {
+                    self.wait(&what, &mut attempt, &mut waited, retry_after, why)
+                        .await?
+                }
+            }
+        }
     }
 
     /// The client-credentials grant
     /// (https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-client-creds-grant-flow):
     /// the secret goes in the form body, as Microsoft documents it.
-    async fn fetch_token(&self) -> Result<CachedToken, EntraError> {
+    async fn fetch_token(&mut self) -> Result<CachedToken, TokenFailure> {
         let secret = self
             .config
             .client_secret
             .resolve()
-            .map_err(EntraError::Secret)?;
+            .map_err(|e| TokenFailure::Final(EntraError::Secret(e)))?;
         let token_url = self.config.token_url();
         let client = BasicClient::new(ClientId::new(self.config.client_id.clone()))
             .set_client_secret(ClientSecret::new(secret.expose().to_string()))
             .set_auth_type(AuthType::RequestBody)
             .set_token_uri(TokenUrl::new(token_url.clone()).map_err(|e| {
-                EntraError::TokenRequest {
+                TokenFailure::Final(EntraError::TokenRequest {
                     url: token_url.clone(),
                     message: e.to_string(),
-                }
+                })
             })?);
+        // The HTTP status and Retry-After of the answer, which oauth2's
+        // error type does not carry.
+        let answered: std::sync::Arc<std::sync::Mutex<Option<(u16, Option<Duration>)>>> =
+            Default::default();
+        let send = {
+            let (http, answered) = (self.http.clone(), answered.clone());
+            move |request: oauth2::HttpRequest| {
+                let (http, answered) = (http.clone(), answered.clone());
+                async move {
+                    let response = oauth2::AsyncHttpClient::call(&http, request).await?;
+                    let retry_after = retry_after(response.headers());
+                    *answered.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((response.status().as_u16(), retry_after));
+                    Ok::<_, oauth2::HttpClientError<reqwest::Error>>(response)
+                }
+            }
+        };
+        self.requests += 1;
         let started = Instant::now();
-        let response = client
+        let result = client
             .exchange_client_credentials()
             .add_scope(Scope::new(GRAPH_SCOPE.to_string()))
-            .request_async(&self.http)
-            .await
-            .map_err(|e| match e {
-                RequestTokenError::ServerResponse(r) => EntraError::TokenRejected {
+            .request_async(&send)
+            .await;
+        let (status, retry_after) = answered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map_or((None, None), |(s, r)| (Some(s), r));
+        let transient_status = status.is_some_and(|s| s == 429 || (500..600).contains(&s));
+        let response = result.map_err(|e| match e {
+            RequestTokenError::ServerResponse(r)
+                if transient_status || TRANSIENT_TOKEN_ERRORS.contains(&r.error().as_ref()) =>
+            {
+                TokenFailure::Transient {
+                    why: Transient::Status(status.unwrap_or(400), r.error().to_string()),
+                    retry_after,
+                }
+            }
+            RequestTokenError::ServerResponse(r) => {
+                TokenFailure::Final(EntraError::TokenRejected {
                     url: token_url.clone(),
+                    meaning: token_error_meaning(r.error().as_ref()),
                     error: r.error().to_string(),
                     description: r
                         .error_description()
                         .map(|d| first_line(d).to_string())
                         .unwrap_or_default(),
-                },
-                RequestTokenError::Request(e) => EntraError::TokenRequest {
-                    url: token_url.clone(),
-                    message: error_chain(&e),
-                },
-                RequestTokenError::Parse(e, _) => EntraError::TokenRequest {
-                    url: token_url.clone(),
-                    message: format!("unreadable token response: {e}"),
-                },
-                RequestTokenError::Other(m) => EntraError::TokenRequest {
-                    url: token_url.clone(),
-                    message: m,
-                },
-            })?;
+                })
+            }
+            RequestTokenError::Request(e) => TokenFailure::Transient {
+                why: Transient::Unreachable(error_chain(&e)),
+                retry_after: None,
+            },
+            // A 429 or 5xx with a body that is no OAuth2 error (a proxy's
+            // page) is as transient as one that is.
+            RequestTokenError::Parse(_, _) | RequestTokenError::Other(_) if transient_status => {
+                TokenFailure::Transient {
+                    why: Transient::Status(status.unwrap_or(503), String::new()),
+                    retry_after,
+                }
+            }
+            RequestTokenError::Parse(e, _) => TokenFailure::Final(EntraError::TokenRequest {
+                url: token_url.clone(),
+                message: format!("unreadable token response: {e}"),
+            }),
+            RequestTokenError::Other(m) => TokenFailure::Final(EntraError::TokenRequest {
+                url: token_url.clone(),
+                message: m,
+            }),
+        })?;
         // Entra issues tokens for 60-90 minutes; without expires_in assume
         // the minimum. Renew at the earlier of 2 minutes before expiry or
         // half-way, so short-lived tokens are not used to the last second.
@@ -154,9 +234,10 @@ impl GraphClient {
     /// 429, 503 and 504 and connection failures are retried up to
     /// `max_retries` times, after `Retry-After` seconds when the server
     /// says, else after an exponential backoff with full jitter; the waits
-    /// of one request never add up to more than `max_retry_wait`. A 401 is
-    /// answered by one token refresh; a second 401 fails. A 410, or a 400
-    /// saying the sync state is gone, is `CursorExpired`. Returns `None`
+    /// of one request never add up to more than `max_retry_wait`, those of
+    /// the run to more than `max_run_wait`. A 401 is answered by one token
+    /// refresh; a second 401 fails. A 410, or any 4xx saying the sync state
+    /// is gone, is `CursorExpired`. Returns `None`
     /// for a 404 when `allow_missing`.
     pub async fn get<T: DeserializeOwned>(
         &mut self,
@@ -165,6 +246,7 @@ impl GraphClient {
     ) -> Result<Option<T>, SourceError> {
         self.check_link(url)?;
         let path = display_path(url);
+        let what = format!("Graph {path}");
         let mut refreshed = false;
         let mut waited = Duration::ZERO;
         let mut attempt: u32 = 0;
@@ -189,7 +271,7 @@ impl GraphClient {
                                 // The body broke off: as retryable as a
                                 // refused connection.
                                 self.wait(
-                                    &path,
+                                    &what,
                                     &mut attempt,
                                     &mut waited,
                                     None,
@@ -207,12 +289,7 @@ impl GraphClient {
                             .into()
                         });
                     }
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                    let retry_after = retry_after(resp.headers());
                     let body = resp.bytes().await.unwrap_or_default();
                     let (code, message) = match serde_json::from_slice::<GraphErrorBody>(&body) {
                         Ok(b) => (b.error.code, b.error.message),
@@ -222,6 +299,12 @@ impl GraphClient {
                         ),
                     };
                     match status {
+                        // Microsoft documents the reset as "40X-series" with
+                        // one of these codes: any 4xx, not only 400 and 410.
+                        StatusCode::GONE => return Err(SourceError::CursorExpired),
+                        s if s.is_client_error() && RESYNC_CODES.contains(&code.as_str()) => {
+                            return Err(SourceError::CursorExpired)
+                        }
                         StatusCode::UNAUTHORIZED if !refreshed => {
                             // Revoked or expired early: one new token, then
                             // the same request again.
@@ -239,16 +322,12 @@ impl GraphClient {
                             }
                             .into())
                         }
-                        StatusCode::GONE => return Err(SourceError::CursorExpired),
-                        StatusCode::BAD_REQUEST if RESYNC_CODES.contains(&code.as_str()) => {
-                            return Err(SourceError::CursorExpired)
-                        }
                         StatusCode::NOT_FOUND if allow_missing => return Ok(None),
                         StatusCode::TOO_MANY_REQUESTS
                         | StatusCode::SERVICE_UNAVAILABLE
                         | StatusCode::GATEWAY_TIMEOUT => {
                             self.wait(
-                                &path,
+                                &what,
                                 &mut attempt,
                                 &mut waited,
                                 retry_after,
@@ -269,16 +348,17 @@ impl GraphClient {
                     }
                 }
             };
-            self.wait(&path, &mut attempt, &mut waited, None, transient)
+            self.wait(&what, &mut attempt, &mut waited, None, transient)
                 .await?;
         }
     }
 
-    /// Sleeps before the next attempt, or fails when retries or the wait
-    /// budget are used up.
+    /// Sleeps before the next attempt of `what` ("Graph /v1.0/users/delta",
+    /// "token endpoint …"), or fails when its retries, its wait budget
+    /// (`max_retry_wait`) or the run's (`max_run_wait`) are used up.
     async fn wait(
-        &self,
-        path: &str,
+        &mut self,
+        what: &str,
         attempt: &mut u32,
         waited: &mut Duration,
         retry_after: Option<Duration>,
@@ -286,12 +366,12 @@ impl GraphClient {
     ) -> Result<(), EntraError> {
         let give_up = |attempts: u32, waited: Duration| match &why {
             Transient::Unreachable(message) => EntraError::Unreachable {
-                path: path.to_string(),
+                what: what.to_string(),
                 attempts,
                 message: message.clone(),
             },
             Transient::Status(status, code) => EntraError::Throttled {
-                path: path.to_string(),
+                what: what.to_string(),
                 status: *status,
                 code: code.clone(),
                 attempts,
@@ -319,16 +399,25 @@ impl GraphClient {
         if waited.saturating_add(delay) > self.config.max_retry_wait {
             return Err(give_up(*attempt + 1, *waited));
         }
+        if self.run_waited.saturating_add(delay) > self.config.max_run_wait {
+            return Err(EntraError::RunWaitExhausted {
+                what: what.to_string(),
+                reason: why.to_string(),
+                waited_s: self.run_waited.as_secs_f64(),
+                budget_s: self.config.max_run_wait.as_secs_f64(),
+            });
+        }
         *attempt += 1;
         tracing::warn!(
-            %path,
+            %what,
             attempt = *attempt,
             delay_ms = delay.as_millis() as u64,
             reason = %why,
-            "Graph request failed; retrying"
+            "request failed; retrying"
         );
         tokio::time::sleep(delay).await;
         *waited += delay;
+        self.run_waited += delay;
         Ok(())
     }
 
@@ -362,6 +451,31 @@ impl std::fmt::Display for Transient {
             Transient::Status(s, c) if c.is_empty() => write!(f, "HTTP {s}"),
             Transient::Status(s, c) => write!(f, "HTTP {s} {c}"),
         }
+    }
+}
+
+/// `Retry-After` in seconds (Graph and the token endpoint send seconds).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// What a token endpoint's error code means for the administrator.
+fn token_error_meaning(code: &str) -> &'static str {
+    match code {
+        "invalid_client" => "rejected the client credentials",
+        "unauthorized_client" => {
+            "does not know this client id in the directory, or does not let it use the client-credentials grant"
+        }
+        "invalid_request" => "refused the request (check directory_id)",
+        "invalid_scope" => "refused the Graph scope",
+        "unsupported_grant_type" => "does not offer the client-credentials grant",
+        "invalid_grant" => "refused the grant",
+        "temporarily_unavailable" | "server_error" => "is unavailable",
+        _ => "refused the token request",
     }
 }
 

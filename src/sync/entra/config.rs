@@ -13,7 +13,8 @@
 //! # graph_url = "https://graph.microsoft.com/v1.0"
 //! # max_retries = 5
 //! # retry_base = "1s"
-//! # max_retry_wait = "2m"
+//! # max_retry_wait = "2m"          # one request's retries
+//! # max_run_wait = "10m"           # all retries of one run
 //! # request_timeout = "60s"
 //! [source.attributes]               # SCIM attribute = Graph user property
 //! userName = "userPrincipalName"
@@ -39,6 +40,9 @@ pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(1);
 /// Cap on the total time one request may spend waiting to be retried, so a
 /// throttled run fails in bounded time instead of hanging the schedule.
 pub const DEFAULT_MAX_RETRY_WAIT: Duration = Duration::from_secs(120);
+/// All the retry waits of one run: a run throttled page after page ends
+/// after this, instead of after pages × `max_retry_wait`.
+pub const DEFAULT_MAX_RUN_WAIT: Duration = Duration::from_secs(600);
 /// Cap on one HTTP exchange.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -125,6 +129,8 @@ pub struct EntraConfig {
     pub max_retries: u32,
     pub retry_base: Duration,
     pub max_retry_wait: Duration,
+    /// The waits of all retries of one run, token requests included.
+    pub max_run_wait: Duration,
     pub request_timeout: Duration,
 }
 
@@ -142,6 +148,7 @@ struct Raw {
     max_retries: Option<u32>,
     retry_base: Option<String>,
     max_retry_wait: Option<String>,
+    max_run_wait: Option<String>,
     request_timeout: Option<String>,
 }
 
@@ -226,6 +233,7 @@ impl EntraConfig {
             max_retries,
             retry_base: duration("retry_base", raw.retry_base, DEFAULT_RETRY_BASE)?,
             max_retry_wait: duration("max_retry_wait", raw.max_retry_wait, DEFAULT_MAX_RETRY_WAIT)?,
+            max_run_wait: duration("max_run_wait", raw.max_run_wait, DEFAULT_MAX_RUN_WAIT)?,
             request_timeout: duration(
                 "request_timeout",
                 raw.request_timeout,

@@ -43,27 +43,36 @@ pub enum EntraError {
     Secret(String),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
-    #[error("token endpoint {url} rejected the client credentials: {error}: {description}")]
+    /// Worded by the error the endpoint returned (`meaning`).
+    #[error("token endpoint {url} {meaning}: {error}: {description}")]
     TokenRejected {
         url: String,
+        meaning: &'static str,
         error: String,
         description: String,
     },
     #[error("token request to {url} failed: {message}")]
     TokenRequest { url: String, message: String },
-    #[error("Graph {path} unreachable after {attempts} attempts: {message}")]
+    #[error("{what} unreachable after {attempts} attempts: {message}")]
     Unreachable {
-        path: String,
+        what: String,
         attempts: u32,
         message: String,
     },
-    #[error("Graph {path} still answers HTTP {status} {code} after {attempts} attempts ({waited_s:.1}s waited)")]
+    #[error("{what} still answers HTTP {status} {code} after {attempts} attempts ({waited_s:.1}s waited)")]
     Throttled {
-        path: String,
+        what: String,
         status: u16,
         code: String,
         attempts: u32,
         waited_s: f64,
+    },
+    #[error("{what} ({reason}): the run has waited {waited_s:.1}s for retries in all, and another wait would pass max_run_wait = {budget_s:.0}s")]
+    RunWaitExhausted {
+        what: String,
+        reason: String,
+        waited_s: f64,
+        budget_s: f64,
     },
     #[error("Graph {path} denied access (HTTP {status} {code}): {message}")]
     Denied {
@@ -341,6 +350,7 @@ impl Source for EntraSource {
         };
         let started = std::time::Instant::now();
         let requests_before = self.client.requests;
+        self.client.begin_run();
 
         // Groups. Scope decisions are remembered per read, because a group
         // repeated on later pages comes back without its attributes.
