@@ -52,6 +52,9 @@ enum TokenFailure {
     Final(EntraError),
 }
 
+/// A token response's HTTP status and `Retry-After`.
+type Answer = (u16, Option<Duration>);
+
 /// OAuth2 error codes (RFC 6749 section 5.2 and Microsoft's) that say "try
 /// again later", not "your request is wrong".
 const TRANSIENT_TOKEN_ERRORS: &[&str] = &["temporarily_unavailable", "server_error"];
@@ -144,8 +147,7 @@ impl GraphClient {
             })?);
         // The HTTP status and Retry-After of the answer, which oauth2's
         // error type does not carry.
-        let answered: std::sync::Arc<std::sync::Mutex<Option<(u16, Option<Duration>)>>> =
-            Default::default();
+        let answered: std::sync::Arc<std::sync::Mutex<Option<Answer>>> = Default::default();
         let send = {
             let (http, answered) = (self.http.clone(), answered.clone());
             move |request: oauth2::HttpRequest| {
