@@ -940,6 +940,10 @@ each_backend! {
         slapd.modify(&format!("dn: {}\nchangetype: modify\nreplace: title\ntitle: maybe\n\n", user_dn("cyd")));
         slapd.add(&user_ldif("dee", "dee@example.org").replace("\n\n", "\ntitle: sometimes\n\n"));
         slapd.add(&user_ldif("eve", "eve@example.org").replace("\n\n", "\ntitle: FALSE\n\n"));
+        // No value at all is unknown too, never guessed active: bob keeps
+        // his state, fay (new, no title) is not provisioned.
+        slapd.modify(&format!("dn: {}\nchangetype: modify\ndelete: title\n\n", user_dn("bob")));
+        slapd.add(&user_ldif("fay", "fay@example.org"));
         for full in [false, true] {
             let opts = RunOptions { force_full: full, ..RunOptions::default() };
             let r = run_source(&srv.app, &cfg, opts).await.unwrap_or_else(|e| panic!("full={full}: {e}"));
@@ -949,8 +953,11 @@ each_backend! {
         // cyd is kept as it was (active), dee was never provisioned, eve is.
         assert_eq!(scim_user(&srv, "cyd").await["active"], true);
         assert_eq!(scim_user(&srv, "eve").await["active"], false);
-        let dee = srv.get("/Users?filter=userName%20eq%20%22dee%22").await;
-        assert_eq!(dee.body["totalResults"], 0, "{}", dee.body);
+        assert_eq!(scim_user(&srv, "bob").await["active"], true);
+        for never in ["dee", "fay"] {
+            let r = srv.get(&format!("/Users?filter=userName%20eq%20%22{never}%22")).await;
+            assert_eq!(r.body["totalResults"], 0, "{never}: {}", r.body);
+        }
     }
 }
 

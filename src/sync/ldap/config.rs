@@ -41,7 +41,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// givenName = "givenName"
 /// familyName = "sn"
 /// emails = "mail"
-/// active = ""                          # AD: userAccountControl; "" = always active
+/// active = ""                          # AD: userAccountControl; "" = always active; an entry without the configured attribute is left as it was
 /// groupName = "cn"                     # the group's displayName
 /// ```
 ///

@@ -55,10 +55,19 @@ pub fn stable_id(entry: &RawEntry, attr: &str) -> Result<String, String> {
     }
 }
 
-/// Whether the account may sign in.
+/// Whether the account may sign in. With no `active` attribute configured
+/// every account is; with one configured, an entry without it is
+/// unreadable, never guessed active: AD writes `userAccountControl` on every
+/// account, so its absence means the bind DN may not read it, and an
+/// account disabled there must not be provisioned as enabled.
 pub fn active(entry: &RawEntry, attr: &str) -> Result<bool, String> {
-    let Some(v) = text(entry, attr)? else {
+    if attr.is_empty() {
         return Ok(true);
+    }
+    let Some(v) = text(entry, attr)? else {
+        return Err(format!(
+            "no {attr} (the bind DN may not be allowed to read it); whether the account is enabled is unknown"
+        ));
     };
     if attr.eq_ignore_ascii_case("userAccountControl") {
         // AD writes it as a signed 32-bit decimal.
@@ -295,6 +304,10 @@ mod tests {
             ("userAccountControl", &[b"lots"]),
         ]);
         assert!(user(&e, &a, "dc=corp").unwrap_err().contains("\"lots\""));
+        // No userAccountControl: unknown, not active.
+        let e = entry(&[("objectGUID", &[guid]), ("sAMAccountName", &[b"alee"])]);
+        let why = user(&e, &a, "dc=corp").unwrap_err();
+        assert!(why.contains("no userAccountControl"), "{why}");
         let e = entry(&[("objectGUID", &[guid])]);
         assert_eq!(user(&e, &a, "dc=corp").unwrap(), None);
         let e = entry(&[("sAMAccountName", &[b"alee"])]);
