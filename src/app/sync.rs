@@ -38,6 +38,9 @@ pub struct CursorUpdate<'a> {
     pub cursor: Option<&'a str>,
     /// Set when the run was a complete read (a reconcile).
     pub full_at: Option<&'a str>,
+    /// The source was pointed at this tenant from another: release its
+    /// links in every other tenant.
+    pub release_other_tenants: bool,
 }
 
 impl App {
@@ -210,6 +213,14 @@ impl App {
         tx.upsert_sync_links(&links).await?;
         for (kind, key) in &plan.link_deletes {
             tx.delete_sync_link(source, kind.as_str(), key).await?;
+        }
+        if cursor.release_other_tenants {
+            let released = tx.release_sync_links_besides(source, tenant).await?;
+            tracing::warn!(
+                source,
+                released,
+                "the source moved to another tenant; its links in the old one are released"
+            );
         }
         tx.save_sync_cursor(source, cursor.lease_owner, cursor.cursor, cursor.full_at)
             .await?;

@@ -77,6 +77,26 @@ impl Store {
             .collect()
     }
 
+    /// The tenants other than `tenant` in which a source still holds links:
+    /// none, unless the source was pointed at another tenant since.
+    pub async fn sync_link_tenants_besides(
+        &self,
+        source: &str,
+        tenant: TenantId,
+    ) -> Result<Vec<TenantId>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT tenant_id FROM sync_links WHERE source = $1 AND tenant_id <> $2",
+        )
+        .bind(source)
+        .bind(tenant.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(t,)| uuid::Uuid::parse_str(&t).ok().map(TenantId::from_uuid))
+            .collect())
+    }
+
     pub async fn sync_state(&self, source: &str) -> Result<SyncState> {
         let row = sqlx::query(
             "SELECT cursor, last_full, lease_owner, lease_until FROM sync_state WHERE source = $1",
@@ -229,6 +249,22 @@ impl WriteTx {
             q.execute(self.conn()).await?;
         }
         Ok(())
+    }
+
+    /// Drops a source's links in every tenant but `tenant`: the resources
+    /// there stay, no longer owned by the source, so their tenant's SCIM
+    /// clients may manage them, and the source never touches them again.
+    pub async fn release_sync_links_besides(
+        &mut self,
+        source: &str,
+        tenant: TenantId,
+    ) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM sync_links WHERE source = $1 AND tenant_id <> $2")
+            .bind(source)
+            .bind(tenant.to_string())
+            .execute(self.conn())
+            .await?;
+        Ok(done.rows_affected())
     }
 
     pub async fn delete_sync_link(&mut self, source: &str, kind: &str, key: &str) -> Result<()> {

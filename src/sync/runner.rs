@@ -292,7 +292,18 @@ async fn run_leased<S: Source>(
             .map(|t| time::OffsetDateTime::now_utc() - t >= config.full_every)
             .unwrap_or(true),
     };
-    let mut full = options.force_full || state.cursor.is_none() || reconcile_due;
+    // A source pointed at another tenant since its last run: its cursor
+    // describes what the old tenant holds, so the new one is read in full,
+    // and the old tenant's links are released with the run.
+    let moved_from = app
+        .store
+        .sync_link_tenants_besides(&config.name, tenant)
+        .await?;
+    if !moved_from.is_empty() {
+        tracing::warn!(source = %config.name, from = ?moved_from, "the source now syncs another tenant; reading in full");
+    }
+    let mut full =
+        options.force_full || state.cursor.is_none() || reconcile_due || !moved_from.is_empty();
     let source_error = |error| SyncError::Source {
         source_name: config.name.clone(),
         error,
@@ -404,6 +415,7 @@ async fn run_leased<S: Source>(
                 lease_owner: owner,
                 cursor: outcome.cursor.as_deref(),
                 full_at: outcome.complete.then_some(started),
+                release_other_tenants: !moved_from.is_empty(),
             },
         )
         .await?;
