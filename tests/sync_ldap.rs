@@ -1116,3 +1116,96 @@ async fn deleted_groups_count_with_their_memberships() {
         "{reason}"
     );
 }
+
+/// A source pointed at another tenant: its cursor describes the old
+/// tenant, so the first run in the new one is full (an incremental read
+/// would bring only what changed), and the old tenant's links are released:
+/// its users stay, no longer owned by the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_moved_to_another_tenant_reads_in_full_and_releases_the_old_links() {
+    let srv = TestServer::start(crate::support::Backend::Sqlite).await;
+    let slapd = Slapd::start();
+    let mut ldif = String::new();
+    for u in ["ann", "bob", "cyd"] {
+        ldif.push_str(&user_ldif(u, &format!("{u}@example.org")));
+    }
+    slapd.add(&ldif);
+    let cfg = source(&srv, &slapd, LENIENT);
+    let r = run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.counts.users_created, 3, "{r:?}");
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: mail\nmail: ann@moved.example.org\n\n",
+        user_dn("ann")
+    ));
+    let (other, _) = srv.other_tenant().await;
+    let mut moved = cfg.clone();
+    moved.tenant = rolebridge::domain::TenantName::parse(&other).unwrap();
+    let r = run_source(&srv.app, &moved, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.mode, "full", "{r:?}");
+    assert_eq!(
+        r.counts.users_created, 3,
+        "every user, not only the changed one: {r:?}"
+    );
+    assert_eq!(
+        r.counts.users_deactivated + r.counts.users_deleted,
+        0,
+        "{r:?}"
+    );
+    // The old tenant keeps its users, released by the source.
+    let old = srv
+        .app
+        .store
+        .tenant_by_name(&cfg.tenant)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    assert!(srv
+        .app
+        .store
+        .sync_links(&cfg.name, old)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(active_users(&srv).await, 3);
+    // From then on the new tenant's runs are incremental.
+    let r = run_source(&srv.app, &moved, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.mode, "incremental", "{r:?}");
+}
+
+/// A user deleted and created again under the same DN gets a new stable id;
+/// the groups naming that DN did not change, so an incremental batch does
+/// not carry them. The new account holds their memberships at once, not
+/// after the next full reconcile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_re_created_under_the_same_dn_keeps_its_groups_at_once() {
+    let srv = TestServer::start(crate::support::Backend::Sqlite).await;
+    let slapd = Slapd::start();
+    let mut ldif = String::new();
+    for u in ["ann", "bob"] {
+        ldif.push_str(&user_ldif(u, &format!("{u}@example.org")));
+    }
+    ldif.push_str(&group_ldif("crew", &[user_dn("ann"), user_dn("bob")]));
+    slapd.add(&ldif);
+    let cfg = source(&srv, &slapd, LENIENT);
+    run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    let before = scim_user(&srv, "ann").await;
+    slapd.delete(&[user_dn("ann")]);
+    slapd.add(&user_ldif("ann", "ann@example.org"));
+    let r = run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.mode, "incremental", "{r:?}");
+    let after = scim_user(&srv, "ann").await;
+    assert_ne!(after["id"], before["id"], "a new account: {after}");
+    assert!(group_names(&after).contains("crew"), "{after}");
+    assert!(group_names(&scim_user(&srv, "bob").await).contains("crew"));
+}

@@ -723,6 +723,60 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
     plan
 }
 
+/// A user deleted and created again under the same DN (a new stable id)
+/// holds the groups that name that DN, though those groups did not change
+/// and are not in an incremental batch: the membership moves from the old
+/// account to the new one now, not at the next full reconcile. Groups in
+/// the batch with a full member list were resolved by DN already.
+fn memberships_of_a_reused_dn(
+    batch: &Batch,
+    user_links: &HashMap<&str, &SyncLink>,
+    group_ids: &HashMap<&str, String>,
+    current: &HashMap<&str, HashSet<&str>>,
+    deleted: &HashSet<&str>,
+    plan: &Plan,
+) -> Vec<(String, String, String)> {
+    let old_by_locator: HashMap<&str, &SyncLink> = user_links
+        .values()
+        .filter_map(|l| l.locator.as_deref().map(|loc| (loc, *l)))
+        .collect();
+    let mut moved: Vec<(&str, &str)> = Vec::new();
+    for op in &plan.users {
+        let UserOp::Create { id, user } = op else {
+            continue;
+        };
+        let Some(loc) = &user.locator else { continue };
+        if let Some(old) = old_by_locator.get(normalize_locator(loc).as_str()) {
+            if old.external_key != user.key && old.resource_id != *id {
+                moved.push((old.resource_id.as_str(), id.as_str()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if moved.is_empty() {
+        return out;
+    }
+    let full_groups: HashSet<&str> = batch
+        .groups
+        .iter()
+        .filter(|(_, g)| matches!(g.group.as_ref().map(|g| &g.members), Some(Members::Full(_))))
+        .filter_map(|(key, _)| group_ids.get(key.as_str()).map(String::as_str))
+        .collect();
+    let mut groups: Vec<(&&str, &HashSet<&str>)> = current.iter().collect();
+    groups.sort_by_key(|(g, _)| **g);
+    for (gid, members) in groups {
+        if deleted.contains(*gid) || full_groups.contains(*gid) {
+            continue;
+        }
+        for (old, new) in &moved {
+            if members.contains(old) && !members.contains(new) {
+                out.push((gid.to_string(), new.to_string(), old.to_string()));
+            }
+        }
+    }
+    out
+}
+
 /// Resolves member references and diffs them against stored edges.
 #[allow(clippy::too_many_arguments)]
 fn plan_members(
@@ -900,6 +954,8 @@ fn plan_members(
         }
     }
     plan.emptied_groups = emptied;
+    let transfers =
+        memberships_of_a_reused_dn(batch, user_links, group_ids, &current, &deleted, plan);
     // Edges of deleted groups, unless a parent's delta already removes it.
     plan.members_lost_with_groups = input
         .before
@@ -914,6 +970,15 @@ fn plan_members(
                         .is_some_and(|d| d.remove.contains(&e.member_id)))
         })
         .count() as u64;
+    for (gid, new, old) in transfers {
+        let delta = plan.members.entry(gid).or_default();
+        if !delta.add.iter().any(|(id, _)| *id == new) {
+            delta.add.push((new, "User"));
+        }
+        if !delta.remove.contains(&old) {
+            delta.remove.push(old);
+        }
+    }
     if unresolved > plan.skipped.len() {
         plan.skipped.push(format!(
             "{unresolved} member reference(s) in all name no user or group this source syncs"
