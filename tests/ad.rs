@@ -461,6 +461,62 @@ async fn incremental_reads_only_entries_changed_since_the_cursor() {
     assert_eq!(batch.received, 0, "{batch:?}");
 }
 
+/// An AD object deleted moves to `CN=Deleted Objects`, out of every base,
+/// so a uSNChanged poll never sees it go. Its tombstone (show-deleted
+/// control) reports the deletion in the next incremental read, for a user
+/// and a group under the base, and not for one under another OU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_reads_report_deletions_from_tombstones() {
+    let dc = dc();
+    let mut admin = dc.admin().await;
+    let tag = unique("u");
+    let ou = admin.ou(&tag).await;
+    let elsewhere = admin.ou(&format!("{tag}else")).await;
+    let users = seed_users(&mut admin, &ou, &format!("{tag}x"), 3).await;
+    let other = seed_users(&mut admin, &elsewhere, &format!("{tag}y"), 1).await;
+    let group = admin.group(&ou, &format!("{tag}grp")).await;
+    admin.add_members(&group, &users[..2]).await;
+    // CN=Deleted Objects is listed for administrators (or an account they
+    // delegated it to): bind as one.
+    let mut table = source_table("ad", "t", &ou, r#"incremental = "usn""#);
+    for key in ["name", "tenant", "kind"] {
+        table.remove(key);
+    }
+    let pw = crate::support::test_dir().join(unique("adminpw"));
+    std::fs::write(&pw, format!("{}\n", dc.admin_password)).unwrap();
+    table.insert("bind_dn".into(), toml::Value::from(dc.admin_dn.clone()));
+    let mut file = toml::Table::new();
+    file.insert("file".into(), toml::Value::from(pw.display().to_string()));
+    table.insert("bind_password".into(), toml::Value::Table(file));
+    let config = LdapConfig::from_toml(toml::Value::Table(table)).expect("AD source config");
+    let plain = ldap_config(&ou, r#"incremental = "usn""#);
+    let (batch, full) = read(&config, true, None).await;
+    assert_eq!(batch.users.len(), 3);
+    let (_, plain_full) = read(&plain, true, None).await;
+    let gone_user = guid_string(&admin.guid_bytes(&users[0]).await);
+    let gone_group = guid_string(&admin.guid_bytes(&group).await);
+    admin.delete(&users[0]).await;
+    admin.delete(&group).await;
+    admin.delete(&other[0]).await;
+    let (batch, outcome) = read(&config, false, full.cursor.clone()).await;
+    assert!(!outcome.complete);
+    assert_eq!(
+        batch.deleted,
+        std::collections::HashMap::from([
+            (gone_user, Some(rolebridge::sync::Kind::User)),
+            (gone_group, Some(rolebridge::sync::Kind::Group)),
+        ]),
+        "{batch:?}"
+    );
+    // The plain sync account cannot see tombstones: its read still works
+    // (a warning says deletions wait for the full reconcile).
+    let (batch, _) = read(&plain, false, plain_full.cursor.clone()).await;
+    assert!(batch.deleted.is_empty(), "{batch:?}");
+    // Reported once: the next read from the new cursor has nothing.
+    let (batch, _) = read(&config, false, outcome.cursor.clone()).await;
+    assert!(batch.deleted.is_empty(), "{batch:?}");
+}
+
 /// A USN cursor is pinned to the DC that gave it: it records the DC's
 /// invocationId, and a cursor from another DC (or from this one before a
 /// restore), or one ahead of the DC's highestCommittedUSN, has expired, so

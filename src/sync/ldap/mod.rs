@@ -40,6 +40,8 @@ pub const SYNC_REQUEST_OID: &str = "1.3.6.1.4.1.4203.1.9.1.1";
 const SYNC_STATE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.2";
 const SYNC_DONE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.3";
 const PAGED_RESULTS_OID: &str = "1.2.840.113556.1.4.319";
+/// AD's show-deleted control: a search also returns tombstones.
+const SHOW_DELETED_OID: &str = "1.2.840.113556.1.4.417";
 /// `e-syncRefreshRequired`: the cookie is too old; start over.
 const RC_SYNC_REFRESH_REQUIRED: u32 = 4096;
 const RC_UNWILLING: u32 = 53;
@@ -341,6 +343,14 @@ async fn read(
             if mode == Mode::ModifyTimestamp {
                 next.timestamp = newest;
             }
+            // A deleted AD object leaves its base for `CN=Deleted Objects`,
+            // so the uSNChanged poll never sees it go; its tombstone does.
+            if let (Mode::Usn, Some(p)) = (mode, &previous) {
+                if config.preset == Preset::ActiveDirectory {
+                    conn.ad_tombstones(config, &root, p.usn.unwrap_or(0) + 1, batch)
+                        .await?;
+                }
+            }
         }
     }
     conn.close().await;
@@ -414,6 +424,9 @@ struct RootDse {
     naming_contexts: Vec<String>,
     /// AD: the DN of the DC's NTDS settings, which carry its invocationId.
     ds_service_name: Option<String>,
+    /// AD: the domain naming context, whose `CN=Deleted Objects` holds the
+    /// tombstones of deleted accounts.
+    default_naming_context: Option<String>,
 }
 
 /// One item of a search response.
@@ -639,6 +652,7 @@ impl Conn {
             "highestCommittedUSN".to_string(),
             "namingContexts".to_string(),
             "dsServiceName".to_string(),
+            "defaultNamingContext".to_string(),
         ];
         let res = self
             .request(
@@ -671,6 +685,10 @@ impl Conn {
                             .collect();
                         root.ds_service_name = e
                             .values("dsServiceName")
+                            .first()
+                            .and_then(|v| String::from_utf8(v.clone()).ok());
+                        root.default_naming_context = e
+                            .values("defaultNamingContext")
                             .first()
                             .and_then(|v| String::from_utf8(v.clone()).ok());
                     }
@@ -787,6 +805,146 @@ impl Conn {
             });
         }
         Ok(above)
+    }
+
+    /// AD: reports accounts deleted since `since_usn` whose last parent was
+    /// under a configured base, from their tombstones in `CN=Deleted
+    /// Objects` (read with the show-deleted control,
+    /// 1.2.840.113556.1.4.417). The tombstone keeps `objectGUID`, so the
+    /// deletion names the same key the account was synced under.
+    async fn ad_tombstones(
+        &mut self,
+        config: &LdapConfig,
+        root: &RootDse,
+        since_usn: u64,
+        batch: &mut Batch,
+    ) -> Result<(), LdapError> {
+        let Some(domain) = root.default_naming_context.clone() else {
+            return Err(LdapError::Unsupported {
+                url: self.url.clone(),
+                what: "defaultNamingContext (to find deleted objects)".into(),
+            });
+        };
+        let container = format!("CN=Deleted Objects,{domain}");
+        let bases: Vec<String> = config.base_dns.iter().map(|b| dn::normalize(b)).collect();
+        let filter = format!("(&(isDeleted=TRUE)(uSNChanged>={since_usn}))");
+        let control = RawControl {
+            ctype: SHOW_DELETED_OID.to_string(),
+            crit: true,
+            val: None,
+        };
+        // Only administrators see the container unless it was delegated;
+        // an account that cannot would read no tombstone at all, which
+        // must not pass for "nothing was deleted".
+        let visible = self
+            .base_search_count(&container, vec![control.clone()])
+            .await?;
+        if visible == 0 {
+            tracing::warn!(
+                url = %self.url,
+                container,
+                "the bind DN cannot read deleted objects; AD deletions are found only by the full \
+                 reconcile (full_every). Grant it List Contents and Read Property on the container \
+                 (dsacls \"CN=Deleted Objects,...\" /takeownership, then /G DOMAIN\\user:LCRP)"
+            );
+            return Ok(());
+        }
+        let url = self.url.clone();
+        let external_id = config.attributes.external_id.clone();
+        let operation = format!("search of deleted objects in '{container}'");
+        let mut gone: Vec<(String, Kind)> = Vec::new();
+        let res = self
+            .request(
+                &container,
+                Scope::Subtree,
+                &filter,
+                &[
+                    external_id.clone(),
+                    "lastKnownParent".to_string(),
+                    "objectClass".to_string(),
+                ],
+                vec![control],
+                &operation,
+                |item| {
+                    let Item::Entry(tag, _) = item else {
+                        return Ok(());
+                    };
+                    let e = ber::entry(tag).map_err(|message| LdapError::Protocol {
+                        url: url.clone(),
+                        operation: "deleted-objects search".into(),
+                        message,
+                    })?;
+                    let Some(parent) = e
+                        .values("lastKnownParent")
+                        .first()
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(dn::normalize)
+                    else {
+                        return Ok(());
+                    };
+                    if !bases.iter().any(|b| dn::is_under(&parent, b)) {
+                        return Ok(());
+                    }
+                    let classes = e.values("objectClass");
+                    let kind = if classes.iter().any(|c| c.eq_ignore_ascii_case(b"group")) {
+                        Kind::Group
+                    } else if classes.iter().any(|c| c.eq_ignore_ascii_case(b"user")) {
+                        Kind::User
+                    } else {
+                        return Ok(());
+                    };
+                    let key = convert::stable_id(&e, &external_id).map_err(|message| {
+                        LdapError::Entry {
+                            dn: e.dn.clone(),
+                            message,
+                        }
+                    })?;
+                    gone.push((key, kind));
+                    Ok(())
+                },
+            )
+            .await?;
+        if res.rc != 0 {
+            return Err(LdapError::Search {
+                base: container,
+                filter,
+                message: describe(&res),
+            });
+        }
+        for (key, kind) in gone {
+            batch.push(Change::Deleted {
+                key,
+                kind: Some(kind),
+            });
+        }
+        Ok(())
+    }
+
+    /// How many entries a base search of `dn` with `controls` returns: 0
+    /// when the bind DN may not see it.
+    async fn base_search_count(
+        &mut self,
+        dn: &str,
+        controls: Vec<RawControl>,
+    ) -> Result<u64, LdapError> {
+        let mut n = 0u64;
+        let operation = format!("read of '{dn}'");
+        self.request(
+            dn,
+            Scope::Base,
+            "(objectClass=*)",
+            &["1.1".to_string()],
+            controls,
+            &operation,
+            |item| {
+                if let Item::Entry(..) = item {
+                    n += 1;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(n)
     }
 
     /// AD: the invocationId (hex) of the DC answering, or `None` for a
