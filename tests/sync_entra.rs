@@ -1060,3 +1060,45 @@ async fn a_user_created_mid_run_keeps_the_membership() {
         );
     }
 }
+
+/// Under a selection, a group that enters scope in a delta (made a security
+/// group) arrives with its whole member list, read from
+/// `/groups/{id}/members`: its delta names member changes only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_entering_the_selection_mid_delta_brings_its_members() {
+    let srv = TestServer::start(crate::support::Backend::Sqlite).await;
+    let g = GraphStandIn::start_with(GraphOptions {
+        page_size: 1,
+        ..GraphOptions::default()
+    })
+    .await;
+    let d = populate(&g);
+    let cfg = source_config(&srv, &g, LENIENT, "groups = \"security\"\n");
+    let r = run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.counts.groups_created, 2,
+        "Admins and Ops, not Marketing: {r:?}"
+    );
+    let dan = g.add_user("dan@contoso.example", "Dan", "Dale");
+    g.add_member(&d.m365, &dan);
+    g.set_security(&d.m365, true);
+    let r = run_source(&srv.app, &cfg, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.mode, "incremental", "{r:?}");
+    assert_eq!(r.counts.groups_created, 1, "{r:?}");
+    assert_eq!(
+        scim_group_members(&srv, "Marketing").await,
+        set(&["cid@contoso.example", "dan@contoso.example"]),
+        "cid was a member before the group entered scope"
+    );
+    assert!(
+        g.paths()
+            .iter()
+            .any(|p| p.contains(&format!("/groups/{}/members", d.m365))),
+        "{:?}",
+        g.paths()
+    );
+}

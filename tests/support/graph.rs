@@ -243,6 +243,7 @@ impl GraphStandIn {
             .route("/v1.0/users/delta", get(users_delta))
             .route("/v1.0/groups/delta", get(groups_delta))
             .route("/v1.0/groups/{id}", get(group_get))
+            .route("/v1.0/groups/{id}/members", get(group_members))
             .with_state(shared);
         let signal = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -326,6 +327,18 @@ impl GraphStandIn {
             s.log.push(Event::GroupAttrs(id.clone()));
         });
         id
+    }
+
+    /// Sets a group's `securityEnabled` (a change of its attributes).
+    pub fn set_security(&self, id: &str, security: bool) {
+        self.with(|s| {
+            s.groups
+                .get_mut(id)
+                .expect("no such group")
+                .props
+                .insert("securityEnabled".into(), json!(security));
+            s.log.push(Event::GroupAttrs(id.to_string()));
+        });
     }
 
     pub fn rename_group(&self, id: &str, name: &str) {
@@ -1008,6 +1021,61 @@ async fn group_get(
         if let Some(v) = g.props.get(p.trim()) {
             o.insert(p.trim().to_string(), v.clone());
         }
+    }
+    axum::Json(Value::Object(o)).into_response()
+}
+
+/// `GET /groups/{id}/members?$select=id` (List group members,
+/// https://learn.microsoft.com/en-us/graph/api/group-list-members): direct
+/// members with their `@odata.type`, `page_size` a page, `@odata.nextLink`
+/// (`$skiptoken`) until the last page, which has neither link.
+async fn group_members(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let mut s = shared.inner.lock().unwrap();
+    s.paths.push(uri.to_string());
+    if let Err(r) = s.admit(&headers, &shared.shutdown) {
+        return r;
+    }
+    let Some(g) = s.groups.get(&id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "Request_ResourceNotFound",
+            &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
+            None,
+        );
+    };
+    let offset: usize = q
+        .get("$skiptoken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let size = s.options.page_size.max(1);
+    let all: Vec<(&String, &&str)> = g.members.iter().collect();
+    let value: Vec<Value> = all
+        .iter()
+        .skip(offset)
+        .take(size)
+        .map(|(m, kind)| json!({"@odata.type": kind, "id": m}))
+        .collect();
+    let mut o = Map::new();
+    o.insert(
+        "@odata.context".into(),
+        json!(format!("{}/$metadata#directoryObjects(id)", s.graph_url)),
+    );
+    o.insert("value".into(), Value::Array(value));
+    if offset + size < all.len() {
+        o.insert(
+            "@odata.nextLink".into(),
+            json!(format!(
+                "{}/groups/{id}/members?$select=id&$skiptoken={}",
+                s.graph_url,
+                offset + size
+            )),
+        );
     }
     axum::Json(Value::Object(o)).into_response()
 }

@@ -333,6 +333,47 @@ async fn fetch_page<T: serde::de::DeserializeOwned>(
     page_parts(page).map_err(|m| malformed(m).into())
 }
 
+/// A group's direct members that are users or groups, every page of
+/// `/groups/{id}/members` (https://learn.microsoft.com/en-us/graph/api/group-list-members).
+async fn members_of(
+    client: &mut GraphClient,
+    graph_url: &str,
+    id: &str,
+) -> Result<Vec<MemberRef>, SourceError> {
+    let mut url = format!("{graph_url}/groups/{id}/members?$select=id");
+    let mut out = Vec::new();
+    for _ in 0..MAX_PAGES {
+        let page: Page<GraphMember> =
+            client
+                .get(&url, false)
+                .await?
+                .ok_or_else(|| EntraError::Malformed {
+                    path: display_path(&url),
+                    message: "empty response".into(),
+                })?;
+        out.extend(
+            page.value
+                .into_iter()
+                .filter(|m| {
+                    matches!(
+                        m.odata_type.as_deref(),
+                        Some("#microsoft.graph.user" | "#microsoft.graph.group")
+                    )
+                })
+                .map(|m| MemberRef::Key(m.id)),
+        );
+        match page.next_link {
+            Some(next) => url = next,
+            None => return Ok(out),
+        }
+    }
+    Err(EntraError::TooManyPages {
+        path: display_path(&url),
+        max: MAX_PAGES,
+    }
+    .into())
+}
+
 impl Source for EntraSource {
     async fn read(
         &mut self,
@@ -521,6 +562,9 @@ struct PendingGroup {
     id: String,
     name: Option<String>,
     security: Option<bool>,
+    /// The whole member list, fetched for a group that entered scope in a
+    /// delta read (its delta carries member changes only).
+    all_members: Option<Vec<MemberRef>>,
     /// Attributes on the page mean they changed (a members-only change
     /// carries none), which is the only way a group can leave scope.
     attributes_changed: bool,
@@ -558,8 +602,30 @@ impl GroupScan {
                 }
             }
         }
+        // A delta names a group whose attributes changed with its member
+        // *changes* only. Under a selection, such a group may just have
+        // entered scope (made a security group, renamed into the list):
+        // read its whole member list, or it would arrive empty.
+        if !self.full
+            && p.attributes_changed
+            && !matches!(self.selection, GroupSelection::All)
+            && self.in_scope(&p.id, p.name.as_deref(), p.security)
+        {
+            p.all_members = Some(members_of(client, graph_url, &p.id).await?);
+        }
         self.finish(p, batch);
         Ok(())
+    }
+
+    /// Whether the selection takes a group with this id, name and flag.
+    fn in_scope(&self, id: &str, name: Option<&str>, security: Option<bool>) -> bool {
+        match &self.selection {
+            GroupSelection::All => true,
+            GroupSelection::Security => security == Some(true),
+            GroupSelection::Named(list) => list
+                .iter()
+                .any(|s| s == id || name.is_some_and(|n| n.to_lowercase() == s.to_lowercase())),
+        }
     }
 
     /// The part of a group's handling that needs no request: removals and
@@ -619,6 +685,7 @@ impl GroupScan {
             added,
             removed,
             look_up,
+            all_members: None,
         })
     }
 
@@ -632,17 +699,9 @@ impl GroupScan {
             added,
             removed,
             look_up: _,
+            all_members,
         } = p;
-        let in_scope = match &self.selection {
-            GroupSelection::All => true,
-            GroupSelection::Security => security == Some(true),
-            GroupSelection::Named(list) => list.iter().any(|s| {
-                *s == id
-                    || name
-                        .as_deref()
-                        .is_some_and(|n| n.to_lowercase() == s.to_lowercase())
-            }),
-        };
+        let in_scope = self.in_scope(&id, name.as_deref(), security);
         self.seen.insert(id.clone(), in_scope);
         if !in_scope {
             // A group whose attributes changed and is outside the
@@ -663,10 +722,10 @@ impl GroupScan {
                 locator: None,
                 base: BASE.to_string(),
                 display_name,
-                members: if self.full {
-                    Members::Full(added)
-                } else {
-                    Members::Delta { added, removed }
+                members: match all_members {
+                    Some(all) => Members::Full(all),
+                    None if self.full => Members::Full(added),
+                    None => Members::Delta { added, removed },
                 },
             })),
             None => batch.push(Change::GroupMembers {
