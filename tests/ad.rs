@@ -12,11 +12,12 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rolebridge::app::sync::{run_source, RunOptions, RunReport};
 use rolebridge::app::SYNC_USER_URN;
 use rolebridge::sync::ldap::{LdapConfig, LdapSource};
 use rolebridge::sync::{
-    parse_sources, run_source, Batch, GroupChange, MemberRef, Members, ReadOutcome, ReadRequest,
-    RunOptions, RunReport, Source, SourceConfig, SourceError,
+    parse_sources, Batch, GroupChange, MemberRef, Members, ReadOutcome, ReadRequest, Source,
+    SourceConfig, SourceError,
 };
 use samba::{dc, guid_string};
 use serde_json::Value;

@@ -699,7 +699,8 @@ async fn attribute_mapping_is_applied() {
 
 // ---- whole runs through the runner, on SQLite and PostgreSQL ----
 
-use rolebridge::sync::{parse_sources, run_source, RunOptions, SourceConfig, SyncError};
+use rolebridge::app::sync::{run_source, RunOptions, SyncError};
+use rolebridge::sync::{parse_sources, SourceConfig};
 
 use crate::each_backend;
 use crate::support::TestServer;

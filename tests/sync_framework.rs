@@ -8,9 +8,10 @@
 use std::sync::{Arc, Mutex};
 
 use reqwest::Method;
+use rolebridge::app::sync::{run_with_source, RunOptions, SyncError};
 use rolebridge::sync::{
-    parse_sources, run_with_source, Batch, Change, ExternalGroup, ExternalUser, MemberRef, Members,
-    ReadOutcome, ReadRequest, RunOptions, Source, SourceConfig, SourceError, SyncError,
+    parse_sources, Batch, Change, ExternalGroup, ExternalUser, MemberRef, Members, ReadOutcome,
+    ReadRequest, Source, SourceConfig, SourceError,
 };
 
 use crate::each_backend;

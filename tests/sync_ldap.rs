@@ -541,10 +541,8 @@ async fn slapd_killed_mid_read_is_an_error() {
 
 // ---- Through the runner: the real store, the real HTTP API. ----
 
-use rolebridge::sync::{
-    parse_sources, run_source, runner::run_source_with_progress, RunOptions, SourceConfig,
-    SyncError,
-};
+use rolebridge::app::sync::{run_source, run_source_with_progress, RunOptions, SyncError};
+use rolebridge::sync::{parse_sources, SourceConfig};
 
 use crate::each_backend;
 use crate::support::TestServer;
@@ -701,7 +699,7 @@ async fn runner_slapd_killed_mid_sync_deletes_nothing() {
     let pid = slapd.pid();
     let killed = Arc::new(AtomicBool::new(false));
     let flag = killed.clone();
-    let progress: rolebridge::sync::runner::Progress = Arc::new(move |n| {
+    let progress: rolebridge::app::sync::Progress = Arc::new(move |n| {
         if n >= 200 && !flag.swap(true, Ordering::SeqCst) {
             let _ = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])

@@ -11,7 +11,7 @@ mod derive;
 mod error;
 mod permissions;
 mod resources;
-mod sync;
+pub mod sync;
 mod tokens;
 
 pub use crate::domain::{format_timestamp, now};

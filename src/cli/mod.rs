@@ -246,7 +246,7 @@ async fn serve(config: Config, log_format: crate::telemetry::LogFormat) -> anyho
 /// other replicas and `rolebridge sync` out while a run is going.
 fn spawn_sync_schedule(app: App, source: crate::sync::SourceConfig) {
     tokio::spawn(async move {
-        let mut reader = match crate::sync::runner::AnySource::new(&source.kind) {
+        let mut reader = match crate::app::sync::AnySource::new(&source.kind) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(source = %source.name, error = %e, "sync source cannot be built; it will not run");
@@ -257,8 +257,9 @@ fn spawn_sync_schedule(app: App, source: crate::sync::SourceConfig) {
         let mut next = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
             tokio::time::sleep_until(next).await;
-            let options = crate::sync::RunOptions::default();
-            match crate::sync::run_with_source(&app, &source, &mut reader, options, None).await {
+            let options = crate::app::sync::RunOptions::default();
+            match crate::app::sync::run_with_source(&app, &source, &mut reader, options, None).await
+            {
                 Ok(r) => tracing::info!(
                     source = %source.name,
                     outcome = %r.outcome,
@@ -273,7 +274,7 @@ fn spawn_sync_schedule(app: App, source: crate::sync::SourceConfig) {
                     elapsed_ms = r.elapsed_ms,
                     "sync run finished"
                 ),
-                Err(crate::sync::SyncError::Busy(_)) => tracing::info!(
+                Err(crate::app::sync::SyncError::Busy(_)) => tracing::info!(
                     source = %source.name,
                     "sync run skipped: another process is running this source"
                 ),

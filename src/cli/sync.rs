@@ -8,11 +8,12 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use crate::app::sync::{self as sync_run, RunOptions, RunReport};
 use crate::app::{App, Mappings};
 use crate::config::Config;
 use crate::domain::parse_timestamp;
 use crate::store::Store;
-use crate::sync::{self, RunOptions, RunReport, SourceConfig};
+use crate::sync::{self, SourceConfig};
 
 /// Exit status of a run the deletion guard held: not a failure, but a
 /// script must notice it.
@@ -74,19 +75,19 @@ pub async fn run(config: &Config, args: SyncArgs) -> anyhow::Result<()> {
     };
     let app = App::with_mappings(store, mappings);
     let bar = progress_bar();
-    let progress: Option<sync::runner::Progress> = bar.clone().map(|b| {
+    let progress: Option<sync_run::Progress> = bar.clone().map(|b| {
         Arc::new(move |n: u64| {
             if n % 256 == 0 {
                 b.set_message(format!("{n} entries read"));
             }
-        }) as sync::runner::Progress
+        }) as sync_run::Progress
     });
     let options = RunOptions {
         dry_run: args.dry_run,
         confirm_deletes: args.confirm_deletes,
         force_full: args.full,
     };
-    let result = sync::runner::run_source_with_progress(&app, source, options, progress).await;
+    let result = sync_run::run_source_with_progress(&app, source, options, progress).await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -1,26 +1,20 @@
-//! Scheduled directory sync: sources (LDAP, Entra ID through Microsoft
-//! Graph) read into a [`Batch`]; the runner plans the changes against what
-//! the source synced before, holds runs that delete too much, and applies
-//! the rest through `app` in one transaction, so mappings, permissions and
-//! cache invalidation behave exactly as for SCIM.
+//! Directory sources: LDAP (OpenLDAP, Active Directory) and Entra ID
+//! through Microsoft Graph. A source reads a directory into a [`Batch`] of
+//! records and hands back a cursor for next time; it knows nothing of the
+//! store, the app or HTTP. The use case around it (plan, guard, apply,
+//! lease, run log) is `app::sync`.
 //!
-//! Invariant: a source error, at any point, ends the run before anything is
-//! written. Nothing is deleted or deactivated on a partial read.
+//! Invariant: a source never reports a partial read as a success: any
+//! failure is an `Err`, so the run ends before anything is written.
 
 pub mod config;
 pub mod entra;
-pub mod guard;
 pub mod ldap;
-pub mod plan;
 pub mod record;
-pub mod runner;
 pub mod source;
-#[cfg(test)]
-mod tests;
 
 pub use config::{parse_sources, ConfigError, GuardConfig, SecretRef, SourceConfig, SourceKind};
 pub use record::{Change, ExternalGroup, ExternalUser, Kind, MemberRef, Members};
-pub use runner::{run_source, run_with_source, RunOptions, RunReport, SyncError};
 pub use source::{Batch, GroupChange, ReadOutcome, ReadRequest, Source};
 
 /// Why a source could not be read. Every variant aborts the run with no

@@ -12,11 +12,11 @@ use std::collections::HashSet;
 use scim::schema::ResourceKind;
 use serde_json::{json, Map, Value};
 
-use super::resources::{prepare, Writer};
-use super::{now, App, Result, SYNC_URN};
+use super::plan::{GroupOp, Plan, UserOp};
+use crate::app::resources::{prepare, Writer};
+use crate::app::{now, App, Result, SYNC_URN};
 use crate::domain::{ResourceId, TenantId};
 use crate::store::{Error as StoreError, StoredResource, WriteTx};
-use crate::sync::plan::{GroupOp, Plan, UserOp};
 use crate::sync::{ExternalGroup, ExternalUser};
 
 /// Where directory sync records a user's source and DN in its document.

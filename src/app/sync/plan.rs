@@ -7,9 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::record::{ExternalGroup, ExternalUser, Kind, MemberRef, Members};
-use super::source::{Batch, ReadOutcome};
 use crate::store::{Directory, DirectoryGroup, DirectoryUser, MemberRow, SyncLink};
+use crate::sync::{Batch, ExternalGroup, ExternalUser, Kind, MemberRef, Members, ReadOutcome};
 
 /// Everything a run would change.
 #[derive(Debug, Default)]

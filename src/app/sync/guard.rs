@@ -15,8 +15,8 @@
 //! Besides, a base that held active users and would hold none after the
 //! run is held, for a full read and an incremental one alike.
 
-use super::config::GuardConfig;
 use super::plan::{Counts, Plan};
+use crate::sync::GuardConfig;
 
 /// Why the run must be held, or `None` when it may apply.
 pub fn check(guard: &GuardConfig, plan: &Plan, counts: &Counts) -> Option<String> {

@@ -8,15 +8,14 @@ use std::time::Instant;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
-use super::entra::EntraSource;
-use super::ldap::LdapSource;
 use super::plan::{self, Counts, PlanInput};
-use super::{
-    guard, Batch, ReadOutcome, ReadRequest, Source, SourceConfig, SourceError, SourceKind,
-};
-use crate::app::{format_timestamp, now, user_facts, App, CursorUpdate};
+use super::{guard, CursorUpdate};
+use crate::app::{format_timestamp, now, user_facts, App};
 use crate::domain::{parse_timestamp, ResourceId, TenantId};
 use crate::store::SyncRunRecord;
+use crate::sync::entra::EntraSource;
+use crate::sync::ldap::LdapSource;
+use crate::sync::{Batch, ReadOutcome, ReadRequest, Source, SourceConfig, SourceError, SourceKind};
 
 /// How a run was asked for.
 #[derive(Debug, Clone, Copy, Default)]

@@ -7,6 +7,7 @@ use super::plan::{normalize_locator, plan, Plan, PlanInput, UserOp};
 use super::*;
 use crate::domain::TenantId;
 use crate::store::{Directory, DirectoryUser, SyncLink};
+use crate::sync::*;
 
 fn user(key: &str, name: &str, dn: &str) -> ExternalUser {
     ExternalUser {
