@@ -351,37 +351,47 @@ fn a_lost_connection_logs_through_tracing_without_colour() {
         .replace(&s.slapd.url, &drops_after_bind());
     let lost = s.config.with_file_name("lost.toml");
     std::fs::write(&lost, config).unwrap();
-    let (code, _, err) = cli(
-        &s.db,
-        &[
-            "--config",
-            lost.to_str().unwrap(),
-            "sync",
-            "--source",
-            "corp",
-        ],
-    );
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        !err.contains('\u{1b}'),
-        "ANSI escape in a redirected log: {err:?}"
-    );
-    let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(error_lines.len(), 1, "{err}");
-    assert!(error_lines[0].contains("source 'corp'"), "{err}");
-    // ldap3 warns about the stream it could not close: through tracing,
-    // inside the run's span.
-    assert!(
-        err.lines()
-            .any(|l| l.contains(" WARN ") && l.contains("sync_run{") && l.contains("ldap3")),
-        "{err}"
-    );
-    for line in err.lines().filter(|l| !l.starts_with("error: ")) {
-        assert!(
-            [" WARN ", " INFO ", " ERROR ", " DEBUG "]
-                .iter()
-                .any(|lvl| line.contains(lvl)),
-            "a stderr line that did not come through tracing: {line:?}\n{err}"
+    // Whether ldap3 gets to warn depends on a race between its driver
+    // seeing the close and the stream's finish; a few runs see it.
+    let mut ldap3_warned = false;
+    for _ in 0..5 {
+        let (code, _, err) = cli(
+            &s.db,
+            &[
+                "--config",
+                lost.to_str().unwrap(),
+                "sync",
+                "--source",
+                "corp",
+            ],
         );
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            !err.contains('\u{1b}'),
+            "ANSI escape in a redirected log: {err:?}"
+        );
+        let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(error_lines.len(), 1, "{err}");
+        assert!(error_lines[0].contains("source 'corp'"), "{err}");
+        for line in err.lines().filter(|l| !l.starts_with("error: ")) {
+            assert!(
+                [" WARN ", " INFO ", " ERROR ", " DEBUG "]
+                    .iter()
+                    .any(|lvl| line.contains(lvl)),
+                "a stderr line that did not come through tracing: {line:?}\n{err}"
+            );
+        }
+        // ldap3 warns about the stream it could not close: through
+        // tracing, inside the run's span.
+        ldap3_warned |= err
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains("sync_run{") && l.contains("ldap3"));
+        if ldap3_warned {
+            break;
+        }
     }
+    assert!(
+        ldap3_warned,
+        "ldap3 never warned in 5 runs: the test no longer exercises its log path"
+    );
 }
