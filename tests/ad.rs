@@ -587,7 +587,8 @@ async fn sync(srv: &TestServer, config: &SourceConfig) -> RunReport {
         .await
         .unwrap_or_else(|e| panic!("sync run failed: {e}\n{}", dc().log_tail()));
     assert!(
-        report.outcome == "applied" || report.outcome == "unchanged",
+        report.outcome == rolebridge::app::sync::RunOutcome::Applied
+            || report.outcome == rolebridge::app::sync::RunOutcome::Unchanged,
         "run not applied: {report:?}"
     );
     report
@@ -674,7 +675,7 @@ async fn sync_keeps_one_resource_per_guid_across_a_rename() {
     let config = source_config(&srv, &ou, "");
 
     let report = sync(&srv, &config).await;
-    assert_eq!(report.mode, "full");
+    assert_eq!(report.mode, rolebridge::app::sync::RunMode::Full);
     assert_eq!(
         (report.counts.users_created, report.counts.groups_created),
         (1, 2),
@@ -704,7 +705,11 @@ async fn sync_keeps_one_resource_per_guid_across_a_rename() {
 
     let renamed = admin.rename(&alice.dn, &format!("{tag}renamed")).await;
     let report = sync(&srv, &config).await;
-    assert_eq!(report.mode, "incremental", "{report:?}");
+    assert_eq!(
+        report.mode,
+        rolebridge::app::sync::RunMode::Incremental,
+        "{report:?}"
+    );
     assert_eq!(
         (
             report.counts.users_created,
@@ -776,7 +781,7 @@ async fn sync_incremental_by_usn_reads_only_changes() {
     let config = source_config(&srv, &ou, r#"incremental = "usn""#);
 
     let report = sync(&srv, &config).await;
-    assert_eq!(report.mode, "full");
+    assert_eq!(report.mode, rolebridge::app::sync::RunMode::Full);
     assert_eq!(report.entries_read, 9, "8 users and a group: {report:?}");
     assert_eq!(report.counts.users_created, 8);
 
@@ -784,7 +789,11 @@ async fn sync_incremental_by_usn_reads_only_changes() {
     admin.replace(&users[6], "mail", "moved@mail.rb.test").await;
     admin.remove_members(&group, &users[..1]).await;
     let report = sync(&srv, &config).await;
-    assert_eq!(report.mode, "incremental", "{report:?}");
+    assert_eq!(
+        report.mode,
+        rolebridge::app::sync::RunMode::Incremental,
+        "{report:?}"
+    );
     assert_eq!(
         report.entries_read, 3,
         "only the 3 changed entries: {report:?}"
@@ -823,16 +832,20 @@ async fn sync_incremental_by_usn_reads_only_changes() {
     assert_eq!(member_values(&scim_group(&srv, &group_name).await), ids);
 
     let report = sync(&srv, &config).await;
-    assert_eq!(report.mode, "incremental");
+    assert_eq!(report.mode, rolebridge::app::sync::RunMode::Incremental);
     assert_eq!(report.entries_read, 0, "{report:?}");
-    assert_eq!(report.outcome, "unchanged", "{report:?}");
+    assert_eq!(
+        report.outcome,
+        rolebridge::app::sync::RunOutcome::Unchanged,
+        "{report:?}"
+    );
 
     // A deleted AD object becomes a tombstone under CN=Deleted Objects: a
     // uSNChanged poll of the base cannot see it, so the incremental run
     // leaves the user alone; the full reconcile deactivates it.
     admin.delete(&users[7]).await;
     let report = sync(&srv, &config).await;
-    assert_eq!(report.mode, "incremental");
+    assert_eq!(report.mode, rolebridge::app::sync::RunMode::Incremental);
     assert_eq!(
         report.counts.users_deactivated + report.counts.users_deleted,
         0,
@@ -846,8 +859,16 @@ async fn sync_incremental_by_usn_reads_only_changes() {
     let report = run_source(&srv.app, &config, options)
         .await
         .expect("full reconcile");
-    assert_eq!(report.mode, "full", "{report:?}");
-    assert_eq!(report.outcome, "applied", "{report:?}");
+    assert_eq!(
+        report.mode,
+        rolebridge::app::sync::RunMode::Full,
+        "{report:?}"
+    );
+    assert_eq!(
+        report.outcome,
+        rolebridge::app::sync::RunOutcome::Applied,
+        "{report:?}"
+    );
     assert_eq!(report.entries_read, 8, "7 users and the group: {report:?}");
     assert_eq!(report.counts.users_deactivated, 1, "{report:?}");
     assert_eq!(

@@ -798,7 +798,7 @@ each_backend! {
 
         // Nothing changed: nothing to do.
         let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
-        assert_eq!(r.outcome, "unchanged", "{r:?}");
+        assert_eq!(r.outcome, rolebridge::app::sync::RunOutcome::Unchanged, "{r:?}");
     }
 }
 
@@ -870,13 +870,13 @@ each_backend! {
             g.delete_user(id, false);
         }
         let held = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
-        assert_eq!(held.outcome, "held", "{held:?}");
+        assert_eq!(held.outcome, rolebridge::app::sync::RunOutcome::Held, "{held:?}");
         assert!(held.held_reason.as_deref().unwrap_or("").contains("12 user"), "{held:?}");
         let active = |v: serde_json::Value| v["Resources"].as_array().unwrap().iter().filter(|u| u["active"] == true).count();
         assert_eq!(active(srv.get("/Users?count=100").await.body), 20, "held: nothing deactivated");
         // Held again (the cursor did not move past the deletions).
         let again = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
-        assert_eq!(again.outcome, "held", "{again:?}");
+        assert_eq!(again.outcome, rolebridge::app::sync::RunOutcome::Held, "{again:?}");
         let confirmed = run_source(&srv.app, &cfg, RunOptions { confirm_deletes: true, ..RunOptions::default() }).await.unwrap();
         assert_eq!((confirmed.outcome.as_str(), confirmed.counts.users_deactivated), ("applied", 12), "{confirmed:?}");
         assert_eq!(active(srv.get("/Users?count=100").await.body), 8);
@@ -1049,11 +1049,19 @@ async fn a_user_created_mid_run_keeps_the_membership() {
         g.add_member(&d.ops, &eve);
         gate.release();
         let r = run.await.unwrap().unwrap();
-        assert_eq!(r.outcome, "applied", "{second_read}: {r:?}");
+        assert_eq!(
+            r.outcome,
+            rolebridge::app::sync::RunOutcome::Applied,
+            "{second_read}: {r:?}"
+        );
         let r = run_source(&srv.app, &cfg, RunOptions::default())
             .await
             .unwrap();
-        assert_eq!(r.mode, "incremental", "{second_read}: {r:?}");
+        assert_eq!(
+            r.mode,
+            rolebridge::app::sync::RunMode::Incremental,
+            "{second_read}: {r:?}"
+        );
         assert_eq!(
             scim_group_members(&srv, "Ops").await,
             set(&["bob@contoso.example", "eve@contoso.example"]),
@@ -1088,7 +1096,7 @@ async fn a_group_entering_the_selection_mid_delta_brings_its_members() {
     let r = run_source(&srv.app, &cfg, RunOptions::default())
         .await
         .unwrap();
-    assert_eq!(r.mode, "incremental", "{r:?}");
+    assert_eq!(r.mode, rolebridge::app::sync::RunMode::Incremental, "{r:?}");
     assert_eq!(r.counts.groups_created, 1, "{r:?}");
     assert_eq!(
         scim_group_members(&srv, "Marketing").await,

@@ -179,7 +179,7 @@ each_backend! {
         assert_eq!(g.body["Resources"][0]["members"].as_array().unwrap().len(), 3);
         assert_eq!(g.body["Resources"][0]["urn:rolebridge:params:sync:1.0:Group"]["dn"], "cn=Engineering,ou=groups");
         let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!(again.outcome, "unchanged", "{again:?}");
+        assert_eq!(again.outcome, rolebridge::app::sync::RunOutcome::Unchanged, "{again:?}");
         let state = srv.app.store.sync_state(&cfg.name).await.unwrap();
         assert_eq!(state.cursor.as_deref(), Some("cursor-2"));
         assert!(state.lease_owner.is_none(), "lease released");
@@ -227,7 +227,7 @@ each_backend! {
         run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         dir.with(|s| s.users.truncate(10));
         let held = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!(held.outcome, "held");
+        assert_eq!(held.outcome, rolebridge::app::sync::RunOutcome::Held);
         assert!(held.held_reason.as_deref().unwrap().contains("10 user"), "{held:?}");
         assert_eq!(held.diff.iter().filter(|l| l.starts_with("! user")).count(), 10);
         let all = users(&srv).await;
@@ -235,7 +235,7 @@ each_backend! {
         assert!(srv.app.metrics_text().await.contains(&format!("rolebridge_sync_held{{source=\"{}\"}} 1", cfg.name)));
         // Held again on the next scheduled run: nothing moves without a person.
         let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!(again.outcome, "held");
+        assert_eq!(again.outcome, rolebridge::app::sync::RunOutcome::Held);
         let confirmed = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions { confirm_deletes: true, ..RunOptions::default() }, None).await.unwrap();
         assert_eq!((confirmed.outcome.as_str(), confirmed.counts.users_deactivated), ("applied", 10));
         let all = users(&srv).await;
@@ -253,7 +253,7 @@ each_backend! {
         run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         dir.with(|s| s.users.clear());
         let held = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!(held.outcome, "held", "{held:?}");
+        assert_eq!(held.outcome, rolebridge::app::sync::RunOutcome::Held, "{held:?}");
         assert!(held.held_reason.unwrap().contains("'ou=people' would hold no active users"));
     }
 }
@@ -268,7 +268,7 @@ each_backend! {
         });
         let cfg = config(&srv, LENIENT);
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions { dry_run: true, ..RunOptions::default() }, None).await.unwrap();
-        assert_eq!(r.outcome, "dry-run");
+        assert_eq!(r.outcome, rolebridge::app::sync::RunOutcome::DryRun);
         assert_eq!(r.counts.users_created, 4);
         assert!(r.diff.contains(&"+ user user3@example.org".to_string()), "{:?}", r.diff);
         assert!(r.diff.contains(&"+ member user3@example.org -> Ops".to_string()), "{:?}", r.diff);
@@ -289,7 +289,7 @@ each_backend! {
         });
         let cfg = config(&srv, LENIENT);
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!(r.outcome, "applied");
+        assert_eq!(r.outcome, rolebridge::app::sync::RunOutcome::Applied);
         assert!(r.skipped.iter().any(|s| s.contains("user1@example.org")), "{:?}", r.skipped);
         let u = user_by_name(&srv, "user1@example.org").await;
         assert_eq!(u["id"], scim_id.as_str(), "the SCIM user is untouched");
@@ -321,7 +321,7 @@ each_backend! {
         });
         let cfg = config(&srv, LENIENT);
         let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        assert_eq!(r.outcome, "applied");
+        assert_eq!(r.outcome, rolebridge::app::sync::RunOutcome::Applied);
         assert!(r.skipped.is_empty(), "{:?}", r.skipped);
         assert_eq!(r.counts.users_created, 2);
         let same = srv.get("/Users?filter=externalId%20eq%20%22key-0%22").await;
@@ -375,7 +375,7 @@ each_backend! {
         let renewed = lease_until().await;
         assert!(renewed > first + time::Duration::seconds(15), "not renewed: {first} then {renewed}");
         let r = run.await.unwrap().unwrap();
-        assert_eq!(r.outcome, "applied");
+        assert_eq!(r.outcome, rolebridge::app::sync::RunOutcome::Applied);
         assert_eq!(srv.app.store.sync_state(&cfg.name).await.unwrap().lease_owner, None);
     }
 }
@@ -398,7 +398,7 @@ each_backend! {
             let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None)
                 .await
                 .unwrap_or_else(|e| panic!("run {run}: {e}"));
-            assert_eq!(r.outcome, "applied", "run {run}");
+            assert_eq!(r.outcome, rolebridge::app::sync::RunOutcome::Applied, "run {run}");
             assert_eq!(r.skipped.len(), 3, "run {run}: {:?}", r.skipped);
             assert!(r.skipped.iter().any(|s| s.contains("NUL") && s.contains("displayName")), "{:?}", r.skipped);
             assert!(r.skipped.iter().any(|s| s.contains("at most 512")), "{:?}", r.skipped);

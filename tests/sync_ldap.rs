@@ -636,7 +636,7 @@ each_backend! {
         assert_eq!(group_names(&dee), BTreeSet::from(["admins".to_string()]), "{dee}");
         // Nothing changed since: unchanged.
         let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
-        assert_eq!(r.outcome, "unchanged", "{r:?}");
+        assert_eq!(r.outcome, rolebridge::app::sync::RunOutcome::Unchanged, "{r:?}");
     }
 }
 
@@ -650,7 +650,7 @@ each_backend! {
         seed_small(&slapd);
         let cfg = source(&srv, &slapd, LENIENT);
         let r = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
-        assert_eq!(r.outcome, "applied", "{r:?}");
+        assert_eq!(r.outcome, rolebridge::app::sync::RunOutcome::Applied, "{r:?}");
         let get = |user: &'static str| {
             let url = format!("http://{}/api/v1/tenants/{}/users/{user}/permissions?by=userName", srv.addr, srv.tenant);
             let token = token.clone();
@@ -744,7 +744,11 @@ async fn runner_guard_holds_mass_delete_and_empty_base_until_confirmed() {
     let held = run_source(&srv.app, &cfg, RunOptions::default())
         .await
         .unwrap();
-    assert_eq!(held.outcome, "held", "{held:?}");
+    assert_eq!(
+        held.outcome,
+        rolebridge::app::sync::RunOutcome::Held,
+        "{held:?}"
+    );
     assert_eq!(active_users(&srv).await, 20);
     // The rest deleted too: the base is empty; a full read is still held.
     slapd.delete(
@@ -762,7 +766,11 @@ async fn runner_guard_holds_mass_delete_and_empty_base_until_confirmed() {
     )
     .await
     .unwrap();
-    assert_eq!(held.outcome, "held", "{held:?}");
+    assert_eq!(
+        held.outcome,
+        rolebridge::app::sync::RunOutcome::Held,
+        "{held:?}"
+    );
     assert!(
         held.held_reason.as_deref().unwrap_or("").contains(PEOPLE),
         "{held:?}"
@@ -780,7 +788,7 @@ async fn runner_guard_holds_mass_delete_and_empty_base_until_confirmed() {
     )
     .await
     .unwrap();
-    assert_eq!(dry.outcome, "dry-run");
+    assert_eq!(dry.outcome, rolebridge::app::sync::RunOutcome::DryRun);
     assert_eq!(
         dry.diff
             .iter()
@@ -984,7 +992,7 @@ async fn a_crash_that_rewinds_the_context_csn_is_read_in_full() {
     let first = run_source(&srv.app, &cfg, RunOptions::default())
         .await
         .unwrap();
-    assert_eq!(first.mode, "full");
+    assert_eq!(first.mode, rolebridge::app::sync::RunMode::Full);
     assert_eq!(first.counts.users_created, 41, "{first:?}");
     // Changes after the first run: 5 mails, 3 deletions, 4 new users, one
     // of them in the group.
@@ -1021,8 +1029,16 @@ async fn a_crash_that_rewinds_the_context_csn_is_read_in_full() {
     let r = run_source(&srv.app, &cfg, RunOptions::default())
         .await
         .unwrap();
-    assert_eq!(r.mode, "full", "a rewound server is read in full: {r:?}");
-    assert_eq!(r.outcome, "applied", "{r:?}");
+    assert_eq!(
+        r.mode,
+        rolebridge::app::sync::RunMode::Full,
+        "a rewound server is read in full: {r:?}"
+    );
+    assert_eq!(
+        r.outcome,
+        rolebridge::app::sync::RunOutcome::Applied,
+        "{r:?}"
+    );
     assert_eq!(r.counts.users_created, 4, "{r:?}");
     assert_eq!(r.counts.users_deactivated, 3, "{r:?}");
     assert_eq!(r.counts.users_updated, 5, "the 5 changed mails: {r:?}");
@@ -1041,7 +1057,7 @@ async fn a_crash_that_rewinds_the_context_csn_is_read_in_full() {
     let r = run_source(&srv.app, &cfg, RunOptions::default())
         .await
         .unwrap();
-    assert_eq!(r.mode, "incremental", "{r:?}");
+    assert_eq!(r.mode, rolebridge::app::sync::RunMode::Incremental, "{r:?}");
     assert_eq!(r.counts.users_updated, 1, "{r:?}");
     assert_eq!(r.entries_read, 1, "only the changed entry is read: {r:?}");
 
@@ -1063,7 +1079,7 @@ async fn a_crash_that_rewinds_the_context_csn_is_read_in_full() {
     )
     .await
     .unwrap();
-    assert_eq!(r.mode, "full");
+    assert_eq!(r.mode, rolebridge::app::sync::RunMode::Full);
     assert_eq!(r.entries_read, 42 + 1, "42 users and one group: {r:?}");
     assert_eq!(r.counts.users_updated, 1, "{r:?}");
     assert_eq!(r.counts.users_deactivated, 0, "{r:?}");
@@ -1101,7 +1117,11 @@ async fn deleted_groups_count_with_their_memberships() {
     let held = run_source(&srv.app, &cfg, RunOptions::default())
         .await
         .unwrap();
-    assert_eq!(held.outcome, "held", "{held:?}");
+    assert_eq!(
+        held.outcome,
+        rolebridge::app::sync::RunOutcome::Held,
+        "{held:?}"
+    );
     assert_eq!(held.counts.groups_deleted, 5, "{held:?}");
     assert_eq!(held.counts.members_removed, 5 * 30, "{held:?}");
     let reason = held.held_reason.unwrap();
@@ -1143,7 +1163,7 @@ async fn a_source_moved_to_another_tenant_reads_in_full_and_releases_the_old_lin
     let r = run_source(&srv.app, &moved, RunOptions::default())
         .await
         .unwrap();
-    assert_eq!(r.mode, "full", "{r:?}");
+    assert_eq!(r.mode, rolebridge::app::sync::RunMode::Full, "{r:?}");
     assert_eq!(
         r.counts.users_created, 3,
         "every user, not only the changed one: {r:?}"
@@ -1174,7 +1194,7 @@ async fn a_source_moved_to_another_tenant_reads_in_full_and_releases_the_old_lin
     let r = run_source(&srv.app, &moved, RunOptions::default())
         .await
         .unwrap();
-    assert_eq!(r.mode, "incremental", "{r:?}");
+    assert_eq!(r.mode, rolebridge::app::sync::RunMode::Incremental, "{r:?}");
 }
 
 /// A user deleted and created again under the same DN gets a new stable id;
@@ -1201,7 +1221,7 @@ async fn a_user_re_created_under_the_same_dn_keeps_its_groups_at_once() {
     let r = run_source(&srv.app, &cfg, RunOptions::default())
         .await
         .unwrap();
-    assert_eq!(r.mode, "incremental", "{r:?}");
+    assert_eq!(r.mode, rolebridge::app::sync::RunMode::Incremental, "{r:?}");
     let after = scim_user(&srv, "ann").await;
     assert_ne!(after["id"], before["id"], "a new account: {after}");
     assert!(group_names(&after).contains("crew"), "{after}");

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::app::sync::{self as sync_run, RunOptions, RunReport};
+use crate::app::sync::{self as sync_run, RunOptions, RunOutcome, RunReport};
 use crate::app::{App, Mappings};
 use crate::config::Config;
 use crate::domain::parse_timestamp;
@@ -98,7 +98,7 @@ pub async fn run(config: &Config, args: SyncArgs) -> anyhow::Result<()> {
         print_report(&report);
     }
     app.store.close().await;
-    if report.outcome == "held" {
+    if report.outcome == RunOutcome::Held {
         std::process::exit(EXIT_HELD);
     }
     Ok(())
@@ -137,7 +137,7 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
 
 fn print_report(r: &RunReport) {
     let shown = 200;
-    if r.outcome == "dry-run" || r.outcome == "held" {
+    if matches!(r.outcome, RunOutcome::DryRun | RunOutcome::Held) {
         for line in r.diff.iter().take(shown) {
             println!("{line}");
         }
@@ -177,14 +177,14 @@ fn print_report(r: &RunReport) {
     for s in &r.skipped {
         println!("  skipped: {s}");
     }
-    match r.outcome.as_str() {
-        "dry-run" => {
+    match r.outcome {
+        RunOutcome::DryRun => {
             if let Some(reason) = &r.held_reason {
                 println!("  the deletion guard would hold this run: {reason}");
             }
             println!("dry run: nothing was changed");
         }
-        "held" => {
+        RunOutcome::Held => {
             println!(
                 "HELD by the deletion guard: {}",
                 r.held_reason.as_deref().unwrap_or("")
@@ -206,13 +206,15 @@ async fn status(store: &Store, sources: &[SourceConfig], as_json: bool) -> anyho
             .await
             .with_context(|| format!("reading the run log of '{}'", s.name))?;
         let state = store.sync_state(&s.name).await?;
-        let last = runs.iter().find(|r| r.outcome != "dry-run");
+        let last = runs
+            .iter()
+            .find(|r| r.outcome != RunOutcome::DryRun.as_str());
         // A failed run after a held one leaves it held: only an applied
         // (or confirmed) run ends the hold.
         let held = runs
             .iter()
-            .find(|r| r.outcome != "dry-run" && r.outcome != "failed")
-            .filter(|r| r.outcome == "held")
+            .find(|r| r.outcome != RunOutcome::DryRun.as_str() && r.outcome != "failed")
+            .filter(|r| r.outcome == RunOutcome::Held.as_str())
             .map(|r| {
                 serde_json::from_str::<serde_json::Value>(&r.report)
                     .ok()

@@ -985,6 +985,16 @@ async fn groups_delta(
     page_response(&s.graph_url, "groups", &t.select, items, next, delta)
 }
 
+/// Graph's 404 for a group id it does not know.
+fn no_such_group(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "Request_ResourceNotFound",
+        &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
+        None,
+    )
+}
+
 async fn group_get(
     State(shared): State<Shared>,
     Path(id): Path<String>,
@@ -998,12 +1008,7 @@ async fn group_get(
         return r;
     }
     let Some(g) = s.groups.get(&id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "Request_ResourceNotFound",
-            &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
-            None,
-        );
+        return no_such_group(&id);
     };
     let select = q
         .get("$select")
@@ -1042,12 +1047,7 @@ async fn group_members(
         return r;
     }
     let Some(g) = s.groups.get(&id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "Request_ResourceNotFound",
-            &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
-            None,
-        );
+        return no_such_group(&id);
     };
     let offset: usize = q
         .get("$skiptoken")

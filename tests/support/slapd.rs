@@ -114,6 +114,42 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Starts slapd on `dir`'s config and database, listening on `url`; the
+/// child once its port answers, `None` if it exited first (port taken, bad
+/// config) or did not answer within `wait`.
+fn spawn_until_listening(
+    dir: &std::path::Path,
+    url: &str,
+    port: u16,
+    wait: Duration,
+) -> Option<Child> {
+    let mut child = Command::new("slapd")
+        .arg("-f")
+        .arg(dir.join("slapd.conf"))
+        .arg("-h")
+        .arg(format!("{url}/"))
+        .arg("-d")
+        .arg("0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start slapd");
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 impl Slapd {
     /// Starts slapd with the base entries.
     pub fn start() -> Slapd {
@@ -149,35 +185,14 @@ impl Slapd {
         for _attempt in 0..5 {
             let port = free_port();
             let url = format!("ldap://127.0.0.1:{port}");
-            let mut child = Command::new("slapd")
-                .arg("-f")
-                .arg(dir.join("slapd.conf"))
-                .arg("-h")
-                .arg(format!("{url}/"))
-                .arg("-d")
-                .arg("0")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start slapd");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken or bad config: retry
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Slapd {
-                        child: Some(child),
-                        port,
-                        url,
-                        dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if let Some(child) = spawn_until_listening(&dir, &url, port, Duration::from_secs(10)) {
+                return Slapd {
+                    child: Some(child),
+                    port,
+                    url,
+                    dir,
+                };
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("slapd did not start");
     }
@@ -190,31 +205,13 @@ impl Slapd {
         assert!(self.child.is_none(), "restart a killed slapd");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            let mut child = Command::new("slapd")
-                .arg("-f")
-                .arg(self.dir.join("slapd.conf"))
-                .arg("-h")
-                .arg(format!("{}/", self.url))
-                .arg("-d")
-                .arg("0")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start slapd");
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // the port is still in TIME_WAIT's hands: retry
-                }
-                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                    self.child = Some(child);
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            // The port may still be held for a moment: retry.
+            if let Some(child) =
+                spawn_until_listening(&self.dir, &self.url, self.port, Duration::from_secs(5))
+            {
+                self.child = Some(child);
+                return;
             }
-            let _ = child.kill();
-            let _ = child.wait();
             std::thread::sleep(Duration::from_millis(200));
         }
         panic!("slapd did not restart on port {}", self.port);

@@ -29,15 +29,73 @@ pub struct RunOptions {
     pub force_full: bool,
 }
 
+/// Whether a run read everything (and so reconciled deletions) or only what
+/// changed since its cursor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunMode {
+    #[default]
+    Full,
+    Incremental,
+}
+
+/// What became of a run that read its source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunOutcome {
+    /// Its changes were written.
+    Applied,
+    /// The deletion guard held it: nothing was written.
+    Held,
+    /// `--dry-run`: nothing was written.
+    DryRun,
+    /// It read nothing to change.
+    #[default]
+    Unchanged,
+}
+
+impl RunMode {
+    /// As in the JSON report and the run log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunMode::Full => "full",
+            RunMode::Incremental => "incremental",
+        }
+    }
+}
+
+impl RunOutcome {
+    /// As in the JSON report and the run log (`sync_runs.outcome`, which
+    /// also holds `failed` for runs that never got this far).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Applied => "applied",
+            RunOutcome::Held => "held",
+            RunOutcome::DryRun => "dry-run",
+            RunOutcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+impl std::fmt::Display for RunMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a run did (or, for a dry run or a held run, would do).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct RunReport {
     pub source: String,
     pub tenant: String,
-    /// `full` or `incremental`.
-    pub mode: String,
-    /// `applied`, `held`, `dry-run` or `unchanged`.
-    pub outcome: String,
+    pub mode: RunMode,
+    pub outcome: RunOutcome,
     /// Users, groups and memberships created, changed and removed; flat in
     /// the JSON report.
     #[serde(flatten)]
@@ -240,7 +298,7 @@ async fn run_in_span<S: Source>(
     let finished = now();
     let (outcome, report_json, error) = match &result {
         Ok(r) => (
-            r.outcome.clone(),
+            r.outcome.as_str().to_string(),
             serde_json::to_string(&RunReport {
                 elapsed_ms: clock.elapsed().as_millis() as u64,
                 // The log keeps the start of a long diff; `--dry-run --json`
@@ -372,7 +430,11 @@ async fn run_leased<S: Source>(
     let mut report = RunReport {
         source: config.name.clone(),
         tenant: config.tenant.to_string(),
-        mode: if full { "full" } else { "incremental" }.to_string(),
+        mode: if full {
+            RunMode::Full
+        } else {
+            RunMode::Incremental
+        },
         counts,
         skipped: plan.skipped.clone(),
         entries_read,
@@ -387,7 +449,7 @@ async fn run_leased<S: Source>(
         report.permission_changes = permission_changes(app, &config.tenant, &before, &plan);
     }
     if options.dry_run {
-        report.outcome = "dry-run".into();
+        report.outcome = RunOutcome::DryRun;
         report.held_reason = held;
         report.diff = plan.diff(&before);
         return Ok(report);
@@ -395,7 +457,7 @@ async fn run_leased<S: Source>(
     if let Some(reason) = held {
         if !options.confirm_deletes {
             tracing::warn!(source = %config.name, %reason, "sync run held by the deletion guard");
-            report.outcome = "held".into();
+            report.outcome = RunOutcome::Held;
             report.held_reason = Some(reason);
             report.diff = plan.diff(&before);
             return Ok(report);
@@ -422,11 +484,10 @@ async fn run_leased<S: Source>(
     report.permission_changes = applied.permissions_changed as u64;
     report.skipped.extend(applied.skipped);
     report.outcome = if plan.is_empty() {
-        "unchanged"
+        RunOutcome::Unchanged
     } else {
-        "applied"
-    }
-    .into();
+        RunOutcome::Applied
+    };
     Ok(report)
 }
 
