@@ -274,7 +274,7 @@ fn main() {
         floor_entries as f64 / secs(floor)
     );
     println!(
-        "| LdapSource::read alone (syncrepl refresh into a Batch, in process) | {:.2} s | | {:.0} users/s | {source_users} users, {source_groups} groups |",
+        "| LdapSource::read alone (full read: paged search into a Batch, in process) | {:.2} s | | {:.0} users/s | {source_users} users, {source_groups} groups |",
         secs(source_wall),
         users as f64 / secs(source_wall)
     );
