@@ -228,9 +228,38 @@ impl Conn {
         Ok(stream.finish().await)
     }
 
+    /// A search whose entries are decoded as they arrive and handed to `f`
+    /// (other messages are skipped); returns the final result, not yet
+    /// checked. An entry that does not decode fails the search, naming
+    /// `operation`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn entries(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[String],
+        controls: Vec<RawControl>,
+        operation: &str,
+        mut f: impl FnMut(ber::RawEntry) -> Result<(), LdapError> + Send,
+    ) -> Result<LdapResult, LdapError> {
+        let url = self.url.clone();
+        self.request(base, scope, filter, attrs, controls, operation, |item| {
+            let Item::Entry(tag, _) = item else {
+                return Ok(());
+            };
+            let e = ber::entry(tag).map_err(|message| LdapError::Protocol {
+                url: url.clone(),
+                operation: operation.to_string(),
+                message,
+            })?;
+            f(e)
+        })
+        .await
+    }
+
     pub(super) async fn root_dse(&mut self) -> Result<RootDse, LdapError> {
         let mut root = RootDse::default();
-        let url = self.url.clone();
         let attrs = [
             "supportedControl".to_string(),
             "highestCommittedUSN".to_string(),
@@ -239,43 +268,36 @@ impl Conn {
             "defaultNamingContext".to_string(),
         ];
         let res = self
-            .request(
+            .entries(
                 "",
                 Scope::Base,
                 "(objectClass=*)",
                 &attrs,
                 vec![],
                 "rootDSE read",
-                |item| {
-                    if let Item::Entry(tag, _) = item {
-                        let e = ber::entry(tag).map_err(|message| LdapError::Protocol {
-                            url: url.clone(),
-                            operation: "rootDSE read".into(),
-                            message,
-                        })?;
-                        root.syncrepl = e
-                            .values("supportedControl")
-                            .iter()
-                            .any(|v| v.as_slice() == SYNC_REQUEST_OID.as_bytes());
-                        root.highest_usn = e
-                            .values("highestCommittedUSN")
-                            .first()
-                            .and_then(|v| std::str::from_utf8(v).ok())
-                            .and_then(|s| s.trim().parse().ok());
-                        root.naming_contexts = e
-                            .values("namingContexts")
-                            .iter()
-                            .filter_map(|v| String::from_utf8(v.clone()).ok())
-                            .collect();
-                        root.ds_service_name = e
-                            .values("dsServiceName")
-                            .first()
-                            .and_then(|v| String::from_utf8(v.clone()).ok());
-                        root.default_naming_context = e
-                            .values("defaultNamingContext")
-                            .first()
-                            .and_then(|v| String::from_utf8(v.clone()).ok());
-                    }
+                |e| {
+                    root.syncrepl = e
+                        .values("supportedControl")
+                        .iter()
+                        .any(|v| v.as_slice() == SYNC_REQUEST_OID.as_bytes());
+                    root.highest_usn = e
+                        .values("highestCommittedUSN")
+                        .first()
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|s| s.trim().parse().ok());
+                    root.naming_contexts = e
+                        .values("namingContexts")
+                        .iter()
+                        .filter_map(|v| String::from_utf8(v.clone()).ok())
+                        .collect();
+                    root.ds_service_name = e
+                        .values("dsServiceName")
+                        .first()
+                        .and_then(|v| String::from_utf8(v.clone()).ok());
+                    root.default_naming_context = e
+                        .values("defaultNamingContext")
+                        .first()
+                        .and_then(|v| String::from_utf8(v.clone()).ok());
                     Ok(())
                 },
             )
@@ -295,26 +317,18 @@ impl Conn {
         dn: &str,
         attr: &str,
     ) -> Result<Vec<Vec<u8>>, LdapError> {
-        let url = self.url.clone();
         let operation = format!("read of {attr} on '{dn}'");
         let mut values = Vec::new();
         let res = self
-            .request(
+            .entries(
                 dn,
                 Scope::Base,
                 "(objectClass=*)",
                 &[attr.to_string()],
                 vec![],
                 &operation,
-                |item| {
-                    if let Item::Entry(tag, _) = item {
-                        let e = ber::entry(tag).map_err(|message| LdapError::Protocol {
-                            url: url.clone(),
-                            operation: operation.clone(),
-                            message,
-                        })?;
-                        values = e.values(attr).to_vec();
-                    }
+                |e| {
+                    values = e.values(attr).to_vec();
                     Ok(())
                 },
             )

@@ -51,28 +51,20 @@ impl Conn {
         };
         let newest = ldap3::ldap_escape(newest);
         let filter = format!("(&(entryCSN>={newest})(!(entryCSN={newest})))");
-        let url = self.url.clone();
         let mut above: Option<String> = None;
         let res = self
-            .request(
+            .entries(
                 &context,
                 Scope::Subtree,
                 &filter,
                 &["entryCSN".to_string()],
                 vec![],
                 "entryCSN check",
-                |item| {
-                    if let Item::Entry(tag, _) = item {
-                        let e = ber::entry(tag).map_err(|message| LdapError::Protocol {
-                            url: url.clone(),
-                            operation: "entryCSN check".into(),
-                            message,
-                        })?;
-                        for v in e.values("entryCSN") {
-                            if let Ok(csn) = String::from_utf8(v.clone()) {
-                                if above.as_ref().is_none_or(|a| *a < csn) {
-                                    above = Some(csn);
-                                }
+                |e| {
+                    for v in e.values("entryCSN") {
+                        if let Ok(csn) = String::from_utf8(v.clone()) {
+                            if above.as_ref().is_none_or(|a| *a < csn) {
+                                above = Some(csn);
                             }
                         }
                     }

@@ -45,12 +45,11 @@ impl Conn {
             );
             return Ok(());
         }
-        let url = self.url.clone();
         let external_id = config.attributes.external_id.clone();
         let operation = format!("search of deleted objects in '{container}'");
         let mut gone: Vec<(String, Kind)> = Vec::new();
         let res = self
-            .request(
+            .entries(
                 &container,
                 Scope::Subtree,
                 &filter,
@@ -61,15 +60,7 @@ impl Conn {
                 ],
                 vec![control],
                 &operation,
-                |item| {
-                    let Item::Entry(tag, _) = item else {
-                        return Ok(());
-                    };
-                    let e = ber::entry(tag).map_err(|message| LdapError::Protocol {
-                        url: url.clone(),
-                        operation: "deleted-objects search".into(),
-                        message,
-                    })?;
+                |e| {
                     let Some(parent) = e
                         .values("lastKnownParent")
                         .first()
