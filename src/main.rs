@@ -38,23 +38,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// One line: the error and each cause not already part of the message
-/// before it. Most of our errors quote their cause in their own message
-/// (so a log line or `sync status` shows it whole); printing the chain
-/// as well said everything twice.
+/// One line: the error and each cause its message does not already quote.
 fn one_line_error(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string().replace('\n', " ");
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
+    rolebridge::telemetry::error_chain(e.as_ref())
 }
 
 /// Clap's usage errors span several lines (message, usage, hint); keep the

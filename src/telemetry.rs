@@ -67,6 +67,25 @@ fn install_panic_hook() {
     }));
 }
 
+/// An error and its causes on one line, each cause only where the text
+/// before it does not already quote it: our errors quote their cause in
+/// their own message (so a log line shows it whole), and reqwest hides
+/// "connection refused" deep in its source chain. At most 8 causes.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string().replace('\n', " ");
+    let mut cause = e.source();
+    for _ in 0..8 {
+        let Some(c) = cause else { break };
+        let text = c.to_string().replace('\n', " ");
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
 /// The message of a panic payload (`panic!` gives a `&str` or a `String`),
 /// for the hook and for the places that catch a panic and report it.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {

@@ -194,7 +194,7 @@ impl GraphClient {
                 })
             }
             RequestTokenError::Request(e) => TokenFailure::Transient {
-                why: Transient::Unreachable(error_chain(&e)),
+                why: Transient::Unreachable(crate::telemetry::error_chain(&e)),
                 retry_after: None,
             },
             // A 429 or 5xx with a body that is no OAuth2 error (a proxy's
@@ -263,7 +263,7 @@ impl GraphClient {
                 .send()
                 .await;
             let transient = match sent {
-                Err(e) => Transient::Unreachable(error_chain(&e.without_url())),
+                Err(e) => Transient::Unreachable(crate::telemetry::error_chain(&e.without_url())),
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {
@@ -277,7 +277,9 @@ impl GraphClient {
                                     &mut attempt,
                                     &mut waited,
                                     None,
-                                    Transient::Unreachable(error_chain(&e.without_url())),
+                                    Transient::Unreachable(crate::telemetry::error_chain(
+                                        &e.without_url(),
+                                    )),
                                 )
                                 .await?;
                                 continue;
@@ -491,25 +493,4 @@ pub fn display_path(url: &str) -> String {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
-}
-
-/// An error and its causes on one line (reqwest hides "connection refused"
-/// in the source chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    let mut n = 0;
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-        n += 1;
-        if n > 8 {
-            break;
-        }
-    }
-    out
 }
