@@ -143,6 +143,17 @@ struct GraphMember {
     removed: Option<Removed>,
 }
 
+impl GraphMember {
+    /// Users and groups are members here; devices, service principals and
+    /// contacts carry no permissions.
+    fn is_user_or_group(&self) -> bool {
+        matches!(
+            self.odata_type.as_deref(),
+            Some("#microsoft.graph.user" | "#microsoft.graph.group")
+        )
+    }
+}
+
 /// A group fetched alone, to learn whether it is in scope.
 #[derive(Deserialize)]
 struct GroupAttributes {
@@ -322,15 +333,25 @@ async fn fetch_page<T: serde::de::DeserializeOwned>(
     client: &mut GraphClient,
     url: &str,
 ) -> Result<(Vec<T>, Next), SourceError> {
-    let malformed = |message: &str| EntraError::Malformed {
-        path: display_path(url),
-        message: message.to_string(),
-    };
-    let page: Page<T> = client
+    page_parts(get_page(client, url).await?).map_err(|m| malformed(url, m).into())
+}
+
+/// GETs one page of a Graph collection.
+async fn get_page<T: serde::de::DeserializeOwned>(
+    client: &mut GraphClient,
+    url: &str,
+) -> Result<Page<T>, SourceError> {
+    Ok(client
         .get(url, false)
         .await?
-        .ok_or_else(|| malformed("empty response"))?;
-    page_parts(page).map_err(|m| malformed(m).into())
+        .ok_or_else(|| malformed(url, "empty response"))?)
+}
+
+fn malformed(url: &str, message: &str) -> EntraError {
+    EntraError::Malformed {
+        path: display_path(url),
+        message: message.to_string(),
+    }
 }
 
 /// A group's direct members that are users or groups, every page of
@@ -343,23 +364,11 @@ async fn members_of(
     let mut url = format!("{graph_url}/groups/{id}/members?$select=id");
     let mut out = Vec::new();
     for _ in 0..MAX_PAGES {
-        let page: Page<GraphMember> =
-            client
-                .get(&url, false)
-                .await?
-                .ok_or_else(|| EntraError::Malformed {
-                    path: display_path(&url),
-                    message: "empty response".into(),
-                })?;
+        let page: Page<GraphMember> = get_page(client, &url).await?;
         out.extend(
             page.value
                 .into_iter()
-                .filter(|m| {
-                    matches!(
-                        m.odata_type.as_deref(),
-                        Some("#microsoft.graph.user" | "#microsoft.graph.group")
-                    )
-                })
+                .filter(GraphMember::is_user_or_group)
                 .map(|m| MemberRef::Key(m.id)),
         );
         match page.next_link {
@@ -642,13 +651,7 @@ impl GroupScan {
         let mut added = Vec::new();
         let mut removed = Vec::new();
         for m in g.members {
-            let is_member = matches!(
-                m.odata_type.as_deref(),
-                Some("#microsoft.graph.user" | "#microsoft.graph.group")
-            );
-            // Devices, service principals and contacts carry no
-            // permissions here.
-            if !is_member {
+            if !m.is_user_or_group() {
                 continue;
             }
             if m.removed.is_some() {
