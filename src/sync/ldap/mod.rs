@@ -28,6 +28,7 @@ mod tombstones;
 
 use conn::*;
 use paged::*;
+use probe::naming_context;
 use syncrepl::*;
 
 use std::collections::BTreeMap;
@@ -220,22 +221,19 @@ async fn read(
     let mut complete = true;
     match (mode, previous) {
         (Mode::Syncrepl, Some(previous)) => {
-            // The server's contextCSN per base, read before searching.
-            let mut csns: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for base in &config.base_dns {
-                csns.insert(base.clone(), conn.context_csn(&root, base).await?);
-            }
+            // The server's contextCSN, read before searching.
+            let contexts = conn.context_csns(&root, &config.base_dns).await?;
             // A crash can also leave contextCSN at a point after the cookie
             // but before the last writes; syncrepl then stops at it. Entries
             // newer than the contextCSN give that away.
-            for base in &config.base_dns {
-                if let Some(entry) = conn.entry_csn_above(&root, base, &csns[base]).await? {
+            for (context, csns) in &contexts {
+                if let Some(entry) = conn.entry_csn_above(context, csns).await? {
                     // Read contextCSN again, so a write landing between the
                     // two reads is not taken for a crash.
-                    let now = conn.context_csn(&root, base).await?;
+                    let now = conn.context_csn(context).await?;
                     if now.iter().max().is_none_or(|c| *c < entry) {
                         return expired(format!(
-                            "'{base}' holds an entry with entryCSN {entry}, newer than the \
+                            "'{context}' holds an entry with entryCSN {entry}, newer than the \
                              server's contextCSN (a crash moved it back)"
                         ));
                     }
@@ -252,8 +250,8 @@ async fn read(
                     else {
                         return expired(format!("no usable cookie for {key}"));
                     };
-                    if let Some(why) = state::csn_rewound(&state::cookie_csns(&cookie), &csns[base])
-                    {
+                    let csns = csns_of(&root, &contexts, base);
+                    if let Some(why) = state::csn_rewound(&state::cookie_csns(&cookie), csns) {
                         return expired(format!("{key}: {why}"));
                     }
                     cookies.push((base, kind, key, cookie));
@@ -277,17 +275,19 @@ async fn read(
             // when a crash left contextCSN behind the entries: everything
             // written until then is in this read, and later writes get
             // newer CSNs.
-            for base in &config.base_dns {
-                let mut csns = conn.context_csn(&root, base).await?;
-                if let Some(entry) = conn.entry_csn_above(&root, base, &csns).await? {
+            let mut contexts = conn.context_csns(&root, &config.base_dns).await?;
+            for (context, csns) in contexts.iter_mut() {
+                if let Some(entry) = conn.entry_csn_above(context, csns).await? {
                     tracing::warn!(
-                        base,
+                        context,
                         entry,
                         "contextCSN is behind the entries (a crash moved it back)"
                     );
-                    state::advance(&mut csns, entry);
+                    state::advance(csns, entry);
                 }
-                let cookie = state::cookie_at(&csns);
+            }
+            for base in &config.base_dns {
+                let cookie = state::cookie_at(csns_of(&root, &contexts, base));
                 if cookie.is_none() {
                     tracing::info!(
                         base,
@@ -373,6 +373,18 @@ async fn read(
         cursor,
         bases: config.base_dns.clone(),
     })
+}
+
+/// The contextCSN of `base`'s naming context, from `contexts` as
+/// [`Conn::context_csns`] read them.
+fn csns_of<'a>(
+    root: &RootDse,
+    contexts: &'a BTreeMap<String, Vec<String>>,
+    base: &str,
+) -> &'a [String] {
+    naming_context(root, base)
+        .and_then(|c| contexts.get(&c))
+        .map_or(&[], Vec::as_slice)
 }
 
 /// The key of one search's cookie: `user:<base>` or `group:<base>`.

@@ -16,37 +16,46 @@ pub(super) fn naming_context(root: &RootDse, base: &str) -> Option<String> {
 }
 
 impl Conn {
-    /// The `contextCSN` values of the naming context holding `base`.
-    pub(super) async fn context_csn(
-        &mut self,
-        root: &RootDse,
-        base: &str,
-    ) -> Result<Vec<String>, LdapError> {
-        let Some(context) = naming_context(root, base) else {
-            return Ok(Vec::new());
-        };
+    /// The `contextCSN` values of `context` (a naming context).
+    pub(super) async fn context_csn(&mut self, context: &str) -> Result<Vec<String>, LdapError> {
         Ok(self
-            .base_values(&context, "contextCSN")
+            .base_values(context, "contextCSN")
             .await?
             .into_iter()
             .filter_map(|v| String::from_utf8(v).ok())
             .collect())
     }
 
-    /// The newest `entryCSN` in `base`'s naming context that is newer than
-    /// every CSN in `csns` (its `contextCSN`). A live server never has one
-    /// for long (it moves contextCSN with every write); a restarted one
-    /// whose contextCSN a crash moved back does.
-    pub(super) async fn entry_csn_above(
+    /// The `contextCSN` of every naming context holding one of `bases`,
+    /// each read once (bases usually share one); a base outside every
+    /// naming context has none.
+    pub(super) async fn context_csns(
         &mut self,
         root: &RootDse,
-        base: &str,
+        bases: &[String],
+    ) -> Result<BTreeMap<String, Vec<String>>, LdapError> {
+        let mut out = BTreeMap::new();
+        for base in bases {
+            if let Some(context) = naming_context(root, base) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(context) {
+                    let csns = self.context_csn(slot.key()).await?;
+                    slot.insert(csns);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest `entryCSN` in `context` that is newer than every CSN in
+    /// `csns` (its `contextCSN`). A live server never has one for long (it
+    /// moves contextCSN with every write); a restarted one whose contextCSN
+    /// a crash moved back does.
+    pub(super) async fn entry_csn_above(
+        &mut self,
+        context: &str,
         csns: &[String],
     ) -> Result<Option<String>, LdapError> {
         let Some(newest) = csns.iter().max() else {
-            return Ok(None);
-        };
-        let Some(context) = naming_context(root, base) else {
             return Ok(None);
         };
         let newest = ldap3::ldap_escape(newest);
@@ -54,7 +63,7 @@ impl Conn {
         let mut above: Option<String> = None;
         let res = self
             .entries(
-                &context,
+                context,
                 Scope::Subtree,
                 &filter,
                 &["entryCSN".to_string()],
@@ -74,7 +83,7 @@ impl Conn {
             .await?;
         if res.rc != 0 {
             return Err(LdapError::Search {
-                base: context,
+                base: context.to_string(),
                 filter,
                 message: describe(&res),
             });
