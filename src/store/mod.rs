@@ -195,4 +195,26 @@ mod tests {
         assert!(dir.is_dir());
         assert!(prepare_sqlite_url("sqlite::memory:").is_err());
     }
+
+    /// SQLite 3.51.0 and 3.51.1 can deadlock a process: `unixIsSharingShmNode`
+    /// takes the global VFS mutex while holding a file's lock mutex, and
+    /// `unixClose` takes them the other way round (fixed in 3.51.2). A pool
+    /// closing one WAL connection while another locks the same file hung
+    /// every SQLite open in the test process. The bundled library must stay
+    /// past it.
+    #[tokio::test]
+    async fn the_bundled_sqlite_has_the_vfs_deadlock_fix() {
+        let dir = std::env::temp_dir().join(format!("rb-ver-{}", uuid::Uuid::new_v4()));
+        let store = Store::connect(&format!("sqlite://{}/v.db", dir.display()))
+            .await
+            .unwrap();
+        let (version,): (String,) = sqlx::query_as("SELECT sqlite_version()")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        let parts: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+        assert!(parts >= vec![3, 51, 2], "SQLite {version}");
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
