@@ -40,7 +40,7 @@ use reqwest::Method;
 use scim::schema::ResourceKind;
 use serde_json::{json, Map, Value};
 
-use crate::support::{Backend, TestServer, USER};
+use crate::support::{drop_database, Backend, TestServer, USER};
 
 const ENT: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 const CUSTOM: &str = "urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User";
@@ -778,33 +778,6 @@ async fn run_case(srv: &TestServer, case: &Case, stats: &mut Stats) -> Result<()
     }
     stats.cases += 1;
     Ok(())
-}
-
-async fn drop_database(backend: Backend, url: &str) {
-    match backend {
-        Backend::Sqlite => {
-            if let Some(path) = url.strip_prefix("sqlite://") {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
-                }
-            }
-        }
-        Backend::Postgres => {
-            use sqlx::Connection;
-            let name = url::Url::parse(url)
-                .map(|u| u.path().trim_start_matches('/').to_string())
-                .unwrap_or_default();
-            if let Ok(mut admin) =
-                sqlx::PgConnection::connect(&crate::support::postgres_admin_url()).await
-            {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await;
-            }
-        }
-    }
 }
 
 fn run(backend: Backend) {

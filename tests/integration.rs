@@ -42,6 +42,8 @@ mod rate_limits;
 mod observability;
 // The directory-sync runner: apply, failure, guard, dry run, lease, permissions.
 mod sync_framework;
+// An incremental run's scoped load against the full load (property test).
+mod sync_scope;
 // `rolebridge sync` and `sync status` through the binary, against slapd.
 mod sync_cli;
 // The LDAP source against a real slapd.

@@ -29,7 +29,7 @@ use rolebridge::app::{AnsweredFrom, Consistency, Summary, SummaryUser, UserRef};
 use rolebridge::domain::{Scope, Tenant, TenantName};
 use serde_json::{json, Value};
 
-use crate::support::{Backend, Resp, TestServer, GROUP, PATCH_OP, USER};
+use crate::support::{drop_database, Backend, Resp, TestServer, GROUP, PATCH_OP, USER};
 
 /// Cases per backend, and the most steps one case has (users, groups and
 /// further operations together).
@@ -1179,35 +1179,6 @@ async fn verify(
         cycles: has_cycle(&dir.edges),
     };
     Ok(seen)
-}
-
-/// Removes a backend's test database (a run shrinking a failure makes many
-/// cases, and leftovers slow the next run's cleanup).
-async fn drop_database(backend: Backend, url: &str) {
-    match backend {
-        Backend::Sqlite => {
-            if let Some(path) = url.strip_prefix("sqlite://") {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
-                }
-            }
-        }
-        Backend::Postgres => {
-            use sqlx::Connection;
-            let name = url::Url::parse(url)
-                .map(|u| u.path().trim_start_matches('/').to_string())
-                .unwrap_or_default();
-            if let Ok(mut admin) =
-                sqlx::PgConnection::connect(&crate::support::postgres_admin_url()).await
-            {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await;
-            }
-        }
-    }
 }
 
 /// One case: a fresh tenant on the shared server, the only tenant the

@@ -32,6 +32,8 @@ pub enum Error {
         id: String,
         source: serde_json::Error,
     },
+    #[error("stored {column} '{value}' is not a value this version knows")]
+    BadColumn { column: &'static str, value: String },
     /// A bug, never the client's fault: a write reached commit without its
     /// tenant's effective permissions brought up to date.
     #[error("internal: tenant {0} was written but its effective permissions were not derived before commit")]

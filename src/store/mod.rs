@@ -13,6 +13,7 @@ mod error;
 mod repairs;
 mod resources;
 mod sync;
+mod sync_scope;
 mod tenants;
 
 use std::str::FromStr;
@@ -29,6 +30,7 @@ pub use error::Error;
 pub use resources::{MemberRow, Page, StoredResource, WriteTx};
 pub use scim::sql::Dialect;
 pub use sync::{SyncLink, SyncRunRecord, SyncState, RUNS_KEPT};
+pub use sync_scope::{LinkTotals, ScopeKeys, SyncScope};
 pub use tenants::TokenRecord;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,6 +1,7 @@
 //! Directory-sync bookkeeping: links from a source's stable ids to
 //! resources, each source's cursor and run lease, and the run log.
 
+use scim::schema::ResourceKind;
 use sqlx::Row;
 
 use super::{Result, Store, WriteTx};
@@ -13,8 +14,7 @@ pub const RUNS_KEPT: i64 = 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncLink {
     pub source: String,
-    /// `User` or `Group`.
-    pub kind: String,
+    pub kind: ResourceKind,
     pub external_key: String,
     pub tenant: TenantId,
     pub resource_id: String,
@@ -28,6 +28,9 @@ pub struct SyncLink {
 /// A source's persisted state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncState {
+    /// The tenant the cursor describes (None before the first applied run,
+    /// and for state saved before the column existed).
+    pub tenant: Option<TenantId>,
     pub cursor: Option<String>,
     pub last_full: Option<String>,
     pub lease_owner: Option<String>,
@@ -59,22 +62,7 @@ impl Store {
         .bind(tenant.to_string())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SyncLink {
-                    source: r.try_get(0)?,
-                    kind: r.try_get(1)?,
-                    external_key: r.try_get(2)?,
-                    tenant,
-                    resource_id: r.try_get(4)?,
-                    locator: r.try_get(5)?,
-                    name_lc: r.try_get(6)?,
-                    base: r.try_get(7)?,
-                    content_hash: r.try_get(8)?,
-                    missing_since: r.try_get(9)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| link_from_row(r, tenant)).collect()
     }
 
     /// The tenants other than `tenant` in which a source still holds links:
@@ -99,13 +87,17 @@ impl Store {
 
     pub async fn sync_state(&self, source: &str) -> Result<SyncState> {
         let row = sqlx::query(
-            "SELECT cursor, last_full, lease_owner, lease_until FROM sync_state WHERE source = $1",
+            "SELECT cursor, last_full, lease_owner, lease_until, tenant_id FROM sync_state WHERE source = $1",
         )
         .bind(source)
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
             Some(r) => SyncState {
+                tenant: r
+                    .try_get::<Option<String>, _>(4)?
+                    .and_then(|t| uuid::Uuid::parse_str(&t).ok())
+                    .map(TenantId::from_uuid),
                 cursor: r.try_get(0)?,
                 last_full: r.try_get(1)?,
                 lease_owner: r.try_get(2)?,
@@ -236,7 +228,7 @@ impl WriteTx {
             for link in chunk {
                 q = q
                     .bind(link.source.as_str())
-                    .bind(link.kind.as_str())
+                    .bind(link.kind.name())
                     .bind(link.external_key.as_str())
                     .bind(link.tenant.to_string())
                     .bind(link.resource_id.as_str())
@@ -267,10 +259,15 @@ impl WriteTx {
         Ok(done.rows_affected())
     }
 
-    pub async fn delete_sync_link(&mut self, source: &str, kind: &str, key: &str) -> Result<()> {
+    pub async fn delete_sync_link(
+        &mut self,
+        source: &str,
+        kind: ResourceKind,
+        key: &str,
+    ) -> Result<()> {
         sqlx::query("DELETE FROM sync_links WHERE source = $1 AND kind = $2 AND external_key = $3")
             .bind(source)
-            .bind(kind)
+            .bind(kind.name())
             .bind(key)
             .execute(self.conn())
             .await?;
@@ -281,20 +278,23 @@ impl WriteTx {
     /// run, so the cursor never runs ahead of the data; and checks that the
     /// run still holds the source's lease. A run that outlived its lease
     /// while another took it planned from a stale read: its whole
-    /// transaction is refused ([`Error::LeaseLost`]).
+    /// transaction is refused ([`Error::LeaseLost`]). The tenant is saved
+    /// with the cursor, which describes what that tenant holds.
     pub async fn save_sync_cursor(
         &mut self,
         source: &str,
+        tenant: TenantId,
         lease_owner: &str,
         cursor: Option<&str>,
         full_at: Option<&str>,
     ) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE sync_state SET cursor = $1, last_full = COALESCE($2, last_full) \
-             WHERE source = $3 AND lease_owner = $4",
+            "UPDATE sync_state SET cursor = $1, last_full = COALESCE($2, last_full), tenant_id = $3 \
+             WHERE source = $4 AND lease_owner = $5",
         )
         .bind(cursor)
         .bind(full_at)
+        .bind(tenant.to_string())
         .bind(source)
         .bind(lease_owner)
         .execute(self.conn())
@@ -304,4 +304,33 @@ impl WriteTx {
         }
         Ok(())
     }
+}
+
+/// A `sync_links.kind` value.
+pub(super) fn kind_column(value: &str) -> Result<ResourceKind> {
+    match value {
+        "User" => Ok(ResourceKind::User),
+        "Group" => Ok(ResourceKind::Group),
+        other => Err(super::Error::BadColumn {
+            column: "sync_links.kind",
+            value: other.to_string(),
+        }),
+    }
+}
+
+/// A row of `SELECT source, kind, external_key, tenant_id, resource_id,
+/// locator, name_lc, base, content_hash, missing_since`.
+pub(super) fn link_from_row(r: &sqlx::any::AnyRow, tenant: TenantId) -> Result<SyncLink> {
+    Ok(SyncLink {
+        source: r.try_get(0)?,
+        kind: kind_column(&r.try_get::<String, _>(1)?)?,
+        external_key: r.try_get(2)?,
+        tenant,
+        resource_id: r.try_get(4)?,
+        locator: r.try_get(5)?,
+        name_lc: r.try_get(6)?,
+        base: r.try_get(7)?,
+        content_hash: r.try_get(8)?,
+        missing_since: r.try_get(9)?,
+    })
 }

@@ -6,21 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Users or groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Kind {
-    User,
-    Group,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::User => "User",
-            Kind::Group => "Group",
-        }
-    }
-}
+/// Users or groups: the SCIM resource kinds, so a source's records, the
+/// store's links and the SCIM endpoints name a kind with one type.
+pub use scim::schema::ResourceKind as Kind;
 
 /// A user as the directory describes it, already mapped to SCIM attributes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

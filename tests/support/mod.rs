@@ -556,3 +556,32 @@ pub const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+
+/// Removes a backend's test database (a property test shrinking a failure
+/// makes many cases, and leftovers slow the next run's cleanup).
+pub async fn drop_database(backend: Backend, url: &str) {
+    match backend {
+        Backend::Sqlite => {
+            if let Some(path) = url.strip_prefix("sqlite://") {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                }
+            }
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let name = url::Url::parse(url)
+                .map(|u| u.path().trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            if let Ok(mut admin) =
+                sqlx::PgConnection::connect(&crate::support::postgres_admin_url()).await
+            {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await;
+            }
+        }
+    }
+}

@@ -217,7 +217,9 @@ impl Schema {
 }
 
 /// The resource types this server serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum ResourceKind {
     User,
     Group,

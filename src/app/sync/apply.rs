@@ -195,7 +195,7 @@ impl App {
                 .add
                 .iter()
                 .filter(|(id, _)| !refused.contains(id))
-                .cloned()
+                .map(|(id, kind)| (id.clone(), kind.name()))
                 .collect();
             if !add.is_empty() {
                 tx.add_members(tenant, &gid, &add).await?;
@@ -212,7 +212,7 @@ impl App {
             .collect();
         tx.upsert_sync_links(&links).await?;
         for (kind, key) in &plan.link_deletes {
-            tx.delete_sync_link(source, kind.as_str(), key).await?;
+            tx.delete_sync_link(source, *kind, key).await?;
         }
         if cursor.release_other_tenants {
             let released = tx.release_sync_links_besides(source, tenant).await?;
@@ -222,8 +222,14 @@ impl App {
                 "the source moved to another tenant; its links in the old one are released"
             );
         }
-        tx.save_sync_cursor(source, cursor.lease_owner, cursor.cursor, cursor.full_at)
-            .await?;
+        tx.save_sync_cursor(
+            source,
+            tenant,
+            cursor.lease_owner,
+            cursor.cursor,
+            cursor.full_at,
+        )
+        .await?;
         applied.permissions_changed = self.commit(tx).await?.permissions_changed;
         Ok(applied)
     }

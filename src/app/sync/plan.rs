@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::store::{Directory, DirectoryGroup, DirectoryUser, MemberRow, SyncLink};
+use crate::store::{
+    Directory, DirectoryGroup, DirectoryUser, LinkTotals, MemberRow, ScopeKeys, SyncLink,
+};
 use crate::sync::{Batch, ExternalGroup, ExternalUser, Kind, MemberRef, Members, ReadOutcome};
 
 /// Everything a run would change.
@@ -70,7 +72,7 @@ pub enum GroupOp {
 
 #[derive(Debug, Clone, Default)]
 pub struct MemberDelta {
-    pub add: Vec<(String, &'static str)>,
+    pub add: Vec<(String, Kind)>,
     pub remove: Vec<String>,
 }
 
@@ -294,7 +296,7 @@ impl Plan {
                 edges.retain(|(g, mm, _)| !(g == group && mm == m));
             }
             for (m, ty) in &d.add {
-                edges.insert((group.clone(), m.clone(), ty.to_string()));
+                edges.insert((group.clone(), m.clone(), ty.name().to_string()));
             }
         }
         edges.retain(|(g, m, _)| !gone.contains(g) && !gone.contains(m));
@@ -318,8 +320,13 @@ impl Plan {
 pub struct PlanInput<'a> {
     pub source: &'a str,
     pub tenant: crate::domain::TenantId,
+    /// The source's links: all of them, or for an incremental read, at
+    /// least those [`scope_keys`] names (see `store::SyncScope`).
     pub links: &'a [SyncLink],
+    /// The tenant's directory: whole, or the part around `links`.
     pub before: &'a Directory,
+    /// Counted over all the source's links, whichever `links` holds.
+    pub totals: &'a LinkTotals,
     pub now: &'a str,
     /// Deactivated users missing since before this are deleted.
     pub delete_before: &'a str,
@@ -378,6 +385,85 @@ fn attributes_only(g: &ExternalGroup) -> ExternalGroup {
     }
 }
 
+/// What an incremental batch names, so the run loads only those links
+/// (and their resources) instead of everything the source holds: the keys
+/// of its entries, deletions and member references, the DNs of its entries
+/// (a re-created account takes over its old DN's memberships) and of its
+/// member references, and the userNames its members name.
+pub fn scope_keys(batch: &Batch) -> ScopeKeys {
+    let mut scope = ScopeKeys::default();
+    for (key, user) in &batch.users {
+        scope.keys.insert(key.clone());
+        if let Some(loc) = &user.locator {
+            scope.locators.insert(normalize_locator(loc));
+        }
+    }
+    scope.keys.extend(batch.deleted.keys().cloned());
+    for (key, change) in &batch.groups {
+        scope.keys.insert(key.clone());
+        let listed = match change.group.as_ref().map(|g| &g.members) {
+            Some(Members::Full(list)) => list.as_slice(),
+            Some(Members::Delta { added, removed }) => {
+                // A batch folds a group's deltas into `added`/`removed`;
+                // a delta left on the record is named too.
+                for m in added.iter().chain(removed) {
+                    name_member(&mut scope, m);
+                }
+                &[]
+            }
+            None => &[],
+        };
+        for m in listed.iter().chain(&change.added).chain(&change.removed) {
+            name_member(&mut scope, m);
+        }
+        if let Some(loc) = change.group.as_ref().and_then(|g| g.locator.as_ref()) {
+            scope.locators.insert(normalize_locator(loc));
+        }
+    }
+    scope
+}
+
+fn name_member(scope: &mut ScopeKeys, m: &MemberRef) {
+    match m {
+        MemberRef::Key(k) => {
+            scope.keys.insert(k.clone());
+        }
+        MemberRef::Locator(dn) => {
+            scope.locators.insert(normalize_locator(dn));
+        }
+        MemberRef::UserName(n) => {
+            scope.names.insert(n.to_lowercase());
+        }
+    }
+}
+
+/// The guard's totals over links and a directory held whole (a complete
+/// read loads both); an incremental read has the store count them.
+pub fn totals(links: &[SyncLink], dir: &Directory) -> LinkTotals {
+    let mut t = LinkTotals::default();
+    let mut groups: HashSet<&str> = HashSet::new();
+    for l in links {
+        match l.kind {
+            Kind::User => {
+                t.users += 1;
+                if l.missing_since.is_none() {
+                    *t.active_users_per_base.entry(l.base.clone()).or_default() += 1;
+                }
+            }
+            Kind::Group => {
+                t.groups += 1;
+                groups.insert(l.resource_id.as_str());
+            }
+        }
+    }
+    t.edges = dir
+        .edges
+        .iter()
+        .filter(|e| groups.contains(e.group_id.as_str()))
+        .count() as u64;
+    t
+}
+
 /// Plans a run. The batch's user records move into the plan (unchanged ones
 /// are dropped), so the directory is held once, not twice.
 pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> Plan {
@@ -385,17 +471,17 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
     let user_links: HashMap<&str, &SyncLink> = input
         .links
         .iter()
-        .filter(|l| l.kind == "User")
+        .filter(|l| l.kind == Kind::User)
         .map(|l| (l.external_key.as_str(), l))
         .collect();
     let group_links: HashMap<&str, &SyncLink> = input
         .links
         .iter()
-        .filter(|l| l.kind == "Group")
+        .filter(|l| l.kind == Kind::Group)
         .map(|l| (l.external_key.as_str(), l))
         .collect();
-    plan.linked_users = user_links.len() as u64;
-    plan.linked_groups = group_links.len() as u64;
+    plan.linked_users = input.totals.users;
+    plan.linked_groups = input.totals.groups;
     let stored_users: HashMap<&str, &DirectoryUser> = input
         .before
         .users
@@ -445,7 +531,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
         if link.is_none_or(|l| l.content_hash != hash || l.missing_since.is_some()) {
             plan.link_upserts.push(SyncLink {
                 source: input.source.to_string(),
-                kind: "User".into(),
+                kind: Kind::User,
                 external_key: key.clone(),
                 tenant: input.tenant,
                 resource_id: id.clone(),
@@ -503,7 +589,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
                 if link.is_none_or(|l| l.content_hash != hash) {
                     plan.link_upserts.push(SyncLink {
                         source: input.source.to_string(),
-                        kind: "Group".into(),
+                        kind: Kind::Group,
                         external_key: key.clone(),
                         tenant: input.tenant,
                         resource_id: id.clone(),
@@ -664,14 +750,11 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
     // plan deactivates or deletes has been emptied, whatever the read
     // reported.
     {
-        let mut active: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut base_of: HashMap<&str, &str> = HashMap::new();
-        for l in user_links.values() {
-            base_of.insert(l.resource_id.as_str(), l.base.as_str());
-            if l.missing_since.is_none() {
-                *active.entry(l.base.as_str()).or_default() += 1;
-            }
-        }
+        let active = &input.totals.active_users_per_base;
+        let base_of: HashMap<&str, &str> = user_links
+            .values()
+            .map(|l| (l.resource_id.as_str(), l.base.as_str()))
+            .collect();
         let mut removed: BTreeMap<&str, u64> = BTreeMap::new();
         for op in &plan.users {
             let id = match op {
@@ -735,17 +818,28 @@ fn memberships_of_a_reused_dn(
     deleted: &HashSet<&str>,
     plan: &Plan,
 ) -> Vec<(String, String, String)> {
-    let old_by_locator: HashMap<&str, &SyncLink> = user_links
-        .values()
-        .filter_map(|l| l.locator.as_deref().map(|loc| (loc, *l)))
-        .collect();
+    // Every old account that held the DN (in key order, so the plan never
+    // depends on hash order).
+    let mut old_by_locator: HashMap<&str, Vec<&SyncLink>> = HashMap::new();
+    for l in user_links.values() {
+        if let Some(loc) = l.locator.as_deref() {
+            old_by_locator.entry(loc).or_default().push(*l);
+        }
+    }
+    for olds in old_by_locator.values_mut() {
+        olds.sort_by(|a, b| a.external_key.cmp(&b.external_key));
+    }
     let mut moved: Vec<(&str, &str)> = Vec::new();
     for op in &plan.users {
         let UserOp::Create { id, user } = op else {
             continue;
         };
         let Some(loc) = &user.locator else { continue };
-        if let Some(old) = old_by_locator.get(normalize_locator(loc).as_str()) {
+        for old in old_by_locator
+            .get(normalize_locator(loc).as_str())
+            .into_iter()
+            .flatten()
+        {
             if old.external_key != user.key && old.resource_id != *id {
                 moved.push((old.resource_id.as_str(), id.as_str()));
             }
@@ -808,18 +902,27 @@ fn plan_members(
         }))
         .collect();
     // Locator and name indexes: stored links first, then this batch (a
-    // renamed entry's new DN wins over its old one).
-    let mut by_locator: HashMap<String, (String, &'static str)> = HashMap::new();
+    // renamed entry's new DN wins over its old one). Two stored links can
+    // share a DN or name (an account deleted, waiting out its grace
+    // period, and created again under its old DN): the live one wins, then
+    // the greater key, so the answer never depends on hash order, nor on
+    // which other links a run happened to load.
+    let mut by_locator: HashMap<String, (String, Kind)> = HashMap::new();
     let mut by_name: HashMap<String, String> = HashMap::new();
-    for l in user_links.values() {
+    let precedence = |l: &&&SyncLink| (l.missing_since.is_none(), l.external_key.clone());
+    let mut stored_users: Vec<&&SyncLink> = user_links.values().collect();
+    stored_users.sort_by_key(precedence);
+    for l in stored_users {
         if let Some(loc) = &l.locator {
-            by_locator.insert(loc.clone(), (l.resource_id.clone(), "User"));
+            by_locator.insert(loc.clone(), (l.resource_id.clone(), Kind::User));
         }
         by_name.insert(l.name_lc.clone(), l.resource_id.clone());
     }
-    for l in group_links.values() {
+    let mut stored_groups: Vec<&&SyncLink> = group_links.values().collect();
+    stored_groups.sort_by_key(precedence);
+    for l in stored_groups {
         if let Some(loc) = &l.locator {
-            by_locator.insert(loc.clone(), (l.resource_id.clone(), "Group"));
+            by_locator.insert(loc.clone(), (l.resource_id.clone(), Kind::Group));
         }
     }
     // Unchanged users keep their DN in their link; changed and new ones
@@ -827,7 +930,7 @@ fn plan_members(
     for op in &plan.users {
         if let UserOp::Create { id, user } | UserOp::Update { id, user, .. } = op {
             if let Some(loc) = &user.locator {
-                by_locator.insert(normalize_locator(loc), (id.clone(), "User"));
+                by_locator.insert(normalize_locator(loc), (id.clone(), Kind::User));
             }
             by_name.insert(user.user_name.to_lowercase(), id.clone());
         }
@@ -835,30 +938,34 @@ fn plan_members(
     for (key, g) in &batch.groups {
         if let (Some(id), Some(group)) = (group_ids.get(key.as_str()), &g.group) {
             if let Some(loc) = &group.locator {
-                by_locator.insert(normalize_locator(loc), (id.clone(), "Group"));
+                by_locator.insert(normalize_locator(loc), (id.clone(), Kind::Group));
             }
         }
     }
-    let resolve = |m: &MemberRef| -> Option<(String, &'static str)> {
+    let resolve = |m: &MemberRef| -> Option<(String, Kind)> {
         match m {
             MemberRef::Key(k) => user_ids
                 .get(k.as_str())
-                .map(|id| (id.clone(), "User"))
+                .map(|id| (id.clone(), Kind::User))
                 .or_else(|| {
                     user_links
                         .get(k.as_str())
-                        .map(|l| (l.resource_id.clone(), "User"))
+                        .map(|l| (l.resource_id.clone(), Kind::User))
                 })
-                .or_else(|| group_ids.get(k.as_str()).map(|id| (id.clone(), "Group")))
+                .or_else(|| {
+                    group_ids
+                        .get(k.as_str())
+                        .map(|id| (id.clone(), Kind::Group))
+                })
                 .or_else(|| {
                     group_links
                         .get(k.as_str())
-                        .map(|l| (l.resource_id.clone(), "Group"))
+                        .map(|l| (l.resource_id.clone(), Kind::Group))
                 }),
             MemberRef::Locator(dn) => by_locator.get(&normalize_locator(dn)).cloned(),
             MemberRef::UserName(n) => by_name
                 .get(&n.to_lowercase())
-                .map(|id| (id.clone(), "User")),
+                .map(|id| (id.clone(), Kind::User)),
         }
     };
     let mut current: HashMap<&str, HashSet<&str>> = HashMap::new();
@@ -870,14 +977,7 @@ fn plan_members(
     }
     let mut unresolved = 0usize;
     let mut emptied = 0u64;
-    plan.linked_edges = group_links
-        .values()
-        .map(|l| {
-            current
-                .get(l.resource_id.as_str())
-                .map_or(0, |h| h.len() as u64)
-        })
-        .sum();
+    plan.linked_edges = input.totals.edges;
     let mut keys: Vec<&String> = batch.groups.keys().collect();
     keys.sort();
     for key in keys {
@@ -891,7 +991,7 @@ fn plan_members(
         let have = current.get(gid.as_str());
         let mut delta = MemberDelta::default();
         let mut resolve_all = |refs: &mut dyn Iterator<Item = &MemberRef>| {
-            let mut out: BTreeMap<String, &'static str> = BTreeMap::new();
+            let mut out: BTreeMap<String, Kind> = BTreeMap::new();
             for m in refs {
                 match resolve(m) {
                     Some((id, ty)) if id != *gid => {
@@ -918,7 +1018,7 @@ fn plan_members(
                 }
                 for (id, ty) in &want {
                     if !have.is_some_and(|h| h.contains(id.as_str())) {
-                        delta.add.push((id.clone(), ty));
+                        delta.add.push((id.clone(), *ty));
                     }
                 }
                 if want.is_empty() && have.is_some_and(|h| !h.is_empty()) {
@@ -972,7 +1072,7 @@ fn plan_members(
     for (gid, new, old) in transfers {
         let delta = plan.members.entry(gid).or_default();
         if !delta.add.iter().any(|(id, _)| *id == new) {
-            delta.add.push((new, "User"));
+            delta.add.push((new, Kind::User));
         }
         if !delta.remove.contains(&old) {
             delta.remove.push(old);

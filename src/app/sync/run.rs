@@ -352,10 +352,15 @@ async fn run_leased<S: Source>(
     // A source pointed at another tenant since its last run: its cursor
     // describes what the old tenant holds, so the new one is read in full,
     // and the old tenant's links are released with the run.
-    let moved_from = app
-        .store
-        .sync_link_tenants_besides(&config.name, tenant)
-        .await?;
+    // The tenant saved with the cursor answers that without reading links;
+    // state from before the column (or a first run) asks the links.
+    let moved_from = if state.tenant == Some(tenant) {
+        Vec::new()
+    } else {
+        app.store
+            .sync_link_tenants_besides(&config.name, tenant)
+            .await?
+    };
     if !moved_from.is_empty() {
         tracing::warn!(source = %config.name, from = ?moved_from, "the source now syncs another tenant; reading in full");
     }
@@ -401,8 +406,21 @@ async fn run_leased<S: Source>(
     };
     let read_ms = phase.elapsed().as_millis() as u64;
     let phase = Instant::now();
-    let links = app.store.sync_links(&config.name, tenant).await?;
-    let before = app.store.directory(tenant).await?;
+    // A complete read is planned against everything the source holds (it
+    // finds what vanished); an incremental one against what its batch
+    // names, so it costs what it changed.
+    let (links, mut before, totals) = if outcome.complete {
+        let links = app.store.sync_links(&config.name, tenant).await?;
+        let before = app.store.directory(tenant).await?;
+        let totals = plan::totals(&links, &before);
+        (links, before, totals)
+    } else {
+        let scope = app
+            .store
+            .sync_scope(&config.name, tenant, &plan::scope_keys(&batch))
+            .await?;
+        (scope.links, scope.directory, scope.totals)
+    };
     // A grace period too long to represent deletes nothing.
     let delete_before = time::Duration::try_from(config.delete_after)
         .ok()
@@ -419,6 +437,7 @@ async fn run_leased<S: Source>(
             tenant,
             links: &links,
             before: &before,
+            totals: &totals,
             now: started,
             delete_before: &delete_before,
             new_id: &new_id,
@@ -446,6 +465,9 @@ async fn run_leased<S: Source>(
     // A preview (dry or held run) simulates the plan over the whole tenant,
     // twice; an applied run counts what its own commit changed instead.
     if options.dry_run || (held.is_some() && !options.confirm_deletes) {
+        if !outcome.complete {
+            before = app.store.directory(tenant).await?;
+        }
         report.permission_changes = permission_changes(app, &config.tenant, &before, &plan);
     }
     if options.dry_run {

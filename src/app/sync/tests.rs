@@ -74,6 +74,7 @@ impl World {
                 tenant: self.tenant,
                 links: &self.links,
                 before: &self.dir,
+                totals: &super::plan::totals(&self.links, &self.dir),
                 now,
                 delete_before,
                 new_id: &new_id,
@@ -91,7 +92,7 @@ impl World {
         }
         for (kind, key) in &plan.link_deletes {
             self.links
-                .retain(|x| !(x.kind == kind.as_str() && &x.external_key == key));
+                .retain(|x| !(x.kind == *kind && &x.external_key == key));
         }
     }
 

@@ -389,7 +389,7 @@ fn csns_of<'a>(
 
 /// The key of one search's cookie: `user:<base>` or `group:<base>`.
 fn cookie_key(kind: Kind, base: &str) -> String {
-    format!("{}:{base}", kind.as_str().to_ascii_lowercase())
+    format!("{}:{base}", kind.name().to_ascii_lowercase())
 }
 
 fn resolve_mode(config: &LdapConfig, root: &RootDse, url: &str) -> Result<Mode, LdapError> {
