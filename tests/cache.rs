@@ -26,7 +26,7 @@ const PERM: &str = "take_and_respond_to_chats";
 
 pub async fn tenant_of(srv: &TestServer) -> Tenant {
     srv.app
-        .store
+        .store()
         .tenant_by_name(&TenantName::parse(&srv.tenant).unwrap())
         .await
         .unwrap()
@@ -93,7 +93,7 @@ fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
 }
 
 fn redis_of(app: &App) -> &RedisCache {
-    app.cache.redis.as_ref().expect("app built with Redis")
+    app.cache().redis.as_ref().expect("app built with Redis")
 }
 
 /// Waits until the writer has attempted at least `expect` entries since
@@ -145,7 +145,7 @@ pub async fn seed_members(
             version: 1,
         })
         .collect();
-    let mut tx = app.store.begin_write().await.unwrap();
+    let mut tx = app.store().begin_write().await.unwrap();
     let refused = tx
         .insert_many(tenant.id, ResourceKind::User, &docs)
         .await
@@ -293,14 +293,14 @@ each_backend! {
                 break;
             }
             assert_eq!(c.from, AnsweredFrom::Store);
-            assert!(count(&sibling.cache.metrics.redis_errors) >= 1, "a Redis miss without an error: the entry was not shared");
+            assert!(count(&sibling.cache().metrics.redis_errors) >= 1, "a Redis miss without an error: the entry was not shared");
         }
         let sibling = served.expect("a second app never got the answer from Redis");
         // The same question again: the in-process cache now holds it.
         let c = answer(&sibling, &tenant, &u, Consistency::AtLeastAsFresh(rev)).await;
         assert_eq!((c.from, grants(&c)), (AnsweredFrom::LocalCache, true));
         // The default never reads a cache, in either app.
-        let m = &sibling.cache.metrics;
+        let m = &sibling.cache().metrics;
         let (local, remote) = (count(&m.local_hits), count(&m.redis_hits));
         for app in [&sibling, &srv.app] {
             let c = answer(app, &tenant, &u, Consistency::Full).await;
@@ -335,7 +335,7 @@ each_backend! {
                 relaxed_read_redis = true;
                 break;
             }
-            assert!(count(&fresh.cache.metrics.redis_errors) >= 1, "{:?} without a Redis error", c.from);
+            assert!(count(&fresh.cache().metrics.redis_errors) >= 1, "{:?} without a Redis error", c.from);
             tokio::time::sleep(Duration::from_millis(1100)).await;
             fresh.ready().await.expect("Redis");
         }
@@ -400,13 +400,13 @@ each_backend! {
             both(expected, rev, step).await;
         }
         // Direct store writes (the path sync batches take) go through App::commit too.
-        let mut tx = srv.app.store.begin_write().await.unwrap();
+        let mut tx = srv.app.store().begin_write().await.unwrap();
         tx.remove_members(tenant.id, &ResourceId::from_client(&gid), std::slice::from_ref(&u)).await.unwrap();
         let committed = srv.app.commit(tx).await.unwrap();
         let rev = committed.revision(tenant.id).expect("the batch's revision");
         assert_eq!(committed.changed, 1, "{committed:?}");
         both(false, rev, "store batch").await;
-        let mut tx = srv.app.store.begin_write().await.unwrap();
+        let mut tx = srv.app.store().begin_write().await.unwrap();
         tx.add_members(tenant.id, &ResourceId::from_client(&gid), &[(u.clone(), "User")]).await.unwrap();
         let rev = srv.app.commit(tx).await.unwrap().revision(tenant.id).unwrap();
         both(true, rev, "store batch re-adds").await;
@@ -661,7 +661,7 @@ async fn outage(backend: crate::support::Backend, kind: Outage) {
         Outage::Hung => redis_server.pause(),
     }
     let errors_before =
-        count(&sibling.cache.metrics.redis_errors) + count(&srv.app.cache.metrics.redis_errors);
+        count(&sibling.cache().metrics.redis_errors) + count(&srv.app.cache().metrics.redis_errors);
     // Revokes and grants right after: writes stay fast, no check serves the old answer.
     for cycle in 0..10 {
         for present in [false, true] {
@@ -728,8 +728,8 @@ async fn outage(backend: crate::support::Backend, kind: Outage) {
             "{kind:?} Redis, {what}: median {p50:?}, without Redis {c50:?}"
         );
     }
-    let errors = count(&sibling.cache.metrics.redis_errors)
-        + count(&srv.app.cache.metrics.redis_errors)
+    let errors = count(&sibling.cache().metrics.redis_errors)
+        + count(&srv.app.cache().metrics.redis_errors)
         - errors_before;
     assert!(errors <= 3, "{kind:?} Redis: {errors} Redis calls failed in 1,040 checks: the breaker did not skip Redis");
     assert!(

@@ -87,7 +87,7 @@ crate::both_backends! {
         let r = srv.client.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.json::<Value>().await.unwrap()["status"], "ready");
-        srv.app.store.close().await;
+        srv.app.store().close().await;
         let r = srv.client.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 503);
         let body: Value = r.json().await.unwrap();

@@ -850,7 +850,7 @@ async fn apply(
             srv.app
                 .reload_mappings()
                 .map_err(|e| fail(format!("generated mapping invalid: {e:?}\n{tenant_file}")))?;
-            let fingerprint = srv.app.mappings.current().fingerprint.clone();
+            let fingerprint = srv.app.mappings().current().fingerprint.clone();
             let expect = usize::from(m.stamped.as_deref() != Some(fingerprint.as_str()));
             let done = srv
                 .app
@@ -983,13 +983,13 @@ async fn verify(
     db: &mut sqlx::AnyConnection,
 ) -> Result<Seen, TestCaseError> {
     let app = srv.app;
-    let loaded = app.mappings.current();
+    let loaded = app.mappings().current();
     let compiled = loaded
         .set
         .tenant(&mapping::TenantName::new(&srv.tenant))
         .ok_or_else(|| fail("the test tenant is not mapped".into()))?;
     let dir = app
-        .store
+        .store()
         .directory(tenant.id)
         .await
         .map_err(|e| fail(format!("directory: {e}")))?;
@@ -1139,7 +1139,7 @@ async fn verify(
     // Deleted users: the API does not know them.
     for (label, id) in &m.deleted_users {
         let at = app
-            .store
+            .store()
             .check_row(tenant.id, Some(id), None)
             .await
             .map_err(|e| fail(format!("check_row: {e}")))?;
@@ -1202,7 +1202,7 @@ async fn run_case(server: &TestServer, case: &Case, stats: &Stats) -> Result<(),
     let tenant_name = TenantName::parse(&name).expect("tenant name");
     let tenant = server
         .app
-        .store
+        .store()
         .tenant_by_name(&tenant_name)
         .await
         .expect("tenant")
@@ -1246,7 +1246,7 @@ async fn run_steps(
             .await
             .expect("connect to the test database")
     };
-    let metrics = &srv.app.cache.metrics;
+    let metrics = &srv.app.cache().metrics;
     for op in &case.ops {
         let full_before = metrics.full_recomputes.load(Ordering::Relaxed);
         let recomputed_before = metrics.recomputed_users.load(Ordering::Relaxed);
@@ -1261,7 +1261,7 @@ async fn run_steps(
                 // Only the first derivation of the tenant (rows never
                 // computed under this mapping) may take the whole-tenant
                 // path; every other directory write is incremental.
-                let fingerprint = srv.app.mappings.current().fingerprint.clone();
+                let fingerprint = srv.app.mappings().current().fingerprint.clone();
                 let first = committed && m.stamped.as_deref() != Some(fingerprint.as_str());
                 let expect = u64::from(first);
                 if full != expect {

@@ -115,9 +115,9 @@ both_backends! {
         use rolebridge::domain::ResourceId;
         use rolebridge::store::StoredResource;
         use scim::schema::ResourceKind;
-        let tenant = srv.app.store.tenant_by_name(&rolebridge::domain::TenantName::parse(&srv.tenant).unwrap()).await.unwrap().unwrap();
+        let tenant = srv.app.store().tenant_by_name(&rolebridge::domain::TenantName::parse(&srv.tenant).unwrap()).await.unwrap().unwrap();
         let mut ids = Vec::new();
-        let mut tx = srv.app.store.begin_write().await.unwrap();
+        let mut tx = srv.app.store().begin_write().await.unwrap();
         for i in 0..3000 {
             let r = StoredResource {
                 id: ResourceId::generate(),
@@ -131,7 +131,7 @@ both_backends! {
         }
         srv.app.commit(tx).await.unwrap();
         let g = srv.group("big").await;
-        let mut tx = srv.app.store.begin_write().await.unwrap();
+        let mut tx = srv.app.store().begin_write().await.unwrap();
         let seed: Vec<(String, &'static str)> = ids[..2900].iter().map(|i| (i.clone(), "User")).collect();
         tx.add_members(tenant.id, &ResourceId::from_client(&g), &seed).await.unwrap();
         srv.app.commit(tx).await.unwrap();

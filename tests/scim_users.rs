@@ -264,7 +264,7 @@ both_backends! {
         let scim = srv.app.create_token(&name, rolebridge::domain::Scope::Scim).await.unwrap();
         let ok = srv.send_with(Method::GET, &url, None, &[], Some(scim.token.expose())).await;
         assert_eq!(ok.status, 200);
-        assert!(srv.app.store.revoke_token(&scim.id, "now").await.unwrap());
+        assert!(srv.app.store().revoke_token(&scim.id, "now").await.unwrap());
         srv.send_with(Method::GET, &url, None, &[], Some(scim.token.expose())).await.assert_error(401, None);
     }
 }

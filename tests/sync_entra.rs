@@ -831,7 +831,7 @@ each_backend! {
         let d = populate(&g);
         let cfg = source_config(&srv, &g, LENIENT, "max_retries = 2");
         run_source(&srv.app, &cfg, RunOptions { force_full: true, ..RunOptions::default() }).await.unwrap();
-        let cursor = srv.app.store.sync_state(&cfg.name).await.unwrap().cursor;
+        let cursor = srv.app.store().sync_state(&cfg.name).await.unwrap().cursor;
         assert!(cursor.is_some());
         // Bob is gone, but the stand-in dies before the read completes: a
         // forced full read must not take the missing pages for deletions.
@@ -844,8 +844,8 @@ each_backend! {
             assert_eq!(scim_user(&srv, u).await["active"], true, "{u}");
         }
         assert_eq!(scim_group_members(&srv, "Ops").await, set(&["bob@contoso.example"]));
-        assert_eq!(srv.app.store.sync_state(&cfg.name).await.unwrap().cursor, cursor, "cursor kept");
-        assert_eq!(srv.app.store.sync_runs(&cfg.name, 1).await.unwrap()[0].outcome, "failed");
+        assert_eq!(srv.app.store().sync_state(&cfg.name).await.unwrap().cursor, cursor, "cursor kept");
+        assert_eq!(srv.app.store().sync_runs(&cfg.name, 1).await.unwrap()[0].outcome, "failed");
     }
 }
 
@@ -863,7 +863,7 @@ each_backend! {
         assert_eq!((r.outcome.as_str(), r.counts.users_created), ("dry-run", 20), "{r:?}");
         assert!(r.diff.contains(&"+ user p7@contoso.example".to_string()), "{:?}", r.diff);
         assert_eq!(srv.get("/Users").await.body["totalResults"], 0);
-        assert_eq!(srv.app.store.sync_state(&cfg.name).await.unwrap().cursor, None);
+        assert_eq!(srv.app.store().sync_state(&cfg.name).await.unwrap().cursor, None);
 
         run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap();
         for id in &ids[..12] {

@@ -180,10 +180,10 @@ each_backend! {
         assert_eq!(g.body["Resources"][0]["urn:rolebridge:params:sync:1.0:Group"]["dn"], "cn=Engineering,ou=groups");
         let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         assert_eq!(again.outcome, rolebridge::app::sync::RunOutcome::Unchanged, "{again:?}");
-        let state = srv.app.store.sync_state(&cfg.name).await.unwrap();
+        let state = srv.app.store().sync_state(&cfg.name).await.unwrap();
         assert_eq!(state.cursor.as_deref(), Some("cursor-2"));
         assert!(state.lease_owner.is_none(), "lease released");
-        assert_eq!(srv.app.store.sync_runs(&cfg.name, 10).await.unwrap().len(), 2);
+        assert_eq!(srv.app.store().sync_runs(&cfg.name, 10).await.unwrap().len(), 2);
     }
 }
 
@@ -197,7 +197,7 @@ each_backend! {
         });
         let cfg = config(&srv, LENIENT);
         run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
-        let epoch = srv.app.store.directory(srv.app.tenant(&cfg.tenant).await.unwrap().id).await.unwrap().epoch;
+        let epoch = srv.app.store().directory(srv.app.tenant(&cfg.tenant).await.unwrap().id).await.unwrap().epoch;
         // The directory now has fewer users and a changed group, but the
         // read breaks off half-way.
         dir.with(|s| {
@@ -207,12 +207,12 @@ each_backend! {
         });
         let err = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap_err();
         assert!(matches!(err, SyncError::Source { .. }), "{err}");
-        let after = srv.app.store.directory(srv.app.tenant(&cfg.tenant).await.unwrap().id).await.unwrap();
+        let after = srv.app.store().directory(srv.app.tenant(&cfg.tenant).await.unwrap().id).await.unwrap();
         assert_eq!(after.epoch, epoch, "no write at all");
         assert_eq!(after.users.iter().filter(|u| u.active).count(), 10);
         assert_eq!(after.edges.len(), 4);
-        assert_eq!(srv.app.store.sync_state(&cfg.name).await.unwrap().cursor.as_deref(), Some("cursor-1"));
-        let runs = srv.app.store.sync_runs(&cfg.name, 1).await.unwrap();
+        assert_eq!(srv.app.store().sync_state(&cfg.name).await.unwrap().cursor.as_deref(), Some("cursor-1"));
+        let runs = srv.app.store().sync_runs(&cfg.name, 1).await.unwrap();
         assert_eq!(runs[0].outcome, "failed");
         assert!(runs[0].error.as_deref().unwrap_or("").contains(&cfg.name), "{:?}", runs[0].error);
     }
@@ -273,7 +273,7 @@ each_backend! {
         assert!(r.diff.contains(&"+ user user3@example.org".to_string()), "{:?}", r.diff);
         assert!(r.diff.contains(&"+ member user3@example.org -> Ops".to_string()), "{:?}", r.diff);
         assert_eq!(users(&srv).await["totalResults"], 0);
-        let state = srv.app.store.sync_state(&cfg.name).await.unwrap();
+        let state = srv.app.store().sync_state(&cfg.name).await.unwrap();
         assert_eq!(state.cursor, None, "a dry run does not move the cursor");
     }
 }
@@ -363,7 +363,7 @@ each_backend! {
             tokio::spawn(async move { run_with_source(&app, &cfg, &mut dir, RunOptions::default(), None).await })
         };
         let lease_until = || async {
-            let state = srv.app.store.sync_state(&cfg.name).await.unwrap();
+            let state = srv.app.store().sync_state(&cfg.name).await.unwrap();
             assert!(state.lease_owner.is_some(), "the run holds the lease");
             rolebridge::domain::parse_timestamp(state.lease_until.as_deref().unwrap()).unwrap()
         };
@@ -376,7 +376,7 @@ each_backend! {
         assert!(renewed > first + time::Duration::seconds(15), "not renewed: {first} then {renewed}");
         let r = run.await.unwrap().unwrap();
         assert_eq!(r.outcome, rolebridge::app::sync::RunOutcome::Applied);
-        assert_eq!(srv.app.store.sync_state(&cfg.name).await.unwrap().lease_owner, None);
+        assert_eq!(srv.app.store().sync_state(&cfg.name).await.unwrap().lease_owner, None);
     }
 }
 
@@ -415,7 +415,7 @@ each_backend! {
     async fn overlapping_runs_of_one_source_are_refused(backend) {
         let srv = TestServer::start(backend).await;
         let cfg = config(&srv, LENIENT);
-        assert!(srv.app.store.acquire_sync_lease(&cfg.name, "other-process", &rolebridge::app::now(), "9999-01-01T00:00:00.000000Z").await.unwrap());
+        assert!(srv.app.store().acquire_sync_lease(&cfg.name, "other-process", &rolebridge::app::now(), "9999-01-01T00:00:00.000000Z").await.unwrap());
         let err = run_with_source(&srv.app, &cfg, &mut Directory::default(), RunOptions::default(), None).await.unwrap_err();
         assert!(matches!(err, SyncError::Busy(_)), "{err}");
         assert!(err.to_string().contains("already running"));
@@ -577,12 +577,12 @@ each_backend! {
         let cfg = config(&srv, LENIENT);
         dir.with(|s| {
             s.users = (0..3).map(person).collect();
-            s.thief = Some((srv.app.store.clone(), cfg.name.clone()));
+            s.thief = Some((srv.app.store().clone(), cfg.name.clone()));
         });
         let err = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap_err();
         assert!(err.to_string().contains("lease expired"), "{err}");
         assert_eq!(users(&srv).await["totalResults"], 0);
-        let state = srv.app.store.sync_state(&cfg.name).await.unwrap();
+        let state = srv.app.store().sync_state(&cfg.name).await.unwrap();
         assert_eq!((state.cursor, state.lease_owner.as_deref()), (None, Some("thief")));
     }
 }
@@ -644,7 +644,7 @@ async fn the_run_log_keeps_the_newest_runs_per_source() {
                 continue;
             }
             srv.app
-                .store
+                .store()
                 .record_sync_run(&SyncRunRecord {
                     id: format!("{source}-{i:05}"),
                     source: source.into(),
@@ -658,12 +658,12 @@ async fn the_run_log_keeps_the_newest_runs_per_source() {
                 .unwrap();
         }
     }
-    let a = srv.app.store.sync_runs("a", 5000).await.unwrap();
+    let a = srv.app.store().sync_runs("a", 5000).await.unwrap();
     assert_eq!(a.len() as i64, RUNS_KEPT);
     assert_eq!(a[0].id, format!("a-{:05}", RUNS_KEPT + 4), "newest first");
     assert_eq!(a.last().unwrap().id, "a-00005", "the oldest five are gone");
     assert_eq!(
-        srv.app.store.sync_runs("b", 5000).await.unwrap().len(),
+        srv.app.store().sync_runs("b", 5000).await.unwrap().len(),
         3,
         "other sources untouched"
     );

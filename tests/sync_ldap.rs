@@ -909,9 +909,9 @@ each_backend! {
             let err = run_source(&srv.app, &cfg, RunOptions::default()).await.unwrap_err();
             assert!(!matches!(err, SyncError::Busy(_)), "attempt {attempt}: the lease was left held: {err}");
             eprintln!("attempt {attempt}: {err}");
-            let state = srv.app.store.sync_state(&cfg.name).await.unwrap();
+            let state = srv.app.store().sync_state(&cfg.name).await.unwrap();
             assert_eq!(state.lease_owner, None, "attempt {attempt}: lease not released");
-            let runs = srv.app.store.sync_runs(&cfg.name, 10).await.unwrap();
+            let runs = srv.app.store().sync_runs(&cfg.name, 10).await.unwrap();
             assert_eq!(runs.len(), attempt + 1, "every failed run is recorded");
             assert_eq!(runs[0].outcome, "failed");
             assert!(runs[0].error.as_deref().is_some_and(|e| !e.is_empty()), "{:?}", runs[0]);
@@ -1176,7 +1176,7 @@ async fn a_source_moved_to_another_tenant_reads_in_full_and_releases_the_old_lin
     // The old tenant keeps its users, released by the source.
     let old = srv
         .app
-        .store
+        .store()
         .tenant_by_name(&cfg.tenant)
         .await
         .unwrap()
@@ -1184,7 +1184,7 @@ async fn a_source_moved_to_another_tenant_reads_in_full_and_releases_the_old_lin
         .id;
     assert!(srv
         .app
-        .store
+        .store()
         .sync_links(&cfg.name, old)
         .await
         .unwrap()

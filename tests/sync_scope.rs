@@ -314,7 +314,7 @@ impl Ctx<'_> {
         expire: bool,
         scoped: bool,
     ) -> Result<Plan, TestCaseError> {
-        let store = &self.app.store;
+        let store = &self.app.store();
         let mut batch = batch_of(changes);
         let (links, before, totals) = if scoped {
             let s = store
@@ -403,7 +403,7 @@ async fn run_case(app: &App, steps: &[Step], stats: &Stats) -> Result<(), TestCa
     let name = TenantName::parse(&unique("scope").to_lowercase().replace('_', "-"))
         .map_err(|e| TestCaseError::fail(format!("tenant name: {e}")))?;
     let tenant = app
-        .store
+        .store()
         .create_tenant(&name, "2026-01-01T00:00:00.000000Z")
         .await
         .map_err(|e| TestCaseError::fail(format!("create_tenant: {e}")))?;
@@ -416,7 +416,7 @@ async fn run_case(app: &App, steps: &[Step], stats: &Stats) -> Result<(), TestCa
         ids: Cell::new(stats.cases.get() * 1_000_000),
     };
     let took = app
-        .store
+        .store()
         .acquire_sync_lease(
             &ctx.source,
             &ctx.owner,
@@ -476,12 +476,12 @@ async fn run_case(app: &App, steps: &[Step], stats: &Stats) -> Result<(), TestCa
                 prop_assert_eq!(oracle.counts(), scoped.counts());
                 stats.compared.set(stats.compared.get() + 1);
                 let all = app
-                    .store
+                    .store()
                     .sync_links(&ctx.source, ctx.tenant)
                     .await
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let scope = app
-                    .store
+                    .store()
                     .sync_scope(
                         &ctx.source,
                         ctx.tenant,

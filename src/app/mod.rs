@@ -32,16 +32,18 @@ use crate::store::Store;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The application: a cheap handle shared by every request.
+/// The application: a cheap handle shared by every request. Its parts are
+/// private: `http` and `cli` reach the store only through these use cases,
+/// so every write goes through `commit` (derivation, epoch, cache).
 #[derive(Clone)]
 pub struct App {
-    pub store: Store,
+    store: Store,
     /// The mapping files in force; swapped whole on reload.
-    pub mappings: Arc<Mappings>,
+    mappings: Arc<Mappings>,
     /// Effective-permission caches (in-process, and Redis when configured).
-    pub cache: Arc<PermissionCache>,
+    cache: Arc<PermissionCache>,
     /// Directory-sync run counters (`/metrics`).
-    pub sync_metrics: Arc<SyncMetrics>,
+    sync_metrics: Arc<SyncMetrics>,
 }
 
 impl App {
@@ -152,6 +154,27 @@ impl App {
         }
         out.push_str(&self.sync_metrics.text());
         out
+    }
+
+    /// The store, read-only by contract: for test fixtures, benchmarks and
+    /// inspection. A use case belongs in `App`, not at a caller.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The mapping set in force.
+    pub fn mappings(&self) -> &Mappings {
+        &self.mappings
+    }
+
+    /// The permission caches and their counters.
+    pub fn cache(&self) -> &PermissionCache {
+        &self.cache
+    }
+
+    /// Closes the store's connections (at shutdown).
+    pub async fn close(&self) {
+        self.store.close().await;
     }
 
     pub fn with_mappings(store: Store, mappings: Mappings) -> Self {

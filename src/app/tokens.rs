@@ -31,6 +31,28 @@ pub fn hash_secret(secret: &str) -> String {
 }
 
 impl App {
+    pub async fn create_tenant(&self, name: &TenantName) -> Result<Tenant> {
+        Ok(self.store.create_tenant(name, &now()).await?)
+    }
+
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>> {
+        Ok(self.store.list_tenants().await?)
+    }
+
+    /// Every token (of one tenant, or of all), revoked ones included.
+    pub async fn list_tokens(&self, tenant: Option<&TenantName>) -> Result<Vec<TokenRecord>> {
+        let tenant = match tenant {
+            Some(name) => Some(self.tenant(name).await?.id),
+            None => None,
+        };
+        Ok(self.store.list_tokens(tenant).await?)
+    }
+
+    /// Revokes a token; false when no active token has that id.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool> {
+        Ok(self.store.revoke_token(id, &now()).await?)
+    }
+
     pub async fn create_token(&self, tenant: &TenantName, scope: Scope) -> Result<NewToken> {
         let tenant = self.tenant(tenant).await?;
         let id = uuid::Uuid::new_v4().simple().to_string();

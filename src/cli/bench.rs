@@ -257,7 +257,7 @@ pub(super) async fn seed_users(
 ) -> anyhow::Result<()> {
     let target = ids.len() + n;
     while ids.len() < target {
-        let mut tx = app.store.begin_write().await?;
+        let mut tx = app.store().begin_write().await?;
         for _ in 0..1000.min(target - ids.len()) {
             let ts = now();
             let r = StoredResource {

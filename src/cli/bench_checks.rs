@@ -632,7 +632,7 @@ async fn one_size(
         },
         rss_start as f64 / 1024.0,
         proc_status_kib("VmRSS").unwrap_or(0) as f64 / 1024.0,
-        app.cache.local.len()
+        app.cache().local.len()
     );
     server.abort();
     let _ = std::fs::remove_dir_all(&dir);
@@ -1231,7 +1231,7 @@ async fn in_process_cold(
         let (user, group, added) = writer.pick();
         let uid = writer.users[user].clone();
         let t0 = Instant::now();
-        let mut tx = app.store.begin_write().await?;
+        let mut tx = app.store().begin_write().await?;
         if added {
             tx.add_members(tenant.id, &groups.oncall[group], &[(uid.clone(), "User")])
                 .await?;
@@ -1313,7 +1313,7 @@ struct Sources {
 
 impl Sources {
     fn of(app: &App) -> Sources {
-        let m = &app.cache.metrics;
+        let m = &app.cache().metrics;
         Sources {
             store: m.store_reads.load(Ordering::Relaxed),
             local: m.local_hits.load(Ordering::Relaxed),
@@ -1351,8 +1351,8 @@ impl Counters {
     /// deletes no user). `RedisCache::flush` alone returns once the queue
     /// is empty, while the writer may still hold a batch.
     async fn read(app: &App, conn: &mut redis::aio::MultiplexedConnection) -> Counters {
-        let m = &app.cache.metrics;
-        let (redis_writes, redis_dropped) = match &app.cache.redis {
+        let m = &app.cache().metrics;
+        let (redis_writes, redis_dropped) = match &app.cache().redis {
             Some(r) => {
                 r.flush().await;
                 let expected = m.changed_users.load(Ordering::Relaxed);
@@ -1462,7 +1462,7 @@ async fn nested_moves(
     ] {
         let before = Counters::read(app, conn).await;
         let started = Instant::now();
-        let mut tx = app.store.begin_write().await?;
+        let mut tx = app.store().begin_write().await?;
         tx.remove_members(tenant.id, from, std::slice::from_ref(&leaf))
             .await?;
         tx.add_members(tenant.id, to, &[(leaf.clone(), "Group")])

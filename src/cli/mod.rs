@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::{now, App, Mappings, UserRef};
+use crate::app::{App, Mappings, UserRef};
 use crate::config::{Config, Overrides};
 use crate::domain::{Scope, TenantName};
 use crate::store::{self, Store};
@@ -237,7 +237,7 @@ async fn serve(config: Config, log_format: crate::telemetry::LogFormat) -> anyho
     )
     .with_graceful_shutdown(shutdown_signal())
     .await?;
-    app.store.close().await;
+    app.close().await;
     Ok(())
 }
 
@@ -365,11 +365,11 @@ async fn tenant(config: &Config, cmd: TenantCommand) -> anyhow::Result<()> {
     match cmd {
         TenantCommand::Create { name } => {
             let name = TenantName::parse(&name)?;
-            let t = app.store.create_tenant(&name, &now()).await?;
+            let t = app.create_tenant(&name).await?;
             println!("{}", t.name);
         }
         TenantCommand::List => {
-            for t in app.store.list_tenants().await? {
+            for t in app.list_tenants().await? {
                 println!("{}\t{}\t{}", t.name, t.id, t.created);
             }
         }
@@ -386,11 +386,8 @@ async fn token(config: &Config, cmd: TokenCommand) -> anyhow::Result<()> {
             println!("{}", t.token.expose());
         }
         TokenCommand::List { tenant } => {
-            let tenant_id = match tenant {
-                Some(n) => Some(app.tenant(&TenantName::parse(&n)?).await?.id),
-                None => None,
-            };
-            for t in app.store.list_tokens(tenant_id).await? {
+            let tenant = tenant.map(|n| TenantName::parse(&n)).transpose()?;
+            for t in app.list_tokens(tenant.as_ref()).await? {
                 let state = match &t.revoked {
                     Some(at) => format!("revoked {at}"),
                     None => "active".into(),
@@ -402,7 +399,7 @@ async fn token(config: &Config, cmd: TokenCommand) -> anyhow::Result<()> {
             }
         }
         TokenCommand::Revoke { id } => {
-            if !app.store.revoke_token(&id, &now()).await? {
+            if !app.revoke_token(&id).await? {
                 bail!("no active token with id '{id}'");
             }
             println!("revoked {id}");

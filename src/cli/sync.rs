@@ -97,7 +97,7 @@ pub async fn run(config: &Config, args: SyncArgs) -> anyhow::Result<()> {
     } else {
         print_report(&report);
     }
-    app.store.close().await;
+    app.close().await;
     if report.outcome == RunOutcome::Held {
         std::process::exit(EXIT_HELD);
     }

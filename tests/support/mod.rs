@@ -352,7 +352,7 @@ impl TestServer {
             }
         };
         let name = TenantName::parse(&tenant).expect("tenant name");
-        app.store
+        app.store()
             .create_tenant(&name, &rolebridge::app::now())
             .await
             .expect("create tenant");
@@ -419,7 +419,7 @@ impl TestServer {
         let tenant = unique("other");
         let name = TenantName::parse(&tenant).expect("name");
         self.app
-            .store
+            .store()
             .create_tenant(&name, &rolebridge::app::now())
             .await
             .expect("tenant");
