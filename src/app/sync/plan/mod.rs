@@ -1,0 +1,524 @@
+//! Turns a batch into the exact changes to make, against what this source
+//! synced before (its links) and the tenant's directory as stored. Pure:
+//! no IO, so a dry run, a held run and an applied run plan identically.
+//!
+//! - this file: the plan's types and the entries (users, groups, what
+//!   vanished, emptied bases);
+//! - `members`: member references resolved and diffed against the stored
+//!   edges;
+//! - `identity`: how entries are compared (DNs, content hashes);
+//! - `scope`: what an incremental batch names, and the guard's totals;
+//! - `preview`: the diff lines and the simulated directory of a dry run.
+
+mod identity;
+mod members;
+mod preview;
+mod scope;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::store::{Directory, DirectoryUser, LinkTotals, SyncLink};
+use crate::sync::{Batch, ExternalGroup, ExternalUser, Kind, Members, ReadOutcome};
+
+use identity::group_hash;
+pub use identity::{normalize_locator, user_hash};
+pub use scope::{scope_keys, totals};
+
+/// Everything a run would change.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub users: Vec<UserOp>,
+    pub groups: Vec<GroupOp>,
+    /// Per group resource id: members to add (id, type) and to remove.
+    pub members: BTreeMap<String, MemberDelta>,
+    /// Links to write (created, changed, marked missing) and to drop.
+    pub link_upserts: Vec<SyncLink>,
+    pub link_deletes: Vec<(Kind, String)>,
+    pub skipped: Vec<String>,
+    /// Users this source holds before the run, and groups (guard base).
+    pub linked_users: u64,
+    pub linked_groups: u64,
+    /// Bases that held users before and returned none in a complete read.
+    pub emptied_bases: Vec<String>,
+    /// Membership edges of this source's groups before the run (guard base).
+    pub linked_edges: u64,
+    /// Groups that had members and whose full member list is now empty (a
+    /// bind account that lost read access to `member` looks like this).
+    pub emptied_groups: u64,
+    /// Memberships that go with the groups this plan deletes: the group's
+    /// own members, and its place in the groups it was nested in. To a
+    /// user, losing the group is losing the membership.
+    pub members_lost_with_groups: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum UserOp {
+    Create {
+        id: String,
+        user: ExternalUser,
+    },
+    Update {
+        id: String,
+        user: ExternalUser,
+        reactivated: bool,
+        deactivated: bool,
+    },
+    /// Vanished from the directory: deactivated now, deleted after the
+    /// grace period.
+    Deactivate {
+        id: String,
+        user_name: String,
+    },
+    Delete {
+        id: String,
+        user_name: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum GroupOp {
+    Create { id: String, group: ExternalGroup },
+    Update { id: String, group: ExternalGroup },
+    Delete { id: String, display_name: String },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MemberDelta {
+    pub add: Vec<(String, Kind)>,
+    pub remove: Vec<String>,
+}
+
+/// The counts a report and the guard need.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub users_created: u64,
+    pub users_updated: u64,
+    pub users_deactivated: u64,
+    pub users_reactivated: u64,
+    pub users_deleted: u64,
+    pub groups_created: u64,
+    pub groups_updated: u64,
+    pub groups_deleted: u64,
+    pub members_added: u64,
+    pub members_removed: u64,
+}
+
+impl Plan {
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for op in &self.users {
+            match op {
+                UserOp::Create { .. } => c.users_created += 1,
+                UserOp::Update {
+                    reactivated,
+                    deactivated,
+                    ..
+                } => {
+                    c.users_updated += 1;
+                    c.users_reactivated += u64::from(*reactivated);
+                    c.users_deactivated += u64::from(*deactivated);
+                }
+                UserOp::Deactivate { .. } => c.users_deactivated += 1,
+                UserOp::Delete { .. } => c.users_deleted += 1,
+            }
+        }
+        for op in &self.groups {
+            match op {
+                GroupOp::Create { .. } => c.groups_created += 1,
+                GroupOp::Update { .. } => c.groups_updated += 1,
+                GroupOp::Delete { .. } => c.groups_deleted += 1,
+            }
+        }
+        for d in self.members.values() {
+            c.members_added += d.add.len() as u64;
+            c.members_removed += d.remove.len() as u64;
+        }
+        c.members_removed += self.members_lost_with_groups;
+        c
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+            && self.groups.is_empty()
+            && self
+                .members
+                .values()
+                .all(|d| d.add.is_empty() && d.remove.is_empty())
+            && self.link_upserts.is_empty()
+            && self.link_deletes.is_empty()
+    }
+}
+
+/// What the planner needs besides the batch.
+pub struct PlanInput<'a> {
+    pub source: &'a str,
+    pub tenant: crate::domain::TenantId,
+    /// The source's links: all of them, or for an incremental read, at
+    /// least those [`scope_keys`] names (see `store::SyncScope`).
+    pub links: &'a [SyncLink],
+    /// The tenant's directory: whole, or the part around `links`.
+    pub before: &'a Directory,
+    /// Counted over all the source's links, whichever `links` holds.
+    pub totals: &'a LinkTotals,
+    pub now: &'a str,
+    /// Deactivated users missing since before this are deleted.
+    pub delete_before: &'a str,
+    /// A new resource id (injectable for tests).
+    pub new_id: &'a dyn Fn() -> String,
+}
+
+/// A group without its member list (members are planned separately), so
+/// operations never copy a large group's members.
+fn attributes_only(g: &ExternalGroup) -> ExternalGroup {
+    ExternalGroup {
+        key: g.key.clone(),
+        locator: g.locator.clone(),
+        base: g.base.clone(),
+        display_name: g.display_name.clone(),
+        external_id: g.external_id.clone(),
+        members: Members::Full(Vec::new()),
+    }
+}
+
+/// Plans a run. The batch's user records move into the plan (unchanged ones
+/// are dropped), so the directory is held once, not twice.
+pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> Plan {
+    let mut plan = Plan::default();
+    let user_links: HashMap<&str, &SyncLink> = input
+        .links
+        .iter()
+        .filter(|l| l.kind == Kind::User)
+        .map(|l| (l.external_key.as_str(), l))
+        .collect();
+    let group_links: HashMap<&str, &SyncLink> = input
+        .links
+        .iter()
+        .filter(|l| l.kind == Kind::Group)
+        .map(|l| (l.external_key.as_str(), l))
+        .collect();
+    plan.linked_users = input.totals.users;
+    plan.linked_groups = input.totals.groups;
+    let stored_users: HashMap<&str, &DirectoryUser> = input
+        .before
+        .users
+        .iter()
+        .map(|u| (u.id.as_str(), u))
+        .collect();
+    let stored_groups: HashMap<&str, &str> = input
+        .before
+        .groups
+        .iter()
+        .map(|g| (g.id.as_str(), g.display_name.as_str()))
+        .collect();
+
+    // Resource ids: linked ones (whose resource still exists), else new.
+    let mut user_ids: HashMap<String, String> = HashMap::new();
+    let mut group_ids: HashMap<&str, String> = HashMap::new();
+
+    // Users, in key order so plans are deterministic.
+    let mut batch_users: Vec<ExternalUser> =
+        std::mem::take(&mut batch.users).into_values().collect();
+    batch_users.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut seen_users: HashSet<String> = HashSet::with_capacity(batch_users.len());
+    let mut users_per_base: HashMap<String, u64> = HashMap::new();
+    for user in batch_users {
+        let key = &user.key;
+        seen_users.insert(key.clone());
+        *users_per_base.entry(user.base.clone()).or_default() += 1;
+        let hash = user_hash(&user);
+        let link = user_links
+            .get(key.as_str())
+            .filter(|l| stored_users.contains_key(l.resource_id.as_str()));
+        let (id, update) = match link {
+            Some(l) => {
+                let stored = stored_users[l.resource_id.as_str()];
+                let reactivated = l.missing_since.is_some() && user.active;
+                let deactivated = stored.active && !user.active && l.missing_since.is_none();
+                let changed = l.content_hash != hash
+                    || l.missing_since.is_some()
+                    || stored.active != user.active;
+                (
+                    l.resource_id.clone(),
+                    changed.then_some((reactivated, deactivated)),
+                )
+            }
+            None => ((input.new_id)(), None),
+        };
+        if link.is_none_or(|l| l.content_hash != hash || l.missing_since.is_some()) {
+            plan.link_upserts.push(SyncLink {
+                source: input.source.to_string(),
+                kind: Kind::User,
+                external_key: key.clone(),
+                tenant: input.tenant,
+                resource_id: id.clone(),
+                locator: user.locator.as_deref().map(normalize_locator),
+                name_lc: user.user_name.to_lowercase(),
+                base: user.base.clone(),
+                content_hash: hash,
+                missing_since: None,
+            });
+        }
+        user_ids.insert(key.clone(), id.clone());
+        match (link, update) {
+            (None, _) => plan.users.push(UserOp::Create { id, user }),
+            (Some(_), Some((reactivated, deactivated))) => plan.users.push(UserOp::Update {
+                id,
+                user,
+                reactivated,
+                deactivated,
+            }),
+            // Unchanged: the record is dropped here; its link keeps its DN.
+            (Some(_), None) => {}
+        }
+    }
+
+    // Groups.
+    let mut keys: Vec<&String> = batch.groups.keys().collect();
+    keys.sort();
+    for key in keys {
+        let change = &batch.groups[key];
+        let link = group_links
+            .get(key.as_str())
+            .filter(|l| stored_groups.contains_key(l.resource_id.as_str()));
+        match (&change.group, link) {
+            (Some(group), link) => {
+                let hash = group_hash(group);
+                let id = match link {
+                    Some(l) => {
+                        if l.content_hash != hash {
+                            plan.groups.push(GroupOp::Update {
+                                id: l.resource_id.clone(),
+                                group: attributes_only(group),
+                            });
+                        }
+                        l.resource_id.clone()
+                    }
+                    None => {
+                        let id = (input.new_id)();
+                        plan.groups.push(GroupOp::Create {
+                            id: id.clone(),
+                            group: attributes_only(group),
+                        });
+                        id
+                    }
+                };
+                if link.is_none_or(|l| l.content_hash != hash) {
+                    plan.link_upserts.push(SyncLink {
+                        source: input.source.to_string(),
+                        kind: Kind::Group,
+                        external_key: key.clone(),
+                        tenant: input.tenant,
+                        resource_id: id.clone(),
+                        locator: group.locator.as_deref().map(normalize_locator),
+                        name_lc: group.display_name.to_lowercase(),
+                        base: group.base.clone(),
+                        content_hash: hash,
+                        missing_since: None,
+                    });
+                }
+                group_ids.insert(key.as_str(), id);
+            }
+            (None, Some(l)) => {
+                group_ids.insert(key.as_str(), l.resource_id.clone());
+            }
+            (None, None) => plan.skipped.push(format!(
+                "group {key}: member changes for a group this source never synced"
+            )),
+        }
+    }
+
+    // Vanished entries.
+    let present = |key: &str| batch.present.contains(key);
+    let mut vanished_users: Vec<&SyncLink> = Vec::new();
+    let mut vanished_groups: Vec<&SyncLink> = Vec::new();
+    if outcome.complete {
+        for l in user_links.values() {
+            if !seen_users.contains(&l.external_key) && !present(&l.external_key) {
+                vanished_users.push(l);
+            }
+        }
+        for l in group_links.values() {
+            if !batch.groups.contains_key(&l.external_key) && !present(&l.external_key) {
+                vanished_groups.push(l);
+            }
+        }
+    } else {
+        for (key, kind) in &batch.deleted {
+            if *kind != Some(Kind::Group) {
+                if let Some(l) = user_links.get(key.as_str()) {
+                    vanished_users.push(l);
+                }
+            }
+            if *kind != Some(Kind::User) {
+                if let Some(l) = group_links.get(key.as_str()) {
+                    vanished_groups.push(l);
+                }
+            }
+        }
+        // Users whose grace period ran out are deleted by any run.
+        for l in user_links.values() {
+            if l.missing_since.is_some()
+                && !seen_users.contains(&l.external_key)
+                && !batch.deleted.contains_key(&l.external_key)
+            {
+                vanished_users.push(l);
+            }
+        }
+    }
+    vanished_users.sort_by(|a, b| a.external_key.cmp(&b.external_key));
+    vanished_groups.sort_by(|a, b| a.external_key.cmp(&b.external_key));
+    // A new entry taking the userName of a vanished one (an account deleted
+    // and re-created, a rehire) replaces it at once: deactivated, the old
+    // resource would hold the name for the whole grace period.
+    let new_names: HashSet<String> = plan
+        .users
+        .iter()
+        .filter_map(|op| match op {
+            UserOp::Create { user, .. } => Some(user.user_name.to_lowercase()),
+            _ => None,
+        })
+        .collect();
+    if !new_names.is_empty() {
+        let listed: HashSet<&str> = vanished_users
+            .iter()
+            .map(|l| l.external_key.as_str())
+            .collect();
+        let mut waiting: Vec<&SyncLink> = user_links
+            .values()
+            .filter(|l| {
+                l.missing_since.is_some()
+                    && new_names.contains(&l.name_lc)
+                    && !seen_users.contains(&l.external_key)
+                    && !listed.contains(l.external_key.as_str())
+            })
+            .copied()
+            .collect();
+        waiting.sort_by(|a, b| a.external_key.cmp(&b.external_key));
+        vanished_users.extend(waiting);
+    }
+    for l in vanished_users {
+        let reclaimed = new_names.contains(&l.name_lc);
+        let Some(stored) = stored_users.get(l.resource_id.as_str()) else {
+            // Deleted meanwhile (over SCIM): only the link remains.
+            plan.link_deletes.push((Kind::User, l.external_key.clone()));
+            continue;
+        };
+        match &l.missing_since {
+            _ if reclaimed => {
+                plan.users.push(UserOp::Delete {
+                    id: l.resource_id.clone(),
+                    user_name: stored.user_name.clone(),
+                });
+                plan.link_deletes.push((Kind::User, l.external_key.clone()));
+            }
+            Some(since) if since.as_str() <= input.delete_before => {
+                plan.users.push(UserOp::Delete {
+                    id: l.resource_id.clone(),
+                    user_name: stored.user_name.clone(),
+                });
+                plan.link_deletes.push((Kind::User, l.external_key.clone()));
+            }
+            Some(_) => {}
+            None => {
+                plan.users.push(UserOp::Deactivate {
+                    id: l.resource_id.clone(),
+                    user_name: stored.user_name.clone(),
+                });
+                let mut link = (*l).clone();
+                link.missing_since = Some(input.now.to_string());
+                plan.link_upserts.push(link);
+            }
+        }
+    }
+    for l in vanished_groups {
+        plan.link_deletes
+            .push((Kind::Group, l.external_key.clone()));
+        if let Some(name) = stored_groups.get(l.resource_id.as_str()) {
+            plan.groups.push(GroupOp::Delete {
+                id: l.resource_id.clone(),
+                display_name: name.to_string(),
+            });
+        }
+    }
+
+    // Empty bases. Users reported present and unchanged (a syncrepl
+    // present phase) still live under their linked base.
+    if outcome.complete {
+        for key in &batch.present {
+            if let Some(l) = user_links.get(key.as_str()) {
+                *users_per_base.entry(l.base.clone()).or_default() += 1;
+            }
+        }
+        let mut before: BTreeMap<&str, u64> = BTreeMap::new();
+        for l in user_links.values() {
+            *before.entry(l.base.as_str()).or_default() += 1;
+        }
+        for base in &outcome.bases {
+            if before.get(base.as_str()).copied().unwrap_or(0) > 0
+                && users_per_base.get(base).copied().unwrap_or(0) == 0
+            {
+                plan.emptied_bases.push(base.clone());
+            }
+        }
+    }
+
+    // Any run, incremental too: a base all of whose active users this
+    // plan deactivates or deletes has been emptied, whatever the read
+    // reported.
+    {
+        let active = &input.totals.active_users_per_base;
+        let base_of: HashMap<&str, &str> = user_links
+            .values()
+            .map(|l| (l.resource_id.as_str(), l.base.as_str()))
+            .collect();
+        let mut removed: BTreeMap<&str, u64> = BTreeMap::new();
+        for op in &plan.users {
+            let id = match op {
+                UserOp::Deactivate { id, .. } => id,
+                UserOp::Update {
+                    id,
+                    deactivated: true,
+                    ..
+                } => id,
+                _ => continue,
+            };
+            if let Some(base) = base_of.get(id.as_str()) {
+                *removed.entry(base).or_default() += 1;
+            }
+        }
+        let kept_or_added: HashSet<&str> = plan
+            .users
+            .iter()
+            .filter_map(|op| match op {
+                UserOp::Create { user, .. } => Some(user.base.as_str()),
+                UserOp::Update {
+                    user,
+                    deactivated: false,
+                    ..
+                } => Some(user.base.as_str()),
+                _ => None,
+            })
+            .collect();
+        for (base, n) in removed {
+            if active.get(base).copied().unwrap_or(0) == n
+                && !kept_or_added.contains(base)
+                && !plan.emptied_bases.iter().any(|b| b == base)
+            {
+                plan.emptied_bases.push(base.to_string());
+            }
+        }
+    }
+
+    members::plan_members(
+        batch,
+        input,
+        &user_links,
+        &group_links,
+        &user_ids,
+        &group_ids,
+        &mut plan,
+    );
+    plan
+}
