@@ -321,7 +321,13 @@ impl Ctx<'_> {
                 .sync_scope(&self.source, self.tenant, &plan::scope_keys(&batch))
                 .await
                 .map_err(|e| TestCaseError::fail(format!("sync_scope: {e}")))?;
-            (s.links, s.directory, s.totals)
+            // Counted by the database, as a run that removes something does
+            // (measured here whatever the plan removes, to compare them).
+            let totals = store
+                .link_totals(&self.source, self.tenant)
+                .await
+                .map_err(|e| TestCaseError::fail(format!("link_totals: {e}")))?;
+            (s.links, s.directory, totals)
         } else {
             let links = store
                 .sync_links(&self.source, self.tenant)
@@ -347,7 +353,7 @@ impl Ctx<'_> {
         } else {
             "2000-01-01T00:00:00.000000Z".to_string()
         };
-        let p = plan::plan(
+        let mut p = plan::plan(
             &mut batch,
             outcome,
             &PlanInput {
@@ -355,12 +361,12 @@ impl Ctx<'_> {
                 tenant: self.tenant,
                 links: &links,
                 before: &before,
-                totals: &totals,
                 now: &now,
                 delete_before: &delete_before,
                 new_id: &new_id,
             },
         );
+        p.measure(&totals);
         if !scoped {
             self.ids.set(next.get());
         }

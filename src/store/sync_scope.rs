@@ -1,7 +1,8 @@
 //! The part of a source's state one incremental batch touches: the links
-//! it names (by key, DN or userName), the users in their grace period, the
-//! resources of those links and the memberships around them, and the
-//! totals the deletion guard measures against. An incremental run of 100
+//! it names (by key, DN or userName), the users in their grace period, and
+//! the resources of those links and the memberships around them; and, only
+//! for a run that removes something, the totals the deletion guard
+//! measures against. An incremental run of 100
 //! changes reads what those 100 changes name, never the whole tenant.
 //!
 //! The planner gives the same plan on this scope as on everything the
@@ -44,14 +45,13 @@ pub struct LinkTotals {
     pub active_users_per_base: BTreeMap<String, u64>,
 }
 
-/// The links and directory slice a batch touches, with the totals.
+/// The links and directory slice a batch touches.
 #[derive(Debug, Default)]
 pub struct SyncScope {
     pub links: Vec<SyncLink>,
     /// The users and groups of `links`, and every membership edge whose
     /// group or member is one of them. Not the whole tenant.
     pub directory: Directory,
-    pub totals: LinkTotals,
 }
 
 const LINK_COLUMNS: &str = "source, kind, external_key, tenant_id, resource_id, locator, name_lc, base, content_hash, missing_since";
@@ -181,13 +181,23 @@ impl Store {
                 member_type,
             })
             .collect();
-        let totals = link_totals_on(conn, source, tenant).await?;
         tx.commit().await?;
-        Ok(SyncScope {
-            links,
-            directory,
-            totals,
-        })
+        Ok(SyncScope { links, directory })
+    }
+
+    /// The deletion guard's totals over everything the source holds,
+    /// counted by the database (the links stay there). A run asks for them
+    /// only when it removes something.
+    pub async fn link_totals(&self, source: &str, tenant: TenantId) -> Result<LinkTotals> {
+        let mut tx = self.pool.begin().await?;
+        if self.dialect == super::Dialect::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let totals = link_totals_on(&mut tx, source, tenant).await?;
+        tx.commit().await?;
+        Ok(totals)
     }
 }
 

@@ -409,17 +409,16 @@ async fn run_leased<S: Source>(
     // A complete read is planned against everything the source holds (it
     // finds what vanished); an incremental one against what its batch
     // names, so it costs what it changed.
-    let (links, mut before, totals) = if outcome.complete {
+    let (links, mut before) = if outcome.complete {
         let links = app.store.sync_links(&config.name, tenant).await?;
         let before = app.store.directory(tenant).await?;
-        let totals = plan::totals(&links, &before);
-        (links, before, totals)
+        (links, before)
     } else {
         let scope = app
             .store
             .sync_scope(&config.name, tenant, &plan::scope_keys(&batch))
             .await?;
-        (scope.links, scope.directory, scope.totals)
+        (scope.links, scope.directory)
     };
     // A grace period too long to represent deletes nothing.
     let delete_before = time::Duration::try_from(config.delete_after)
@@ -429,7 +428,7 @@ async fn run_leased<S: Source>(
         .unwrap_or_default();
     let new_id = || ResourceId::generate().as_str().to_string();
     let entries_read = batch.received;
-    let plan = plan::plan(
+    let mut plan = plan::plan(
         &mut batch,
         &outcome,
         &PlanInput {
@@ -437,12 +436,19 @@ async fn run_leased<S: Source>(
             tenant,
             links: &links,
             before: &before,
-            totals: &totals,
             now: started,
             delete_before: &delete_before,
             new_id: &new_id,
         },
     );
+    // The guard measures removals against what the source held: counted
+    // here for a complete read, by the database for an incremental run
+    // that removes anything (one that only adds and changes needs nothing).
+    if outcome.complete {
+        plan.measure(&plan::totals(&links, &before));
+    } else if plan.removes_anything() {
+        plan.measure(&app.store.link_totals(&config.name, tenant).await?);
+    }
     drop(batch);
     drop(links);
     let counts = plan.counts();

@@ -62,7 +62,7 @@ impl World {
             self.next.set(self.next.get() + 1);
             format!("id{}", self.next.get())
         };
-        plan(
+        let mut p = plan(
             &mut batch,
             &ReadOutcome {
                 complete,
@@ -74,12 +74,14 @@ impl World {
                 tenant: self.tenant,
                 links: &self.links,
                 before: &self.dir,
-                totals: &super::plan::totals(&self.links, &self.dir),
                 now,
                 delete_before,
                 new_id: &new_id,
             },
-        )
+        );
+        // As the run does: the world holds every link, so it counts them.
+        p.measure(&super::plan::totals(&self.links, &self.dir));
+        p
     }
 
     /// What `App::apply_sync` does, on the in-memory world.

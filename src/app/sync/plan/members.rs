@@ -180,7 +180,6 @@ pub(super) fn plan_members(
     }
     let mut unresolved = 0usize;
     let mut emptied = 0u64;
-    plan.linked_edges = input.totals.edges;
     let mut keys: Vec<&String> = batch.groups.keys().collect();
     keys.sort();
     for key in keys {

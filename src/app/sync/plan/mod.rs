@@ -15,7 +15,7 @@ mod members;
 mod preview;
 mod scope;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -37,13 +37,20 @@ pub struct Plan {
     pub link_upserts: Vec<SyncLink>,
     pub link_deletes: Vec<(Kind, String)>,
     pub skipped: Vec<String>,
-    /// Users this source holds before the run, and groups (guard base).
+    /// Users this source holds before the run, and groups (guard base; set
+    /// by [`Plan::measure`]).
     pub linked_users: u64,
     pub linked_groups: u64,
     /// Bases that held users before and returned none in a complete read.
     pub emptied_bases: Vec<String>,
-    /// Membership edges of this source's groups before the run (guard base).
+    /// Membership edges of this source's groups before the run (guard
+    /// base; set by [`Plan::measure`]).
     pub linked_edges: u64,
+    /// Per base, the active users this plan deactivates or deletes, and the
+    /// bases it creates or keeps active users in: with the base's active
+    /// users, [`Plan::measure`] finds a base this plan empties.
+    pub removed_per_base: BTreeMap<String, u64>,
+    pub filled_bases: BTreeSet<String>,
     /// Groups that had members and whose full member list is now empty (a
     /// bind account that lost read access to `member` looks like this).
     pub emptied_groups: u64,
@@ -139,6 +146,32 @@ impl Plan {
         c
     }
 
+    /// Whether the plan removes anything: only then does the deletion
+    /// guard need the totals it measures removals against (an incremental
+    /// run that only adds and changes skips counting them).
+    pub fn removes_anything(&self) -> bool {
+        let c = self.counts();
+        c.users_deactivated + c.users_deleted + c.groups_deleted + c.members_removed > 0
+            || self.emptied_groups > 0
+            || !self.removed_per_base.is_empty()
+    }
+
+    /// Records the guard's bases from the source's totals, and holds a base
+    /// whose every active user this plan removes.
+    pub fn measure(&mut self, totals: &LinkTotals) {
+        self.linked_users = totals.users;
+        self.linked_groups = totals.groups;
+        self.linked_edges = totals.edges;
+        for (base, n) in &self.removed_per_base {
+            if totals.active_users_per_base.get(base).copied().unwrap_or(0) == *n
+                && !self.filled_bases.contains(base)
+                && !self.emptied_bases.contains(base)
+            {
+                self.emptied_bases.push(base.clone());
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
             && self.groups.is_empty()
@@ -160,8 +193,6 @@ pub struct PlanInput<'a> {
     pub links: &'a [SyncLink],
     /// The tenant's directory: whole, or the part around `links`.
     pub before: &'a Directory,
-    /// Counted over all the source's links, whichever `links` holds.
-    pub totals: &'a LinkTotals,
     pub now: &'a str,
     /// Deactivated users missing since before this are deleted.
     pub delete_before: &'a str,
@@ -198,8 +229,6 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
         .filter(|l| l.kind == Kind::Group)
         .map(|l| (l.external_key.as_str(), l))
         .collect();
-    plan.linked_users = input.totals.users;
-    plan.linked_groups = input.totals.groups;
     let stored_users: HashMap<&str, &DirectoryUser> = input
         .before
         .users
@@ -466,14 +495,13 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
 
     // Any run, incremental too: a base all of whose active users this
     // plan deactivates or deletes has been emptied, whatever the read
-    // reported.
+    // reported. What the plan removes per base is kept here; `measure`
+    // compares it with the base's active users.
     {
-        let active = &input.totals.active_users_per_base;
         let base_of: HashMap<&str, &str> = user_links
             .values()
             .map(|l| (l.resource_id.as_str(), l.base.as_str()))
             .collect();
-        let mut removed: BTreeMap<&str, u64> = BTreeMap::new();
         for op in &plan.users {
             let id = match op {
                 UserOp::Deactivate { id, .. } => id,
@@ -485,30 +513,22 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
                 _ => continue,
             };
             if let Some(base) = base_of.get(id.as_str()) {
-                *removed.entry(base).or_default() += 1;
+                *plan.removed_per_base.entry(base.to_string()).or_default() += 1;
             }
         }
-        let kept_or_added: HashSet<&str> = plan
+        plan.filled_bases = plan
             .users
             .iter()
             .filter_map(|op| match op {
-                UserOp::Create { user, .. } => Some(user.base.as_str()),
+                UserOp::Create { user, .. } => Some(user.base.clone()),
                 UserOp::Update {
                     user,
                     deactivated: false,
                     ..
-                } => Some(user.base.as_str()),
+                } => Some(user.base.clone()),
                 _ => None,
             })
             .collect();
-        for (base, n) in removed {
-            if active.get(base).copied().unwrap_or(0) == n
-                && !kept_or_added.contains(base)
-                && !plan.emptied_bases.iter().any(|b| b == base)
-            {
-                plan.emptied_bases.push(base.to_string());
-            }
-        }
     }
 
     members::plan_members(
