@@ -194,6 +194,114 @@ pub fn parse_timestamp(s: &str) -> Option<time::OffsetDateTime> {
         .map(|t| t.assume_utc())
 }
 
+/// An instant as the store keeps it: UTC, to the microsecond, written as
+/// fixed-width RFC 3339 text (so text order is time order in SQL too).
+/// Always within years 0000-9999, so it always formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(time::OffsetDateTime);
+
+impl Timestamp {
+    /// `t` in UTC, truncated to the microsecond; `None` outside years
+    /// 0000-9999 (which the stored format cannot write).
+    pub fn new(t: time::OffsetDateTime) -> Option<Timestamp> {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        let t = t.replace_nanosecond(t.nanosecond() / 1000 * 1000).ok()?;
+        (0..=9999).contains(&t.year()).then_some(Timestamp(t))
+    }
+
+    /// Reads the stored format back; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Timestamp> {
+        parse_timestamp(s).and_then(Timestamp::new)
+    }
+
+    pub fn datetime(self) -> time::OffsetDateTime {
+        self.0
+    }
+
+    pub fn checked_add(self, d: std::time::Duration) -> Option<Timestamp> {
+        let d = time::Duration::try_from(d).ok()?;
+        self.0.checked_add(d).and_then(Timestamp::new)
+    }
+
+    pub fn checked_sub(self, d: std::time::Duration) -> Option<Timestamp> {
+        let d = time::Duration::try_from(d).ok()?;
+        self.0.checked_sub(d).and_then(Timestamp::new)
+    }
+
+    /// How long after `earlier` this is (zero if it is not after).
+    pub fn since(self, earlier: Timestamp) -> std::time::Duration {
+        std::time::Duration::try_from(self.0 - earlier.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `new` keeps the year in range, so formatting cannot fail.
+        let text = self.0.format(TIMESTAMP).map_err(|_| fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Timestamp::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("not a timestamp: '{text}'")))
+    }
+}
+
+/// Where time comes from. The service reads the system clock; tests hand
+/// the app a [`ManualClock`] and move it, instead of sleeping through
+/// grace periods and schedules.
+pub trait Clock: Send + Sync + fmt::Debug {
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::new(time::OffsetDateTime::now_utc())
+            .unwrap_or(Timestamp(time::OffsetDateTime::UNIX_EPOCH))
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::Mutex<Timestamp>);
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> Self {
+        ManualClock(std::sync::Mutex::new(start))
+    }
+
+    /// Starts at the system's current time.
+    pub fn starting_now() -> Self {
+        ManualClock::new(SystemClock.now())
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(next) = t.checked_add(by) {
+            *t = next;
+        }
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Where a parsed JSON body holds a NUL, named as the attribute path a
 /// client would recognise: `title`, `emails[0].value`,
 /// `Operations[0].value (path 'title')`.
@@ -261,6 +369,27 @@ fn find_nul(v: &Value, at: &mut String) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamp_values_keep_the_stored_format_and_its_order() {
+        let t = Timestamp::parse("2026-01-02T03:04:05.678901Z").unwrap();
+        assert_eq!(t.to_string(), "2026-01-02T03:04:05.678901Z");
+        let later = t
+            .checked_add(std::time::Duration::from_millis(1500))
+            .unwrap();
+        assert_eq!(later.to_string(), "2026-01-02T03:04:07.178901Z");
+        assert!(later > t && later.to_string() > t.to_string());
+        assert_eq!(later.since(t), std::time::Duration::from_millis(1500));
+        assert_eq!(t.since(later), std::time::Duration::ZERO);
+        assert_eq!(Timestamp::parse("2026-01-02"), None);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        let far = t.checked_add(std::time::Duration::from_secs(10_000 * 366 * 86_400));
+        assert_eq!(far, None, "years past 9999 cannot be stored");
+        let clock = ManualClock::new(t);
+        clock.advance(std::time::Duration::from_secs(2));
+        assert_eq!(clock.now().since(t), std::time::Duration::from_secs(2));
+    }
 
     #[test]
     fn timestamps_round_trip() {

@@ -68,7 +68,7 @@ impl Source for Directory {
         }
         let thief = self.state.lock().unwrap().thief.take();
         if let Some((store, source)) = thief {
-            let far = "9999-12-31T00:00:00.000000Z";
+            let far = rolebridge::domain::Timestamp::parse("9999-12-31T00:00:00.000000Z").unwrap();
             assert!(store
                 .acquire_sync_lease(&source, "thief", far, far)
                 .await
@@ -365,7 +365,7 @@ each_backend! {
         let lease_until = || async {
             let state = srv.app.store().sync_state(&cfg.name).await.unwrap();
             assert!(state.lease_owner.is_some(), "the run holds the lease");
-            rolebridge::domain::parse_timestamp(state.lease_until.as_deref().unwrap()).unwrap()
+            state.lease_until.unwrap().datetime()
         };
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         let first = lease_until().await;
@@ -415,7 +415,7 @@ each_backend! {
     async fn overlapping_runs_of_one_source_are_refused(backend) {
         let srv = TestServer::start(backend).await;
         let cfg = config(&srv, LENIENT);
-        assert!(srv.app.store().acquire_sync_lease(&cfg.name, "other-process", &rolebridge::app::now(), "9999-01-01T00:00:00.000000Z").await.unwrap());
+        assert!(srv.app.store().acquire_sync_lease(&cfg.name, "other-process", srv.app.clock().now(), rolebridge::domain::Timestamp::parse("9999-01-01T00:00:00.000000Z").unwrap()).await.unwrap());
         let err = run_with_source(&srv.app, &cfg, &mut Directory::default(), RunOptions::default(), None).await.unwrap_err();
         assert!(matches!(err, SyncError::Busy(_)), "{err}");
         assert!(err.to_string().contains("already running"));
@@ -522,26 +522,32 @@ each_backend! {
 each_backend! {
     async fn a_vanished_user_is_deactivated_then_deleted_after_the_grace_period(backend) {
         let srv = TestServer::start(backend).await;
+        // The grace period passes on a clock the test moves, not in sleep.
+        let clock = std::sync::Arc::new(rolebridge::domain::ManualClock::starting_now());
+        let app = srv.app.clone().with_clock(clock.clone());
         let dir = Directory::default();
         dir.with(|s| {
             s.users = (0..3).map(person).collect();
             s.groups = vec![team("g1", "Ops", &[0, 1, 2])];
         });
         let cfg = config(&srv, &format!("delete_after = \"2s\"\n{LENIENT}"));
-        run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        run_with_source(&app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         dir.with(|s| {
             s.users.truncate(2);
             s.groups = vec![team("g1", "Ops", &[0, 1])];
         });
-        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        let r = run_with_source(&app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         assert_eq!((r.counts.users_deactivated, r.counts.users_deleted), (1, 0), "{r:?}");
         let u = user_by_name(&srv, "user2@example.org").await;
         assert_eq!(u["active"], false);
         // Still within the grace period: nothing more.
-        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        let r = run_with_source(&app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         assert_eq!((r.outcome.as_str(), r.counts.users_deleted), ("unchanged", 0), "{r:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-        let r = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        clock.advance(std::time::Duration::from_millis(1900));
+        let r = run_with_source(&app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(r.counts.users_deleted, 0, "deleted 1.9 s into a 2 s grace period: {r:?}");
+        clock.advance(std::time::Duration::from_millis(200));
+        let r = run_with_source(&app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
         assert_eq!(r.counts.users_deleted, 1, "{r:?}");
         let gone = srv.get("/Users?filter=userName%20eq%20%22user2@example.org%22").await;
         assert_eq!(gone.body["totalResults"], 0, "{}", gone.body);
@@ -648,8 +654,14 @@ async fn the_run_log_keeps_the_newest_runs_per_source() {
                 .record_sync_run(&SyncRunRecord {
                     id: format!("{source}-{i:05}"),
                     source: source.into(),
-                    started: format!("2026-01-01T00:00:00.{i:06}Z"),
-                    finished: format!("2026-01-01T00:00:00.{i:06}Z"),
+                    started: rolebridge::domain::Timestamp::parse(&format!(
+                        "2026-01-01T00:00:00.{i:06}Z"
+                    ))
+                    .unwrap(),
+                    finished: rolebridge::domain::Timestamp::parse(&format!(
+                        "2026-01-01T00:00:00.{i:06}Z"
+                    ))
+                    .unwrap(),
                     outcome: "unchanged".into(),
                     report: "{}".into(),
                     error: None,

@@ -23,7 +23,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 use rolebridge::app::sync::plan::{self, Plan, PlanInput};
 use rolebridge::app::{App, CursorUpdate};
-use rolebridge::domain::{ResourceId, TenantId, TenantName};
+use rolebridge::domain::{ResourceId, TenantId, TenantName, Timestamp};
 use rolebridge::store::Store;
 use rolebridge::sync::{
     Batch, Change, ExternalGroup, ExternalUser, Kind, MemberRef, Members, ReadOutcome,
@@ -300,8 +300,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn now(&self) -> String {
-        format!("2026-01-{:02}T00:00:00.000000Z", 1 + self.clock.get())
+    fn now(&self) -> Timestamp {
+        Timestamp::parse(&format!(
+            "2026-01-{:02}T00:00:00.000000Z",
+            1 + self.clock.get()
+        ))
+        .expect("a day in January")
     }
 
     /// Plans a batch, with every link and the whole directory, or with the
@@ -349,9 +353,9 @@ impl Ctx<'_> {
         let now = self.now();
         // Expired: every user missing since before now is past its grace.
         let delete_before = if expire {
-            now.clone()
+            Some(now)
         } else {
-            "2000-01-01T00:00:00.000000Z".to_string()
+            Timestamp::parse("2000-01-01T00:00:00.000000Z")
         };
         let mut p = plan::plan(
             &mut batch,
@@ -361,8 +365,8 @@ impl Ctx<'_> {
                 tenant: self.tenant,
                 links: &links,
                 before: &before,
-                now: &now,
-                delete_before: &delete_before,
+                now,
+                delete_before,
                 new_id: &new_id,
             },
         );
@@ -383,7 +387,7 @@ impl Ctx<'_> {
                 CursorUpdate {
                     lease_owner: &self.owner,
                     cursor: Some("c"),
-                    full_at: complete.then_some(now.as_str()),
+                    full_at: complete.then_some(now),
                     release_other_tenants: false,
                 },
             )
@@ -426,8 +430,8 @@ async fn run_case(app: &App, steps: &[Step], stats: &Stats) -> Result<(), TestCa
         .acquire_sync_lease(
             &ctx.source,
             &ctx.owner,
-            "2026-01-01T00:00:00Z",
-            "9999-12-31T00:00:00Z",
+            Timestamp::parse("2026-01-01T00:00:00.000000Z").expect("start"),
+            Timestamp::parse("9999-12-31T00:00:00.000000Z").expect("far"),
         )
         .await
         .map_err(|e| TestCaseError::fail(format!("lease: {e}")))?;

@@ -28,6 +28,7 @@ pub use tokens::{hash_secret, Authenticated, NewToken};
 
 use std::sync::Arc;
 
+use crate::domain::{Clock, SystemClock};
 use crate::store::Store;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -44,6 +45,8 @@ pub struct App {
     cache: Arc<PermissionCache>,
     /// Directory-sync run counters (`/metrics`).
     sync_metrics: Arc<SyncMetrics>,
+    /// Where sync runs read the time (grace periods, leases, schedules).
+    clock: Arc<dyn Clock>,
 }
 
 impl App {
@@ -54,7 +57,18 @@ impl App {
             mappings: Arc::new(Mappings::empty()),
             cache: Arc::new(PermissionCache::default()),
             sync_metrics: Arc::new(SyncMetrics::default()),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same app reading time from `clock` (tests move a
+    /// [`crate::domain::ManualClock`] instead of sleeping).
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        App { clock, ..self }
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 
     /// Readiness: the store answers (and Redis, when configured). The error
@@ -183,6 +197,7 @@ impl App {
             mappings: Arc::new(mappings),
             cache: Arc::new(PermissionCache::default()),
             sync_metrics: Arc::new(SyncMetrics::default()),
+            clock: Arc::new(SystemClock),
         }
     }
 

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::app::sync::{self as sync_run, RunOptions, RunOutcome, RunReport};
 use crate::app::{App, Mappings};
 use crate::config::Config;
-use crate::domain::parse_timestamp;
+use crate::domain::{Clock, SystemClock};
 use crate::store::Store;
 use crate::sync::{self, SourceConfig};
 
@@ -225,14 +225,9 @@ async fn status(store: &Store, sources: &[SourceConfig], as_json: bool) -> anyho
                     })
                     .unwrap_or_default()
             });
-        let next = last
-            .and_then(|r| parse_timestamp(&r.finished))
-            .map(|t| t + s.schedule)
-            .and_then(crate::domain::format_timestamp);
-        let running = state
-            .lease_until
-            .as_deref()
-            .is_some_and(|until| until > crate::domain::now().as_str());
+        let next = last.and_then(|r| r.finished.checked_add(s.schedule));
+        let now = SystemClock.now();
+        let running = state.lease_until.is_some_and(|until| until > now);
         out.push(json!({
             "source": s.name,
             "kind": s.kind.name(),

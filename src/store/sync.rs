@@ -5,7 +5,7 @@ use scim::schema::ResourceKind;
 use sqlx::Row;
 
 use super::{Result, Store, WriteTx};
-use crate::domain::TenantId;
+use crate::domain::{TenantId, Timestamp};
 
 /// Runs kept per source in the run log.
 pub const RUNS_KEPT: i64 = 1000;
@@ -22,7 +22,7 @@ pub struct SyncLink {
     pub name_lc: String,
     pub base: String,
     pub content_hash: String,
-    pub missing_since: Option<String>,
+    pub missing_since: Option<Timestamp>,
 }
 
 /// A source's persisted state.
@@ -32,9 +32,9 @@ pub struct SyncState {
     /// and for state saved before the column existed).
     pub tenant: Option<TenantId>,
     pub cursor: Option<String>,
-    pub last_full: Option<String>,
+    pub last_full: Option<Timestamp>,
     pub lease_owner: Option<String>,
-    pub lease_until: Option<String>,
+    pub lease_until: Option<Timestamp>,
 }
 
 /// One finished run, as `sync status` shows it.
@@ -42,8 +42,8 @@ pub struct SyncState {
 pub struct SyncRunRecord {
     pub id: String,
     pub source: String,
-    pub started: String,
-    pub finished: String,
+    pub started: Timestamp,
+    pub finished: Timestamp,
     /// `applied`, `unchanged`, `held`, `dry-run` or `failed`.
     pub outcome: String,
     /// The run report as JSON.
@@ -99,9 +99,9 @@ impl Store {
                     .and_then(|t| uuid::Uuid::parse_str(&t).ok())
                     .map(TenantId::from_uuid),
                 cursor: r.try_get(0)?,
-                last_full: r.try_get(1)?,
+                last_full: timestamp_column("sync_state.last_full", r.try_get(1)?)?,
                 lease_owner: r.try_get(2)?,
-                lease_until: r.try_get(3)?,
+                lease_until: timestamp_column("sync_state.lease_until", r.try_get(3)?)?,
             },
             None => SyncState::default(),
         })
@@ -115,8 +115,8 @@ impl Store {
         &self,
         source: &str,
         owner: &str,
-        now: &str,
-        until: &str,
+        now: Timestamp,
+        until: Timestamp,
     ) -> Result<bool> {
         sqlx::query("INSERT INTO sync_state (source) VALUES ($1) ON CONFLICT (source) DO NOTHING")
             .bind(source)
@@ -127,9 +127,9 @@ impl Store {
              WHERE source = $3 AND (lease_owner IS NULL OR lease_until IS NULL OR lease_until < $4)",
         )
         .bind(owner)
-        .bind(until)
+        .bind(until.to_string())
         .bind(source)
-        .bind(now)
+        .bind(now.to_string())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -137,11 +137,16 @@ impl Store {
 
     /// Extends `owner`'s lease to `until`; false when `owner` no longer
     /// holds it (it expired and another run took it).
-    pub async fn renew_sync_lease(&self, source: &str, owner: &str, until: &str) -> Result<bool> {
+    pub async fn renew_sync_lease(
+        &self,
+        source: &str,
+        owner: &str,
+        until: Timestamp,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE sync_state SET lease_until = $1 WHERE source = $2 AND lease_owner = $3",
         )
-        .bind(until)
+        .bind(until.to_string())
         .bind(source)
         .bind(owner)
         .execute(&self.pool)
@@ -167,8 +172,8 @@ impl Store {
         )
         .bind(&run.id)
         .bind(&run.source)
-        .bind(&run.started)
-        .bind(&run.finished)
+        .bind(run.started.to_string())
+        .bind(run.finished.to_string())
         .bind(&run.outcome)
         .bind(&run.report)
         .bind(run.error.as_deref())
@@ -201,8 +206,8 @@ impl Store {
                 Ok(SyncRunRecord {
                     id: r.try_get(0)?,
                     source: r.try_get(1)?,
-                    started: r.try_get(2)?,
-                    finished: r.try_get(3)?,
+                    started: required_timestamp("sync_runs.started", r.try_get(2)?)?,
+                    finished: required_timestamp("sync_runs.finished", r.try_get(3)?)?,
                     outcome: r.try_get(4)?,
                     report: r.try_get(5)?,
                     error: r.try_get(6)?,
@@ -236,7 +241,7 @@ impl WriteTx {
                     .bind(link.name_lc.as_str())
                     .bind(link.base.as_str())
                     .bind(link.content_hash.as_str())
-                    .bind(link.missing_since.as_deref());
+                    .bind(link.missing_since.map(|t| t.to_string()));
             }
             q.execute(self.conn()).await?;
         }
@@ -286,14 +291,14 @@ impl WriteTx {
         tenant: TenantId,
         lease_owner: &str,
         cursor: Option<&str>,
-        full_at: Option<&str>,
+        full_at: Option<Timestamp>,
     ) -> Result<()> {
         let done = sqlx::query(
             "UPDATE sync_state SET cursor = $1, last_full = COALESCE($2, last_full), tenant_id = $3 \
              WHERE source = $4 AND lease_owner = $5",
         )
         .bind(cursor)
-        .bind(full_at)
+        .bind(full_at.map(|t| t.to_string()))
         .bind(tenant.to_string())
         .bind(source)
         .bind(lease_owner)
@@ -331,6 +336,20 @@ pub(super) fn link_from_row(r: &sqlx::any::AnyRow, tenant: TenantId) -> Result<S
         name_lc: r.try_get(6)?,
         base: r.try_get(7)?,
         content_hash: r.try_get(8)?,
-        missing_since: r.try_get(9)?,
+        missing_since: timestamp_column("sync_links.missing_since", r.try_get(9)?)?,
     })
+}
+
+/// A nullable timestamp column; text in another format is corrupt.
+pub(super) fn timestamp_column(
+    column: &'static str,
+    value: Option<String>,
+) -> Result<Option<Timestamp>> {
+    value
+        .map(|v| Timestamp::parse(&v).ok_or(super::Error::BadColumn { column, value: v }))
+        .transpose()
+}
+
+fn required_timestamp(column: &'static str, value: String) -> Result<Timestamp> {
+    Timestamp::parse(&value).ok_or(super::Error::BadColumn { column, value })
 }

@@ -14,8 +14,8 @@ use serde_json::{json, Map, Value};
 
 use super::plan::{GroupOp, Plan, UserOp};
 use crate::app::resources::{prepare, Writer};
-use crate::app::{now, App, Result, SYNC_URN};
-use crate::domain::{ResourceId, TenantId};
+use crate::app::{App, Result, SYNC_URN};
+use crate::domain::{ResourceId, TenantId, Timestamp};
 use crate::store::{Error as StoreError, StoredResource, WriteTx};
 use crate::sync::{ExternalGroup, ExternalUser};
 
@@ -37,7 +37,7 @@ pub struct CursorUpdate<'a> {
     pub lease_owner: &'a str,
     pub cursor: Option<&'a str>,
     /// Set when the run was a complete read (a reconcile).
-    pub full_at: Option<&'a str>,
+    pub full_at: Option<Timestamp>,
     /// The source was pointed at this tenant from another: release its
     /// links in every other tenant.
     pub release_other_tenants: bool,
@@ -54,7 +54,7 @@ impl App {
     ) -> Result<Applied> {
         let mut applied = Applied::default();
         let mut refused: HashSet<String> = HashSet::new();
-        let ts = now();
+        let ts = self.clock().now().to_string();
         let mut tx = self.store.begin_write().await?;
         // Deletions first: a re-created account takes its old userName.
         for op in &plan.users {

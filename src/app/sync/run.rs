@@ -10,8 +10,8 @@ use tracing::Instrument;
 
 use super::plan::{self, Counts, PlanInput};
 use super::{guard, CursorUpdate};
-use crate::app::{format_timestamp, now, user_facts, App};
-use crate::domain::{parse_timestamp, ResourceId, TenantId};
+use crate::app::{user_facts, App};
+use crate::domain::{Clock, ResourceId, TenantId, Timestamp};
 use crate::store::SyncRunRecord;
 use crate::sync::entra::EntraSource;
 use crate::sync::ldap::LdapSource;
@@ -173,16 +173,21 @@ const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(20);
 struct LeaseKeeper(tokio::task::JoinHandle<()>);
 
 impl LeaseKeeper {
-    fn start(store: crate::store::Store, source: String, owner: String) -> LeaseKeeper {
+    fn start(
+        store: crate::store::Store,
+        clock: std::sync::Arc<dyn Clock>,
+        source: String,
+        owner: String,
+    ) -> LeaseKeeper {
         LeaseKeeper(tokio::spawn(async move {
             let mut tick = tokio::time::interval(LEASE_RENEW);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let Some(until) = format_timestamp(time::OffsetDateTime::now_utc() + LEASE) else {
+                let Some(until) = clock.now().checked_add(LEASE) else {
                     continue;
                 };
-                match store.renew_sync_lease(&source, &owner, &until).await {
+                match store.renew_sync_lease(&source, &owner, until).await {
                     Ok(true) => {}
                     Ok(false) => {
                         // Another run holds the source now; this run's
@@ -259,7 +264,7 @@ async fn run_in_span<S: Source>(
     progress: Option<Progress>,
     run_id: String,
 ) -> Result<RunReport, SyncError> {
-    let started = now();
+    let started = app.clock().now();
     let clock = Instant::now();
     let tenant = app
         .store
@@ -267,21 +272,27 @@ async fn run_in_span<S: Source>(
         .await?
         .ok_or_else(|| SyncError::UnknownTenant(config.tenant.to_string()))?;
     let owner = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4());
-    let until = format_timestamp(time::OffsetDateTime::now_utc() + LEASE)
+    let until = started
+        .checked_add(LEASE)
         .ok_or_else(|| SyncError::Busy(config.name.clone()))?;
     if !app
         .store
-        .acquire_sync_lease(&config.name, &owner, &started, &until)
+        .acquire_sync_lease(&config.name, &owner, started, until)
         .await?
     {
         return Err(SyncError::Busy(config.name.clone()));
     }
-    let keeper = LeaseKeeper::start(app.store.clone(), config.name.clone(), owner.clone());
+    let keeper = LeaseKeeper::start(
+        app.store.clone(),
+        app.clock.clone(),
+        config.name.clone(),
+        owner.clone(),
+    );
     // A panic anywhere in the run (ldap3's decoders panic on some malformed
     // server replies) fails this run like any error: recorded, lease
     // released, the schedule going on.
     let result = std::panic::AssertUnwindSafe(run_leased(
-        app, config, source, tenant.id, options, progress, &started, &owner,
+        app, config, source, tenant.id, options, progress, started, &owner,
     ))
     .catch_unwind()
     .await
@@ -295,7 +306,7 @@ async fn run_in_span<S: Source>(
     });
     drop(keeper);
     let released = app.store.release_sync_lease(&config.name, &owner).await;
-    let finished = now();
+    let finished = app.clock().now();
     let (outcome, report_json, error) = match &result {
         Ok(r) => (
             r.outcome.as_str().to_string(),
@@ -339,16 +350,13 @@ async fn run_leased<S: Source>(
     tenant: TenantId,
     options: RunOptions,
     progress: Option<Progress>,
-    started: &str,
+    started: Timestamp,
     owner: &str,
 ) -> Result<RunReport, SyncError> {
     let state = app.store.sync_state(&config.name).await?;
-    let reconcile_due = match &state.last_full {
-        None => true,
-        Some(at) => parse_timestamp(at)
-            .map(|t| time::OffsetDateTime::now_utc() - t >= config.full_every)
-            .unwrap_or(true),
-    };
+    let reconcile_due = state
+        .last_full
+        .is_none_or(|at| started.since(at) >= config.full_every);
     // A source pointed at another tenant since its last run: its cursor
     // describes what the old tenant holds, so the new one is read in full,
     // and the old tenant's links are released with the run.
@@ -421,11 +429,7 @@ async fn run_leased<S: Source>(
         (scope.links, scope.directory)
     };
     // A grace period too long to represent deletes nothing.
-    let delete_before = time::Duration::try_from(config.delete_after)
-        .ok()
-        .and_then(|d| time::OffsetDateTime::now_utc().checked_sub(d))
-        .and_then(format_timestamp)
-        .unwrap_or_default();
+    let delete_before = started.checked_sub(config.delete_after);
     let new_id = || ResourceId::generate().as_str().to_string();
     let entries_read = batch.received;
     let mut plan = plan::plan(
@@ -437,7 +441,7 @@ async fn run_leased<S: Source>(
             links: &links,
             before: &before,
             now: started,
-            delete_before: &delete_before,
+            delete_before,
             new_id: &new_id,
         },
     );

@@ -5,7 +5,7 @@ use std::cell::Cell;
 
 use super::plan::{normalize_locator, plan, Plan, PlanInput, UserOp};
 use super::*;
-use crate::domain::TenantId;
+use crate::domain::{TenantId, Timestamp};
 use crate::store::{Directory, DirectoryUser, SyncLink};
 use crate::sync::*;
 
@@ -74,8 +74,8 @@ impl World {
                 tenant: self.tenant,
                 links: &self.links,
                 before: &self.dir,
-                now,
-                delete_before,
+                now: Timestamp::parse(now).expect("a test timestamp"),
+                delete_before: Timestamp::parse(delete_before),
                 new_id: &new_id,
             },
         );

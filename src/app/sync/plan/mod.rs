@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
+use crate::domain::Timestamp;
 use crate::store::{Directory, DirectoryUser, LinkTotals, SyncLink};
 use crate::sync::{Batch, ExternalGroup, ExternalUser, Kind, Members, ReadOutcome};
 
@@ -193,9 +194,10 @@ pub struct PlanInput<'a> {
     pub links: &'a [SyncLink],
     /// The tenant's directory: whole, or the part around `links`.
     pub before: &'a Directory,
-    pub now: &'a str,
-    /// Deactivated users missing since before this are deleted.
-    pub delete_before: &'a str,
+    pub now: Timestamp,
+    /// Deactivated users missing since this or before are deleted (none
+    /// when the grace period reaches before any representable time).
+    pub delete_before: Option<Timestamp>,
     /// A new resource id (injectable for tests).
     pub new_id: &'a dyn Fn() -> String,
 }
@@ -442,7 +444,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
                 });
                 plan.link_deletes.push((Kind::User, l.external_key.clone()));
             }
-            Some(since) if since.as_str() <= input.delete_before => {
+            Some(since) if input.delete_before.is_some_and(|d| *since <= d) => {
                 plan.users.push(UserOp::Delete {
                     id: l.resource_id.clone(),
                     user_name: stored.user_name.clone(),
@@ -456,7 +458,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
                     user_name: stored.user_name.clone(),
                 });
                 let mut link = (*l).clone();
-                link.missing_since = Some(input.now.to_string());
+                link.missing_since = Some(input.now);
                 plan.link_upserts.push(link);
             }
         }
