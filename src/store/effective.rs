@@ -11,10 +11,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AssertSqlSafe, Row};
+use sqlx::{AnyConnection, Row};
 
 use super::directory::{directory_on, group_from_row, tenant_epoch, Directory, DirectoryUser};
-use super::resources::{member_from_row, placeholders, row_placeholders, MULTI_ROW};
+use super::resources::{
+    dialect_of, member_from_row, placeholders, positional, row_placeholders, MULTI_ROW,
+};
 use super::tenants::tenant_from_row;
 use super::{Error, Result, Store, WriteTx};
 use crate::domain::{Tenant, TenantId, TenantName};
@@ -182,7 +184,7 @@ impl WriteTx {
                 "SELECT {ROW_COLUMNS} FROM effective_permissions WHERE tenant_id = $1 AND user_id IN ({})",
                 placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
+            let mut q = sqlx::query(positional(self.dialect, sql)).bind(tenant.to_string());
             for u in chunk {
                 q = q.bind(u.as_str());
             }
@@ -202,7 +204,7 @@ impl WriteTx {
     ) -> Result<HashMap<String, EffectiveRow>> {
         let sql = format!("SELECT {ROW_COLUMNS} FROM effective_permissions WHERE tenant_id = $1");
         let mut out = HashMap::new();
-        for r in sqlx::query(AssertSqlSafe(sql))
+        for r in sqlx::query(positional(self.dialect, sql))
             .bind(tenant.to_string())
             .fetch_all(&mut *self.tx)
             .await?
@@ -234,7 +236,7 @@ impl WriteTx {
                  refused = excluded.refused",
                 row_placeholders(chunk.len(), 7)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = sqlx::query(positional(self.dialect, sql));
             for r in chunk {
                 q = q
                     .bind(tenant.to_string())
@@ -257,7 +259,7 @@ impl WriteTx {
                 "DELETE FROM effective_permissions WHERE tenant_id = $1 AND user_id IN ({})",
                 placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
+            let mut q = sqlx::query(positional(self.dialect, sql)).bind(tenant.to_string());
             for u in chunk {
                 q = q.bind(u.as_str());
             }
@@ -288,7 +290,7 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let r = sqlx::query(AssertSqlSafe(sql))
+        let r = sqlx::query(positional(self.dialect, sql))
             .bind(tenant.to_string())
             .bind(id)
             .bind(user_name.map(scim::schema::fold_case))
@@ -389,7 +391,7 @@ async fn users_under_on(
                 "SELECT member_id, member_type FROM group_members WHERE tenant_id = $1 AND group_id IN ({})",
                 placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
+            let mut q = sqlx::query(positional(dialect_of(conn), sql)).bind(tenant.to_string());
             for g in chunk {
                 q = q.bind(g.as_str());
             }
@@ -426,7 +428,7 @@ async fn user_directory_on(
             "SELECT id, user_name, active, created FROM scim_users WHERE tenant_id = $1 AND id IN ({})",
             placeholders(2, chunk.len())
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&t);
+        let mut q = sqlx::query(positional(dialect_of(conn), sql)).bind(&t);
         for u in chunk {
             q = q.bind(u.as_str());
         }
@@ -450,7 +452,7 @@ async fn user_directory_on(
                 "SELECT group_id, member_id, member_type FROM group_members WHERE tenant_id = $1 AND member_id IN ({})",
                 placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&t);
+            let mut q = sqlx::query(positional(dialect_of(conn), sql)).bind(&t);
             for m in chunk {
                 q = q.bind(m.as_str());
             }
@@ -477,7 +479,7 @@ async fn user_directory_on(
             "SELECT id, display_name, external_id, data FROM scim_groups WHERE tenant_id = $1 AND id IN ({})",
             placeholders(2, chunk.len())
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&t);
+        let mut q = sqlx::query(positional(dialect_of(conn), sql)).bind(&t);
         for g in chunk {
             q = q.bind(g.as_str());
         }

@@ -180,6 +180,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sqlite_gets_positional_parameters_only_when_they_are_in_order() {
+        let sql = |s: &str, d| resources::positional(d, s.to_string()).0;
+        assert_eq!(
+            sql("INSERT INTO t VALUES ($1, $2), ($3, $4)", Dialect::Sqlite),
+            "INSERT INTO t VALUES (?, ?), (?, ?)"
+        );
+        assert_eq!(
+            sql(
+                "SELECT json_extract(data, '$.a') FROM t WHERE a = $1 AND b IN ($2, $3)",
+                Dialect::Sqlite
+            ),
+            "SELECT json_extract(data, '$.a') FROM t WHERE a = ? AND b IN (?, ?)"
+        );
+        // Reused or out-of-order parameters keep their names.
+        for kept in [
+            "WHERE a = $1 OR b = $1",
+            "VALUES ($2, $1)",
+            "VALUES ($1, $3)",
+        ] {
+            assert_eq!(sql(kept, Dialect::Sqlite), kept);
+        }
+        assert_eq!(sql("VALUES ($1, $2)", Dialect::Postgres), "VALUES ($1, $2)");
+    }
+
+    #[test]
     fn passwords_are_redacted_from_urls() {
         assert_eq!(
             redact_url("postgres://u:s3cret@db:5432/x"),

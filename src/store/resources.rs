@@ -153,7 +153,7 @@ impl Store {
             next,
             next + 1
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
+        let mut q = sqlx::query(positional(self.dialect, sql)).bind(tenant.to_string());
         if let Some(f) = filter {
             q = bind_values(q, &f.binds);
         }
@@ -174,7 +174,7 @@ impl Store {
                  WHERE tenant_id = $1 AND group_id IN ({}) ORDER BY group_id, member_id",
                 placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
+            let mut q = sqlx::query(positional(self.dialect, sql)).bind(tenant.to_string());
             for g in chunk {
                 q = q.bind(*g);
             }
@@ -200,7 +200,7 @@ impl Store {
                  WHERE m.tenant_id = $1 AND m.member_id IN ({}) ORDER BY m.member_id, g.display_name_lc, m.group_id",
                 placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
+            let mut q = sqlx::query(positional(self.dialect, sql)).bind(tenant.to_string());
             for m in chunk {
                 q = q.bind(*m);
             }
@@ -226,7 +226,7 @@ impl Store {
 /// which is how a failed PATCH or PUT leaves nothing half-applied.
 pub struct WriteTx {
     pub(super) tx: sqlx::Transaction<'static, Any>,
-    dialect: Dialect,
+    pub(super) dialect: Dialect,
     /// What this transaction wrote, per tenant: whose effective
     /// permissions may have changed. `app` takes it before commit.
     pub(super) changes: std::collections::BTreeMap<TenantId, Changes>,
@@ -381,7 +381,7 @@ impl WriteTx {
                     "SELECT user_name_lc FROM scim_users WHERE tenant_id = $1 AND user_name_lc IN ({})",
                     placeholders(2, cols.len())
                 );
-                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
+                let mut q = sqlx::query(positional(self.dialect, sql)).bind(tenant.to_string());
                 for c in &cols {
                     q = q.bind(c.name_lc.as_str());
                 }
@@ -422,7 +422,7 @@ impl WriteTx {
                     "INSERT INTO scim_groups (tenant_id, id, display_name, display_name_lc, external_id, data, created, last_modified, version) VALUES {values}"
                 ),
             };
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = sqlx::query(positional(self.dialect, sql));
             for (res, c) in &accepted {
                 q = q
                     .bind(tenant.to_string())
@@ -590,7 +590,7 @@ impl WriteTx {
                     table(kind),
                     placeholders(2, chunk.len())
                 );
-                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string());
+                let mut q = sqlx::query(positional(self.dialect, sql)).bind(tenant.to_string());
                 for id in chunk {
                     q = q.bind(id.as_str());
                 }
@@ -619,23 +619,22 @@ impl WriteTx {
             }
         }
         let mut added = 0;
+        let tenant = tenant.to_string();
         for chunk in members.chunks(CHUNK) {
-            let values = (0..chunk.len())
-                .map(|i| {
-                    let b = 3 + i * 2;
-                    format!("($1, $2, ${}, ${})", b, b + 1)
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            // Every value bound in order (no shared `$1`), so SQLite binds
+            // them positionally (see `positional`).
+            let values = row_placeholders(chunk.len(), 4);
             let sql = format!(
                 "INSERT INTO group_members (tenant_id, group_id, member_id, member_type) VALUES {values} \
                  ON CONFLICT (tenant_id, group_id, member_id) DO NOTHING"
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql))
-                .bind(tenant.to_string())
-                .bind(group.as_str());
+            let mut q = sqlx::query(positional(self.dialect, sql));
             for (id, ty) in chunk {
-                q = q.bind(id.as_str()).bind(*ty);
+                q = q
+                    .bind(tenant.as_str())
+                    .bind(group.as_str())
+                    .bind(id.as_str())
+                    .bind(*ty);
             }
             added += q.execute(&mut *self.tx).await?.rows_affected();
         }
@@ -662,7 +661,7 @@ impl WriteTx {
                 "DELETE FROM group_members WHERE tenant_id = $1 AND group_id = $2 AND member_id IN ({})",
                 placeholders(3, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql))
+            let mut q = sqlx::query(positional(self.dialect, sql))
                 .bind(tenant.to_string())
                 .bind(group.as_str());
             for id in chunk {
@@ -817,6 +816,52 @@ pub(super) fn row_placeholders(rows: usize, width: usize) -> String {
 }
 
 /// `$first, $first+1, ...` for an IN list of `n` values.
+/// The statement as SQLite should get it. SQLite binds `$N` by name: sqlx
+/// asks SQLite for each parameter's name, and SQLite finds it by walking
+/// the statement's list of names, so binding a statement with n named
+/// parameters costs O(n²): a 500-value multi-row INSERT spent more time
+/// there than in the insert itself. Anonymous `?` parameters need no
+/// lookup. `$1, $2, ...` used once each, in order (every multi-row and
+/// `IN (...)` statement here), become `?`; any other use of `$N` is left
+/// as written. PostgreSQL keeps `$N`.
+pub(super) fn positional(dialect: Dialect, sql: String) -> AssertSqlSafe<String> {
+    if dialect != Dialect::Sqlite {
+        return AssertSqlSafe(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut expect = 1usize;
+    let mut rest = sql.as_str();
+    while let Some(at) = rest.find('$') {
+        let digits = rest[at + 1..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        out.push_str(&rest[..at]);
+        if digits == 0 {
+            out.push('$');
+            rest = &rest[at + 1..];
+            continue;
+        }
+        if rest[at + 1..at + 1 + digits].parse::<usize>().ok() != Some(expect) {
+            return AssertSqlSafe(sql);
+        }
+        expect += 1;
+        out.push('?');
+        rest = &rest[at + 1 + digits..];
+    }
+    out.push_str(rest);
+    AssertSqlSafe(out)
+}
+
+/// The dialect of a connection, for functions that get only the connection.
+pub(super) fn dialect_of(conn: &sqlx::AnyConnection) -> Dialect {
+    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+        Dialect::Sqlite
+    } else {
+        Dialect::Postgres
+    }
+}
+
 pub(super) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))

@@ -4,6 +4,7 @@
 use scim::schema::ResourceKind;
 use sqlx::Row;
 
+use super::resources::positional;
 use super::{Result, Store, WriteTx};
 use crate::domain::{TenantId, Timestamp};
 
@@ -229,7 +230,7 @@ impl WriteTx {
                  resource_id = excluded.resource_id, locator = excluded.locator, name_lc = excluded.name_lc, \
                  base = excluded.base, content_hash = excluded.content_hash, missing_since = excluded.missing_since"
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut q = sqlx::query(positional(self.dialect, sql));
             for link in chunk {
                 q = q
                     .bind(link.source.as_str())

@@ -14,7 +14,7 @@ use scim::schema::ResourceKind;
 use sqlx::Row;
 
 use super::directory::group_from_row;
-use super::resources::{member_from_row, placeholders};
+use super::resources::{member_from_row, placeholders, positional};
 use super::{Directory, DirectoryUser, MemberRow, Result, Store, SyncLink};
 use crate::domain::TenantId;
 
@@ -95,7 +95,9 @@ impl Store {
             for chunk in chunks(values) {
                 let sql = format!("{sql}({})", placeholders(3, chunk.len()));
                 // Only `$N` placeholders are interpolated; every value is bound.
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(source).bind(&t);
+                let mut q = sqlx::query(positional(self.dialect, sql))
+                    .bind(source)
+                    .bind(&t);
                 for v in &chunk {
                     q = q.bind(*v);
                 }
@@ -129,7 +131,7 @@ impl Store {
                 "SELECT id, user_name, active, created FROM scim_users WHERE tenant_id = $1 AND id IN ({})",
                 placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&t);
+            let mut q = sqlx::query(positional(self.dialect, sql)).bind(&t);
             for id in &chunk {
                 q = q.bind(*id);
             }
@@ -147,7 +149,7 @@ impl Store {
                 "SELECT id, display_name, external_id, data FROM scim_groups WHERE tenant_id = $1 AND id IN ({})",
                 placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&t);
+            let mut q = sqlx::query(positional(self.dialect, sql)).bind(&t);
             for id in &chunk {
                 q = q.bind(*id);
             }
@@ -163,7 +165,7 @@ impl Store {
                     "SELECT group_id, member_id, member_type FROM group_members WHERE tenant_id = $1 AND {column} IN ({})",
                     placeholders(2, chunk.len())
                 );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&t);
+                let mut q = sqlx::query(positional(self.dialect, sql)).bind(&t);
                 for id in &chunk {
                     q = q.bind(*id);
                 }
