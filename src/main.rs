@@ -5,6 +5,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: a full directory sync allocates and
+/// frees millions of small strings and JSON values, and perf showed glibc's
+/// malloc, free and consolidation as the largest part of the sync thread's
+/// time. mimalloc also returns freed memory instead of fragmenting arenas.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match rolebridge::cli::Cli::try_parse() {
         Ok(cli) => cli,
