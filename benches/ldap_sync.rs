@@ -4,8 +4,13 @@
 //! users/s), against the floor of a plain paged `ldapsearch` dump of the
 //! same entries; then 100 changes and an incremental sync.
 //!
-//! Run: `cargo bench --bench ldap_sync` (needs slapd, ldap-utils and
-//! /usr/bin/time). `LDAP_BENCH_USERS` scales it down for a quick look.
+//! Each backend (SQLite, then PostgreSQL at `ROLEBRIDGE_TEST_POSTGRES`)
+//! gets a fresh database; every figure is printed beside the dump's time,
+//! as a ratio, with its goal.
+//!
+//! Run: `cargo bench --bench ldap_sync` (installs slapd, ldap-utils and GNU
+//! time with apt-get when they are missing). `LDAP_BENCH_USERS` scales it
+//! down for a quick look.
 
 #[path = "../tests/support/slapd.rs"]
 mod slapd;
@@ -88,6 +93,7 @@ fn main() {
         println!("ldap_sync: run with `cargo bench --bench ldap_sync`");
         return;
     }
+    ensure_tools();
     let users: usize = std::env::var("LDAP_BENCH_USERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -139,20 +145,6 @@ fn main() {
         ),
     )
     .unwrap();
-    let envs = [
-        (
-            "ROLEBRIDGE_DATABASE_URL",
-            format!("sqlite://{}", dir.join("bench.db").display()),
-        ),
-        ("ROLEBRIDGE_CONFIG", config.display().to_string()),
-        (
-            "ROLEBRIDGE_MAPPINGS",
-            dir.join("mappings").display().to_string(),
-        ),
-        ("RUST_LOG", "warn".to_string()),
-    ];
-    timed(bin, &["tenant", "create", "bench"], &envs);
-
     // The floor: a plain paged dump of the same entries.
     let mut floor = Duration::ZERO;
     let mut floor_entries = 0usize;
@@ -220,83 +212,195 @@ fn main() {
     };
     assert_eq!(source_users, users);
 
-    let full = timed(bin, &["sync", "--source", "bench", "--json"], &envs);
-    let report: serde_json::Value =
-        serde_json::from_str(full.stdout.trim()).expect("sync --json output");
-    assert_eq!(report["outcome"], "applied", "{report}");
-    assert_eq!(
-        report["users_created"].as_u64(),
-        Some(users as u64),
-        "{report}"
-    );
+    // Each backend syncs the same directory into a fresh database: a full
+    // run, then 100 changes (different ones per backend) and an
+    // incremental run.
+    let mut rows = Vec::new();
+    for (round, backend) in ["SQLite", "PostgreSQL"].into_iter().enumerate() {
+        let database_url = match backend {
+            "SQLite" => format!("sqlite://{}", dir.join("bench.db").display()),
+            _ => fresh_postgres(),
+        };
+        let envs = [
+            ("ROLEBRIDGE_DATABASE_URL", database_url.clone()),
+            ("ROLEBRIDGE_CONFIG", config.display().to_string()),
+            (
+                "ROLEBRIDGE_MAPPINGS",
+                dir.join("mappings").display().to_string(),
+            ),
+            ("RUST_LOG", "warn".to_string()),
+        ];
+        timed(bin, &["tenant", "create", "bench"], &envs);
+        let full = timed(bin, &["sync", "--source", "bench", "--json"], &envs);
+        let report: serde_json::Value =
+            serde_json::from_str(full.stdout.trim()).expect("sync --json output");
+        assert_eq!(report["outcome"], "applied", "{report}");
+        assert_eq!(
+            report["users_created"].as_u64(),
+            Some(users as u64),
+            "{report}"
+        );
+        slapd.modify(&changes(round, users, groups));
+        let incr = timed(bin, &["sync", "--source", "bench", "--json"], &envs);
+        let ireport: serde_json::Value =
+            serde_json::from_str(incr.stdout.trim()).expect("sync --json output");
+        assert_eq!(ireport["mode"], "incremental", "{ireport}");
+        assert_eq!(ireport["entries_read"].as_u64(), Some(100), "{ireport}");
+        rows.push((backend, full, report, incr, ireport));
+        if backend == "PostgreSQL" {
+            drop_postgres(&database_url);
+        }
+        // The next backend's full run starts from a fresh cursor.
+        let _ = std::fs::remove_file(dir.join("bench.db"));
+    }
 
-    // 100 changes: 60 modified users, 20 renamed, 20 membership changes.
-    let mut changes = String::new();
+    let secs = |d: Duration| d.as_secs_f64();
+    let dump = secs(floor);
+    println!();
+    println!("LDAP sync: {users} users, {groups} groups (slapd mdb, loopback)");
+    println!();
+    println!("| step | wall | × dump | goal | peak RSS | notes |");
+    println!("|---|---:|---:|---|---:|---|");
+    println!(
+        "| slapadd load (LDIF generation + slapadd + start) | {:.2} s | | | | |",
+        secs(load)
+    );
+    println!(
+        "| reference: ldapsearch -E pr=1000 dump | {dump:.2} s | 1.00 | | | {floor_entries} entries, {:.0} entries/s |",
+        floor_entries as f64 / dump
+    );
+    println!(
+        "| LdapSource::read alone (paged search into a Batch, in process) | {:.2} s | {:.2} | | | {source_users} users, {source_groups} groups |",
+        secs(source_wall),
+        secs(source_wall) / dump
+    );
+    for (backend, full, report, incr, ireport) in &rows {
+        println!(
+            "| rolebridge sync, full, first run, {backend} | {:.2} s | {:.2} | ≤ 2.00 × dump, < 200 MB: {} | {:.1} MiB | {} users, {} groups, {} members created; {} |",
+            secs(full.wall),
+            secs(full.wall) / dump,
+            met(secs(full.wall) <= 2.0 * dump && full.peak_rss_kib < 200 * 1000 * 1000 / 1024),
+            full.peak_rss_kib as f64 / 1024.0,
+            report["users_created"],
+            report["groups_created"],
+            report["members_added"],
+            phases(report),
+        );
+        println!(
+            "| rolebridge sync, incremental, 100 changes, {backend} | {:.2} s | {:.2} | < 0.50 s: {} | {:.1} MiB | {} users updated, {} members added, {} entries read; {} |",
+            secs(incr.wall),
+            secs(incr.wall) / dump,
+            met(secs(incr.wall) < 0.5),
+            incr.peak_rss_kib as f64 / 1024.0,
+            ireport["users_updated"],
+            ireport["members_added"],
+            ireport["entries_read"],
+            phases(ireport),
+        );
+    }
+}
+
+/// Installs what the bench runs, from Debian, when it is missing: GNU
+/// time (peak RSS), slapd and ldap-utils.
+fn ensure_tools() {
+    let missing: Vec<&str> = [
+        ("/usr/bin/time", "time"),
+        ("/usr/sbin/slapd", "slapd"),
+        ("/usr/bin/ldapsearch", "ldap-utils"),
+    ]
+    .into_iter()
+    .filter(|(path, _)| !std::path::Path::new(path).exists())
+    .map(|(_, package)| package)
+    .collect();
+    if missing.is_empty() {
+        return;
+    }
+    eprintln!("ldap_sync: installing {missing:?} with apt-get");
+    let run = |args: &[&str]| {
+        let ok = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "apt-get {args:?} failed: install {missing:?} by hand");
+    };
+    run(&["update", "-q"]);
+    let mut install = vec!["install", "-y", "-q"];
+    install.extend(&missing);
+    run(&install);
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+/// 100 changes: 60 modified users, 20 renamed, 20 membership changes; a
+/// different 100 for each round.
+fn changes(round: usize, users: usize, groups: usize) -> String {
+    let mut out = String::new();
     for i in 0..60 {
-        let u = user_dn(&format!("u{:06}", i * 997 % users));
-        changes.push_str(&format!(
-            "dn: {u}\nchangetype: modify\nreplace: sn\nsn: Changed{i}\n\n"
+        let u = user_dn(&format!("u{:06}", (i * 997 + round * 31) % users));
+        out.push_str(&format!(
+            "dn: {u}\nchangetype: modify\nreplace: sn\nsn: Changed{round}x{i}\n\n"
         ));
     }
     for i in 0..20 {
-        let n = (i * 1931 + 7) % users;
-        changes.push_str(&format!(
-            "dn: {}\nchangetype: modrdn\nnewrdn: uid=r{n:06}\ndeleteoldrdn: 1\n\n",
+        let n = (i * 1931 + 7 + round * 53) % users;
+        out.push_str(&format!(
+            "dn: {}\nchangetype: modrdn\nnewrdn: uid=r{round}x{n:06}\ndeleteoldrdn: 1\n\n",
             user_dn(&format!("u{n:06}"))
         ));
     }
     for i in 0..20 {
-        let g = group_dn(&format!("g{:04}", (i * 37 + 3) % groups));
-        let extra = user_dn(&format!("u{:06}", (i * 4241 + 11) % users));
-        changes.push_str(&format!(
+        let g = group_dn(&format!("g{:04}", (i * 37 + 3 + round * 7) % groups));
+        let extra = user_dn(&format!("u{:06}", (i * 4241 + 11 + round * 17) % users));
+        out.push_str(&format!(
             "dn: {g}\nchangetype: modify\nadd: member\nmember: {extra}\n\n"
         ));
     }
-    slapd.modify(&changes);
-    let incr = timed(bin, &["sync", "--source", "bench", "--json"], &envs);
-    let ireport: serde_json::Value =
-        serde_json::from_str(incr.stdout.trim()).expect("sync --json output");
-    assert_eq!(ireport["mode"], "incremental", "{ireport}");
+    out
+}
 
-    let secs = |d: Duration| d.as_secs_f64();
-    println!();
-    println!("LDAP sync: {users} users, {groups} groups (slapd mdb, loopback, SQLite)");
-    println!();
-    println!("| step | wall | peak RSS | throughput | notes |");
-    println!("|---|---:|---:|---:|---|");
-    println!(
-        "| slapadd load (LDIF generation + slapadd + start) | {:.2} s | | | |",
-        secs(load)
-    );
-    println!(
-        "| floor: ldapsearch -E pr=1000 dump | {:.2} s | | {:.0} entries/s | {floor_entries} entries |",
-        secs(floor),
-        floor_entries as f64 / secs(floor)
-    );
-    println!(
-        "| LdapSource::read alone (full read: paged search into a Batch, in process) | {:.2} s | | {:.0} users/s | {source_users} users, {source_groups} groups |",
-        secs(source_wall),
-        users as f64 / secs(source_wall)
-    );
-    println!(
-        "| rolebridge sync (full, first run) | {:.2} s | {:.1} MiB | {:.0} users/s | {} users, {} groups, {} members created; {} |",
-        secs(full.wall),
-        full.peak_rss_kib as f64 / 1024.0,
-        users as f64 / secs(full.wall),
-        report["users_created"],
-        report["groups_created"],
-        report["members_added"],
-        phases(&report),
-    );
-    println!(
-        "| rolebridge sync (incremental, 100 changes) | {:.2} s | {:.1} MiB | | {} users updated, {} members added, {} entries read; {} |",
-        secs(incr.wall),
-        incr.peak_rss_kib as f64 / 1024.0,
-        ireport["users_updated"],
-        ireport["members_added"],
-        ireport["entries_read"],
-        phases(&ireport),
-    );
+/// The PostgreSQL server the tests use (`ROLEBRIDGE_TEST_POSTGRES`).
+fn postgres_admin() -> String {
+    std::env::var("ROLEBRIDGE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+fn postgres_admin_run(sql: String) {
+    use sqlx::Connection;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = sqlx::PgConnection::connect(&postgres_admin())
+            .await
+            .expect("PostgreSQL for the bench (ROLEBRIDGE_TEST_POSTGRES)");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut c)
+            .await
+            .expect("bench database statement");
+    });
+}
+
+fn fresh_postgres() -> String {
+    let name = format!("rbbench_{}", std::process::id());
+    postgres_admin_run(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+    postgres_admin_run(format!("CREATE DATABASE \"{name}\""));
+    let mut url = url::Url::parse(&postgres_admin()).expect("admin url");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+fn drop_postgres(url: &str) {
+    let name = url::Url::parse(url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_string();
+    postgres_admin_run(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
 }
 
 /// The run's own split of its time, from the JSON report.

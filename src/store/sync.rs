@@ -220,7 +220,7 @@ impl Store {
 
 impl WriteTx {
     /// Creates or replaces many links, a few dozen per statement.
-    pub async fn upsert_sync_links(&mut self, links: &[SyncLink]) -> Result<()> {
+    pub async fn upsert_sync_links(&mut self, links: &[&SyncLink]) -> Result<()> {
         for chunk in links.chunks(super::resources::MULTI_ROW) {
             let values = super::resources::row_placeholders(chunk.len(), 10);
             // Only `$N` placeholders are interpolated; every value is bound.
