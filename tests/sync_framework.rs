@@ -348,16 +348,26 @@ each_backend! {
 each_backend! {
     async fn a_run_holds_a_short_lease_and_renews_it_while_alive(backend) {
         // A lease held by a dead process must expire within a minute, so it
-        // is short; a live run renews it (every 20 s) however long it reads.
+        // is short; a live run renews it however long it reads. The clock
+        // is the test's and the renewal comes every 300 ms, so the test
+        // sees the lease's own arithmetic without sleeping through it.
         let srv = TestServer::start(backend).await;
+        let clock = std::sync::Arc::new(rolebridge::domain::ManualClock::starting_now());
+        let lease = rolebridge::app::sync::SyncLease {
+            renew_every: std::time::Duration::from_millis(300),
+            ..Default::default()
+        };
+        assert_eq!(rolebridge::app::sync::SyncLease::default().ttl, std::time::Duration::from_secs(60));
+        let app = srv.app.clone().with_clock(clock.clone()).with_sync_lease(lease);
+        let started = rolebridge::domain::Clock::now(&*clock);
         let dir = Directory::default();
         dir.with(|s| {
             s.users = vec![person(0)];
-            s.delay = Some(std::time::Duration::from_secs(23));
+            s.delay = Some(std::time::Duration::from_millis(1500));
         });
         let cfg = config(&srv, LENIENT);
         let run = {
-            let app = srv.app.clone();
+            let app = app.clone();
             let cfg = cfg.clone();
             let mut dir = dir.clone();
             tokio::spawn(async move { run_with_source(&app, &cfg, &mut dir, RunOptions::default(), None).await })
@@ -365,15 +375,17 @@ each_backend! {
         let lease_until = || async {
             let state = srv.app.store().sync_state(&cfg.name).await.unwrap();
             assert!(state.lease_owner.is_some(), "the run holds the lease");
-            state.lease_until.unwrap().datetime()
+            state.lease_until.unwrap()
         };
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        let first = lease_until().await;
-        let ahead = first - time::OffsetDateTime::now_utc();
-        assert!(ahead <= time::Duration::seconds(61) && ahead > time::Duration::seconds(30), "lease {ahead} ahead");
-        tokio::time::sleep(std::time::Duration::from_secs(21)).await;
-        let renewed = lease_until().await;
-        assert!(renewed > first + time::Duration::seconds(15), "not renewed: {first} then {renewed}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(lease_until().await, started.checked_add(std::time::Duration::from_secs(60)).unwrap());
+        clock.advance(std::time::Duration::from_secs(20));
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        assert_eq!(
+            lease_until().await,
+            started.checked_add(std::time::Duration::from_secs(80)).unwrap(),
+            "renewed for a minute from the clock's now"
+        );
         let r = run.await.unwrap().unwrap();
         assert_eq!(r.outcome, rolebridge::app::sync::RunOutcome::Applied);
         assert_eq!(srv.app.store().sync_state(&cfg.name).await.unwrap().lease_owner, None);

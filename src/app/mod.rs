@@ -47,6 +47,8 @@ pub struct App {
     sync_metrics: Arc<SyncMetrics>,
     /// Where sync runs read the time (grace periods, leases, schedules).
     clock: Arc<dyn Clock>,
+    /// How long a sync run's lease lasts and how often it is renewed.
+    sync_lease: sync::SyncLease,
 }
 
 impl App {
@@ -58,6 +60,7 @@ impl App {
             cache: Arc::new(PermissionCache::default()),
             sync_metrics: Arc::new(SyncMetrics::default()),
             clock: Arc::new(SystemClock),
+            sync_lease: sync::SyncLease::default(),
         }
     }
 
@@ -65,6 +68,11 @@ impl App {
     /// [`crate::domain::ManualClock`] instead of sleeping).
     pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
         App { clock, ..self }
+    }
+
+    /// The same app with another sync lease (tests renew in milliseconds).
+    pub fn with_sync_lease(self, sync_lease: sync::SyncLease) -> Self {
+        App { sync_lease, ..self }
     }
 
     pub fn clock(&self) -> &dyn Clock {
@@ -198,6 +206,7 @@ impl App {
             cache: Arc::new(PermissionCache::default()),
             sync_metrics: Arc::new(SyncMetrics::default()),
             clock: Arc::new(SystemClock),
+            sync_lease: sync::SyncLease::default(),
         }
     }
 

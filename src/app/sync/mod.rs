@@ -17,5 +17,5 @@ mod tests;
 pub use apply::{group_doc, user_doc, Applied, CursorUpdate, SyncMetrics, SYNC_USER_URN};
 pub use run::{
     run_source, run_source_with_progress, run_with_source, AnySource, Progress, RunMode,
-    RunOptions, RunOutcome, RunReport, SyncError,
+    RunOptions, RunOutcome, RunReport, SyncError, SyncLease,
 };

@@ -159,14 +159,25 @@ fn capped(diff: &[String]) -> Vec<String> {
     out
 }
 
-/// How long a lease lasts unless renewed. A live run renews it every
-/// [`LEASE_RENEW`]; a process that died stops renewing, so its lease
-/// expires within this long and the next run can take the source. A run
-/// that ends in any way (a panic included) releases it at once.
-const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+/// A source's run lease. A live run renews it every `renew_every`; a
+/// process that died stops renewing, so its lease expires within `ttl` and
+/// the next run can take the source. A run that ends in any way (a panic
+/// included) releases it at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncLease {
+    pub ttl: std::time::Duration,
+    pub renew_every: std::time::Duration,
+}
 
-/// How often a live run renews its lease: three chances before it expires.
-const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(20);
+impl Default for SyncLease {
+    /// A minute, renewed every 20 s: three chances before it expires.
+    fn default() -> Self {
+        SyncLease {
+            ttl: std::time::Duration::from_secs(60),
+            renew_every: std::time::Duration::from_secs(20),
+        }
+    }
+}
 
 /// Renews a run's lease until dropped (the run ended), so only a dead
 /// process leaves a lease to expire.
@@ -176,15 +187,16 @@ impl LeaseKeeper {
     fn start(
         store: crate::store::Store,
         clock: std::sync::Arc<dyn Clock>,
+        lease: SyncLease,
         source: String,
         owner: String,
     ) -> LeaseKeeper {
         LeaseKeeper(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(LEASE_RENEW);
+            let mut tick = tokio::time::interval(lease.renew_every);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let Some(until) = clock.now().checked_add(LEASE) else {
+                let Some(until) = clock.now().checked_add(lease.ttl) else {
                     continue;
                 };
                 match store.renew_sync_lease(&source, &owner, until).await {
@@ -273,7 +285,7 @@ async fn run_in_span<S: Source>(
         .ok_or_else(|| SyncError::UnknownTenant(config.tenant.to_string()))?;
     let owner = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4());
     let until = started
-        .checked_add(LEASE)
+        .checked_add(app.sync_lease.ttl)
         .ok_or_else(|| SyncError::Busy(config.name.clone()))?;
     if !app
         .store
@@ -285,6 +297,7 @@ async fn run_in_span<S: Source>(
     let keeper = LeaseKeeper::start(
         app.store.clone(),
         app.clock.clone(),
+        app.sync_lease,
         config.name.clone(),
         owner.clone(),
     );
