@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestError};
 use reqwest::Method;
 use rolebridge::app::{AnsweredFrom, Consistency, Summary, SummaryUser, UserRef};
 use rolebridge::domain::{Scope, Tenant, TenantName};
@@ -1314,23 +1314,8 @@ async fn run_steps(
 }
 
 fn run(backend: Backend) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let cases = if std::env::var_os("PROPTEST_CASES").is_some() {
-        Config::default().cases
-    } else {
-        CASES
-    };
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 512,
-        max_shrink_time: 180_000,
-        ..Config::default()
-    });
+    let rt = crate::support::property_runtime();
+    let mut runner = crate::support::property_runner(CASES);
     let stats = Stats {
         cases: Cell::new(0),
         steps: Cell::new(0),

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestError};
 use rolebridge::app::sync::plan::{self, Plan, PlanInput};
 use rolebridge::app::{App, CursorUpdate};
 use rolebridge::domain::{ResourceId, TenantId, TenantName, Timestamp};
@@ -530,22 +530,9 @@ async fn run_case(app: &App, steps: &[Step], stats: &Stats) -> Result<(), TestCa
 }
 
 fn run(backend: Backend) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let cases = if std::env::var_os("PROPTEST_CASES").is_some() {
-        Config::default().cases
-    } else {
-        CASES
-    };
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 512,
-        ..Config::default()
-    });
+    let rt = crate::support::property_runtime();
+    let mut runner = crate::support::property_runner(CASES);
+    let cases = runner.config().cases;
     let url = rt.block_on(fresh_database(backend));
     let store = rt
         .block_on(Store::connect(&url))

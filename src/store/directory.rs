@@ -38,16 +38,24 @@ pub struct Directory {
 }
 
 impl Store {
-    /// Reads the tenant's users, groups and memberships. Runs in one
-    /// repeatable-read snapshot on PostgreSQL (one read transaction on
-    /// SQLite), so the three lists agree with each other.
-    pub async fn directory(&self, tenant: TenantId) -> Result<Directory> {
+    /// A read-only transaction whose queries all see one snapshot:
+    /// repeatable read on PostgreSQL; a SQLite read transaction is one
+    /// snapshot already.
+    pub(super) async fn begin_snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         let mut tx = self.pool.begin().await?;
         if self.dialect == super::Dialect::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .execute(&mut *tx)
                 .await?;
         }
+        Ok(tx)
+    }
+
+    /// Reads the tenant's users, groups and memberships. Runs in one
+    /// repeatable-read snapshot on PostgreSQL (one read transaction on
+    /// SQLite), so the three lists agree with each other.
+    pub async fn directory(&self, tenant: TenantId) -> Result<Directory> {
+        let mut tx = self.begin_snapshot().await?;
         let dir = directory_on(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(dir)

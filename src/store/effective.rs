@@ -319,12 +319,7 @@ impl Store {
         users: &[String],
         contenders: bool,
     ) -> Result<Directory> {
-        let mut tx = self.pool.begin().await?;
-        if self.dialect == super::Dialect::Postgres {
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = self.begin_snapshot().await?;
         let mut wanted: Vec<String> = users.to_vec();
         if contenders {
             let rows = sqlx::query(

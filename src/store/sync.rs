@@ -166,6 +166,21 @@ impl Store {
         Ok(())
     }
 
+    /// Refreshes PostgreSQL's statistics of the tables a sync writes. After
+    /// a bulk load the planner would otherwise cost the next run's lookups
+    /// on an empty table, until autovacuum analyses it (up to a minute
+    /// later): the bench's first incremental run spent 340 ms planning
+    /// against 105,000 links it took for none. SQLite plans by its indexes
+    /// and needs nothing.
+    pub async fn analyze_sync_tables(&self) -> Result<()> {
+        if self.dialect == super::Dialect::Postgres {
+            sqlx::query("ANALYZE scim_users, scim_groups, group_members, sync_links")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub async fn record_sync_run(&self, run: &SyncRunRecord) -> Result<()> {
         sqlx::query(
             "INSERT INTO sync_runs (id, source, started, finished, outcome, report, error) \

@@ -65,20 +65,11 @@ impl Store {
         tenant: TenantId,
         wanted: &ScopeKeys,
     ) -> Result<SyncScope> {
-        let mut tx = self.pool.begin().await?;
-        if self.dialect == super::Dialect::Postgres {
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = self.begin_snapshot().await?;
         let conn = &mut *tx;
         let t = tenant.to_string();
+        let dialect = self.dialect;
         let mut links: BTreeMap<(ResourceKind, String), SyncLink> = BTreeMap::new();
-        let mut keep = |found: Vec<SyncLink>| {
-            for l in found {
-                links.insert((l.kind, l.external_key.clone()), l);
-            }
-        };
         let by = |column: &str| {
             format!(
                 "SELECT {LINK_COLUMNS} FROM sync_links WHERE source = $1 AND tenant_id = $2 AND {column} IN "
@@ -92,18 +83,13 @@ impl Store {
             (by("locator"), &wanted.locators),
             (by("kind = 'User' AND name_lc"), &wanted.names),
         ] {
-            for chunk in chunks(values) {
-                let sql = format!("{sql}({})", placeholders(3, chunk.len()));
-                // Only `$N` placeholders are interpolated; every value is bound.
-                let mut q = sqlx::query(positional(self.dialect, sql))
-                    .bind(source)
-                    .bind(&t);
-                for v in &chunk {
-                    q = q.bind(*v);
-                }
-                keep(link_rows(q.fetch_all(&mut *conn).await?, tenant)?);
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            for r in rows_in(conn, dialect, &sql, &[source, &t], &values).await? {
+                let l = super::sync::link_from_row(&r, tenant)?;
+                links.insert((l.kind, l.external_key.clone()), l);
             }
         }
+        // Users in their grace period, whatever the batch names.
         let missing = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {LINK_COLUMNS} FROM sync_links WHERE source = $1 AND tenant_id = $2 AND missing_since IS NOT NULL"
         )))
@@ -111,68 +97,48 @@ impl Store {
         .bind(&t)
         .fetch_all(&mut *conn)
         .await?;
-        keep(link_rows(missing, tenant)?);
+        for r in &missing {
+            let l = super::sync::link_from_row(r, tenant)?;
+            links.insert((l.kind, l.external_key.clone()), l);
+        }
         let links: Vec<SyncLink> = links.into_values().collect();
 
-        let ids_of = |kind| -> BTreeSet<&str> {
-            links
+        let ids_of = |kind| -> Vec<&str> {
+            let ids: BTreeSet<&str> = links
                 .iter()
                 .filter(|l| l.kind == kind)
                 .map(|l| l.resource_id.as_str())
-                .collect()
+                .collect();
+            ids.into_iter().collect()
         };
         let (user_ids, group_ids) = (ids_of(ResourceKind::User), ids_of(ResourceKind::Group));
         let mut directory = Directory {
             epoch: super::directory::tenant_epoch(conn, tenant).await?,
             ..Directory::default()
         };
-        for chunk in chunks(&user_ids) {
-            let sql = format!(
-                "SELECT id, user_name, active, created FROM scim_users WHERE tenant_id = $1 AND id IN ({})",
-                placeholders(2, chunk.len())
-            );
-            let mut q = sqlx::query(positional(self.dialect, sql)).bind(&t);
-            for id in &chunk {
-                q = q.bind(*id);
-            }
-            for r in q.fetch_all(&mut *conn).await? {
-                directory.users.push(DirectoryUser {
-                    id: r.try_get(0)?,
-                    user_name: r.try_get(1)?,
-                    active: r.try_get::<i64, _>(2)? != 0,
-                    created: r.try_get(3)?,
-                });
-            }
+        let users =
+            "SELECT id, user_name, active, created FROM scim_users WHERE tenant_id = $1 AND id IN ";
+        for r in rows_in(conn, dialect, users, &[&t], &user_ids).await? {
+            directory.users.push(DirectoryUser {
+                id: r.try_get(0)?,
+                user_name: r.try_get(1)?,
+                active: r.try_get::<i64, _>(2)? != 0,
+                created: r.try_get(3)?,
+            });
         }
-        for chunk in chunks(&group_ids) {
-            let sql = format!(
-                "SELECT id, display_name, external_id, data FROM scim_groups WHERE tenant_id = $1 AND id IN ({})",
-                placeholders(2, chunk.len())
-            );
-            let mut q = sqlx::query(positional(self.dialect, sql)).bind(&t);
-            for id in &chunk {
-                q = q.bind(*id);
-            }
-            for r in q.fetch_all(&mut *conn).await? {
-                directory.groups.push(group_from_row(&r)?);
-            }
+        let groups = "SELECT id, display_name, external_id, data FROM scim_groups WHERE tenant_id = $1 AND id IN ";
+        for r in rows_in(conn, dialect, groups, &[&t], &group_ids).await? {
+            directory.groups.push(group_from_row(&r)?);
         }
         let mut edges: BTreeSet<(String, String, String)> = BTreeSet::new();
-        let all_ids: BTreeSet<&str> = user_ids.union(&group_ids).copied().collect();
+        let all_ids: Vec<&str> = user_ids.iter().chain(&group_ids).copied().collect();
         for column in ["group_id", "member_id"] {
-            for chunk in chunks(&all_ids) {
-                let sql = format!(
-                    "SELECT group_id, member_id, member_type FROM group_members WHERE tenant_id = $1 AND {column} IN ({})",
-                    placeholders(2, chunk.len())
-                );
-                let mut q = sqlx::query(positional(self.dialect, sql)).bind(&t);
-                for id in &chunk {
-                    q = q.bind(*id);
-                }
-                for r in q.fetch_all(&mut *conn).await? {
-                    let m = member_from_row(&r)?;
-                    edges.insert((m.group_id, m.member_id, m.member_type));
-                }
+            let sql = format!(
+                "SELECT group_id, member_id, member_type FROM group_members WHERE tenant_id = $1 AND {column} IN "
+            );
+            for r in rows_in(conn, dialect, &sql, &[&t], &all_ids).await? {
+                let m = member_from_row(&r)?;
+                edges.insert((m.group_id, m.member_id, m.member_type));
             }
         }
         directory.edges = edges
@@ -191,12 +157,7 @@ impl Store {
     /// counted by the database (the links stay there). A run asks for them
     /// only when it removes something.
     pub async fn link_totals(&self, source: &str, tenant: TenantId) -> Result<LinkTotals> {
-        let mut tx = self.pool.begin().await?;
-        if self.dialect == super::Dialect::Postgres {
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = self.begin_snapshot().await?;
         let totals = link_totals_on(&mut tx, source, tenant).await?;
         tx.commit().await?;
         Ok(totals)
@@ -248,13 +209,24 @@ async fn link_totals_on(
     Ok(totals)
 }
 
-fn chunks<'a, S: AsRef<str> + 'a>(values: impl IntoIterator<Item = &'a S>) -> Vec<Vec<&'a str>> {
-    let all: Vec<&str> = values.into_iter().map(AsRef::as_ref).collect();
-    all.chunks(IN_CHUNK).map(<[&str]>::to_vec).collect()
-}
-
-fn link_rows(rows: Vec<sqlx::any::AnyRow>, tenant: TenantId) -> Result<Vec<SyncLink>> {
-    rows.iter()
-        .map(|r| super::sync::link_from_row(r, tenant))
-        .collect()
+/// The rows of `head (...)` for every value, a chunk of [`IN_CHUNK`] at a
+/// time, with `fixed` bound first (as `$1`, `$2`, ... in `head`). Only
+/// placeholders are interpolated; every value is bound.
+async fn rows_in(
+    conn: &mut sqlx::AnyConnection,
+    dialect: super::Dialect,
+    head: &str,
+    fixed: &[&str],
+    values: &[&str],
+) -> Result<Vec<sqlx::any::AnyRow>> {
+    let mut out = Vec::new();
+    for chunk in values.chunks(IN_CHUNK) {
+        let sql = format!("{head}({})", placeholders(fixed.len() + 1, chunk.len()));
+        let mut q = sqlx::query(positional(dialect, sql));
+        for v in fixed.iter().chain(chunk) {
+            q = q.bind(*v);
+        }
+        out.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
 }

@@ -585,3 +585,32 @@ pub async fn drop_database(backend: Backend, url: &str) {
         }
     }
 }
+
+/// The runtime a property test drives its async cases on (two workers, as
+/// `#[tokio::test]`s here use).
+pub fn property_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A property test's runner: `cases` cases (or proptest's default when
+/// `PROPTEST_CASES` is set, which proptest then reads), no failure files,
+/// shrinking bounded.
+pub fn property_runner(cases: u32) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{Config, TestRunner};
+    let cases = if std::env::var_os("PROPTEST_CASES").is_some() {
+        Config::default().cases
+    } else {
+        cases
+    };
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 512,
+        max_shrink_time: 180_000,
+        ..Config::default()
+    })
+}

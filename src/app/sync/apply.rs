@@ -22,6 +22,10 @@ use crate::sync::{ExternalGroup, ExternalUser};
 /// Where directory sync records a user's source and DN in its document.
 pub const SYNC_USER_URN: &str = "urn:rolebridge:params:sync:1.0:User";
 
+/// Rows a run must create or remove before the store's statistics are
+/// refreshed (a first sync; a reorganisation).
+const ANALYZE_AFTER: u64 = 10_000;
+
 /// What applying changed beyond the plan: entries the store refused.
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -231,6 +235,15 @@ impl App {
         )
         .await?;
         applied.permissions_changed = self.commit(tx).await?.permissions_changed;
+        let c = plan.counts();
+        let written = c.users_created + c.groups_created + c.members_added + c.members_removed;
+        if written >= ANALYZE_AFTER {
+            // Statistics are an optimisation: a failure here is logged, and
+            // the committed run stands.
+            if let Err(e) = self.store.analyze_sync_tables().await {
+                tracing::warn!(source, error = %e, "refreshing table statistics after a bulk sync failed");
+            }
+        }
         Ok(applied)
     }
 }
