@@ -11,7 +11,6 @@ use serde_json::json;
 use crate::app::sync::{self as sync_run, RunOptions, RunOutcome, RunReport};
 use crate::app::{App, Mappings};
 use crate::config::Config;
-use crate::domain::{Clock, SystemClock};
 use crate::store::Store;
 use crate::sync::{self, SourceConfig};
 
@@ -54,7 +53,7 @@ pub async fn run(config: &Config, args: SyncArgs) -> anyhow::Result<()> {
     let sources = sources(config)?;
     let store = Store::connect(&config.database_url).await?;
     if let Some(SyncCommand::Status { json }) = args.command {
-        return status(&store, &sources, json).await;
+        return status(&App::new(store), &sources, json).await;
     }
     let Some(name) = args.source else {
         bail!(
@@ -198,14 +197,14 @@ fn print_report(r: &RunReport) {
     }
 }
 
-async fn status(store: &Store, sources: &[SourceConfig], as_json: bool) -> anyhow::Result<()> {
+async fn status(app: &App, sources: &[SourceConfig], as_json: bool) -> anyhow::Result<()> {
     let mut out = Vec::new();
     for s in sources {
-        let runs = store
+        let runs = app
             .sync_runs(&s.name, 20)
             .await
             .with_context(|| format!("reading the run log of '{}'", s.name))?;
-        let state = store.sync_state(&s.name).await?;
+        let state = app.sync_state(&s.name).await?;
         let last = runs
             .iter()
             .find(|r| r.outcome != RunOutcome::DryRun.as_str());
@@ -226,7 +225,7 @@ async fn status(store: &Store, sources: &[SourceConfig], as_json: bool) -> anyho
                     .unwrap_or_default()
             });
         let next = last.and_then(|r| r.finished.checked_add(s.schedule));
-        let now = SystemClock.now();
+        let now = app.clock().now();
         let running = state.lease_until.is_some_and(|until| until > now);
         out.push(json!({
             "source": s.name,

@@ -12,7 +12,7 @@ use super::plan::{self, Counts, PlanInput};
 use super::{guard, CursorUpdate};
 use crate::app::{user_facts, App};
 use crate::domain::{Clock, ResourceId, TenantId, Timestamp};
-use crate::store::SyncRunRecord;
+use crate::store::{SyncRunRecord, SyncState};
 use crate::sync::entra::EntraSource;
 use crate::sync::ldap::LdapSource;
 use crate::sync::{Batch, ReadOutcome, ReadRequest, Source, SourceConfig, SourceError, SourceKind};
@@ -534,6 +534,22 @@ async fn run_leased<S: Source>(
         RunOutcome::Applied
     };
     Ok(report)
+}
+
+impl App {
+    /// A source's saved state: cursor, last reconcile, lease (`sync status`).
+    pub async fn sync_state(&self, source: &str) -> Result<SyncState, SyncError> {
+        Ok(self.store.sync_state(source).await?)
+    }
+
+    /// A source's most recent runs, newest first (`sync status`).
+    pub async fn sync_runs(
+        &self,
+        source: &str,
+        limit: i64,
+    ) -> Result<Vec<SyncRunRecord>, SyncError> {
+        Ok(self.store.sync_runs(source, limit).await?)
+    }
 }
 
 /// Users whose effective permissions differ between the stored directory
