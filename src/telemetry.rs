@@ -94,3 +94,14 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
 }
+
+/// The process's peak resident set so far, in KiB (Linux `VmHWM`); `None`
+/// where `/proc` does not say. Sync runs log it after each phase, so a
+/// memory regression shows which phase holds the peak.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

@@ -426,6 +426,11 @@ async fn run_leased<S: Source>(
         other => other.map_err(source_error)?,
     };
     let read_ms = phase.elapsed().as_millis() as u64;
+    tracing::debug!(
+        read_ms,
+        peak_rss_kib = crate::telemetry::peak_rss_kib(),
+        "sync read done"
+    );
     let phase = Instant::now();
     // A complete read is planned against everything the source holds (it
     // finds what vanished); an incremental one against what its batch
@@ -466,6 +471,10 @@ async fn run_leased<S: Source>(
     } else if plan.removes_anything() {
         plan.measure(&app.store.link_totals(&config.name, tenant).await?);
     }
+    tracing::debug!(
+        peak_rss_kib = crate::telemetry::peak_rss_kib(),
+        "sync plan done"
+    );
     drop(batch);
     drop(links);
     let counts = plan.counts();
@@ -526,6 +535,11 @@ async fn run_leased<S: Source>(
         )
         .await?;
     report.apply_ms = phase.elapsed().as_millis() as u64;
+    tracing::debug!(
+        apply_ms = report.apply_ms,
+        peak_rss_kib = crate::telemetry::peak_rss_kib(),
+        "sync apply done"
+    );
     report.permission_changes = applied.permissions_changed as u64;
     report.skipped.extend(applied.skipped);
     report.outcome = if plan.is_empty() {
