@@ -252,11 +252,12 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
     let mut batch_users: Vec<ExternalUser> =
         std::mem::take(&mut batch.users).into_values().collect();
     batch_users.sort_by(|a, b| a.key.cmp(&b.key));
-    let mut seen_users: HashSet<String> = HashSet::with_capacity(batch_users.len());
+    // Every batch user gets its id in `user_ids`, which also answers
+    // whether a key was read (no second copy of 100,000 keys).
+    user_ids.reserve(batch_users.len());
     let mut users_per_base: HashMap<String, u64> = HashMap::new();
     for user in batch_users {
         let key = &user.key;
-        seen_users.insert(key.clone());
         *users_per_base.entry(user.base.clone()).or_default() += 1;
         let hash = user_hash(&user);
         let link = user_links
@@ -366,7 +367,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
     let mut vanished_groups: Vec<&SyncLink> = Vec::new();
     if outcome.complete {
         for l in user_links.values() {
-            if !seen_users.contains(&l.external_key) && !present(&l.external_key) {
+            if !user_ids.contains_key(&l.external_key) && !present(&l.external_key) {
                 vanished_users.push(l);
             }
         }
@@ -391,7 +392,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
         // Users whose grace period ran out are deleted by any run.
         for l in user_links.values() {
             if l.missing_since.is_some()
-                && !seen_users.contains(&l.external_key)
+                && !user_ids.contains_key(&l.external_key)
                 && !batch.deleted.contains_key(&l.external_key)
             {
                 vanished_users.push(l);
@@ -421,7 +422,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
             .filter(|l| {
                 l.missing_since.is_some()
                     && new_names.contains(&l.name_lc)
-                    && !seen_users.contains(&l.external_key)
+                    && !user_ids.contains_key(&l.external_key)
                     && !listed.contains(l.external_key.as_str())
             })
             .copied()
