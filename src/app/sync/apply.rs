@@ -73,7 +73,7 @@ impl App {
             .users
             .iter()
             .filter_map(|op| match op {
-                UserOp::Create { id, user } => Some((id, user)),
+                UserOp::Create { id, user, .. } => Some((id, user)),
                 _ => None,
             })
             .collect();
@@ -208,13 +208,25 @@ impl App {
                 tx.remove_members(tenant, &gid, &delta.remove).await?;
             }
         }
-        // References, not copies: a first sync writes 100,000 links.
         let links: Vec<&SyncLink> = plan
             .link_upserts
             .iter()
             .filter(|l| !refused.contains(&l.resource_id))
             .collect();
         tx.upsert_sync_links(&links).await?;
+        // Users' links are built from their operations a chunk at a time:
+        // a first sync writes 100,000 of them.
+        let mut user_links = plan
+            .user_links(source, tenant)
+            .filter(|l| !refused.contains(&l.resource_id));
+        loop {
+            let chunk: Vec<SyncLink> = user_links.by_ref().take(1000).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            tx.upsert_sync_links(&chunk.iter().collect::<Vec<_>>())
+                .await?;
+        }
         for (kind, key) in &plan.link_deletes {
             tx.delete_sync_link(source, *kind, key).await?;
         }

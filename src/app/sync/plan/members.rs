@@ -34,7 +34,7 @@ fn memberships_of_a_reused_dn(
     }
     let mut moved: Vec<(&str, &str)> = Vec::new();
     for op in &plan.users {
-        let UserOp::Create { id, user } = op else {
+        let UserOp::Create { id, user, .. } = op else {
             continue;
         };
         let Some(loc) = &user.locator else { continue };
@@ -131,7 +131,7 @@ pub(super) fn plan_members(
     // Unchanged users keep their DN in their link; changed and new ones
     // carry it in their operation.
     for op in &plan.users {
-        if let UserOp::Create { id, user } | UserOp::Update { id, user, .. } = op {
+        if let UserOp::Create { id, user, .. } | UserOp::Update { id, user, .. } = op {
             if let Some(loc) = &user.locator {
                 by_locator.insert(normalize_locator(loc), (id.clone(), Kind::User));
             }

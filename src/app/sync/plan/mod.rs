@@ -34,7 +34,10 @@ pub struct Plan {
     pub groups: Vec<GroupOp>,
     /// Per group resource id: members to add (id, type) and to remove.
     pub members: BTreeMap<String, MemberDelta>,
-    /// Links to write (created, changed, marked missing) and to drop.
+    /// Links to write (groups', and users marked missing) and to drop.
+    /// Created and changed users' links come from their operations
+    /// ([`Plan::user_links`]), so a first sync does not hold 100,000 links
+    /// beside the 100,000 users.
     pub link_upserts: Vec<SyncLink>,
     pub link_deletes: Vec<(Kind, String)>,
     pub skipped: Vec<String>,
@@ -63,15 +66,21 @@ pub struct Plan {
 
 #[derive(Debug, Clone)]
 pub enum UserOp {
+    /// `hash` is the content hash its new link records.
     Create {
         id: String,
         user: ExternalUser,
+        hash: String,
     },
+    /// `relink` is the content hash to record in the user's link, when the
+    /// link changes (the record did, or it was missing); `None` when only
+    /// the stored user's state differs.
     Update {
         id: String,
         user: ExternalUser,
         reactivated: bool,
         deactivated: bool,
+        relink: Option<String>,
     },
     /// Vanished from the directory: deactivated now, deleted after the
     /// grace period.
@@ -145,6 +154,39 @@ impl Plan {
         }
         c.members_removed += self.members_lost_with_groups;
         c
+    }
+
+    /// The links of the users this plan creates or changes, built from
+    /// their operations one at a time.
+    pub fn user_links<'a>(
+        &'a self,
+        source: &'a str,
+        tenant: crate::domain::TenantId,
+    ) -> impl Iterator<Item = SyncLink> + 'a {
+        self.users.iter().filter_map(move |op| {
+            let (id, user, hash) = match op {
+                UserOp::Create { id, user, hash } => (id, user, hash),
+                UserOp::Update {
+                    id,
+                    user,
+                    relink: Some(hash),
+                    ..
+                } => (id, user, hash),
+                _ => return None,
+            };
+            Some(SyncLink {
+                source: source.to_string(),
+                kind: Kind::User,
+                external_key: user.key.clone(),
+                tenant,
+                resource_id: id.clone(),
+                locator: user.locator.as_deref().map(normalize_locator),
+                name_lc: user.user_name.to_lowercase(),
+                base: user.base.clone(),
+                content_hash: hash.clone(),
+                missing_since: None,
+            })
+        })
     }
 
     /// Whether the plan removes anything: only then does the deletion
@@ -278,28 +320,24 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
             }
             None => ((input.new_id)(), None),
         };
-        if link.is_none_or(|l| l.content_hash != hash || l.missing_since.is_some()) {
-            plan.link_upserts.push(SyncLink {
-                source: input.source.to_string(),
-                kind: Kind::User,
-                external_key: key.clone(),
-                tenant: input.tenant,
-                resource_id: id.clone(),
-                locator: user.locator.as_deref().map(normalize_locator),
-                name_lc: user.user_name.to_lowercase(),
-                base: user.base.clone(),
-                content_hash: hash,
-                missing_since: None,
-            });
-        }
+        // The user's link is written from its operation (`user_links`),
+        // not held here a second time.
+        let relink = link
+            .is_none_or(|l| l.content_hash != hash || l.missing_since.is_some())
+            .then_some(hash);
         user_ids.insert(key.clone(), id.clone());
         match (link, update) {
-            (None, _) => plan.users.push(UserOp::Create { id, user }),
+            (None, _) => plan.users.push(UserOp::Create {
+                id,
+                user,
+                hash: relink.unwrap_or_default(),
+            }),
             (Some(_), Some((reactivated, deactivated))) => plan.users.push(UserOp::Update {
                 id,
                 user,
                 reactivated,
                 deactivated,
+                relink,
             }),
             // Unchanged: the record is dropped here; its link keeps its DN.
             (Some(_), None) => {}

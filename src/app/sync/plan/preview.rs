@@ -24,7 +24,7 @@ impl Plan {
         let mut out = Vec::new();
         for op in &self.users {
             match op {
-                UserOp::Create { id, user } => {
+                UserOp::Create { id, user, .. } => {
                     new_names.insert(id, &user.user_name);
                     out.push(format!(
                         "+ user {}{}",
@@ -37,6 +37,7 @@ impl Plan {
                     user,
                     reactivated,
                     deactivated,
+                    ..
                 } => {
                     let old = names.get(id.as_str()).copied().unwrap_or("?");
                     let what = if *reactivated {
@@ -115,7 +116,7 @@ impl Plan {
         let mut gone: HashSet<String> = HashSet::new();
         for op in &self.users {
             match op {
-                UserOp::Create { id, user } => {
+                UserOp::Create { id, user, .. } => {
                     users.insert(
                         id.clone(),
                         DirectoryUser {
