@@ -2,6 +2,7 @@
 //! diffed against the stored edges; memberships that move to an account
 //! re-created under its old DN.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{normalize_locator, GroupOp, MemberDelta, Plan, PlanInput, UserOp};
@@ -110,22 +111,23 @@ pub(super) fn plan_members(
     // period, and created again under its old DN): the live one wins, then
     // the greater key, so the answer never depends on hash order, nor on
     // which other links a run happened to load.
-    let mut by_locator: HashMap<String, (String, Kind)> = HashMap::new();
-    let mut by_name: HashMap<String, String> = HashMap::new();
+    // Borrowed where they can be (a first sync indexes 100,000 users).
+    let mut by_locator: HashMap<Cow<str>, (&str, Kind)> = HashMap::new();
+    let mut by_name: HashMap<Cow<str>, &str> = HashMap::new();
     let precedence = |l: &&&SyncLink| (l.missing_since.is_none(), l.external_key.clone());
     let mut stored_users: Vec<&&SyncLink> = user_links.values().collect();
     stored_users.sort_by_key(precedence);
     for l in stored_users {
         if let Some(loc) = &l.locator {
-            by_locator.insert(loc.clone(), (l.resource_id.clone(), Kind::User));
+            by_locator.insert(Cow::Borrowed(loc), (&l.resource_id, Kind::User));
         }
-        by_name.insert(l.name_lc.clone(), l.resource_id.clone());
+        by_name.insert(Cow::Borrowed(&l.name_lc), &l.resource_id);
     }
     let mut stored_groups: Vec<&&SyncLink> = group_links.values().collect();
     stored_groups.sort_by_key(precedence);
     for l in stored_groups {
         if let Some(loc) = &l.locator {
-            by_locator.insert(loc.clone(), (l.resource_id.clone(), Kind::Group));
+            by_locator.insert(Cow::Borrowed(loc), (&l.resource_id, Kind::Group));
         }
     }
     // Unchanged users keep their DN in their link; changed and new ones
@@ -133,15 +135,15 @@ pub(super) fn plan_members(
     for op in &plan.users {
         if let UserOp::Create { id, user, .. } | UserOp::Update { id, user, .. } = op {
             if let Some(loc) = &user.locator {
-                by_locator.insert(normalize_locator(loc), (id.clone(), Kind::User));
+                by_locator.insert(Cow::Owned(normalize_locator(loc)), (id, Kind::User));
             }
-            by_name.insert(user.user_name.to_lowercase(), id.clone());
+            by_name.insert(Cow::Owned(user.user_name.to_lowercase()), id);
         }
     }
     for (key, g) in &batch.groups {
         if let (Some(id), Some(group)) = (group_ids.get(key.as_str()), &g.group) {
             if let Some(loc) = &group.locator {
-                by_locator.insert(normalize_locator(loc), (id.clone(), Kind::Group));
+                by_locator.insert(Cow::Owned(normalize_locator(loc)), (id, Kind::Group));
             }
         }
     }
@@ -165,10 +167,12 @@ pub(super) fn plan_members(
                         .get(k.as_str())
                         .map(|l| (l.resource_id.clone(), Kind::Group))
                 }),
-            MemberRef::Locator(dn) => by_locator.get(&normalize_locator(dn)).cloned(),
+            MemberRef::Locator(dn) => by_locator
+                .get(normalize_locator(dn).as_str())
+                .map(|(id, kind)| (id.to_string(), *kind)),
             MemberRef::UserName(n) => by_name
-                .get(&n.to_lowercase())
-                .map(|id| (id.clone(), Kind::User)),
+                .get(n.to_lowercase().as_str())
+                .map(|id| (id.to_string(), Kind::User)),
         }
     };
     let mut current: HashMap<&str, HashSet<&str>> = HashMap::new();

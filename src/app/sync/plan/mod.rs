@@ -297,6 +297,8 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
     // Every batch user gets its id in `user_ids`, which also answers
     // whether a key was read (no second copy of 100,000 keys).
     user_ids.reserve(batch_users.len());
+    // Sized once: doubling a Vec of 100,000 operations holds both buffers.
+    plan.users.reserve(batch_users.len());
     let mut users_per_base: HashMap<String, u64> = HashMap::new();
     for user in batch_users {
         let key = &user.key;
