@@ -60,6 +60,7 @@ impl App {
         let mut refused: HashSet<String> = HashSet::new();
         let ts = self.clock().now().to_string();
         let mut tx = self.store.begin_write().await?;
+        let mut phases = Phases::start();
         // Deletions first: a re-created account takes its old userName.
         for op in &plan.users {
             if let UserOp::Delete { id, .. } = op {
@@ -101,6 +102,7 @@ impl App {
                 }
             }
         }
+        phases.mark("users created");
         for op in &plan.users {
             match op {
                 UserOp::Create { .. } => {}
@@ -136,6 +138,7 @@ impl App {
                 UserOp::Delete { .. } => {}
             }
         }
+        phases.mark("users updated");
         let mut new_groups = Vec::new();
         let mut new_names = Vec::new();
         for op in &plan.groups {
@@ -190,6 +193,7 @@ impl App {
                 }
             }
         }
+        phases.mark("groups");
         for (group, delta) in &plan.members {
             if refused.contains(group) {
                 continue;
@@ -208,6 +212,7 @@ impl App {
                 tx.remove_members(tenant, &gid, &delta.remove).await?;
             }
         }
+        phases.mark("members");
         let links: Vec<&SyncLink> = plan
             .link_upserts
             .iter()
@@ -238,6 +243,7 @@ impl App {
                 "the source moved to another tenant; its links in the old one are released"
             );
         }
+        phases.mark("links");
         tx.save_sync_cursor(
             source,
             tenant,
@@ -247,6 +253,8 @@ impl App {
         )
         .await?;
         applied.permissions_changed = self.commit(tx).await?.permissions_changed;
+        phases.mark("commit");
+        tracing::debug!(source, phases = %phases, "sync apply phases");
         let c = plan.counts();
         let written = c.users_created + c.groups_created + c.members_added + c.members_removed;
         if written >= ANALYZE_AFTER {
@@ -257,6 +265,36 @@ impl App {
             }
         }
         Ok(applied)
+    }
+}
+
+/// Where an apply's time went, for the debug log (a large first sync
+/// spends seconds here; which step is the one to look at).
+struct Phases {
+    last: std::time::Instant,
+    done: Vec<(&'static str, u128)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, what: &'static str) {
+        self.done.push((what, self.last.elapsed().as_millis()));
+        self.last = std::time::Instant::now();
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (what, ms)) in self.done.iter().enumerate() {
+            write!(f, "{}{what} {ms} ms", if i == 0 { "" } else { ", " })?;
+        }
+        Ok(())
     }
 }
 
