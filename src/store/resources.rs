@@ -51,7 +51,7 @@ pub struct Page {
 
 /// How many rows one multi-row INSERT or IN-list carries: keeps statements
 /// well under SQLite's 32766-parameter limit.
-const CHUNK: usize = 500;
+pub(super) const CHUNK: usize = 500;
 
 /// Rows per multi-row INSERT. It was 50 while SQLite bound `$N` by name,
 /// which made binding quadratic in the parameter count; with positional
@@ -816,7 +816,6 @@ pub(super) fn row_placeholders(rows: usize, width: usize) -> String {
         .join(", ")
 }
 
-/// `$first, $first+1, ...` for an IN list of `n` values.
 /// The statement as SQLite should get it. SQLite binds `$N` by name: sqlx
 /// asks SQLite for each parameter's name, and SQLite finds it by walking
 /// the statement's list of names, so binding a statement with n named
@@ -863,6 +862,7 @@ pub(super) fn dialect_of(conn: &sqlx::AnyConnection) -> Dialect {
     }
 }
 
+/// `$first, $first+1, ...` for an IN list of `n` values.
 pub(super) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))

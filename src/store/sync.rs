@@ -55,10 +55,9 @@ pub struct SyncRunRecord {
 impl Store {
     /// Every link a source holds in a tenant.
     pub async fn sync_links(&self, source: &str, tenant: TenantId) -> Result<Vec<SyncLink>> {
-        let rows = sqlx::query(
-            "SELECT source, kind, external_key, tenant_id, resource_id, locator, name_lc, base, content_hash, missing_since \
-             FROM sync_links WHERE source = $1 AND tenant_id = $2",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LINK_COLUMNS} FROM sync_links WHERE source = $1 AND tenant_id = $2"
+        )))
         .bind(source)
         .bind(tenant.to_string())
         .fetch_all(&self.pool)
@@ -97,8 +96,14 @@ impl Store {
             Some(r) => SyncState {
                 tenant: r
                     .try_get::<Option<String>, _>(4)?
-                    .and_then(|t| uuid::Uuid::parse_str(&t).ok())
-                    .map(TenantId::from_uuid),
+                    .map(|value| match uuid::Uuid::parse_str(&value) {
+                        Ok(id) => Ok(TenantId::from_uuid(id)),
+                        Err(_) => Err(super::Error::BadColumn {
+                            column: "sync_state.tenant_id",
+                            value,
+                        }),
+                    })
+                    .transpose()?,
                 cursor: r.try_get(0)?,
                 last_full: timestamp_column("sync_state.last_full", r.try_get(1)?)?,
                 lease_owner: r.try_get(2)?,
@@ -339,8 +344,10 @@ pub(super) fn kind_column(value: &str) -> Result<ResourceKind> {
     }
 }
 
-/// A row of `SELECT source, kind, external_key, tenant_id, resource_id,
-/// locator, name_lc, base, content_hash, missing_since`.
+/// The columns [`link_from_row`] reads, in its order.
+pub(super) const LINK_COLUMNS: &str = "source, kind, external_key, tenant_id, resource_id, locator, name_lc, base, content_hash, missing_since";
+
+/// A row of `SELECT {LINK_COLUMNS}`.
 pub(super) fn link_from_row(r: &sqlx::any::AnyRow, tenant: TenantId) -> Result<SyncLink> {
     Ok(SyncLink {
         source: r.try_get(0)?,

@@ -14,13 +14,10 @@ use scim::schema::ResourceKind;
 use sqlx::Row;
 
 use super::directory::group_from_row;
-use super::resources::{member_from_row, placeholders, positional};
+use super::resources::{member_from_row, placeholders, positional, CHUNK};
+use super::sync::LINK_COLUMNS;
 use super::{Directory, DirectoryUser, MemberRow, Result, Store, SyncLink};
 use crate::domain::TenantId;
-
-/// Values bound per `IN (...)` list: far below SQLite's and PostgreSQL's
-/// limits on bound parameters.
-const IN_CHUNK: usize = 500;
 
 /// What a batch names, for [`Store::sync_scope`].
 #[derive(Debug, Clone, Default)]
@@ -53,8 +50,6 @@ pub struct SyncScope {
     /// group or member is one of them. Not the whole tenant.
     pub directory: Directory,
 }
-
-const LINK_COLUMNS: &str = "source, kind, external_key, tenant_id, resource_id, locator, name_lc, base, content_hash, missing_since";
 
 impl Store {
     /// Loads the scope of a batch in one read snapshot (repeatable read on
@@ -209,7 +204,7 @@ async fn link_totals_on(
     Ok(totals)
 }
 
-/// The rows of `head (...)` for every value, a chunk of [`IN_CHUNK`] at a
+/// The rows of `head (...)` for every value, a chunk of [`CHUNK`] at a
 /// time, with `fixed` bound first (as `$1`, `$2`, ... in `head`). Only
 /// placeholders are interpolated; every value is bound.
 async fn rows_in(
@@ -220,7 +215,7 @@ async fn rows_in(
     values: &[&str],
 ) -> Result<Vec<sqlx::any::AnyRow>> {
     let mut out = Vec::new();
-    for chunk in values.chunks(IN_CHUNK) {
+    for chunk in values.chunks(CHUNK) {
         let sql = format!("{head}({})", placeholders(fixed.len() + 1, chunk.len()));
         let mut q = sqlx::query(positional(dialect, sql));
         for v in fixed.iter().chain(chunk) {
