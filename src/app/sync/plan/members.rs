@@ -22,6 +22,13 @@ fn memberships_of_a_reused_dn(
     deleted: &HashSet<&str>,
     plan: &Plan,
 ) -> Vec<(String, String, String)> {
+    if !plan
+        .users
+        .iter()
+        .any(|op| matches!(op, UserOp::Create { .. }))
+    {
+        return Vec::new();
+    }
     // Every old account that held the DN (in key order, so the plan never
     // depends on hash order).
     let mut old_by_locator: HashMap<&str, Vec<&SyncLink>> = HashMap::new();
@@ -114,9 +121,12 @@ pub(super) fn plan_members(
     // Borrowed where they can be (a first sync indexes 100,000 users).
     let mut by_locator: HashMap<Cow<str>, (&str, Kind)> = HashMap::new();
     let mut by_name: HashMap<Cow<str>, &str> = HashMap::new();
-    let precedence = |l: &&&SyncLink| (l.missing_since.is_none(), l.external_key.clone());
+    let precedence = |a: &&&SyncLink, b: &&&SyncLink| {
+        (a.missing_since.is_none(), &a.external_key)
+            .cmp(&(b.missing_since.is_none(), &b.external_key))
+    };
     let mut stored_users: Vec<&&SyncLink> = user_links.values().collect();
-    stored_users.sort_by_key(precedence);
+    stored_users.sort_by(precedence);
     for l in stored_users {
         if let Some(loc) = &l.locator {
             by_locator.insert(Cow::Borrowed(loc), (&l.resource_id, Kind::User));
@@ -124,7 +134,7 @@ pub(super) fn plan_members(
         by_name.insert(Cow::Borrowed(&l.name_lc), &l.resource_id);
     }
     let mut stored_groups: Vec<&&SyncLink> = group_links.values().collect();
-    stored_groups.sort_by_key(precedence);
+    stored_groups.sort_by(precedence);
     for l in stored_groups {
         if let Some(loc) = &l.locator {
             by_locator.insert(Cow::Borrowed(loc), (&l.resource_id, Kind::Group));

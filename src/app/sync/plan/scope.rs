@@ -23,17 +23,12 @@ pub fn scope_keys(batch: &Batch) -> ScopeKeys {
     scope.keys.extend(batch.deleted.keys().cloned());
     for (key, change) in &batch.groups {
         scope.keys.insert(key.clone());
+        // As the planner reads members: a whole list, and the changes the
+        // batch folded into `added`/`removed` (a record's own delta is
+        // taken out when it is pushed).
         let listed = match change.group.as_ref().map(|g| &g.members) {
             Some(Members::Full(list)) => list.as_slice(),
-            Some(Members::Delta { added, removed }) => {
-                // A batch folds a group's deltas into `added`/`removed`;
-                // a delta left on the record is named too.
-                for m in added.iter().chain(removed) {
-                    name_member(&mut scope, m);
-                }
-                &[]
-            }
-            None => &[],
+            _ => &[],
         };
         for m in listed.iter().chain(&change.added).chain(&change.removed) {
             name_member(&mut scope, m);
@@ -69,7 +64,12 @@ pub fn totals(links: &[SyncLink], dir: &Directory) -> LinkTotals {
             Kind::User => {
                 t.users += 1;
                 if l.missing_since.is_none() {
-                    *t.active_users_per_base.entry(l.base.clone()).or_default() += 1;
+                    match t.active_users_per_base.get_mut(&l.base) {
+                        Some(n) => *n += 1,
+                        None => {
+                            t.active_users_per_base.insert(l.base.clone(), 1);
+                        }
+                    }
                 }
             }
             Kind::Group => {
