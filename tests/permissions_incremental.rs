@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::{TestCaseError, TestError};
+use proptest::test_runner::TestCaseError;
 use reqwest::Method;
 use rolebridge::app::{AnsweredFrom, Consistency, Summary, SummaryUser, UserRef};
 use rolebridge::domain::{Scope, Tenant, TenantName};
@@ -1341,15 +1341,7 @@ fn run(backend: Backend) {
     drop(server);
     rt.block_on(drop_database(backend, &url));
     let _ = std::fs::remove_dir_all(mappings);
-    match outcome {
-        Ok(()) => {}
-        Err(TestError::Fail(why, minimal)) => {
-            panic!(
-                "incremental permissions differ from the oracle: {why}\nminimal case: {minimal:#?}"
-            )
-        }
-        Err(TestError::Abort(why)) => panic!("property test aborted: {why}"),
-    }
+    crate::support::expect_property(outcome, "incremental permissions differ from the oracle");
     println!(
         "permissions_incremental {backend:?}: {} cases, {} steps, {} users compared; {} incremental writes recomputed {} users (whole tenant: {}); steps with slot refusals {}, profile-limit refusals {}, single-role losses {}, dropped permissions {}, nesting {}, nesting cycles {}; {:.1} s",
         stats.cases.get(),

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::{TestCaseError, TestError};
+use proptest::test_runner::TestCaseError;
 use rolebridge::app::sync::plan::{self, Plan, PlanInput};
 use rolebridge::app::{App, CursorUpdate};
 use rolebridge::domain::{ResourceId, TenantId, TenantName, Timestamp};
@@ -542,13 +542,7 @@ fn run(backend: Backend) {
     let outcome = runner.run(&case(), |c| rt.block_on(run_case(&app, &c, &stats)));
     drop(app);
     rt.block_on(drop_database(backend, &url));
-    match outcome {
-        Ok(()) => {}
-        Err(TestError::Fail(why, minimal)) => {
-            panic!("the scoped plan differs from the full one: {why}\nminimal case: {minimal:#?}")
-        }
-        Err(TestError::Abort(why)) => panic!("property test aborted: {why}"),
-    }
+    crate::support::expect_property(outcome, "the scoped plan differs from the full one");
     println!(
         "sync_scope {backend:?}: {} cases, {} incremental batches planned both ways; the scopes held {} links of {} ({} grace-period or reclaim deletes, {} member changes, {} batches deleting a user)",
         stats.cases.get(),

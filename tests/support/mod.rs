@@ -614,3 +614,18 @@ pub fn property_runner(cases: u32) -> proptest::test_runner::TestRunner {
         ..Config::default()
     })
 }
+
+/// Fails the test with proptest's minimal case when the property broke.
+pub fn expect_property<T: std::fmt::Debug>(
+    outcome: Result<(), proptest::test_runner::TestError<T>>,
+    what: &str,
+) {
+    use proptest::test_runner::TestError;
+    match outcome {
+        Ok(()) => {}
+        Err(TestError::Fail(why, minimal)) => {
+            panic!("{what}: {why}\nminimal case: {minimal:#?}")
+        }
+        Err(TestError::Abort(why)) => panic!("property test aborted: {why}"),
+    }
+}
