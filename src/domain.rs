@@ -178,8 +178,7 @@ const TIMESTAMP: &[FormatItem<'static>] =
 
 /// The current time as stored in `meta.created` / `meta.lastModified`.
 pub fn now() -> String {
-    format_timestamp(time::OffsetDateTime::now_utc())
-        .unwrap_or_else(|| "1970-01-01T00:00:00.000000Z".to_string())
+    SystemClock.now().to_string()
 }
 
 /// A UTC instant in the stored timestamp format.
