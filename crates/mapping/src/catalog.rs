@@ -1,7 +1,8 @@
 //! Validated catalog types: one platform's permission model. Owns `Catalog` and what it contains;
 //! imports `ids` and `error`. Invariant: a `Catalog` exists only after `validate` accepted its file, so
 //! every id it mentions resolves, no profile or derived role touches a core permission, `requires` has
-//! no cycle, and every derived role's base is a base role.
+//! no cycle (catalog-wide and role-scoped together), no permission implies itself, a role-scoped
+//! `implies` only names permissions of its role, and every derived role's base is a base role.
 
 use crate::error::Location;
 use crate::ids::{CatalogId, PermissionId, ProfileId, RoleId};
@@ -121,8 +122,12 @@ pub struct Permission {
     pub description: String,
     pub area: Option<String>,
     pub level: Option<Level>,
-    /// Permissions that must also be effective for this one to take effect.
+    /// Permissions that must also be effective for this one to take effect, whichever role grants it.
     pub requires: Vec<PermissionId>,
+    /// Co-grants: whenever an assignment makes this permission effective, these are granted through
+    /// the same assignment too (LivePerson's "also assign"). Applied before `requires`; a cycle is
+    /// harmless (it is a closure), so only a permission implying itself is refused.
+    pub implies: Vec<PermissionId>,
     pub at: Location,
 }
 
@@ -135,6 +140,10 @@ pub struct Role {
     pub rank: Option<i64>,
     /// Cap on holders per tenant (GMS Owner: 1); base roles only.
     pub max_per_tenant: Option<u32>,
+    /// The platform needs at least one holder of this role (GMS Owner, LoyJoy Owner, LivePerson
+    /// Admin); base roles only. Never changes effective permissions: it lets the service refuse a
+    /// mapping change that leaves the role unheld (`TenantResult::unheld_protected_roles`).
+    pub protected: bool,
     pub kind: RoleKind,
     pub at: Location,
 }
@@ -163,6 +172,25 @@ impl Role {
             RoleKind::Derived { base, .. } => base,
         }
     }
+
+    /// This base role's configurable entry for `p` (`None` for a derived role, a core permission or a
+    /// permission the role does not list): where role-scoped `requires`/`implies` live.
+    pub fn configurable(&self, p: &PermissionId) -> Option<&Configurable> {
+        match &self.kind {
+            RoleKind::Base { configurable, .. } => configurable.iter().find(|c| &c.permission == p),
+            RoleKind::Derived { .. } => None,
+        }
+    }
+
+    /// Whether this base role lists `p`, core or configurable.
+    pub fn lists(&self, p: &PermissionId) -> bool {
+        match &self.kind {
+            RoleKind::Base { core, configurable } => {
+                core.contains(p) || configurable.iter().any(|c| &c.permission == p)
+            }
+            RoleKind::Derived { .. } => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -172,6 +200,14 @@ pub struct Configurable {
     /// This role's wording of the permission, if it differs.
     pub name: Option<String>,
     pub description: Option<String>,
+    /// Role-scoped `requires`: only this role's grant of the permission needs them, and any effective
+    /// permission of the user satisfies them (another held role may supply one this role lacks,
+    /// as LivePerson's Agent needs API Developer, which the Agent table has no row for).
+    pub requires: Vec<PermissionId>,
+    /// Role-scoped `implies`: co-grants of this role's grant of the permission only (LivePerson writes
+    /// "also assign Bot Builder Lite and API Developer" in three of its four role tables). Always
+    /// permissions this role lists, so a role-scoped rule never grants what the role cannot hold.
+    pub implies: Vec<PermissionId>,
 }
 
 /// A configurable permission's default; `Account` is LivePerson's "Dependant on account", decided by the

@@ -3,13 +3,13 @@
 //! `catalog` and `tenant::Target`. Invariant: a state is decided in mappings/README.md's order (role default,
 //! `account` from the tenant's `account_defaults`, then the derived role's toggles, then the profile's).
 
-use crate::catalog::{Catalog, DefaultState, Role, RoleKind};
-use crate::ids::{PermissionId, RoleId};
+use crate::catalog::{Catalog, DefaultState, Profile, Role, RoleKind};
+use crate::ids::{PermissionId, ProfileId, RoleId};
 use crate::tenant::Target;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// What one assignable target grants, before `requires` are checked.
+/// What one assignable target grants, before `implies` and `requires` are applied.
 #[derive(Debug, Clone, Serialize)]
 pub struct CompiledTarget {
     pub target: Target,
@@ -25,7 +25,7 @@ impl CompiledTarget {
     }
 }
 
-/// The state of one permission in one target.
+/// The state of one permission in one target, or (`Implied`) how a grant came about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "reason", rename_all = "snake_case")]
 pub enum PermState {
@@ -33,6 +33,13 @@ pub enum PermState {
     Core,
     On(StateReason),
     Off(StateReason),
+    /// Only in a `Grant`, never in `CompiledTarget::states`: granted because `by` is effective
+    /// through the same assignment and implies it. `role` names the role whose configurable entry
+    /// carries the implication; `None` when the permission `by` itself does (catalog-wide).
+    Implied {
+        by: PermissionId,
+        role: Option<RoleId>,
+    },
 }
 
 /// Which setting decided a configurable permission's state.
@@ -47,8 +54,8 @@ pub enum StateReason {
     AccountDefaultUnset,
     /// A derived (custom) role's toggle.
     DerivedRole(RoleId),
-    /// A profile's toggle.
-    Profile(crate::ids::ProfileId),
+    /// A profile's toggle (a catalog or tenant profile).
+    Profile(ProfileId),
 }
 
 impl std::fmt::Display for StateReason {
@@ -108,10 +115,12 @@ fn apply(
     }
 }
 
-/// Compiles every role, derived role, tenant custom role and profile of one tenant.
+/// Compiles every role, derived role, tenant custom role, catalog profile and tenant profile of one
+/// tenant.
 pub(crate) fn compile_targets(
     catalog: &Catalog,
     custom_roles: &BTreeMap<RoleId, Role>,
+    profiles: &BTreeMap<ProfileId, Profile>,
     account: &BTreeMap<PermissionId, bool>,
 ) -> BTreeMap<Target, CompiledTarget> {
     let mut out = BTreeMap::new();
@@ -144,7 +153,7 @@ pub(crate) fn compile_targets(
             },
         );
     }
-    for profile in catalog.profiles.values() {
+    for profile in catalog.profiles.values().chain(profiles.values()) {
         let Some(role) = catalog.roles.get(&profile.role) else {
             continue;
         };

@@ -1,8 +1,10 @@
-//! Effective permissions of every user of one tenant: rule matching, conflicts, limits, `requires`.
+//! Effective permissions of every user of one tenant: rule matching, conflicts, limits, `implies`,
+//! `requires`.
 //! Owns the input facts (`UserFact`, `GroupFact`) and the result types; imports `tenant`, `compile`,
 //! `catalog`. Pure: the service computes group closures and passes them in. Invariant: nothing a rule
 //! offers is dropped silently; every candidate ends up either in `assignments` or in `lost` with a reason.
 
+use crate::catalog::Role;
 use crate::compile::PermState;
 use crate::error::Location;
 use crate::ids::{PermissionId, RoleId, RuleId};
@@ -136,16 +138,31 @@ impl LossReason {
 #[derive(Debug, Clone, Serialize)]
 pub struct Grant {
     pub target: Target,
-    /// `Core` or `On(reason)`.
+    /// `Core` or `On(reason)` when the target lists it on; `Implied` when a permission effective
+    /// through the same assignment implies it.
     pub state: PermState,
     pub source: Source,
 }
 
-/// A permission some assignment granted but that was dropped because a `requires` is missing.
+/// Role-scoped `requires` of one role that are not effective.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoleRequires {
+    pub role: RoleId,
+    pub missing: Vec<PermissionId>,
+}
+
+/// A permission some assignment granted (directly or by `implies`) but that was dropped: a
+/// `requires` is missing, or every permission that implied it was dropped.
 #[derive(Debug, Clone, Serialize)]
 pub struct Dropped {
     pub permission: PermissionId,
+    /// Its catalog-wide `requires` that are not effective.
     pub missing: Vec<PermissionId>,
+    /// Role-scoped `requires` that are not effective, for each role whose grant they dropped.
+    pub missing_in_role: Vec<RoleRequires>,
+    /// Dropped permissions that had implied it, for grants that were implications only.
+    pub implied_by: Vec<PermissionId>,
+    /// Every grant it had before `requires` were checked.
     pub grants: Vec<Grant>,
 }
 
@@ -198,6 +215,27 @@ impl TenantResult {
     /// Every refused or losing assignment of every user, in user id order.
     pub fn refusals(&self) -> &[Refusal] {
         &self.refusals
+    }
+
+    /// The catalog's `protected` roles that no user holds in this result, in id order. A user holds a
+    /// role when an assignment has it as base role: the bare role, a profile of it or a custom role
+    /// derived from it. Inactive users hold nothing. The service refuses a mapping change whose
+    /// result would make this list grow, since the platform cannot run without such a holder.
+    pub fn unheld_protected_roles(&self) -> Vec<RoleId> {
+        self.tenant
+            .inner
+            .catalog
+            .roles
+            .values()
+            .filter(|r| r.protected)
+            .filter(|r| {
+                !self
+                    .users
+                    .values()
+                    .any(|u| u.assignments.iter().any(|a| a.base_role == r.id))
+            })
+            .map(|r| r.id.clone())
+            .collect()
     }
 }
 
@@ -509,50 +547,260 @@ pub fn compute_tenant(tenant: &CompiledTenant, users: &[UserFact]) -> TenantResu
     }
 }
 
-/// Unions the assignments' permissions, then drops those whose `requires` are missing, to a fixed point.
+/// The grant step of one user: which permission is effective through which assignment ("node").
+/// Implication is followed per assignment, so an implied permission is attributed to the assignment
+/// whose permission implied it, and role-scoped rules apply to that assignment's base role only.
+struct Nodes<'t> {
+    catalog: &'t crate::catalog::Catalog,
+    /// Per assignment: the permissions its target lists on (core or on), with their state.
+    direct: Vec<BTreeMap<&'t PermissionId, &'t PermState>>,
+    /// Per assignment: its base role in the catalog.
+    roles: Vec<Option<&'t Role>>,
+}
+
+/// Per assignment, the permissions effective through it.
+type Present<'t> = Vec<BTreeSet<&'t PermissionId>>;
+
+/// Implied permission -> (implying permission, role of a role-scoped rule), within one assignment.
+type Impliers<'t> = BTreeMap<&'t PermissionId, Vec<(&'t PermissionId, Option<&'t RoleId>)>>;
+
+impl<'t> Nodes<'t> {
+    /// What `p`, effective through assignment `a`, implies: the permission's own `implies`
+    /// (`None`), then the base role's entry's (`Some(role)`).
+    fn implied(
+        &self,
+        a: usize,
+        p: &PermissionId,
+    ) -> impl Iterator<Item = (&'t PermissionId, Option<&'t RoleId>)> {
+        let wide = self
+            .catalog
+            .permissions
+            .get(p)
+            .into_iter()
+            .flat_map(|x| x.implies.iter().map(|q| (q, None)));
+        let scoped = self
+            .roles
+            .get(a)
+            .copied()
+            .flatten()
+            .and_then(|r| r.configurable(p).map(|c| (r, c)))
+            .into_iter()
+            .flat_map(|(r, c)| c.implies.iter().map(move |q| (q, Some(&r.id))));
+        wide.chain(scoped)
+    }
+
+    /// The implication closure of each assignment's direct permissions, skipping pruned nodes (a
+    /// pruned node neither counts nor implies anything).
+    fn present(&self, pruned: &BTreeSet<(usize, &'t PermissionId)>) -> Present<'t> {
+        (0..self.direct.len())
+            .map(|a| {
+                let mut stack: Vec<&'t PermissionId> = self.direct[a]
+                    .keys()
+                    .copied()
+                    .filter(|p| !pruned.contains(&(a, *p)))
+                    .collect();
+                let mut seen: BTreeSet<&'t PermissionId> = stack.iter().copied().collect();
+                while let Some(p) = stack.pop() {
+                    for (q, _) in self.implied(a, p) {
+                        if !pruned.contains(&(a, q)) && seen.insert(q) {
+                            stack.push(q);
+                        }
+                    }
+                }
+                seen
+            })
+            .collect()
+    }
+
+    /// Catalog-wide `requires` of `p` that are not in `effective`.
+    fn missing(&self, p: &PermissionId, effective: &BTreeSet<&PermissionId>) -> Vec<PermissionId> {
+        self.catalog
+            .permissions
+            .get(p)
+            .map(|x| absent(&x.requires, effective))
+            .unwrap_or_default()
+    }
+
+    /// Role-scoped `requires` of `p` through assignment `a` (its base role's entry) that are not in
+    /// `effective`.
+    fn missing_in_role(
+        &self,
+        a: usize,
+        p: &PermissionId,
+        effective: &BTreeSet<&PermissionId>,
+    ) -> Vec<PermissionId> {
+        self.roles
+            .get(a)
+            .copied()
+            .flatten()
+            .and_then(|r| r.configurable(p))
+            .map(|c| absent(&c.requires, effective))
+            .unwrap_or_default()
+    }
+
+    /// Per assignment, implied permission -> what implies it there (implier, role of a role-scoped
+    /// rule), among the permissions `present` through it: built once per result, so listing the
+    /// grants stays linear in the permissions rather than quadratic.
+    fn impliers(&self, present: &Present<'t>) -> Vec<Impliers<'t>> {
+        present
+            .iter()
+            .enumerate()
+            .map(|(a, ps)| {
+                let mut map: Impliers<'t> = BTreeMap::new();
+                for p in ps {
+                    for (q, role) in self.implied(a, p) {
+                        map.entry(q).or_default().push((*p, role));
+                    }
+                }
+                map
+            })
+            .collect()
+    }
+
+    /// Every way `q` is granted through assignment `a`: its direct state, then each implication.
+    fn reasons(&self, a: usize, q: &PermissionId, impliers: &Impliers<'t>) -> Vec<PermState> {
+        let direct = self.direct[a].get(q).map(|s| (*s).clone());
+        let implied = impliers
+            .get(q)
+            .into_iter()
+            .flatten()
+            .map(|(p, role)| PermState::Implied {
+                by: (*p).clone(),
+                role: role.cloned(),
+            });
+        direct.into_iter().chain(implied).collect()
+    }
+}
+
+fn absent(required: &[PermissionId], effective: &BTreeSet<&PermissionId>) -> Vec<PermissionId> {
+    required
+        .iter()
+        .filter(|q| !effective.contains(q))
+        .cloned()
+        .collect()
+}
+
+fn union<'t>(present: &Present<'t>) -> BTreeSet<&'t PermissionId> {
+    present.iter().flatten().copied().collect()
+}
+
+/// Unions the assignments' permissions, closes them under `implies`, then drops the grants whose
+/// `requires` (catalog-wide, or role-scoped for that assignment's role) are not all effective, with
+/// whatever only they implied, to a fixed point. Each round only removes, so the effective set only
+/// shrinks and a grant found invalid stays invalid: the result is unique and the loop terminates.
 fn grant(tenant: &CompiledTenant, eff: &mut EffectivePermissions) {
-    let mut grants: BTreeMap<PermissionId, Vec<Grant>> = BTreeMap::new();
-    for a in &eff.assignments {
-        let Some(compiled) = tenant.inner.targets.get(&a.target) else {
-            continue;
-        };
-        for (p, state) in &compiled.states {
-            if matches!(state, PermState::Core | PermState::On(_)) {
-                grants.entry(p.clone()).or_default().push(Grant {
-                    target: a.target.clone(),
-                    state: state.clone(),
-                    source: a.source.clone(),
+    let catalog = &*tenant.inner.catalog;
+    let nodes = Nodes {
+        catalog,
+        direct: eff
+            .assignments
+            .iter()
+            .map(|a| {
+                tenant
+                    .inner
+                    .targets
+                    .get(&a.target)
+                    .map(|c| {
+                        c.states
+                            .iter()
+                            .filter(|(_, s)| matches!(s, PermState::Core | PermState::On(_)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect(),
+        roles: eff
+            .assignments
+            .iter()
+            .map(|a| catalog.roles.get(&a.base_role))
+            .collect(),
+    };
+    let mut pruned: BTreeSet<(usize, &PermissionId)> = BTreeSet::new();
+    let initial = nodes.present(&pruned);
+    let mut present = initial.clone();
+    let mut effective = union(&present);
+    // Permissions in the order they left the effective set.
+    let mut gone: Vec<&PermissionId> = Vec::new();
+    loop {
+        let invalid: Vec<(usize, &PermissionId)> = present
+            .iter()
+            .enumerate()
+            .flat_map(|(a, ps)| ps.iter().map(move |p| (a, *p)))
+            .filter(|(a, p)| {
+                !nodes.missing(p, &effective).is_empty()
+                    || !nodes.missing_in_role(*a, p, &effective).is_empty()
+            })
+            .collect();
+        // Present nodes are never pruned ones, so `pruned` grows every round; checked anyway, so the
+        // loop ends even if that invariant were broken.
+        let before = pruned.len();
+        pruned.extend(invalid);
+        if pruned.len() == before {
+            break;
+        }
+        present = nodes.present(&pruned);
+        let next = union(&present);
+        gone.extend(effective.difference(&next).copied());
+        effective = next;
+    }
+
+    let final_impliers = nodes.impliers(&present);
+    let initial_impliers = nodes.impliers(&initial);
+    let grants_of = |present: &Present<'_>, impliers: &[Impliers<'_>], p: &PermissionId| {
+        let mut out = Vec::new();
+        for (a, assignment) in eff.assignments.iter().enumerate() {
+            if !present[a].contains(p) {
+                continue;
+            }
+            for state in nodes.reasons(a, p, &impliers[a]) {
+                out.push(Grant {
+                    target: assignment.target.clone(),
+                    state,
+                    source: assignment.source.clone(),
                 });
             }
         }
+        out
+    };
+    let mut grants: BTreeMap<PermissionId, Vec<Grant>> = BTreeMap::new();
+    for p in &effective {
+        grants.insert((*p).clone(), grants_of(&present, &final_impliers, p));
     }
-    let perms = &tenant.inner.catalog.permissions;
-    loop {
-        let drop: Vec<(PermissionId, Vec<PermissionId>)> = grants
-            .keys()
-            .filter_map(|p| {
-                let missing: Vec<PermissionId> = perms
-                    .get(p)?
-                    .requires
-                    .iter()
-                    .filter(|q| !grants.contains_key(*q))
-                    .cloned()
-                    .collect();
-                (!missing.is_empty()).then(|| (p.clone(), missing))
-            })
-            .collect();
-        if drop.is_empty() {
-            break;
+    let mut dropped = Vec::new();
+    for p in gone {
+        let missing = nodes.missing(p, &effective);
+        let mut missing_in_role: Vec<RoleRequires> = Vec::new();
+        let mut implied_by: BTreeSet<PermissionId> = BTreeSet::new();
+        for (a, before) in initial.iter().enumerate() {
+            if !before.contains(p) {
+                continue;
+            }
+            if pruned.contains(&(a, p)) {
+                let scoped = nodes.missing_in_role(a, p, &effective);
+                let role = nodes.roles[a].map(|r| r.id.clone());
+                if let (false, Some(role)) = (scoped.is_empty(), role) {
+                    if !missing_in_role.iter().any(|m| m.role == role) {
+                        missing_in_role.push(RoleRequires {
+                            role,
+                            missing: scoped,
+                        });
+                    }
+                }
+            } else {
+                for (by, _) in initial_impliers[a].get(p).into_iter().flatten() {
+                    implied_by.insert((*by).clone());
+                }
+            }
         }
-        for (p, missing) in drop {
-            let g = grants.remove(&p).unwrap_or_default();
-            eff.dropped.push(Dropped {
-                permission: p,
-                missing,
-                grants: g,
-            });
-        }
+        dropped.push(Dropped {
+            permission: p.clone(),
+            missing,
+            missing_in_role,
+            implied_by: implied_by.into_iter().collect(),
+            grants: grants_of(&initial, &initial_impliers, p),
+        });
     }
     eff.permissions = grants.keys().cloned().collect();
     eff.grants = grants;
+    eff.dropped = dropped;
 }

@@ -100,6 +100,22 @@ pub enum ErrorKind {
     },
     #[error("requires cycle: {0}")]
     RequiresCycle(String),
+    #[error("{context} implies itself; remove '{permission}' from its 'implies'")]
+    ImpliesItself { context: String, permission: String },
+    #[error("{context} implies '{permission}', which role '{role}' does not list; a role-scoped 'implies' only grants permissions of its role (put 'implies' on the permission itself to grant it in every role)")]
+    ImpliedNotInRole {
+        context: String,
+        permission: String,
+        role: String,
+    },
+    #[error("account_defaults names '{permission}', a core permission of {roles} and 'default: account' in no role; core permissions are always on, so an account default would change nothing")]
+    AccountDefaultCore { permission: String, roles: String },
+    #[error("account_defaults names '{permission}', which is 'default: account' in no role of catalog '{catalog}' ({defaults}); account_defaults only decides 'default: account' entries")]
+    AccountDefaultNotAccount {
+        permission: String,
+        catalog: String,
+        defaults: String,
+    },
     #[error("{context} has base '{base}', which is itself a derived role; use its base role '{base_of_base}'")]
     BaseIsDerived {
         context: String,

@@ -4,7 +4,7 @@
 //! permissions the service serves.
 
 use crate::compile::{PermState, StateReason};
-use crate::compute::{Assignment, Grant, LossReason, Lost, Source, TenantResult};
+use crate::compute::{Assignment, Grant, LossReason, Lost, RoleRequires, Source, TenantResult};
 use crate::ids::{CatalogId, PermissionId, TenantName};
 use crate::tenant::Target;
 use serde::Serialize;
@@ -56,9 +56,13 @@ pub enum WhyNot {
     },
     /// A target that would grant it lost a conflict or was refused by a limit.
     LostAssignment { lost: Lost },
-    /// Granted, then dropped: these `requires` are not effective.
+    /// Granted, then dropped: these catalog-wide `requires` (`missing`) or role-scoped ones
+    /// (`missing_in_role`) are not effective, or the permissions that implied it were dropped
+    /// (`implied_by`).
     MissingRequires {
         missing: Vec<PermissionId>,
+        missing_in_role: Vec<RoleRequires>,
+        implied_by: Vec<PermissionId>,
         grants: Vec<Grant>,
     },
     /// Nothing the user holds lists it; these targets of the tenant would grant it.
@@ -94,6 +98,8 @@ pub fn explain(
             if let Some(d) = user.dropped.iter().find(|d| &d.permission == p) {
                 why.push(WhyNot::MissingRequires {
                     missing: d.missing.clone(),
+                    missing_in_role: d.missing_in_role.clone(),
+                    implied_by: d.implied_by.clone(),
                     grants: d.grants.clone(),
                 });
             }
@@ -225,6 +231,17 @@ impl fmt::Display for Grant {
             PermState::On(r) | PermState::Off(r) => {
                 write!(f, "on in {} ({r}) <- {}", self.target, self.source)
             }
+            PermState::Implied { by, role: None } => {
+                write!(f, "implied by '{by}' in {} <- {}", self.target, self.source)
+            }
+            PermState::Implied {
+                by,
+                role: Some(role),
+            } => write!(
+                f,
+                "implied by '{by}' (implies of role '{role}') in {} <- {}",
+                self.target, self.source
+            ),
         }
     }
 }
@@ -239,13 +256,39 @@ impl fmt::Display for WhyNot {
             }
             WhyNot::OffInAssignment { target, because } => write!(f, "off in {target} ({because})"),
             WhyNot::LostAssignment { lost } => write!(f, "{lost}"),
-            WhyNot::MissingRequires { missing, grants } => {
-                let m: Vec<String> = missing.iter().map(|p| format!("'{p}'")).collect();
-                write!(
-                    f,
-                    "dropped: requires {} which is not effective",
-                    m.join(", ")
-                )?;
+            WhyNot::MissingRequires {
+                missing,
+                missing_in_role,
+                implied_by,
+                grants,
+            } => {
+                let quoted = |ps: &[PermissionId]| {
+                    ps.iter()
+                        .map(|p| format!("'{p}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let mut parts = Vec::new();
+                if !missing.is_empty() {
+                    parts.push(format!(
+                        "requires {} which is not effective",
+                        quoted(missing)
+                    ));
+                }
+                for m in missing_in_role {
+                    parts.push(format!(
+                        "role '{}' requires {} for it, which is not effective",
+                        m.role,
+                        quoted(&m.missing)
+                    ));
+                }
+                if !implied_by.is_empty() {
+                    parts.push(format!(
+                        "implied by {} which was dropped",
+                        quoted(implied_by)
+                    ));
+                }
+                write!(f, "dropped: {}", parts.join("; "))?;
                 for g in grants {
                     write!(f, "\n      granted by {g}")?;
                 }

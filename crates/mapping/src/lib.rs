@@ -5,9 +5,11 @@
 //! - `raw`: YAML text to `Raw*` structs keeping every value's line:column (`marked-yaml`).
 //! - `validate`: `Raw*` to `Catalog` and `MappingSet`, collecting every error; `validate_dir` is the
 //!   crate's only IO (std::fs).
-//! - `catalog`: the validated catalog types. `tenant`: tenant validation and `CompiledTenant`.
+//! - `catalog`: the validated catalog types. `tenant`: tenant validation (custom roles, tenant
+//!   profiles, `account_defaults`) and `CompiledTenant`.
 //! - `compile`: per assignable target, the on/off state of each permission and why.
-//! - `compute`: `compute_tenant`, conflicts, limits and `requires`. `explain`: why a permission is there or not.
+//! - `compute`: `compute_tenant`, conflicts, limits, `implies` and `requires` (catalog-wide and
+//!   role-scoped). `explain`: why a permission is there or not.
 //!
 //! May import: std, serde, regex, marked-yaml, thiserror. Never tokio, sqlx, axum or the service crate.
 //! Invariant: nothing outside `validate` can build a `Catalog` or `CompiledTenant`, so computation only
@@ -30,7 +32,7 @@ pub use catalog::{
 pub use compile::{CompiledTarget, PermState, StateReason};
 pub use compute::{
     compute_tenant, Assignment, Dropped, EffectivePermissions, Grant, GroupFact, LossReason, Lost,
-    MatchedGroup, Refusal, RuleRef, Source, TenantResult, UserFact,
+    MatchedGroup, Refusal, RoleRequires, RuleRef, Source, TenantResult, UserFact,
 };
 pub use error::{ErrorKind, Location, MappingError};
 pub use explain::{explain, ExplainError, Explanation, PermissionExplanation, WhyNot};

@@ -51,6 +51,7 @@ pub(crate) struct RawPermission {
     pub area: Option<Str>,
     pub level: Option<Str>,
     pub requires: Vec<Str>,
+    pub implies: Vec<Str>,
 }
 
 /// A catalog role or a tenant custom role (which may only use `id`, `name`, `description`, `base`, `toggles`).
@@ -63,6 +64,7 @@ pub(crate) struct RawRole {
     pub group: Option<Str>,
     pub rank: Option<(i64, Location)>,
     pub max_per_tenant: Option<(u32, Location)>,
+    pub protected: Option<(bool, Location)>,
     pub core: Option<(Vec<Str>, Location)>,
     pub configurable: Option<(Vec<RawConfigurable>, Location)>,
     pub base: Option<Str>,
@@ -75,8 +77,12 @@ pub(crate) struct RawConfigurable {
     pub default: Option<Str>,
     pub name: Option<Str>,
     pub description: Option<Str>,
+    /// Role-scoped `requires` and `implies`: they apply only to this role's grant of the permission.
+    pub requires: Vec<Str>,
+    pub implies: Vec<Str>,
 }
 
+/// A `profiles[]` entry of a catalog or of a tenant file (same shape in both).
 #[derive(Debug)]
 pub(crate) struct RawProfile {
     pub id: Option<Str>,
@@ -92,6 +98,7 @@ pub(crate) struct RawTenant {
     pub default_role: Option<Str>,
     pub account_defaults: Vec<RawToggle>,
     pub custom_roles: Vec<RawRole>,
+    pub profiles: Vec<RawProfile>,
     pub rules: Vec<RawRule>,
 }
 
@@ -460,7 +467,15 @@ const LIMIT_KEYS: &[&str] = &[
     "max_profiles_per_role_per_user",
 ];
 const POLICY_KEYS: &[&str] = &["id", "text", "roles"];
-const PERMISSION_KEYS: &[&str] = &["id", "name", "description", "area", "level", "requires"];
+const PERMISSION_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "area",
+    "level",
+    "requires",
+    "implies",
+];
 const ROLE_KEYS: &[&str] = &[
     "id",
     "name",
@@ -468,19 +483,28 @@ const ROLE_KEYS: &[&str] = &[
     "group",
     "rank",
     "max_per_tenant",
+    "protected",
     "core",
     "configurable",
     "base",
     "toggles",
 ];
 const CUSTOM_ROLE_KEYS: &[&str] = &["id", "name", "description", "base", "toggles"];
-const CONFIGURABLE_KEYS: &[&str] = &["permission", "default", "name", "description"];
+const CONFIGURABLE_KEYS: &[&str] = &[
+    "permission",
+    "default",
+    "name",
+    "description",
+    "requires",
+    "implies",
+];
 const PROFILE_KEYS: &[&str] = &["id", "name", "description", "role", "toggles"];
 const TENANT_KEYS: &[&str] = &[
     "catalog",
     "default_role",
     "account_defaults",
     "custom_roles",
+    "profiles",
     "rules",
 ];
 const RULE_KEYS: &[&str] = &["id", "match", "assign", "priority"];
@@ -551,6 +575,7 @@ pub(crate) fn read_catalog(r: &mut Reader<'_>, text: &str) -> Option<RawCatalog>
                 area: o.opt_str(r, "area"),
                 level: o.opt_str(r, "level"),
                 requires: o.str_list(r, "requires"),
+                implies: o.str_list(r, "implies"),
             });
         }
     }
@@ -563,13 +588,16 @@ pub(crate) fn read_catalog(r: &mut Reader<'_>, text: &str) -> Option<RawCatalog>
             raw.roles.push(role);
         }
     }
-    for n in top
-        .get("profiles")
-        .map(|n| r.list(n, "profiles"))
-        .unwrap_or_default()
-    {
+    raw.profiles = read_profiles(r, top.get("profiles"));
+    Some(raw)
+}
+
+/// The `profiles` list of a catalog or a tenant file: one reader, so both files accept the same shape.
+fn read_profiles(r: &mut Reader<'_>, node: Option<&Node>) -> Vec<RawProfile> {
+    let mut out = Vec::new();
+    for n in node.map(|n| r.list(n, "profiles")).unwrap_or_default() {
         if let Some(o) = r.object(n, "profiles", "profile", PROFILE_KEYS) {
-            raw.profiles.push(RawProfile {
+            out.push(RawProfile {
                 id: o.req_str(r, "id"),
                 name: o.opt_str(r, "name"),
                 description: o.opt_str(r, "description"),
@@ -581,7 +609,7 @@ pub(crate) fn read_catalog(r: &mut Reader<'_>, text: &str) -> Option<RawCatalog>
             });
         }
     }
-    Some(raw)
+    out
 }
 
 fn read_role(r: &mut Reader<'_>, n: &Node, keys: &[&str], what: &str) -> Option<RawRole> {
@@ -601,6 +629,8 @@ fn read_role(r: &mut Reader<'_>, n: &Node, keys: &[&str], what: &str) -> Option<
                     default: c.req_str(r, "default"),
                     name: c.opt_str(r, "name"),
                     description: c.opt_str(r, "description"),
+                    requires: c.str_list(r, "requires"),
+                    implies: c.str_list(r, "implies"),
                 })
             })
             .collect();
@@ -616,6 +646,11 @@ fn read_role(r: &mut Reader<'_>, n: &Node, keys: &[&str], what: &str) -> Option<
         max_per_tenant: o
             .get("max_per_tenant")
             .and_then(|n| r.int(n, "max_per_tenant", "a positive integer")),
+        // Read only where allowed, so a custom role's `protected` is reported once (as an unknown key).
+        protected: o
+            .get("protected")
+            .filter(|_| keys.contains(&"protected"))
+            .and_then(|n| r.boolean(n, "protected")),
         core,
         configurable,
         base: o.opt_str(r, "base"),
@@ -647,6 +682,7 @@ pub(crate) fn read_tenant(r: &mut Reader<'_>, text: &str) -> Option<RawTenant> {
             raw.custom_roles.push(role);
         }
     }
+    raw.profiles = read_profiles(r, top.get("profiles"));
     for n in top
         .get("rules")
         .map(|n| r.list(n, "rules"))

@@ -1,14 +1,15 @@
 //! Tenant mappings: the validate step for `tenants/*.yaml` and the compiled, ready-to-compute form.
 //! Owns `CompiledTenant`, `Rule`, `Matcher` and `Target`; imports `raw`, `validate` helpers, `catalog`,
 //! `compile`. Invariant: every rule of a `CompiledTenant` assigns only targets that exist in its
-//! catalog or its own custom roles, and every regex compiled.
+//! catalog or its own custom roles and profiles, every regex compiled, and every `account_defaults`
+//! entry answers a `default: account` of some role.
 
-use crate::catalog::{Catalog, Role, RoleKind};
+use crate::catalog::{Catalog, DefaultState, Profile, Role, RoleKind};
 use crate::compile::{compile_targets, CompiledTarget};
 use crate::error::{ErrorKind, Location, MappingError};
 use crate::ids::{PermissionId, ProfileId, RoleId, RuleId, TenantName};
 use crate::raw::{self, AssignKey, Reader, Str};
-use crate::validate::{derived_role, on_off, Seen};
+use crate::validate::{self, derived_role, on_off, Seen};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -22,7 +23,7 @@ pub enum Target {
     Role(RoleId),
     /// A derived role, from the catalog or the tenant's `custom_roles` (`assign.custom_roles`).
     CustomRole(RoleId),
-    /// A profile of the catalog (`assign.profiles`).
+    /// A profile of the catalog or of the tenant's `profiles` (`assign.profiles`).
     Profile(ProfileId),
 }
 
@@ -59,6 +60,7 @@ pub(crate) struct TenantInner {
     pub default_role: Option<(Target, Location)>,
     pub account_defaults: BTreeMap<PermissionId, bool>,
     pub custom_roles: BTreeMap<RoleId, Role>,
+    pub profiles: BTreeMap<ProfileId, Profile>,
     pub rules: Vec<Rule>,
     pub targets: BTreeMap<Target, CompiledTarget>,
 }
@@ -86,6 +88,17 @@ impl CompiledTenant {
     }
     pub fn custom_roles(&self) -> &BTreeMap<RoleId, Role> {
         &self.inner.custom_roles
+    }
+    /// The tenant's own profiles (`profiles:` of the tenant file); the catalog's are in `catalog()`.
+    pub fn profiles(&self) -> &BTreeMap<ProfileId, Profile> {
+        &self.inner.profiles
+    }
+    /// A profile of the tenant or of its catalog: they share one namespace, so at most one matches.
+    pub fn profile(&self, id: &ProfileId) -> Option<&Profile> {
+        self.inner
+            .profiles
+            .get(id)
+            .or_else(|| self.inner.catalog.profiles.get(id))
     }
     /// Per assignable target: its base role and the state of every permission it lists.
     pub fn targets(&self) -> &BTreeMap<Target, CompiledTarget> {
@@ -222,6 +235,8 @@ pub(crate) fn validate_tenant(
                     permission: pid.to_string(),
                 },
             );
+        } else if let Some(kind) = not_an_account_default(catalog, &pid) {
+            r.error(t.permission.at.clone(), kind);
         } else if let Some(s) = state {
             account_defaults.insert(pid, s);
         }
@@ -277,6 +292,46 @@ pub(crate) fn validate_tenant(
         }
     }
 
+    // Tenant profiles: the shape of catalog profiles, in the same namespace as every assignable id.
+    let mut profiles = BTreeMap::new();
+    for p in &raw.profiles {
+        let Some(id) = &p.id else { continue };
+        let clash = catalog
+            .roles
+            .get(&RoleId::new(id.value.clone()))
+            .map(|x| x.at.clone())
+            .or_else(|| {
+                catalog
+                    .profiles
+                    .get(&ProfileId::new(id.value.clone()))
+                    .map(|x| x.at.clone())
+            });
+        if let Some(first) = clash {
+            r.error(
+                id.at.clone(),
+                ErrorKind::DuplicateId {
+                    what: "profile".into(),
+                    id: id.value.clone(),
+                    first: first.to_string(),
+                },
+            );
+            continue;
+        }
+        if !seen.define(&mut r, id, "profile") {
+            continue;
+        }
+        if let Some(profile) = validate::profile(
+            &mut r,
+            p,
+            id,
+            &catalog.roles,
+            &custom_roles,
+            &catalog.permissions,
+        ) {
+            profiles.insert(profile.id.clone(), profile);
+        }
+    }
+
     let resolve =
         |r: &mut Reader<'_>, key: Option<AssignKey>, s: &Str, context: &str| -> Option<Target> {
             let rid = RoleId::new(s.value.clone());
@@ -292,6 +347,7 @@ pub(crate) fn validate_tenant(
             } else if catalog
                 .profiles
                 .contains_key(&ProfileId::new(s.value.clone()))
+                || profiles.contains_key(&ProfileId::new(s.value.clone()))
             {
                 Some((
                     Target::Profile(ProfileId::new(s.value.clone())),
@@ -427,7 +483,7 @@ pub(crate) fn validate_tenant(
     if errors.len() > before {
         return None;
     }
-    let targets = compile_targets(catalog, &custom_roles, &account_defaults);
+    let targets = compile_targets(catalog, &custom_roles, &profiles, &account_defaults);
     Some(CompiledTenant {
         inner: Arc::new(TenantInner {
             name: TenantName::new(stem),
@@ -436,8 +492,51 @@ pub(crate) fn validate_tenant(
             default_role,
             account_defaults,
             custom_roles,
+            profiles,
             rules,
             targets,
         }),
+    })
+}
+
+/// Why `p` (a permission of `catalog`) cannot be an `account_defaults` entry, if it cannot: the tenant's
+/// answer is read only for `default: account` entries, so any other entry would be silently ignored.
+fn not_an_account_default(catalog: &Catalog, p: &PermissionId) -> Option<ErrorKind> {
+    let mut core_in = Vec::new();
+    let mut defaults = Vec::new();
+    for role in catalog.roles.values() {
+        let RoleKind::Base { core, .. } = &role.kind else {
+            continue;
+        };
+        if core.contains(p) {
+            core_in.push(format!("'{}'", role.id));
+        } else if let Some(c) = role.configurable(p) {
+            let state = match c.default {
+                DefaultState::Account => return None,
+                DefaultState::On => "on",
+                DefaultState::Off => "off",
+            };
+            defaults.push(format!("{state} in role '{}'", role.id));
+        }
+    }
+    if !core_in.is_empty() {
+        let roles = match core_in.len() {
+            1 => format!("role {}", core_in.join(", ")),
+            _ => format!("roles {}", core_in.join(", ")),
+        };
+        return Some(ErrorKind::AccountDefaultCore {
+            permission: p.to_string(),
+            roles,
+        });
+    }
+    let defaults = if defaults.is_empty() {
+        "no role lists it".to_owned()
+    } else {
+        format!("default {}", defaults.join(", "))
+    };
+    Some(ErrorKind::AccountDefaultNotAccount {
+        permission: p.to_string(),
+        catalog: catalog.id.to_string(),
+        defaults,
     })
 }

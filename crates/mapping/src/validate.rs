@@ -389,43 +389,39 @@ fn validate_catalog(
                 area: opt(&p.area),
                 level,
                 requires: Vec::new(),
+                implies: Vec::new(),
                 at: pid.at.clone(),
             },
         );
     }
-    let mut requires_at: BTreeMap<(PermissionId, PermissionId), Location> = BTreeMap::new();
+    // Every `requires` edge, catalog-wide and role-scoped, for one cycle check over both.
+    let mut requires_graph: RequiresGraph = BTreeMap::new();
     for p in &raw.permissions {
         let Some(pid) = &p.id else { continue };
         let pid = PermissionId::new(pid.value.clone());
-        let mut reqs = Vec::new();
-        for q in &p.requires {
-            let qid = PermissionId::new(q.value.clone());
-            if !permissions.contains_key(&qid) {
-                r.error(
-                    q.at.clone(),
-                    ErrorKind::UnknownPermission {
-                        context: format!("permission '{pid}' requires"),
-                        permission: q.value.clone(),
-                    },
-                );
-            } else if reqs.contains(&qid) {
-                r.error(
-                    q.at.clone(),
-                    ErrorKind::DuplicatePermission {
-                        context: format!("permission '{pid}' requires"),
-                        permission: q.value.clone(),
-                    },
-                );
-            } else {
-                requires_at.insert((pid.clone(), qid.clone()), q.at.clone());
-                reqs.push(qid);
-            }
+        // Lists of a permission whose id was refused are still checked (every error is reported), but
+        // only defined permissions take part in the cycle check.
+        let defined = permissions.contains_key(&pid);
+        let context = format!("permission '{pid}'");
+        let reqs = id_list(
+            &mut r,
+            &format!("{context} requires"),
+            &p.requires,
+            &permissions,
+        );
+        for (q, at) in reqs.iter().filter(|_| defined) {
+            requires_graph.entry(pid.clone()).or_default().push(Edge {
+                to: q.clone(),
+                role: None,
+                at: at.clone(),
+            });
         }
+        let implies = implies_list(&mut r, &context, &pid, &p.implies, &permissions);
         if let Some(perm) = permissions.get_mut(&pid) {
-            perm.requires = reqs;
+            perm.requires = reqs.into_iter().map(|(q, _)| q).collect();
+            perm.implies = implies.into_iter().map(|(q, _)| q).collect();
         }
     }
-    report_cycles(&mut r, &permissions, &raw.permissions, &requires_at);
 
     // Base roles before derived ones, so a derived role can check its toggles against its base.
     let mut seen_assignable = Seen::default();
@@ -478,6 +474,8 @@ fn validate_catalog(
             }
         }
         let mut configurable = Vec::new();
+        // Entries whose role-scoped lists are checked once the role's whole listing is known.
+        let mut scoped = Vec::new();
         for c in raw_role.configurable.iter().flat_map(|(v, _)| v) {
             let Some(p) = &c.permission else { continue };
             let cid = PermissionId::new(p.value.clone());
@@ -522,25 +520,68 @@ fn validate_catalog(
                     },
                 );
             } else if let Some(default) = default {
+                scoped.push((configurable.len(), c));
                 configurable.push(Configurable {
                     permission: cid,
                     default,
                     name: opt(&c.name),
                     description: opt(&c.description),
+                    requires: Vec::new(),
+                    implies: Vec::new(),
                 });
             }
         }
+        let role_id = RoleId::new(rid.value.clone());
+        for (index, c) in scoped {
+            let Some(entry) = configurable.get(index) else {
+                continue;
+            };
+            let pid = entry.permission.clone();
+            let context = format!("role '{role_id}' configurable '{pid}'");
+            let reqs = id_list(
+                &mut r,
+                &format!("{context} requires"),
+                &c.requires,
+                &permissions,
+            );
+            for (q, at) in &reqs {
+                requires_graph.entry(pid.clone()).or_default().push(Edge {
+                    to: q.clone(),
+                    role: Some(role_id.clone()),
+                    at: at.clone(),
+                });
+            }
+            let mut implies = Vec::new();
+            for (q, at) in implies_list(&mut r, &context, &pid, &c.implies, &permissions) {
+                if listed.contains(&q) {
+                    implies.push(q);
+                } else {
+                    r.error(
+                        at,
+                        ErrorKind::ImpliedNotInRole {
+                            context: context.clone(),
+                            permission: q.to_string(),
+                            role: role_id.to_string(),
+                        },
+                    );
+                }
+            }
+            if let Some(entry) = configurable.get_mut(index) {
+                entry.requires = reqs.into_iter().map(|(q, _)| q).collect();
+                entry.implies = implies;
+            }
+        }
         let max_per_tenant = positive(&mut r, "max_per_tenant", raw_role.max_per_tenant.as_ref());
-        roles.insert(
-            RoleId::new(rid.value.clone()),
-            role_shell(
-                raw_role,
-                rid,
-                max_per_tenant,
-                RoleKind::Base { core, configurable },
-            ),
+        let mut role = role_shell(
+            raw_role,
+            rid,
+            max_per_tenant,
+            RoleKind::Base { core, configurable },
         );
+        role.protected = raw_role.protected.as_ref().is_some_and(|(b, _)| *b);
+        roles.insert(role_id, role);
     }
+    report_cycles(&mut r, &requires_graph, &raw.permissions);
     let derived_names = derived_names(&derived);
     let derived_roles: Vec<Role> = derived
         .into_iter()
@@ -556,40 +597,9 @@ fn validate_catalog(
         if !seen_assignable.define(&mut r, pid, "profile") {
             continue;
         }
-        let Some(role_name) = &p.role else { continue };
-        let context = format!("profile '{}'", pid.value);
-        let Some(role) = roles.get(&RoleId::new(role_name.value.clone())) else {
-            r.error(
-                role_name.at.clone(),
-                ErrorKind::UnknownRole {
-                    context,
-                    role: role_name.value.clone(),
-                },
-            );
-            continue;
-        };
-        if !matches!(role.kind, RoleKind::Base { .. }) {
-            r.error(
-                role_name.at.clone(),
-                ErrorKind::NotABaseRole {
-                    context,
-                    role: role_name.value.clone(),
-                },
-            );
-            continue;
+        if let Some(profile) = profile(&mut r, p, pid, &roles, &BTreeMap::new(), &permissions) {
+            profiles.insert(profile.id.clone(), profile);
         }
-        let toggles = check_toggles(&mut r, &context, role, &p.toggles, &permissions);
-        profiles.insert(
-            ProfileId::new(pid.value.clone()),
-            Profile {
-                id: ProfileId::new(pid.value.clone()),
-                name: opt(&p.name),
-                description: opt(&p.description),
-                role: role.id.clone(),
-                toggles,
-                at: pid.at.clone(),
-            },
-        );
     }
 
     let mut seen_policy = Seen::default();
@@ -638,6 +648,51 @@ fn validate_catalog(
     })
 }
 
+/// Validates a profile (catalog `profiles[]` or tenant `profiles[]`) whose id `pid` is already
+/// defined: its `role` must be a base role of the catalog (`roles`), not a derived role of the catalog
+/// or of the tenant (`custom`), and its toggles must fit that role.
+pub(crate) fn profile(
+    r: &mut Reader<'_>,
+    raw: &raw::RawProfile,
+    pid: &Str,
+    roles: &BTreeMap<RoleId, Role>,
+    custom: &BTreeMap<RoleId, Role>,
+    permissions: &BTreeMap<PermissionId, Permission>,
+) -> Option<Profile> {
+    let role_name = raw.role.as_ref()?;
+    let context = format!("profile '{}'", pid.value);
+    let rid = RoleId::new(role_name.value.clone());
+    let Some(role) = roles.get(&rid).or_else(|| custom.get(&rid)) else {
+        r.error(
+            role_name.at.clone(),
+            ErrorKind::UnknownRole {
+                context,
+                role: role_name.value.clone(),
+            },
+        );
+        return None;
+    };
+    if !matches!(role.kind, RoleKind::Base { .. }) {
+        r.error(
+            role_name.at.clone(),
+            ErrorKind::NotABaseRole {
+                context,
+                role: role_name.value.clone(),
+            },
+        );
+        return None;
+    }
+    let toggles = check_toggles(r, &context, role, &raw.toggles, permissions);
+    Some(Profile {
+        id: ProfileId::new(pid.value.clone()),
+        name: opt(&raw.name),
+        description: opt(&raw.description),
+        role: role.id.clone(),
+        toggles,
+        at: pid.at.clone(),
+    })
+}
+
 /// Derived role id -> its `base`, so a derived role based on another derived role gets a precise error.
 pub(crate) fn derived_names(raw: &[&RawRole]) -> BTreeMap<String, String> {
     raw.iter()
@@ -669,6 +724,7 @@ fn role_shell(raw: &RawRole, id: &Str, max_per_tenant: Option<u32>, kind: RoleKi
         group: opt(&raw.group),
         rank: raw.rank.as_ref().map(|(n, _)| *n),
         max_per_tenant,
+        protected: false,
         kind,
         at: id.at.clone(),
     }
@@ -692,6 +748,7 @@ pub(crate) fn derived_role(
             "max_per_tenant",
             raw.max_per_tenant.as_ref().map(|(_, a)| a),
         ),
+        ("protected", raw.protected.as_ref().map(|(_, a)| a)),
     ] {
         if let Some(at) = at {
             r.error(
@@ -721,75 +778,152 @@ pub(crate) fn derived_role(
     ))
 }
 
-/// Reports each `requires` cycle once, at the `requires` entry of its first permission in file order.
-fn report_cycles(
+/// One `requires` edge: `to` is required, catalog-wide (`role: None`) or by one role's entry.
+struct Edge {
+    to: PermissionId,
+    role: Option<RoleId>,
+    at: Location,
+}
+
+/// Permission -> the permissions it requires, in file order (catalog-wide edges first).
+type RequiresGraph = BTreeMap<PermissionId, Vec<Edge>>;
+
+/// Resolves a list of permission ids, reporting unknown and repeated ones; keeps each id's position.
+fn id_list(
     r: &mut Reader<'_>,
+    context: &str,
+    ids: &[Str],
     permissions: &BTreeMap<PermissionId, Permission>,
-    order: &[raw::RawPermission],
-    requires_at: &BTreeMap<(PermissionId, PermissionId), Location>,
-) {
-    // 0 = unvisited, 1 = on the stack, 2 = done.
-    let mut state: BTreeMap<&PermissionId, u8> = BTreeMap::new();
-    let mut reported: BTreeSet<BTreeSet<PermissionId>> = BTreeSet::new();
-    fn visit<'p>(
-        p: &'p PermissionId,
-        permissions: &'p BTreeMap<PermissionId, Permission>,
-        state: &mut BTreeMap<&'p PermissionId, u8>,
-        stack: &mut Vec<&'p PermissionId>,
-        cycles: &mut Vec<Vec<PermissionId>>,
-    ) {
-        state.insert(p, 1);
-        stack.push(p);
-        for q in permissions
-            .get(p)
-            .map(|x| x.requires.as_slice())
-            .unwrap_or_default()
-        {
-            match state.get(q).copied().unwrap_or(0) {
-                0 => visit(q, permissions, state, stack, cycles),
-                1 => {
-                    if let Some(start) = stack.iter().position(|s| *s == q) {
-                        cycles.push(stack[start..].iter().map(|s| (*s).clone()).collect());
-                    }
-                }
-                _ => {}
-            }
+) -> Vec<(PermissionId, Location)> {
+    let mut out: Vec<(PermissionId, Location)> = Vec::new();
+    for q in ids {
+        let qid = PermissionId::new(q.value.clone());
+        if !permissions.contains_key(&qid) {
+            r.error(
+                q.at.clone(),
+                ErrorKind::UnknownPermission {
+                    context: context.into(),
+                    permission: q.value.clone(),
+                },
+            );
+        } else if out.iter().any(|(x, _)| *x == qid) {
+            r.error(
+                q.at.clone(),
+                ErrorKind::DuplicatePermission {
+                    context: context.into(),
+                    permission: q.value.clone(),
+                },
+            );
+        } else {
+            out.push((qid, q.at.clone()));
         }
-        stack.pop();
-        state.insert(p, 2);
     }
-    let mut cycles = Vec::new();
+    out
+}
+
+/// An `implies` list (of a permission or a role's entry for `of`): like `id_list`, and `of` itself is
+/// refused. A longer implication cycle is allowed: implication is a closure, so a cycle just grants
+/// its members together, whereas a self-reference can only be a typo.
+fn implies_list(
+    r: &mut Reader<'_>,
+    context: &str,
+    of: &PermissionId,
+    ids: &[Str],
+    permissions: &BTreeMap<PermissionId, Permission>,
+) -> Vec<(PermissionId, Location)> {
+    let mut out = Vec::new();
+    for (q, at) in id_list(r, &format!("{context} implies"), ids, permissions) {
+        if &q == of {
+            r.error(
+                at,
+                ErrorKind::ImpliesItself {
+                    context: context.into(),
+                    permission: q.to_string(),
+                },
+            );
+        } else {
+            out.push((q, at));
+        }
+    }
+    out
+}
+
+/// Reports each `requires` cycle once, at the `requires` entry leaving its first permission in file
+/// order. Role-scoped edges are part of the graph (shown as `-[role 'r']->`): a user holding the
+/// roles involved would meet the same mutual requirement a catalog-wide cycle expresses.
+fn report_cycles(r: &mut Reader<'_>, graph: &RequiresGraph, order: &[raw::RawPermission]) {
+    struct Dfs<'g> {
+        graph: &'g RequiresGraph,
+        // 0 = unvisited, 1 = on the stack, 2 = done.
+        state: BTreeMap<&'g PermissionId, u8>,
+        stack: Vec<&'g PermissionId>,
+        /// `edges[i]` leads from `stack[i]` to `stack[i + 1]`.
+        edges: Vec<&'g Edge>,
+        cycles: Vec<(Vec<&'g PermissionId>, Vec<&'g Edge>)>,
+    }
+    impl<'g> Dfs<'g> {
+        fn visit(&mut self, p: &'g PermissionId) {
+            self.state.insert(p, 1);
+            self.stack.push(p);
+            for e in self.graph.get(p).map(Vec::as_slice).unwrap_or_default() {
+                match self.state.get(&e.to).copied().unwrap_or(0) {
+                    0 => {
+                        self.edges.push(e);
+                        self.visit(&e.to);
+                        self.edges.pop();
+                    }
+                    1 => {
+                        if let Some(start) = self.stack.iter().position(|s| **s == e.to) {
+                            let mut edges = self.edges[start..].to_vec();
+                            edges.push(e);
+                            self.cycles.push((self.stack[start..].to_vec(), edges));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.stack.pop();
+            self.state.insert(p, 2);
+        }
+    }
     let ids: Vec<PermissionId> = order
         .iter()
         .filter_map(|p| p.id.as_ref())
         .map(|s| PermissionId::new(s.value.clone()))
         .collect();
+    let mut dfs = Dfs {
+        graph,
+        state: BTreeMap::new(),
+        stack: Vec::new(),
+        edges: Vec::new(),
+        cycles: Vec::new(),
+    };
     for p in &ids {
-        if let Some(key) = permissions.get_key_value(p).map(|(k, _)| k) {
-            if state.get(key).copied().unwrap_or(0) == 0 {
-                visit(key, permissions, &mut state, &mut Vec::new(), &mut cycles);
+        if let Some(key) = graph.get_key_value(p).map(|(k, _)| k) {
+            if dfs.state.get(key).copied().unwrap_or(0) == 0 {
+                dfs.visit(key);
             }
         }
     }
-    for cycle in cycles {
-        if !reported.insert(cycle.iter().cloned().collect()) {
+    let mut reported: BTreeSet<BTreeSet<&PermissionId>> = BTreeSet::new();
+    for (nodes, edges) in dfs.cycles {
+        if !reported.insert(nodes.iter().copied().collect()) {
             continue;
         }
         // Start the cycle at its first permission in file order so the message is stable.
         let first = ids
             .iter()
-            .position(|i| cycle.contains(i))
-            .and_then(|pos| cycle.iter().position(|c| *c == ids[pos]))
+            .find_map(|i| nodes.iter().position(|n| *n == i))
             .unwrap_or(0);
-        let rotated: Vec<&PermissionId> =
-            cycle[first..].iter().chain(cycle[..first].iter()).collect();
-        let next = rotated.get(1).copied().unwrap_or(rotated[0]);
-        let at = requires_at
-            .get(&(rotated[0].clone(), next.clone()))
-            .cloned()
-            .unwrap_or_else(|| permissions[rotated[0]].at.clone());
-        let mut names: Vec<String> = rotated.iter().map(|p| format!("'{p}'")).collect();
-        names.push(format!("'{}'", rotated[0]));
-        r.error(at, ErrorKind::RequiresCycle(names.join(" -> ")));
+        let n = nodes.len();
+        let mut text = format!("'{}'", nodes[first]);
+        for k in 0..n {
+            let e = edges[(first + k) % n];
+            match &e.role {
+                None => text.push_str(&format!(" -> '{}'", e.to)),
+                Some(role) => text.push_str(&format!(" -[role '{role}']-> '{}'", e.to)),
+            }
+        }
+        r.error(edges[first].at.clone(), ErrorKind::RequiresCycle(text));
     }
 }

@@ -129,50 +129,172 @@ fn liveperson_account_defaults_and_five_profiles() {
     );
 }
 
-#[test]
-fn liveperson_api_credentials_manager_needs_lite_and_api_developer() {
+/// The shipped LivePerson catalog with `tenant_yaml` as tenant `t`.
+fn liveperson_with(tenant_yaml: &str) -> CompiledTenant {
     let cat = std::fs::read_to_string(format!("{SHIPPED}/catalogs/liveperson.yaml")).unwrap();
-    let cat = cat.replacen("profiles:\n", "profiles:\n  - {id: creds_only, role: admin, toggles: {cb_api_credentials_manager: on}}\n  - {id: creds_full, role: campaign_manager, toggles: {cb_api_credentials_manager: on, cb_bot_builder_lite: on, cb_api_developer: on}}\n", 1);
-    let tenant_yaml = "catalog: liveperson\naccount_defaults: {handle_messaging_conversations: on}\nrules:\n  - {match: {display_name: A}, assign: {profiles: [creds_only, agent_default]}}\n  - {match: {display_name: B}, assign: {profiles: [creds_full]}}\n";
     let set = validate_sources(&[
         ("m/catalogs/liveperson.yaml", cat.as_str()),
         ("m/tenants/t.yaml", tenant_yaml),
     ])
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    set.tenant(&TenantName::from("t")).unwrap().clone()
+}
+
+fn effective(r: &TenantResult, user: &str, of: &[&str]) -> Vec<String> {
+    let eff = r.user(user).unwrap();
+    of.iter()
+        .filter(|p| eff.permissions.contains(&PermissionId::from(**p)))
+        .map(|p| (*p).to_owned())
+        .collect()
+}
+
+#[test]
+fn liveperson_api_credentials_manager_also_assigns_lite_and_api_developer() {
+    // "Whenever you assign this permission, also assign Bot Builder Lite and API Developer": written in
+    // the Agent manager, Campaign manager and Admin tables. The Agent table has no API Developer row.
+    let t = liveperson_with(
+        "catalog: liveperson
+profiles:
+  - {id: admin_creds, role: admin, toggles: {cb_api_credentials_manager: on}}
+  - {id: cm_creds, role: campaign_manager, toggles: {cb_api_credentials_manager: on}}
+  - {id: agent_creds, role: agent, toggles: {cb_api_credentials_manager: on, cb_bot_builder_lite: on}}
+  - {id: am_dev, role: agent_manager, toggles: {cb_api_developer: on}}
+rules:
+  - {match: {display_name: AD}, assign: {profiles: [admin_creds]}}
+  - {match: {display_name: CM}, assign: {profiles: [cm_creds]}}
+  - {match: {display_name: AG}, assign: {profiles: [agent_creds]}}
+  - {match: {display_name: DV}, assign: {profiles: [am_dev]}}
+",
+    );
     let r = compute_tenant(
-        set.tenant(&TenantName::from("t")).unwrap(),
-        &[user("a", vec![group("A")]), user("b", vec![group("B")])],
+        &t,
+        &[
+            user("admin", vec![group("AD")]),
+            user("cm", vec![group("CM")]),
+            user("agent", vec![group("AG")]),
+            user("agent_dev", vec![group("AG"), group("DV")]),
+        ],
     );
-    check_perms(
-        &r,
-        "a",
-        &["handle_messaging_conversations", "cb_bot_builder"],
-        &["cb_api_credentials_manager"],
+    let cb = [
+        "cb_api_credentials_manager",
+        "cb_api_developer",
+        "cb_bot_builder_lite",
+    ];
+    // Admin and Campaign manager: the two are granted with it, though their toggles stay off.
+    assert_eq!(effective(&r, "admin", &cb), cb);
+    assert_eq!(effective(&r, "cm", &cb), cb);
+    let why = explain(&r, "admin", Some(&PermissionId::from("cb_api_developer"))).unwrap();
+    assert!(
+        why.to_string().contains("  implied by 'cb_api_credentials_manager' (implies of role 'admin') in profile 'admin_creds' <- rule #0 (m/tenants/t.yaml:8:6, priority 0) <- group 'AD'\n"),
+        "{why}"
     );
+    // Agent alone: never given API Developer by implication; its grant needs it, so it is dropped.
+    assert_eq!(effective(&r, "agent", &cb), ["cb_bot_builder_lite"]);
     let why = explain(
         &r,
-        "a",
+        "agent",
         Some(&PermissionId::from("cb_api_credentials_manager")),
     )
     .unwrap();
     assert!(
-        matches!(&why.permissions[0].why_not[0], WhyNot::MissingRequires { missing, .. } if missing.len() == 2),
+        matches!(&why.permissions[0].why_not[0], WhyNot::MissingRequires { missing, missing_in_role, .. }
+            if missing.is_empty() && missing_in_role == &[RoleRequires { role: RoleId::from("agent"), missing: vec![PermissionId::from("cb_api_developer")] }]),
         "{why}"
     );
     assert!(
-        why.to_string()
-            .contains("requires 'cb_bot_builder_lite', 'cb_api_developer'"),
+        why.to_string().contains(
+            "dropped: role 'agent' requires 'cb_api_developer' for it, which is not effective"
+        ),
         "{why}"
     );
+    // Agent + Agent manager ("a manager who also takes chats"): API Developer from the other role.
+    assert_eq!(effective(&r, "agent_dev", &cb), cb);
+}
+
+#[test]
+fn liveperson_brand_profile_in_the_shipped_tenant() {
+    let t = tenant("acme-liveperson");
+    let admins = GroupFact {
+        external_id: Some("7f3c2a10-admins".into()),
+        ..group("CC admins")
+    };
+    let r = compute_tenant(
+        &t,
+        &[
+            user("integrator", vec![group("LP Bot Integrators")]),
+            user("both", vec![group("LP Bot Integrators"), admins.clone()]),
+            user("admin", vec![admins]),
+        ],
+    );
+    assert_eq!(held(&r, "integrator"), ["bot_integrations_manager"]);
     check_perms(
         &r,
-        "b",
+        "integrator",
         &[
             "cb_api_credentials_manager",
             "cb_bot_builder_lite",
             "cb_api_developer",
+            "manage_campaigns",
         ],
-        &[],
+        &["cb_bot_builder", "manage_users_and_roles"],
+    );
+    // One profile per role: the brand profile (priority 5) keeps the Campaign manager slot.
+    assert_eq!(
+        held(&r, "both"),
+        ["bot_integrations_manager", "admin_default"]
+    );
+    let lost = &r.user("both").unwrap().lost;
+    assert_eq!(
+        (lost[0].target.id(), lost[0].reason.kind()),
+        ("campaign_manager_default", "max_profiles_per_role_per_user")
+    );
+    assert_eq!(
+        t.profiles()
+            .keys()
+            .map(ProfileId::as_str)
+            .collect::<Vec<_>>(),
+        ["bot_integrations_manager"]
+    );
+    // The Admin is protected: held here, unheld without the admins group.
+    assert!(r.unheld_protected_roles().is_empty());
+    let r = compute_tenant(&t, &[user("integrator", vec![group("LP Bot Integrators")])]);
+    assert_eq!(r.unheld_protected_roles(), [RoleId::from("admin")]);
+}
+
+#[test]
+fn protected_roles_are_those_the_seeds_cannot_do_without() {
+    let set = shipped();
+    let mut protected: Vec<String> = set
+        .catalogs()
+        .values()
+        .flat_map(|c| {
+            c.roles()
+                .values()
+                .filter(|r| r.protected)
+                .map(move |r| format!("{}/{}", c.id(), r.id))
+        })
+        .collect();
+    protected.sort();
+    assert_eq!(protected, ["gms/owner", "liveperson/admin", "loyjoy/owner"]);
+}
+
+#[test]
+fn liveperson_account_defaults_only_answer_dependant_on_account() {
+    let cat = std::fs::read_to_string(format!("{SHIPPED}/catalogs/liveperson.yaml")).unwrap();
+    let tenant_yaml = "catalog: liveperson\naccount_defaults:\n  handle_messaging_conversations: on\n  view_own_performance: on\n  join_agents_conversations_in_group: off\n  change_own_user_settings: on\n";
+    let errors = validate_sources(&[
+        ("m/catalogs/liveperson.yaml", cat.as_str()),
+        ("m/tenants/t.yaml", tenant_yaml),
+    ])
+    .unwrap_err();
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        texts,
+        [
+            "m/tenants/t.yaml:4:3: account_defaults names 'view_own_performance', a core permission of role 'agent' and 'default: account' in no role; core permissions are always on, so an account default would change nothing",
+            "m/tenants/t.yaml:5:3: account_defaults names 'join_agents_conversations_in_group', which is 'default: account' in no role of catalog 'liveperson' (default off in role 'agent', on in role 'agent_manager'); account_defaults only decides 'default: account' entries",
+            "m/tenants/t.yaml:6:3: account_defaults names 'change_own_user_settings', a core permission of roles 'admin', 'agent', 'agent_manager', 'campaign_manager' and 'default: account' in no role; core permissions are always on, so an account default would change nothing",
+        ]
     );
 }
 

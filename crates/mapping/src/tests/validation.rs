@@ -233,3 +233,175 @@ fn tenant_assign_kind_and_custom_roles() {
         ],
     );
 }
+
+#[test]
+fn implies_checks_unknown_repeated_and_self_but_allows_cycles() {
+    let cat = CAT
+        .replace(
+            "{id: a, description: A}",
+            "{id: a, description: A, implies: [zz, b, b, a]}",
+        )
+        .replace(
+            "{id: b, description: B}",
+            "{id: b, description: B, implies: [x]}",
+        )
+        .replace(
+            "{id: x, description: X, requires: [a]}",
+            "{id: x, description: X, requires: [a], implies: [b]}",
+        );
+    check(
+        &[("m/catalogs/c.yaml", &cat)],
+        &[
+            "m/catalogs/c.yaml:3:39: permission 'a' implies names unknown permission 'zz'",
+            "m/catalogs/c.yaml:3:46: permission 'a' implies lists 'b' more than once",
+            "m/catalogs/c.yaml:3:49: permission 'a' implies itself; remove 'a' from its 'implies'",
+        ],
+    );
+}
+
+#[test]
+fn role_scoped_requires_and_implies_checks() {
+    let cat = CAT
+        .replace("  - {id: x,", "  - {id: z, description: Z}\n  - {id: x,")
+        .replace(
+            "{permission: b, default: off}",
+            "{permission: b, default: off, requires: [nope, z, z], implies: [b, z, x]}",
+        )
+        .replace(
+            "{permission: x, default: on}",
+            "{permission: x, default: on, require: [a]}",
+        );
+    check(
+        &[("m/catalogs/c.yaml", &cat)],
+        &[
+            "m/catalogs/c.yaml:12:38: unknown key 'require' in configurable entry (expected one of: permission, default, name, description, requires, implies)",
+            "m/catalogs/c.yaml:11:50: role 'r' configurable 'b' requires names unknown permission 'nope'",
+            "m/catalogs/c.yaml:11:59: role 'r' configurable 'b' requires lists 'z' more than once",
+            "m/catalogs/c.yaml:11:73: role 'r' configurable 'b' implies itself; remove 'b' from its 'implies'",
+            "m/catalogs/c.yaml:11:76: role 'r' configurable 'b' implies 'z', which role 'r' does not list; a role-scoped 'implies' only grants permissions of its role (put 'implies' on the permission itself to grant it in every role)",
+        ],
+    );
+}
+
+#[test]
+fn role_scoped_requires_join_the_cycle_check() {
+    // x requires a (catalog-wide); r's entry for b requires x, and a now requires b.
+    let cat = CAT
+        .replace(
+            "{id: a, description: A}",
+            "{id: a, description: A, requires: [b]}",
+        )
+        .replace(
+            "{permission: b, default: off}",
+            "{permission: b, default: off, requires: [x]}",
+        );
+    check(
+        &[("m/catalogs/c.yaml", &cat)],
+        &["m/catalogs/c.yaml:3:40: requires cycle: 'a' -> 'b' -[role 'r']-> 'x' -> 'a'"],
+    );
+    let cat = CAT.replace(
+        "{permission: b, default: off}",
+        "{permission: b, default: off, requires: [b]}",
+    );
+    check(
+        &[("m/catalogs/c.yaml", &cat)],
+        &["m/catalogs/c.yaml:10:50: requires cycle: 'b' -[role 'r']-> 'b'"],
+    );
+}
+
+#[test]
+fn protected_is_a_boolean_of_base_roles() {
+    let cat = format!("{CAT}  - {{id: d, base: r, protected: true}}\n")
+        .replace("  - id: r\n", "  - id: r\n    protected: yes\n")
+        .replace("profiles:\n  - {id: p, role: r, toggles: {b: on}}\n", "")
+        + "profiles:\n  - {id: p, role: r}\n";
+    check(
+        &[("m/catalogs/c.yaml", &cat)],
+        &[
+            "m/catalogs/c.yaml:8:16: bad value 'yes' for 'protected': expected true or false",
+            "m/catalogs/c.yaml:13:33: derived role 'd' has 'protected'; a derived role only has 'base' and 'toggles'",
+        ],
+    );
+    check_tenant(
+        "catalog: c\ncustom_roles:\n  - {id: k, base: r, protected: true}\n",
+        &["m/tenants/t.yaml:3:22: unknown key 'protected' in custom role (expected one of: id, name, description, base, toggles)"],
+    );
+}
+
+#[test]
+fn account_defaults_must_answer_a_default_account() {
+    // x becomes `default: account` in r; z is listed by no role; s lists b on.
+    let cat = CAT
+        .replace("  - {id: x,", "  - {id: z, description: Z}\n  - {id: x,")
+        .replace(
+            "{permission: x, default: on}",
+            "{permission: x, default: account}",
+        )
+        .replace(
+            "profiles:",
+            "  - id: s\n    configurable:\n      - {permission: b, default: on}\nprofiles:",
+        );
+    let tenant = "catalog: c\naccount_defaults:\n  x: on\n  a: on\n  b: off\n  z: on\n  zz: on\n";
+    check(
+        &[("m/catalogs/c.yaml", cat.as_str()), ("m/tenants/t.yaml", tenant)],
+        &[
+            "m/tenants/t.yaml:4:3: account_defaults names 'a', a core permission of role 'r' and 'default: account' in no role; core permissions are always on, so an account default would change nothing",
+            "m/tenants/t.yaml:5:3: account_defaults names 'b', which is 'default: account' in no role of catalog 'c' (default off in role 'r', on in role 's'); account_defaults only decides 'default: account' entries",
+            "m/tenants/t.yaml:6:3: account_defaults names 'z', which is 'default: account' in no role of catalog 'c' (no role lists it); account_defaults only decides 'default: account' entries",
+            "m/tenants/t.yaml:7:3: account_defaults names unknown permission 'zz'",
+        ],
+    );
+    // Core in one role but `default: account` in another: the answer matters for the other role.
+    let cat = cat.replace(
+        "      - {permission: b, default: on}\n",
+        "      - {permission: b, default: on}\n      - {permission: a, default: account}\n",
+    );
+    check(
+        &[
+            ("m/catalogs/c.yaml", cat.as_str()),
+            (
+                "m/tenants/t.yaml",
+                "catalog: c\naccount_defaults: {a: on, x: off}\n",
+            ),
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn tenant_profiles_share_the_namespace_and_are_checked_like_catalog_ones() {
+    check_tenant(
+        "\
+catalog: c
+custom_roles:
+  - {id: k, base: r}
+profiles:
+  - {id: r, role: r}
+  - {id: p, role: r}
+  - {id: k, role: r}
+  - {id: t1, role: r, toggles: {b: on}}
+  - {id: t1, role: r}
+  - {id: t2, role: rr}
+  - {id: t3, role: k}
+  - {id: t4, role: r, toggles: {a: off, zz: on}}
+  - {id: t5, name: No role}
+  - {id: Bad, role: r}
+rules:
+  - {match: {display_name: G}, assign: {roles: [t1], profiles: [t1, p, nope]}}
+",
+        &[
+            "m/tenants/t.yaml:13:6: profile is missing required key 'role'",
+            "m/tenants/t.yaml:5:10: duplicate profile id 'r' (first defined at m/catalogs/c.yaml:7:9)",
+            "m/tenants/t.yaml:6:10: duplicate profile id 'p' (first defined at m/catalogs/c.yaml:13:10)",
+            "m/tenants/t.yaml:7:10: duplicate profile id 'k' (first defined at m/tenants/t.yaml:3:10)",
+            "m/tenants/t.yaml:9:10: duplicate profile id 't1' (first defined at m/tenants/t.yaml:8:10)",
+            "m/tenants/t.yaml:10:20: profile 't2' names unknown role 'rr'",
+            "m/tenants/t.yaml:11:20: profile 't3' must be a base role, but 'k' is a derived role",
+            "m/tenants/t.yaml:12:33: profile 't4' disables core permission 'a' of role 'r'; core permissions can never be disabled",
+            "m/tenants/t.yaml:12:41: profile 't4' names unknown permission 'zz'",
+            "m/tenants/t.yaml:14:10: bad profile id 'Bad': ids are lowercase snake_case (^[a-z][a-z0-9_]*$)",
+            "m/tenants/t.yaml:16:49: rule #0 names 't1', which is a profile; list it under 'profiles'",
+            "m/tenants/t.yaml:16:72: rule #0 names unknown profile 'nope'",
+        ],
+    );
+}
