@@ -34,6 +34,52 @@ pub struct Config {
     pub sources: Vec<toml::Table>,
     /// Quotas and limits of the HTTP edge (`[rate_limit]`, `[http]`).
     pub http: HttpSettings,
+    /// When a mapping change needs confirmation (`[mapping_guard]`).
+    pub mapping_guard: GuardSettings,
+    /// How often `serve` looks for a newer mapping version in the store
+    /// (`mapping_poll`, default 1 s: every replica switches within 2 s).
+    pub mapping_poll: std::time::Duration,
+}
+
+/// Default of `mapping_poll`.
+pub const DEFAULT_MAPPING_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The mapping guard's thresholds for one tenant: a change trips it when
+/// more than `max_users_losing` users, or more than `max_percent_losing`
+/// percent of the tenant's users, lose any role, profile or permission.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardLimits {
+    pub max_users_losing: usize,
+    pub max_percent_losing: f64,
+}
+
+impl GuardLimits {
+    /// Ten users or 5 % of the tenant, whichever comes first: a rule edit
+    /// that moves more than that deserves a second look.
+    pub const DEFAULT: GuardLimits = GuardLimits {
+        max_users_losing: 10,
+        max_percent_losing: 5.0,
+    };
+}
+
+impl Default for GuardLimits {
+    fn default() -> Self {
+        GuardLimits::DEFAULT
+    }
+}
+
+/// `[mapping_guard]` and its `[mapping_guard.tenants.NAME]` overrides.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GuardSettings {
+    pub default: GuardLimits,
+    pub tenants: BTreeMap<String, GuardLimits>,
+}
+
+impl GuardSettings {
+    pub fn limits_for(&self, tenant: &str) -> GuardLimits {
+        self.tenants.get(tenant).copied().unwrap_or(self.default)
+    }
 }
 
 /// What the HTTP edge needs from the configuration: plain validated values,
@@ -132,6 +178,69 @@ struct FileConfig {
     rate_limit: RawRateLimit,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    mapping_guard: RawGuard,
+    /// A duration such as "1s" or "500ms".
+    mapping_poll: Option<String>,
+}
+
+/// `[mapping_guard]` as written: missing keys keep the defaults, and a
+/// tenant's table overrides only what it names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    max_users_losing: Option<usize>,
+    max_percent_losing: Option<f64>,
+    #[serde(default)]
+    tenants: BTreeMap<String, RawGuardLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuardLimits {
+    max_users_losing: Option<usize>,
+    max_percent_losing: Option<f64>,
+}
+
+impl RawGuard {
+    fn validate(self) -> Result<GuardSettings, String> {
+        let check = |limits: GuardLimits, table: &str| {
+            if !(0.0..=100.0).contains(&limits.max_percent_losing) {
+                return Err(format!(
+                    "{table}.max_percent_losing must be between 0 and 100, got {}",
+                    limits.max_percent_losing
+                ));
+            }
+            Ok(limits)
+        };
+        let default = check(
+            GuardLimits {
+                max_users_losing: self
+                    .max_users_losing
+                    .unwrap_or(GuardLimits::DEFAULT.max_users_losing),
+                max_percent_losing: self
+                    .max_percent_losing
+                    .unwrap_or(GuardLimits::DEFAULT.max_percent_losing),
+            },
+            "mapping_guard",
+        )?;
+        let mut tenants = BTreeMap::new();
+        for (name, raw) in self.tenants {
+            let table = format!("mapping_guard.tenants.{name}");
+            crate::domain::TenantName::parse(&name).map_err(|e| format!("[{table}]: {e}"))?;
+            let limits = check(
+                GuardLimits {
+                    max_users_losing: raw.max_users_losing.unwrap_or(default.max_users_losing),
+                    max_percent_losing: raw
+                        .max_percent_losing
+                        .unwrap_or(default.max_percent_losing),
+                },
+                &table,
+            )?;
+            tenants.insert(name, limits);
+        }
+        Ok(GuardSettings { default, tenants })
+    }
 }
 
 /// `[rate_limit]` as written; zeros are refused by [`RawRateLimit::validate`].
@@ -263,6 +372,18 @@ impl Config {
             message,
         };
         let rate_limit = file_cfg.rate_limit.validate().map_err(invalid)?;
+        let mapping_guard = file_cfg.mapping_guard.validate().map_err(invalid)?;
+        let mapping_poll = match &file_cfg.mapping_poll {
+            None => DEFAULT_MAPPING_POLL,
+            Some(raw) => match humantime::parse_duration(raw) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    return Err(invalid(format!(
+                        "mapping_poll must be a duration above zero such as \"1s\", got \"{raw}\""
+                    )))
+                }
+            },
+        };
         let max_in_flight = match file_cfg.http.max_in_flight {
             None => DEFAULT_MAX_IN_FLIGHT,
             Some(0) => {
@@ -288,6 +409,8 @@ impl Config {
                 rate_limit,
                 max_in_flight,
             },
+            mapping_guard,
+            mapping_poll,
         })
     }
 }
@@ -363,6 +486,53 @@ mod tests {
                 "http.max_in_flight must be at least 1",
             ),
             ("[rate_limit]\nper_tenant_burst = -1\n", "per_tenant_burst"),
+        ] {
+            let err = Config::load(Some(&write(text)), Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn mapping_guard_and_poll_default_and_override() {
+        let c = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(c.mapping_guard.limits_for("any"), GuardLimits::DEFAULT);
+        assert_eq!(c.mapping_poll, DEFAULT_MAPPING_POLL);
+        let p = write(
+            "mapping_poll = \"250ms\"\n[mapping_guard]\nmax_users_losing = 3\n[mapping_guard.tenants.acme]\nmax_percent_losing = 50\n",
+        );
+        let c = Config::load(Some(&p), Overrides::default()).unwrap();
+        assert_eq!(c.mapping_poll, std::time::Duration::from_millis(250));
+        assert_eq!(
+            c.mapping_guard.limits_for("other"),
+            GuardLimits {
+                max_users_losing: 3,
+                max_percent_losing: 5.0
+            }
+        );
+        assert_eq!(
+            c.mapping_guard.limits_for("acme"),
+            GuardLimits {
+                max_users_losing: 3,
+                max_percent_losing: 50.0
+            }
+        );
+        for (text, needle) in [
+            (
+                "[mapping_guard]\nmax_percent_losing = 120\n",
+                "between 0 and 100",
+            ),
+            ("mapping_poll = \"0s\"\n", "mapping_poll must be a duration"),
+            (
+                "mapping_poll = \"soon\"\n",
+                "mapping_poll must be a duration",
+            ),
+            (
+                "[mapping_guard.tenants.\"Bad Name\"]\nmax_users_losing = 1\n",
+                "mapping_guard.tenants",
+            ),
         ] {
             let err = Config::load(Some(&write(text)), Overrides::default())
                 .unwrap_err()

@@ -193,6 +193,19 @@ pub fn parse_timestamp(s: &str) -> Option<time::OffsetDateTime> {
         .map(|t| t.assume_utc())
 }
 
+/// A mapping set's version number: consecutive from 1, so "the version an
+/// edit was planned against" is one integer and a newer version always has
+/// a greater number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MappingVersion(pub i64);
+
+impl fmt::Display for MappingVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
 /// An instant as the store keeps it: UTC, to the microsecond, written as
 /// fixed-width RFC 3339 text (so text order is time order in SQL too).
 /// Always within years 0000-9999, so it always formats.

@@ -50,6 +50,8 @@ mod sync_cli;
 mod sync_ldap;
 // The Entra ID source against a local Microsoft Graph stand-in.
 mod sync_entra;
+// Versioned mappings: plan, guarded apply, rollback, audit, admin API, replicas switching.
+mod mapping_admin;
 // Revisions, at_least_as_fresh, batch checks, atomic mapping switches over HTTP.
 mod permissions_consistency;
 // The SQL filter path (SQLite, PostgreSQL) against the in-memory evaluator (property test).

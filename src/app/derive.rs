@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use mapping::CompiledTenant;
 
-use super::permissions::{user_facts, LoadedMappings, Summary};
+use super::mappings::LoadedMappings;
+use super::permissions::{user_facts, Summary};
 use super::{App, Result};
 use crate::cache::{CacheMetrics, Cached, RedisEntry};
 use crate::domain::TenantId;
@@ -70,7 +71,10 @@ impl App {
     /// commits, then updates the caches (after commit: a cache never holds
     /// what was not committed).
     pub async fn commit(&self, mut tx: WriteTx) -> Result<Committed> {
-        let loaded = self.mappings.current();
+        // A replica behind the store's newest mapping version catches up
+        // before it derives: rows are never written under an older version
+        // than rows other replicas already wrote.
+        let loaded = self.catch_up_mappings().await?;
         let mut derived = Vec::new();
         for (tenant, changes) in tx.take_changes() {
             derived.push(self.derive(&mut tx, tenant, changes, &loaded).await?);

@@ -44,6 +44,24 @@ pub enum Error {
     /// A check asked for a revision the tenant has not reached.
     #[error("revision {wanted} is ahead of the tenant's revision {current}: use a revision a write to this tenant returned")]
     RevisionAhead { wanted: i64, current: i64 },
+    /// A mapping set that does not validate: every error, with file,
+    /// line and column.
+    #[error("{} error(s) in the mappings: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    MappingInvalid(Vec<mapping::MappingError>),
+    /// A mapping change made against a version that is no longer the one
+    /// it would replace.
+    #[error("the mappings changed since {}: the newest version is {}; plan the change again against it", .base.map(|v| v.to_string()).unwrap_or_else(|| "none".into()), .latest.map(|v| v.to_string()).unwrap_or_else(|| "none".into()))]
+    MappingConflict {
+        base: Option<crate::domain::MappingVersion>,
+        latest: Option<crate::domain::MappingVersion>,
+    },
+    /// The guard wants the change confirmed with its plan's hash.
+    #[error("the change needs confirmation with its plan's hash {hash}: {}", .reasons.join("; "))]
+    MappingGuarded { reasons: Vec<String>, hash: String },
+    /// The change was confirmed with another plan's hash: what would be
+    /// applied is not what was reviewed.
+    #[error("the plan changed since it was reviewed (its hash is now {hash}); review the new plan and confirm that")]
+    MappingPlanStale { hash: String },
     /// A bug or corrupt stored state, never the client's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -59,6 +77,10 @@ impl From<store::Error> for Error {
                 format!("{attribute} '{value}' is already taken in this tenant"),
             ),
             store::Error::Conflict => Error::Conflict,
+            store::Error::VersionConflict { expected, latest } => Error::MappingConflict {
+                base: expected,
+                latest,
+            },
             other => Error::Store(other),
         }
     }

@@ -9,6 +9,7 @@
 mod bulk;
 mod derive;
 mod error;
+pub mod mappings;
 mod permissions;
 mod resources;
 pub mod sync;
@@ -18,13 +19,14 @@ pub use crate::domain::{format_timestamp, now};
 pub use bulk::{BulkLimits, BulkOp, BulkOutcome, BULK_LIMITS};
 pub use derive::Committed;
 pub use error::Error;
+pub use mappings::{LoadedMappings, Mappings};
 pub use permissions::{
-    user_facts, AnsweredFrom, Checked, Consistency, LoadedMappings, Mappings, PermissionCache,
-    Summary, SummaryUser, UserRef, SYNC_URN,
+    user_facts, AnsweredFrom, Checked, Consistency, PermissionCache, Summary, SummaryUser, UserRef,
+    SYNC_URN,
 };
 pub use resources::{ListQuery, ListResult, Outcome, RequestContext, MAX_COUNT};
 pub use sync::{group_doc, user_doc, Applied, CursorUpdate, SyncMetrics, SYNC_USER_URN};
-pub use tokens::{hash_secret, Authenticated, NewToken};
+pub use tokens::{hash_secret, Authenticated, NewToken, TokenOptions};
 
 use std::sync::Arc;
 
@@ -49,6 +51,8 @@ pub struct App {
     clock: Arc<dyn Clock>,
     /// How long a sync run's lease lasts and how often it is renewed.
     sync_lease: sync::SyncLease,
+    /// When a mapping change needs confirmation.
+    mapping_guard: Arc<mappings::GuardSettings>,
 }
 
 impl App {
@@ -61,6 +65,7 @@ impl App {
             sync_metrics: Arc::new(SyncMetrics::default()),
             clock: Arc::new(SystemClock),
             sync_lease: sync::SyncLease::default(),
+            mapping_guard: Arc::default(),
         }
     }
 
@@ -68,6 +73,18 @@ impl App {
     /// [`crate::domain::ManualClock`] instead of sleeping).
     pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
         App { clock, ..self }
+    }
+
+    /// The same app with another mapping guard (`[mapping_guard]`).
+    pub fn with_mapping_guard(self, guard: mappings::GuardSettings) -> Self {
+        App {
+            mapping_guard: Arc::new(guard),
+            ..self
+        }
+    }
+
+    pub fn mapping_guard(&self) -> &mappings::GuardSettings {
+        &self.mapping_guard
     }
 
     /// The same app with another sync lease (tests renew in milliseconds).
@@ -207,6 +224,7 @@ impl App {
             sync_metrics: Arc::new(SyncMetrics::default()),
             clock: Arc::new(SystemClock),
             sync_lease: sync::SyncLease::default(),
+            mapping_guard: Arc::default(),
         }
     }
 

@@ -9,115 +9,22 @@
 //! answered from the in-process cache or Redis, by the revision an entry is
 //! current at.
 //!
-//! The mapping set in force is swapped whole on reload: an invalid edit is
-//! rejected with every error and the last good set stays (see
-//! [`App::reload_mappings`]).
+//! The mapping set in force lives in `mappings/`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use mapping::{
-    CompiledTenant, EffectivePermissions, GroupFact, MappingError, MappingSet, PermissionId,
-    Target, TenantResult, UserFact,
+    CompiledTenant, EffectivePermissions, GroupFact, PermissionId, Target, TenantResult, UserFact,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
+use super::mappings::LoadedMappings;
 use super::{App, Error, Result};
 use crate::cache::CacheMetrics;
 use crate::domain::Tenant;
 use crate::store::Directory;
-
-/// A validated mapping set and the fingerprint of the files it came from.
-pub struct LoadedMappings {
-    pub set: MappingSet,
-    /// SHA-256 (first 16 hex digits) over every file's path and content:
-    /// part of every cache key, so replicas with different mappings never
-    /// share entries.
-    pub fingerprint: String,
-}
-
-/// The mapping files in force and where they come from.
-pub struct Mappings {
-    /// The directory reloads read; `None` for an app built without one.
-    dir: Option<PathBuf>,
-    /// The last set that validated whole.
-    current: RwLock<Arc<LoadedMappings>>,
-}
-
-impl Mappings {
-    /// No mapping files: every tenant is unmapped.
-    pub fn empty() -> Self {
-        Mappings {
-            dir: None,
-            current: RwLock::new(Arc::new(LoadedMappings {
-                set: MappingSet::default(),
-                fingerprint: "none".into(),
-            })),
-        }
-    }
-
-    /// Loads and validates `dir`; every error is returned, nothing is loaded
-    /// on any error.
-    pub fn load(dir: &Path) -> Result<Self, Vec<MappingError>> {
-        Ok(Mappings {
-            dir: Some(dir.to_path_buf()),
-            current: RwLock::new(Arc::new(read_dir(dir)?)),
-        })
-    }
-
-    pub fn current(&self) -> Arc<LoadedMappings> {
-        match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-}
-
-/// Reads `catalogs/*.yaml` and `tenants/*.yaml` once, fingerprints exactly
-/// the bytes read, and validates those same bytes (so the fingerprint can
-/// never describe another version of a file than the one validated).
-fn read_dir(dir: &Path) -> Result<LoadedMappings, Vec<MappingError>> {
-    let mut files: Vec<(String, String)> = Vec::new();
-    let mut errors = Vec::new();
-    for sub in ["catalogs", "tenants"] {
-        let folder = dir.join(sub);
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
-                continue;
-            }
-            match std::fs::read_to_string(&path) {
-                Ok(text) => files.push((path.display().to_string(), text)),
-                Err(e) => errors.push(path.display().to_string() + ": " + &e.to_string()),
-            }
-        }
-    }
-    if !errors.is_empty() {
-        // Unreadable files: let the crate's own loader report them with its
-        // error type and positions.
-        return mapping::validate_dir(dir).map(|set| LoadedMappings {
-            set,
-            fingerprint: "unreadable".into(),
-        });
-    }
-    files.sort();
-    let mut hash = Sha256::new();
-    for (name, text) in &files {
-        hash.update(name.as_bytes());
-        hash.update([0]);
-        hash.update(text.as_bytes());
-        hash.update([0]);
-    }
-    let fingerprint = hex::encode(hash.finalize())[..16].to_string();
-    let set = mapping::validate_sources(&files)?;
-    Ok(LoadedMappings { set, fingerprint })
-}
 
 /// Who a permissions request is about: a SCIM id, or a userName.
 #[derive(Debug, Clone)]
@@ -224,22 +131,6 @@ pub(super) fn name_key(user_name: &str) -> String {
 }
 
 impl App {
-    /// Re-reads the mapping directory. On any error the set in force stays
-    /// and every error is returned. The tenants' stored rows are recomputed
-    /// by [`App::reconcile_mappings`], which the caller runs next.
-    pub fn reload_mappings(&self) -> Result<(), Vec<MappingError>> {
-        let Some(dir) = &self.mappings.dir else {
-            return Ok(());
-        };
-        let loaded = Arc::new(read_dir(dir)?);
-        match self.mappings.current.write() {
-            Ok(mut g) => *g = loaded,
-            Err(poisoned) => *poisoned.into_inner() = loaded,
-        }
-        self.cache.local.clear();
-        Ok(())
-    }
-
     /// One user's permissions at the consistency asked for.
     pub async fn user_permissions(
         &self,
@@ -247,8 +138,8 @@ impl App {
         user: &UserRef,
         consistency: Consistency,
     ) -> Result<Checked> {
-        let loaded = self.mappings.current();
-        let compiled = mapped(&loaded, tenant)?;
+        // An unmapped tenant is refused before any read.
+        mapped(&self.mappings.current(), tenant)?;
         let m = &self.cache.metrics;
         let floor = match consistency {
             Consistency::Full => None,
@@ -314,6 +205,10 @@ impl App {
         let (user_id, name) = at
             .user
             .ok_or_else(|| Error::UnknownUser(key_of(user).to_string()))?;
+        // A stored row is served whatever mapping it was computed under:
+        // rows switch a tenant whole in one transaction, so the answer is
+        // the mapping of the revision it reports, on every replica, also
+        // while replicas switch versions one after the other.
         let (summary, from) = match at.row {
             Some(row) => {
                 CacheMetrics::add(&m.store_reads);
@@ -326,6 +221,10 @@ impl App {
             }
             None => {
                 CacheMetrics::add(&m.computes);
+                // Computing here must not use a version older than one
+                // another replica already stored rows under.
+                let loaded = self.catch_up_mappings().await?;
+                let compiled = mapped(&loaded, tenant)?;
                 let result = self.compute_for(tenant, compiled, &user_id).await?;
                 (
                     Arc::new(summary(&result, &user_id)?),

@@ -12,6 +12,17 @@ use crate::domain::{Scope, Secret, Tenant, TenantName};
 use crate::store::TokenRecord;
 
 /// A token just created: the only moment its secret exists in clear.
+/// How often `last_used` is written for one token: it tells a stale
+/// connection, and to the minute is enough for that.
+const LAST_USED_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A new token's label and expiry.
+#[derive(Debug, Clone, Default)]
+pub struct TokenOptions {
+    pub label: Option<String>,
+    pub expires: Option<crate::domain::Timestamp>,
+}
+
 pub struct NewToken {
     pub id: String,
     pub token: Secret,
@@ -22,6 +33,8 @@ pub struct NewToken {
 pub struct Authenticated {
     pub tenant: Tenant,
     pub token_id: String,
+    /// The token's label, for the audit trail.
+    pub token_label: Option<String>,
 }
 
 /// Hex SHA-256 of a token secret. Tokens carry 256 random bits, so a fast
@@ -48,12 +61,45 @@ impl App {
         Ok(self.store.list_tokens(tenant).await?)
     }
 
+    /// Revokes one of a tenant's tokens (the admin API); false when the
+    /// tenant has no active token with that id.
+    pub async fn revoke_tenant_token(&self, tenant: &Tenant, id: &str) -> Result<bool> {
+        Ok(self
+            .store
+            .revoke_tenant_token(tenant.id, id, &now())
+            .await?)
+    }
+
     /// Revokes a token; false when no active token has that id.
     pub async fn revoke_token(&self, id: &str) -> Result<bool> {
         Ok(self.store.revoke_token(id, &now()).await?)
     }
 
     pub async fn create_token(&self, tenant: &TenantName, scope: Scope) -> Result<NewToken> {
+        self.create_token_with(tenant, scope, TokenOptions::default())
+            .await
+    }
+
+    /// A token with a label and an expiry: what a tenant admin issues for
+    /// an IdP connection.
+    pub async fn create_token_with(
+        &self,
+        tenant: &TenantName,
+        scope: Scope,
+        options: TokenOptions,
+    ) -> Result<NewToken> {
+        if let Some(label) = &options.label {
+            if label.chars().count() > 200 || label.chars().any(char::is_control) {
+                return Err(Error::Usage(
+                    "a token label is at most 200 characters, with no control characters".into(),
+                ));
+            }
+        }
+        if options.expires.is_some_and(|e| e <= self.clock().now()) {
+            return Err(Error::Usage(
+                "a token's expiry must be in the future".into(),
+            ));
+        }
         let tenant = self.tenant(tenant).await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let mut raw = [0u8; 32];
@@ -68,6 +114,9 @@ impl App {
                 secret_sha256: hash_secret(&secret),
                 created: now(),
                 revoked: None,
+                label: options.label,
+                expires: options.expires,
+                last_used: None,
             })
             .await?;
         Ok(NewToken {
@@ -109,10 +158,17 @@ impl App {
             .map(|r| r.secret_sha256.clone())
             .unwrap_or_else(|| "0".repeat(64));
         let same: bool = presented.as_bytes().ct_eq(stored.as_bytes()).into();
+        let now = self.clock().now();
         let record = match record {
-            Some(r) if same && r.revoked.is_none() => r,
+            Some(r) if same && r.revoked.is_none() && r.expires.is_none_or(|e| now < e) => r,
             _ => return Err(Error::Unauthorized),
         };
+        if record
+            .last_used
+            .is_none_or(|t| now.since(t) >= LAST_USED_EVERY)
+        {
+            self.store.touch_token(&record.id, now).await?;
+        }
         if record.tenant_name.as_str() != tenant {
             return Err(Error::Forbidden(
                 "this token belongs to another tenant".into(),
@@ -131,6 +187,7 @@ impl App {
                 created: String::new(),
             },
             token_id: record.id,
+            token_label: record.label,
         })
     }
 }

@@ -27,6 +27,9 @@ pub enum BenchWhat {
     Scim(ScimArgs),
     /// Permission checks over HTTP: warm (in-process, Redis), cold.
     Checks(super::bench_checks::ChecksArgs),
+    /// `mappings plan` on a tenant of N users, against one whole-tenant
+    /// computation.
+    Plan(super::bench_plan::PlanArgs),
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +55,7 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchWhat::Scim(a) => scim(config, a).await,
         BenchWhat::Checks(a) => super::bench_checks::run(config, a).await,
+        BenchWhat::Plan(a) => super::bench_plan::run(config, a).await,
     }
 }
 

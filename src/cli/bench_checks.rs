@@ -275,7 +275,7 @@ impl std::fmt::Display for SizeSummary {
 }
 
 /// The ids of the tenant's groups by level.
-struct Groups {
+pub(super) struct Groups {
     divisions: Vec<ResourceId>,
     departments: Vec<ResourceId>,
     leaves: Vec<ResourceId>,
@@ -659,7 +659,7 @@ fn verdict(met: bool) -> &'static str {
 
 /// The tenant's mapping: one rule per group at every level, one regex rule
 /// over every leaf group, on a copy of the shipped haptik catalog.
-fn write_mappings(config: &Config, tenant: &TenantName) -> anyhow::Result<PathBuf> {
+pub(super) fn write_mappings(config: &Config, tenant: &TenantName) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("rolebridge-bench-{tenant}"));
     std::fs::create_dir_all(dir.join("tenants"))?;
     std::fs::create_dir_all(dir.join("catalogs"))?;
@@ -722,7 +722,7 @@ fn write_mappings(config: &Config, tenant: &TenantName) -> anyhow::Result<PathBu
 /// Users, groups, nesting and memberships in one transaction (not yet
 /// committed): users through `insert_many`, memberships through
 /// `add_members`, one statement per few hundred rows.
-async fn seed(
+pub(super) async fn seed(
     store: &Store,
     tenant: &Tenant,
     n: usize,

@@ -3,6 +3,8 @@
 
 mod bench;
 mod bench_checks;
+mod bench_plan;
+mod mappings;
 mod sync;
 
 use std::path::{Path, PathBuf};
@@ -54,9 +56,9 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Check mapping files.
+    /// Mapping files and versions: validate, plan, apply, history, rollback, audit.
     #[command(subcommand)]
-    Mappings(MappingsCommand),
+    Mappings(mappings::MappingsCommand),
     /// Explain a user's permissions: group -> rule -> role/profile -> permission.
     Explain(ExplainArgs),
     /// Measure the service; prints figures.
@@ -64,16 +66,6 @@ pub enum Command {
     /// Run a directory source once (`--source S`), or show every source's
     /// state (`sync status`).
     Sync(sync::SyncArgs),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum MappingsCommand {
-    /// Validate every catalog and tenant file; print each error as
-    /// file:line:column and exit 1 on any.
-    Validate {
-        /// The mappings directory (default: --mappings, else ./mappings).
-        dir: Option<PathBuf>,
-    },
 }
 
 #[derive(Debug, Args)]
@@ -135,9 +127,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config, cli.log_format).await,
         Command::Tenant(cmd) => tenant(&config, cmd).await,
         Command::Token(cmd) => token(&config, cmd).await,
-        Command::Mappings(MappingsCommand::Validate { dir }) => {
-            validate(dir.as_deref().unwrap_or(&config.mappings))
-        }
+        Command::Mappings(cmd) => mappings::run(&config, cmd).await,
         Command::Explain(args) => explain(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,
         Command::Sync(args) => sync::run(&config, args).await,
@@ -165,21 +155,36 @@ pub(crate) fn load_mappings(dir: &Path) -> anyhow::Result<Mappings> {
     })
 }
 
-fn validate(dir: &Path) -> anyhow::Result<()> {
-    let loaded = load_mappings(dir)?.current();
-    let set = &loaded.set;
-    println!(
-        "ok: {} catalog(s), {} tenant mapping(s) in {}",
-        set.catalogs().len(),
-        set.tenants().len(),
-        dir.display()
-    );
-    Ok(())
+/// The app with the mappings in force: the store's newest version when it
+/// holds one, else the mapping directory (when it exists). `serve` passes
+/// `import`, which records the directory as version 1 of an empty store.
+pub(crate) async fn open_with_mappings(config: &Config, import: bool) -> anyhow::Result<App> {
+    let store = Store::connect(&config.database_url).await?;
+    let mappings = if config.mappings.is_dir() {
+        load_mappings(&config.mappings)?
+    } else if import {
+        bail!(
+            "mappings directory '{}' does not exist",
+            config.mappings.display()
+        );
+    } else {
+        Mappings::empty()
+    };
+    let app = App::with_mappings(store, mappings).with_mapping_guard(config.mapping_guard.clone());
+    if import {
+        let (version, warning) = app.adopt_store_mappings().await?;
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
+        tracing::info!(version = %version, "mappings in force");
+    } else {
+        app.use_store_mappings().await?;
+    }
+    Ok(app)
 }
 
 async fn explain(config: &Config, args: ExplainArgs) -> anyhow::Result<()> {
-    let store = Store::connect(&config.database_url).await?;
-    let app = App::with_mappings(store, load_mappings(&config.mappings)?);
+    let app = open_with_mappings(config, false).await?;
     let tenant = app.tenant(&TenantName::parse(&args.tenant)?).await?;
     let (result, user_id) = app
         .permissions(&tenant, &UserRef::IdOrUserName(args.user.clone()))
@@ -204,14 +209,13 @@ async fn serve(config: Config, log_format: crate::telemetry::LogFormat) -> anyho
         }
         anyhow::anyhow!("{} error(s) in [[source]] configuration", errors.len())
     })?;
-    let store = Store::connect(&config.database_url).await?;
-    let mut app = App::with_mappings(store, load_mappings(&config.mappings)?);
+    let mut app = open_with_mappings(&config, true).await?;
     if let Some(url) = &config.redis_url {
         app = app
             .with_redis(url, REDIS_PREFIX)
             .map_err(|e| anyhow::anyhow!("invalid --redis-url: {e}"))?;
     }
-    spawn_reload_on_sighup(app.clone());
+    spawn_follow_mapping_versions(app.clone(), config.mapping_poll);
     spawn_reconcile(app.clone());
     for source in sources {
         spawn_sync_schedule(app.clone(), source);
@@ -308,30 +312,44 @@ fn spawn_reconcile(app: App) {
     });
 }
 
-/// SIGHUP re-reads the mapping directory; an invalid edit is logged with
-/// every error and the mappings in force stay.
-fn spawn_reload_on_sighup(app: App) {
-    #[cfg(unix)]
+/// Follows the store's mapping versions: every `poll`, and at once on
+/// SIGHUP, switches to a newer version and recomputes the tenants under it.
+/// A failed poll is logged and retried; the set in force stays.
+fn spawn_follow_mapping_versions(app: App, poll: std::time::Duration) {
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::error!("cannot listen for SIGHUP; mapping reload is unavailable");
-            return;
+        #[cfg(unix)]
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                tracing::error!("cannot listen for SIGHUP; mapping versions are still polled");
+                None
+            }
         };
-        while hup.recv().await.is_some() {
-            match app.reload_mappings() {
-                Ok(()) => {
-                    tracing::info!("mappings reloaded");
-                    spawn_reconcile(app.clone());
-                }
-                Err(errors) => {
-                    for e in &errors {
-                        tracing::error!(error = %e, "mapping reload rejected");
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            #[cfg(unix)]
+            {
+                let hup_recv = async {
+                    match hup.as_mut() {
+                        Some(h) => {
+                            h.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
                     }
-                    tracing::error!(
-                        count = errors.len(),
-                        "mappings unchanged: the edit is rejected whole"
-                    );
+                };
+                tokio::select! {
+                    _ = tick.tick() => {},
+                    _ = hup_recv => {},
+                }
+            }
+            #[cfg(not(unix))]
+            tick.tick().await;
+            match app.refresh_mappings().await {
+                Ok(Some(v)) => tracing::info!(version = %v, "switched to mapping version"),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot follow mapping versions; the set in force stays")
                 }
             }
         }

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::app::sync::{self as sync_run, RunOptions, RunOutcome, RunReport};
-use crate::app::{App, Mappings};
+use crate::app::App;
 use crate::config::Config;
 use crate::store::Store;
 use crate::sync::{self, SourceConfig};
@@ -51,8 +51,8 @@ pub enum SyncCommand {
 
 pub async fn run(config: &Config, args: SyncArgs) -> anyhow::Result<()> {
     let sources = sources(config)?;
-    let store = Store::connect(&config.database_url).await?;
     if let Some(SyncCommand::Status { json }) = args.command {
+        let store = Store::connect(&config.database_url).await?;
         return status(&App::new(store), &sources, json).await;
     }
     let Some(name) = args.source else {
@@ -67,12 +67,7 @@ pub async fn run(config: &Config, args: SyncArgs) -> anyhow::Result<()> {
             names(&sources)
         );
     };
-    let mappings = if config.mappings.is_dir() {
-        super::load_mappings(&config.mappings)?
-    } else {
-        Mappings::empty()
-    };
-    let app = App::with_mappings(store, mappings);
+    let app = super::open_with_mappings(config, false).await?;
     let bar = progress_bar();
     let progress: Option<sync_run::Progress> = bar.clone().map(|b| {
         Arc::new(move |n: u64| {

@@ -53,6 +53,14 @@ pub fn classify(err: &Error) -> (StatusCode, Option<&'static str>) {
             StatusCode::BAD_REQUEST,
             Some(ScimType::InvalidValue.as_str()),
         ),
+        MappingInvalid(_) => (
+            StatusCode::BAD_REQUEST,
+            Some(ScimType::InvalidValue.as_str()),
+        ),
+        MappingConflict { .. } => (StatusCode::CONFLICT, None),
+        // RFC 6585: the apply must carry a condition (the plan's hash).
+        MappingGuarded { .. } => (StatusCode::PRECONDITION_REQUIRED, None),
+        MappingPlanStale { .. } => (StatusCode::PRECONDITION_FAILED, None),
         Store(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
     }
 }
@@ -159,7 +167,7 @@ pub fn too_many_requests(retry_after_secs: u64) -> Response {
 pub fn overloaded(path: &str) -> Response {
     let detail = "server busy: too many requests in flight; retry shortly";
     let mut resp = if path.starts_with("/api/") {
-        json_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", detail)
+        json_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", detail, None)
     } else {
         response(StatusCode::SERVICE_UNAVAILABLE, None, detail)
     };
@@ -173,7 +181,7 @@ pub fn overloaded(path: &str) -> Response {
 pub fn internal(path: &str, error: &str) -> Response {
     let detail = "internal error; see the server log";
     let mut resp = if path.starts_with("/api/") {
-        json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+        json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail, None)
     } else {
         response(StatusCode::INTERNAL_SERVER_ERROR, None, detail)
     };
@@ -193,9 +201,35 @@ pub fn not_ready(dependency: &str) -> Response {
 }
 
 /// The permissions API's error body, `{"error": {status, code, message}}`.
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({"error": {"status": status.as_u16(), "code": code, "message": message}});
+fn json_error(status: StatusCode, code: &str, message: &str, details: Option<Value>) -> Response {
+    let mut body = json!({"error": {"status": status.as_u16(), "code": code, "message": message}});
+    if let Some(Value::Object(extra)) = details {
+        if let Some(Value::Object(e)) = body.get_mut("error") {
+            e.extend(extra);
+        }
+    }
     (status, axum::Json(body)).into_response()
+}
+
+/// What an admin needs beyond the message: every validation error with its
+/// file, line and column; the guard's reasons and the plan hash to confirm.
+fn details(err: &Error) -> Option<Value> {
+    match err {
+        Error::MappingInvalid(errors) => Some(json!({
+            "errors": errors.iter().map(|e| json!({
+                "file": e.at.file,
+                "line": e.at.line,
+                "column": e.at.column,
+                "message": e.kind.to_string(),
+            })).collect::<Vec<_>>()
+        })),
+        Error::MappingGuarded { reasons, hash } => {
+            Some(json!({"reasons": reasons, "plan_hash": hash}))
+        }
+        Error::MappingPlanStale { hash } => Some(json!({"plan_hash": hash})),
+        Error::MappingConflict { base, latest } => Some(json!({"base": base, "latest": latest})),
+        _ => None,
+    }
 }
 
 /// A stable machine-readable code for the permissions API's JSON errors.
@@ -214,6 +248,10 @@ pub fn code(err: &Error) -> &'static str {
         UnsupportedMediaType(_) => "unsupported_media_type",
         NoSuchEndpoint(_) => "not_found",
         MethodNotAllowed { .. } => "method_not_allowed",
+        MappingInvalid(_) => "invalid_mapping",
+        MappingConflict { .. } => "version_conflict",
+        MappingGuarded { .. } => "confirmation_required",
+        MappingPlanStale { .. } => "plan_changed",
         _ => "invalid_request",
     }
 }
@@ -237,7 +275,7 @@ impl IntoResponse for JsonApiError {
         } else {
             self.0.to_string()
         };
-        let mut resp = json_error(status, code(&self.0), &message);
+        let mut resp = json_error(status, code(&self.0), &message, details(&self.0));
         if status.is_server_error() {
             resp.extensions_mut()
                 .insert(InternalError(format!("{:#}", anyhow::Error::from(self.0))));

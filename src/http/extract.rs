@@ -201,6 +201,26 @@ impl FromRequestParts<App> for PermissionsRequest {
     }
 }
 
+/// A request to the admin API: the tenant from the URL, checked against a
+/// token of scope `admin`.
+pub struct AdminRequest(pub Authenticated);
+
+impl FromRequestParts<App> for AdminRequest {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let Path(params): Path<HashMap<String, String>> =
+            Path::from_request_parts(parts, app).await.map_err(|e| {
+                JsonApiError(Error::Scim(ScimType::InvalidValue, e.body_text())).into_response()
+            })?;
+        let tenant = params.get("tenant").cloned().unwrap_or_default();
+        authenticate(parts, app, &tenant, Scope::Admin)
+            .await
+            .map(AdminRequest)
+            .map_err(|e| JsonApiError(e).into_response())
+    }
+}
+
 /// Query parameters, percent-decoded. The last value of a repeated key wins.
 pub fn parse_query(raw: &str) -> HashMap<String, String> {
     url::form_urlencoded::parse(raw.as_bytes())

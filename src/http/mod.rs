@@ -6,6 +6,7 @@
 //! SQL; it is the only module that knows HTTP status codes and the SCIM error
 //! JSON (in [`error`]).
 
+mod admin_routes;
 pub mod error;
 mod extract;
 mod input;
@@ -64,7 +65,10 @@ pub fn router_with(app: App, settings: HttpSettings) -> Router {
     let rate_limits = Arc::new(RateLimits::new(&settings.rate_limit));
     let apis = Router::new()
         .nest("/scim/v2/{tenant}", scim_routes::routes())
-        .nest("/api/v1/tenants/{tenant}", permissions_routes::routes())
+        .nest(
+            "/api/v1/tenants/{tenant}",
+            permissions_routes::routes().merge(admin_routes::routes()),
+        )
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(limits::shed))

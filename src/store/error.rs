@@ -26,6 +26,13 @@ pub enum Error {
         "sync source '{0}': the run's lease expired and another run took it; nothing was applied"
     )]
     LeaseLost(String),
+    /// A mapping change planned against one version found another one
+    /// newer than it.
+    #[error("the mappings changed since {}: the newest version is {}; plan again", .expected.map(|v| v.to_string()).unwrap_or_else(|| "the start".into()), .latest.map(|v| v.to_string()).unwrap_or_else(|| "none".into()))]
+    VersionConflict {
+        expected: Option<crate::domain::MappingVersion>,
+        latest: Option<crate::domain::MappingVersion>,
+    },
     #[error("stored document of {kind} '{id}' is not valid JSON: {source}")]
     Corrupt {
         kind: &'static str,

@@ -10,6 +10,7 @@ mod columns;
 mod directory;
 mod effective;
 mod error;
+mod mapping_versions;
 mod repairs;
 mod resources;
 mod sync;
@@ -27,6 +28,9 @@ pub use columns::Columns;
 pub use directory::{Directory, DirectoryGroup, DirectoryUser};
 pub use effective::{Changes, CheckRow, EffectiveRow, TenantRevision};
 pub use error::Error;
+pub use mapping_versions::{
+    blob_hash, Actor, AuditAction, AuditRecord, NewVersion, StoredVersion, VersionOrigin,
+};
 pub use resources::{MemberRow, Page, StoredResource, WriteTx};
 pub use scim::sql::Dialect;
 pub use sync::{SyncLink, SyncRunRecord, SyncState, RUNS_KEPT};

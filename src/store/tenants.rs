@@ -4,7 +4,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{Error, Result, Store};
-use crate::domain::{Scope, Tenant, TenantId, TenantName};
+use crate::domain::{Scope, Tenant, TenantId, TenantName, Timestamp};
 
 /// A stored token: never the secret, only its SHA-256.
 #[derive(Debug, Clone)]
@@ -16,6 +16,12 @@ pub struct TokenRecord {
     pub secret_sha256: String,
     pub created: String,
     pub revoked: Option<String>,
+    /// What the admin called it ("Okta production").
+    pub label: Option<String>,
+    /// After this instant the token is refused.
+    pub expires: Option<Timestamp>,
+    /// The last request it authenticated, to the minute.
+    pub last_used: Option<Timestamp>,
 }
 
 impl Store {
@@ -57,13 +63,15 @@ impl Store {
 
     pub async fn insert_token(&self, record: &TokenRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, tenant_id, scope, secret_sha256, created) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_tokens (id, tenant_id, scope, secret_sha256, created, label, expires) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&record.id)
         .bind(record.tenant_id.to_string())
         .bind(record.scope.as_str())
         .bind(&record.secret_sha256)
         .bind(&record.created)
+        .bind(record.label.as_deref())
+        .bind(record.expires.map(|t| t.to_string()))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -92,6 +100,32 @@ impl Store {
         rows.iter().map(token_from_row).collect()
     }
 
+    /// Records that a token authenticated a request at `at`. Called at most
+    /// once a minute per token (the caller compares with the last value),
+    /// so a busy client does not turn every read into a write.
+    pub async fn touch_token(&self, id: &str, at: Timestamp) -> Result<()> {
+        sqlx::query("UPDATE api_tokens SET last_used = $1 WHERE id = $2")
+            .bind(at.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes a token of one tenant; false when that tenant has no live
+    /// token with this id (another tenant's token is never touched).
+    pub async fn revoke_tenant_token(&self, tenant: TenantId, id: &str, at: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked = $1 WHERE id = $2 AND tenant_id = $3 AND revoked IS NULL",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(tenant.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Marks a token revoked; false when no live token has this id.
     pub async fn revoke_token(&self, id: &str, at: &str) -> Result<bool> {
         let done =
@@ -108,7 +142,7 @@ impl Store {
 macro_rules! token_select {
     ($tail:literal) => {
         concat!(
-            "SELECT t.id, t.tenant_id, n.name, t.scope, t.secret_sha256, t.created, t.revoked ",
+            "SELECT t.id, t.tenant_id, n.name, t.scope, t.secret_sha256, t.created, t.revoked, t.label, t.expires, t.last_used ",
             "FROM api_tokens t JOIN tenants n ON n.id = t.tenant_id ",
             $tail
         )
@@ -146,7 +180,15 @@ fn token_from_row(row: &sqlx::any::AnyRow) -> Result<TokenRecord> {
         secret_sha256: row.try_get(4)?,
         created: row.try_get(5)?,
         revoked: row.try_get(6)?,
+        label: row.try_get(7)?,
+        expires: optional_timestamp("api_tokens.expires", row.try_get(8)?)?,
+        last_used: optional_timestamp("api_tokens.last_used", row.try_get(9)?)?,
     })
+}
+
+fn optional_timestamp(column: &'static str, raw: Option<String>) -> Result<Option<Timestamp>> {
+    raw.map(|s| Timestamp::parse(&s).ok_or(Error::BadColumn { column, value: s }))
+        .transpose()
 }
 
 fn parse_uuid(raw: &str) -> Result<Uuid> {
