@@ -52,6 +52,8 @@ mod sync_ldap;
 mod sync_entra;
 // Versioned mappings: plan, guarded apply, rollback, audit, admin API, replicas switching.
 mod mapping_admin;
+// The /admin page in headless Chromium.
+mod admin_page;
 // Revisions, at_least_as_fresh, batch checks, atomic mapping switches over HTTP.
 mod permissions_consistency;
 // The SQL filter path (SQLite, PostgreSQL) against the in-memory evaluator (property test).

@@ -10,15 +10,15 @@ use crate::support::{fresh_database, unique, Backend, Resp, TestServer, GROUP, P
 use rolebridge::app::mappings::{ChangeScope, MappingChange, MappingFiles};
 use rolebridge::domain::{MappingVersion, Scope, TenantName};
 
-const V1: &str = "catalog: gms\nrules:\n  - id: owners\n    match: {display_name: \"Owners\"}\n    assign: {roles: [owner]}\n  - id: designers\n    match: {display_name: \"Designers\"}\n    assign: {roles: [designer]}\n";
+pub(crate) const V1: &str = "catalog: gms\nrules:\n  - id: owners\n    match: {display_name: \"Owners\"}\n    assign: {roles: [owner]}\n  - id: designers\n    match: {display_name: \"Designers\"}\n    assign: {roles: [designer]}\n";
 /// V1 without the designers rule: every designer loses the role.
-const V2: &str = "catalog: gms\nrules:\n  - id: owners\n    match: {display_name: \"Owners\"}\n    assign: {roles: [owner]}\n";
+pub(crate) const V2: &str = "catalog: gms\nrules:\n  - id: owners\n    match: {display_name: \"Owners\"}\n    assign: {roles: [owner]}\n";
 /// V1 without the owners rule: the protected owner role loses its holder.
 const NO_OWNER: &str = "catalog: gms\nrules:\n  - id: designers\n    match: {display_name: \"Designers\"}\n    assign: {roles: [designer]}\n";
 
 /// A GMS tenant on V1 with one owner and `designers` designers, adopted as
 /// version 1 of the store.
-async fn setup(backend: Backend, designers: usize) -> (TestServer, Vec<String>, String) {
+pub(crate) async fn setup(backend: Backend, designers: usize) -> (TestServer, Vec<String>, String) {
     let srv = TestServer::start_mapped(backend, V1).await;
     let (v, warning) = srv.app.adopt_store_mappings().await.expect("adopt");
     assert_eq!((v, warning), (MappingVersion(1), None));
@@ -45,7 +45,7 @@ async fn add(srv: &TestServer, group: &str, users: &[String]) {
     assert!(r.status.is_success(), "{}", r.body);
 }
 
-async fn token(srv: &TestServer, scope: Scope) -> String {
+pub(crate) async fn token(srv: &TestServer, scope: Scope) -> String {
     srv.app
         .create_token(&TenantName::parse(&srv.tenant).unwrap(), scope)
         .await

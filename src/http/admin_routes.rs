@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::error::JsonApiError;
 use super::extract::{parse_query, AdminRequest, ApiJson};
 use crate::app::mappings::{tenant_file, Actor, ChangeScope, MappingChange, MappingFiles};
-use crate::app::{App, Authenticated, Error, TokenOptions};
+use crate::app::{App, Authenticated, Error, TokenOptions, UserRef};
 use crate::domain::{MappingVersion, Scope, Timestamp};
 
 type Result<T> = std::result::Result<T, JsonApiError>;
@@ -27,6 +27,7 @@ pub fn routes() -> Router<App> {
         .route("/mappings/diff", get(diff))
         .route("/mappings/rollback", post(rollback))
         .route("/mappings/audit", get(audit))
+        .route("/explain", get(explain))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", delete(revoke_token))
 }
@@ -229,6 +230,33 @@ async fn audit(
         .mapping_audit(Some(auth.tenant.name.as_str()), limit)
         .await?;
     Ok(Json(json!({ "records": records })))
+}
+
+/// `GET .../explain?user=U[&permission=P]`: why a user has what it has
+/// (group, nested path, rule at file:line, role or profile, permission),
+/// and why a permission is missing. For the admin page's user view.
+async fn explain(
+    State(app): State<App>,
+    AdminRequest(auth): AdminRequest,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>> {
+    let q = query(raw.as_deref(), &["user", "permission"])?;
+    let Some(user) = q.get("user").filter(|u| !u.is_empty()) else {
+        return Err(Error::Usage("give 'user': a SCIM id or a userName".into()).into());
+    };
+    let permission = q
+        .get("permission")
+        .filter(|p| !p.is_empty())
+        .map(|p| app.known_permission(&auth.tenant, p))
+        .transpose()?;
+    let (result, user_id) = app
+        .permissions(&auth.tenant, &UserRef::IdOrUserName(user.clone()))
+        .await?;
+    let explanation = mapping::explain(&result, &user_id, permission.as_ref())
+        .map_err(|e| Error::UnknownUser(e.to_string()))?;
+    Ok(Json(
+        json!({"text": explanation.to_string(), "detail": explanation}),
+    ))
 }
 
 /// `GET .../tokens`: the tenant's tokens, never their secrets.

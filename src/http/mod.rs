@@ -6,6 +6,7 @@
 //! SQL; it is the only module that knows HTTP status codes and the SCIM error
 //! JSON (in [`error`]).
 
+mod admin_page;
 mod admin_routes;
 pub mod error;
 mod extract;
@@ -81,6 +82,7 @@ pub fn router_with(app: App, settings: HttpSettings) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(admin_page::routes())
         .merge(apis)
         .fallback(|uri: Uri| async move {
             error::for_path(uri.path(), Error::NoSuchEndpoint(uri.path().to_string()))
