@@ -50,7 +50,24 @@ async fn one_size(config: &Config, store: &Store, n: usize, rounds: usize) -> an
     let app = App::with_mappings(store.clone(), mappings);
     let (tx, _, _, _) = seed(store, &tenant, n, 3).await?;
     app.commit(tx).await?;
-    app.adopt_store_mappings().await?;
+    // This size's catalog and tenant file become the store's next version
+    // (the database may hold other sizes' versions already): the operator's
+    // apply of the whole set, confirmed with its plan's hash (earlier
+    // sizes' tenants are left unmapped by it).
+    let files = crate::app::mappings::read_dir(&dir)
+        .map_err(|e| anyhow::anyhow!("bench mappings unreadable: {e:?}"))?;
+    let setup = MappingChange {
+        base: app.latest_mapping_version().await?,
+        scope: ChangeScope::Operator,
+        files,
+    };
+    let reviewed = app.plan_mappings(&setup).await?;
+    app.apply_mappings(
+        &setup,
+        Some(&reviewed.hash),
+        &crate::app::mappings::operator(),
+    )
+    .await?;
     // The change: drop the rule that gives every leaf member `chat_agent`,
     // so most of the tenant loses something.
     let own = tenant_file(name.as_str());

@@ -321,12 +321,19 @@ impl App {
             }
             let dir = self.store.directory(tenant.id).await?;
             let facts = user_facts(&dir);
-            tenants.push(plan::plan_tenant(
-                tenant.name.as_str(),
-                before,
-                after,
-                &facts,
-            ));
+            drop(dir);
+            // Whole-tenant computations are CPU work: off the async workers.
+            let (name, before, after) = (
+                tenant.name.as_str().to_string(),
+                before.cloned(),
+                after.cloned(),
+            );
+            let planned = tokio::task::spawn_blocking(move || {
+                plan::plan_tenant(&name, before.as_ref(), after.as_ref(), &facts)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("planning a tenant failed: {e}")))?;
+            tenants.push(planned);
         }
         let totals = plan::total(&tenants);
         let guard = guard::verdict(self.mapping_guard(), &tenants);

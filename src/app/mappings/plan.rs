@@ -119,8 +119,16 @@ pub fn plan_tenant(
     after: Option<&CompiledTenant>,
     facts: &[UserFact],
 ) -> TenantPlan {
-    let old = before.map(|c| mapping::compute_tenant(c, facts));
-    let new = after.map(|c| mapping::compute_tenant(c, facts));
+    // The two sides are independent: compute them on two threads.
+    let (old, new) = std::thread::scope(|s| {
+        let old = s.spawn(|| before.map(|c| mapping::compute_tenant(c, facts)));
+        let new = after.map(|c| mapping::compute_tenant(c, facts));
+        (old.join(), new)
+    });
+    let old = match old {
+        Ok(old) => old,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
     let mut users = Vec::new();
     let mut totals = Totals {
         users: facts.len(),
