@@ -2,7 +2,15 @@
 //! slapd with slapadd, then the release `rolebridge sync --source S --json`
 //! as a child process on a fresh SQLite database (wall time, peak RSS,
 //! users/s), against the floor of a plain paged `ldapsearch` dump of the
-//! same entries; then 100 changes and an incremental sync.
+//! same entries; then a second complete read with nothing changed, 100
+//! changes and an incremental sync.
+//!
+//! The write floor: after the first full run, the rows it wrote (tenant,
+//! users, groups, memberships, links) are exported and loaded into a fresh
+//! database of the same schema by the database's own bulk path (SQLite
+//! `INSERT … SELECT` from the attached file, `synchronous=FULL` as the
+//! service uses; PostgreSQL `\copy` in one transaction). No client can
+//! write those rows faster, so it bounds what the full run can reach.
 //!
 //! Each backend (SQLite, then PostgreSQL at `ROLEBRIDGE_TEST_POSTGRES`)
 //! gets a fresh database; every figure is printed beside the dump's time,
@@ -240,13 +248,33 @@ fn main() {
             Some(users as u64),
             "{report}"
         );
+        let store_floor = write_floor(bin, &database_url, &dir);
+        let again = timed(
+            bin,
+            &["sync", "--source", "bench", "--full", "--json"],
+            &envs,
+        );
+        let areport: serde_json::Value =
+            serde_json::from_str(again.stdout.trim()).expect("sync --json output");
+        assert_eq!(areport["mode"], "full", "{areport}");
+        assert_eq!(areport["users_created"].as_u64(), Some(0), "{areport}");
+        assert_eq!(areport["outcome"], "unchanged", "{areport}");
         slapd.modify(&changes(round, users, groups));
         let incr = timed(bin, &["sync", "--source", "bench", "--json"], &envs);
         let ireport: serde_json::Value =
             serde_json::from_str(incr.stdout.trim()).expect("sync --json output");
         assert_eq!(ireport["mode"], "incremental", "{ireport}");
         assert_eq!(ireport["entries_read"].as_u64(), Some(100), "{ireport}");
-        rows.push((backend, full, report, incr, ireport));
+        rows.push(Round {
+            backend,
+            full,
+            report,
+            store_floor,
+            again,
+            areport,
+            incr,
+            ireport,
+        });
         if backend == "PostgreSQL" {
             drop_postgres(&database_url);
         }
@@ -274,7 +302,26 @@ fn main() {
         secs(source_wall),
         secs(source_wall) / dump
     );
-    for (backend, full, report, incr, ireport) in &rows {
+    for Round {
+        backend,
+        full,
+        report,
+        store_floor,
+        again,
+        areport,
+        incr,
+        ireport,
+    } in &rows
+    {
+        println!(
+            "| write floor: the same rows bulk-loaded by {backend} itself | {:.2} s | {:.2} | | | {} |",
+            secs(*store_floor),
+            secs(*store_floor) / dump,
+            match *backend {
+                "SQLite" => "INSERT … SELECT from the first run's file, one transaction, synchronous=FULL",
+                _ => "\\copy of the first run's rows, one transaction",
+            }
+        );
         println!(
             "| rolebridge sync, full, first run, {backend} | {:.2} s | {:.2} | ≤ 2.00 × dump, < 200 MB: {} | {:.1} MiB | {} users, {} groups, {} members created; {} |",
             secs(full.wall),
@@ -285,6 +332,16 @@ fn main() {
             report["groups_created"],
             report["members_added"],
             phases(report),
+        );
+        println!(
+            "| rolebridge sync --full, nothing changed, {backend} | {:.2} s | {:.2} | ≤ 2.00 × dump, < 200 MB: {} | {:.1} MiB | {} entries read, outcome {}; {} |",
+            secs(again.wall),
+            secs(again.wall) / dump,
+            met(secs(again.wall) <= 2.0 * dump && again.peak_rss_kib < 200 * 1000 * 1000 / 1024),
+            again.peak_rss_kib as f64 / 1024.0,
+            areport["entries_read"],
+            areport["outcome"],
+            phases(areport),
         );
         println!(
             "| rolebridge sync, incremental, 100 changes, {backend} | {:.2} s | {:.2} | < 0.50 s: {} | {:.1} MiB | {} users updated, {} members added, {} entries read; {} |",
@@ -300,6 +357,107 @@ fn main() {
     }
 }
 
+/// One backend's runs.
+struct Round {
+    backend: &'static str,
+    full: Run,
+    report: serde_json::Value,
+    store_floor: Duration,
+    again: Run,
+    areport: serde_json::Value,
+    incr: Run,
+    ireport: serde_json::Value,
+}
+
+/// The tables a full sync writes, in foreign-key order.
+const SYNC_TABLES: [&str; 5] = [
+    "tenants",
+    "scim_users",
+    "scim_groups",
+    "group_members",
+    "sync_links",
+];
+
+/// Loads the rows the first full run wrote into a fresh database of the
+/// same schema with the database's own bulk path, and returns how long the
+/// load took (the export is not timed).
+fn write_floor(bin: &str, database_url: &str, dir: &std::path::Path) -> Duration {
+    if let Some(path) = database_url.strip_prefix("sqlite://") {
+        let target = dir.join("floor.db");
+        let _ = std::fs::remove_file(&target);
+        // The service's migrations give the schema; no tenant is created.
+        let envs = [
+            (
+                "ROLEBRIDGE_DATABASE_URL",
+                format!("sqlite://{}", target.display()),
+            ),
+            ("RUST_LOG", "warn".to_string()),
+        ];
+        timed(bin, &["tenant", "list"], &envs);
+        let mut script = format!(
+            "PRAGMA journal_mode = WAL;\nPRAGMA synchronous = FULL;\nPRAGMA cache_size = -32768;\nATTACH '{path}' AS src;\nBEGIN;\n"
+        );
+        for t in SYNC_TABLES {
+            script.push_str(&format!("INSERT INTO main.{t} SELECT * FROM src.{t};\n"));
+        }
+        script.push_str("COMMIT;\n");
+        let script_file = dir.join("floor.sql");
+        std::fs::write(&script_file, script).unwrap();
+        let run = timed(
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "sqlite3 '{}' < '{}' >/dev/null",
+                    target.display(),
+                    script_file.display()
+                ),
+            ],
+            &[],
+        );
+        let _ = std::fs::remove_file(&target);
+        return run.wall;
+    }
+    let target = fresh_postgres_named("rbfloor");
+    let envs = [
+        ("ROLEBRIDGE_DATABASE_URL", target.clone()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    timed(bin, &["tenant", "list"], &envs);
+    let mut export = String::new();
+    let mut load = String::from("BEGIN;\n");
+    for t in SYNC_TABLES {
+        let file = dir.join(format!("floor-{t}.copy"));
+        export.push_str(&format!("\\copy {t} TO '{}'\n", file.display()));
+        load.push_str(&format!("\\copy {t} FROM '{}'\n", file.display()));
+    }
+    load.push_str("COMMIT;\n");
+    let psql = |url: &str, script: &str, name: &str| {
+        let file = dir.join(name);
+        std::fs::write(&file, script).unwrap();
+        timed(
+            "psql",
+            &[
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                url,
+                "-f",
+                &file.display().to_string(),
+            ],
+            &[],
+        )
+    };
+    psql(database_url, &export, "floor-export.sql");
+    let run = psql(&target, &load, "floor-load.sql");
+    for t in SYNC_TABLES {
+        let _ = std::fs::remove_file(dir.join(format!("floor-{t}.copy")));
+    }
+    drop_postgres(&target);
+    run.wall
+}
+
 /// Installs what the bench runs, from Debian, when it is missing: GNU
 /// time (peak RSS), slapd and ldap-utils.
 fn ensure_tools() {
@@ -307,6 +465,8 @@ fn ensure_tools() {
         ("/usr/bin/time", "time"),
         ("/usr/sbin/slapd", "slapd"),
         ("/usr/bin/ldapsearch", "ldap-utils"),
+        ("/usr/bin/sqlite3", "sqlite3"),
+        ("/usr/bin/psql", "postgresql-client"),
     ]
     .into_iter()
     .filter(|(path, _)| !std::path::Path::new(path).exists())
@@ -386,7 +546,11 @@ fn postgres_admin_run(sql: String) {
 }
 
 fn fresh_postgres() -> String {
-    let name = format!("rbbench_{}", std::process::id());
+    fresh_postgres_named("rbbench")
+}
+
+fn fresh_postgres_named(prefix: &str) -> String {
+    let name = format!("{prefix}_{}", std::process::id());
     postgres_admin_run(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
     postgres_admin_run(format!("CREATE DATABASE \"{name}\""));
     let mut url = url::Url::parse(&postgres_admin()).expect("admin url");
