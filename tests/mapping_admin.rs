@@ -417,48 +417,25 @@ async fn two_serve_processes(backend: Backend) {
     // The GitOps path: plan, a refused apply that prints the hash, and the
     // confirmed apply.
     std::fs::write(&tenant_yaml, V2).unwrap();
-    let (code, out, err) = cli(
-        &db,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "mappings",
-            "plan",
-            dir.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let cfg = config.to_str().unwrap();
+    let d = dir.to_str().unwrap();
+    let mappings = |args: &[&str]| {
+        let mut all = vec!["--config", cfg, "mappings"];
+        all.extend_from_slice(args);
+        cli(&db, &all)
+    };
+    let (code, out, err) = mappings(&["plan", d, "--json"]);
     assert_eq!(code, 0, "{err}");
     let plan: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(plan["totals"]["users_losing"], 1, "{plan}");
     let hash = plan["hash"].as_str().unwrap().to_string();
-    let (code, _, err) = cli(
-        &db,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "mappings",
-            "apply",
-            dir.to_str().unwrap(),
-        ],
-    );
+    let (code, _, err) = mappings(&["apply", d]);
     assert_ne!(code, 0);
     assert!(
         err.contains(&hash) && err.contains("1 users lose access"),
         "{err}"
     );
-    let (code, out, err) = cli(
-        &db,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "mappings",
-            "apply",
-            dir.to_str().unwrap(),
-            "--confirm",
-            &hash,
-        ],
-    );
+    let (code, out, err) = mappings(&["apply", d, "--confirm", &hash]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("applied as v2"), "{out}");
     let applied = std::time::Instant::now();

@@ -189,16 +189,23 @@ impl FromRequestParts<App> for PermissionsRequest {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let Path(params): Path<HashMap<String, String>> =
-            Path::from_request_parts(parts, app).await.map_err(|e| {
-                JsonApiError(Error::Scim(ScimType::InvalidValue, e.body_text())).into_response()
-            })?;
-        let tenant = params.get("tenant").cloned().unwrap_or_default();
-        authenticate(parts, app, &tenant, Scope::Permissions)
+        api_token(parts, app, Scope::Permissions)
             .await
             .map(PermissionsRequest)
-            .map_err(|e| JsonApiError(e).into_response())
     }
+}
+
+/// The `/api/v1` bearer token checked for `scope` on the tenant the path
+/// names; a refusal in the API's JSON error format.
+async fn api_token(parts: &mut Parts, app: &App, scope: Scope) -> Result<Authenticated, Response> {
+    let Path(params): Path<HashMap<String, String>> =
+        Path::from_request_parts(parts, app).await.map_err(|e| {
+            JsonApiError(Error::Scim(ScimType::InvalidValue, e.body_text())).into_response()
+        })?;
+    let tenant = params.get("tenant").cloned().unwrap_or_default();
+    authenticate(parts, app, &tenant, scope)
+        .await
+        .map_err(|e| JsonApiError(e).into_response())
 }
 
 /// A request to the admin API: the tenant from the URL, checked against a
@@ -209,15 +216,7 @@ impl FromRequestParts<App> for AdminRequest {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let Path(params): Path<HashMap<String, String>> =
-            Path::from_request_parts(parts, app).await.map_err(|e| {
-                JsonApiError(Error::Scim(ScimType::InvalidValue, e.body_text())).into_response()
-            })?;
-        let tenant = params.get("tenant").cloned().unwrap_or_default();
-        authenticate(parts, app, &tenant, Scope::Admin)
-            .await
-            .map(AdminRequest)
-            .map_err(|e| JsonApiError(e).into_response())
+        api_token(parts, app, Scope::Admin).await.map(AdminRequest)
     }
 }
 

@@ -229,15 +229,19 @@ impl App {
         self.mappings.current().version
     }
 
-    async fn load_version(&self, v: MappingVersion) -> Result<LoadedMappings> {
-        let stored = self
-            .store
+    /// A stored version with its files, or 404.
+    async fn stored_version(&self, v: MappingVersion) -> Result<StoredVersion> {
+        self.store
             .mapping_version(v)
             .await?
             .ok_or_else(|| Error::NotFound {
                 kind: "mapping version",
                 id: v.to_string(),
-            })?;
+            })
+    }
+
+    async fn load_version(&self, v: MappingVersion) -> Result<LoadedMappings> {
+        let stored = self.stored_version(v).await?;
         LoadedMappings::from_files(stored.files, Some(v)).map_err(|errors| {
             // A stored version was validated before it was written; one that
             // no longer validates was written by another release.
@@ -366,14 +370,7 @@ impl App {
         let Some(base) = change.base else {
             return Err(conflict(change.base, latest));
         };
-        let old = self
-            .store
-            .mapping_version(base)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                kind: "mapping version",
-                id: base.to_string(),
-            })?;
+        let old = self.stored_version(base).await?;
         let own = tenant_file(tenant.as_str());
         let mut deps: BTreeSet<String> = BTreeSet::from([own]);
         if let Some(c) = current.set.tenant(tenant) {
@@ -425,14 +422,7 @@ impl App {
         base: Option<MappingVersion>,
         scope: ChangeScope,
     ) -> Result<MappingChange> {
-        let old = self
-            .store
-            .mapping_version(to)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                kind: "mapping version",
-                id: to.to_string(),
-            })?;
+        let old = self.stored_version(to).await?;
         let files = match &scope {
             ChangeScope::Operator => old.files,
             ChangeScope::Tenant(t) => {
@@ -616,14 +606,7 @@ impl App {
         v: MappingVersion,
         scope: &ChangeScope,
     ) -> Result<StoredVersion> {
-        let mut stored = self
-            .store
-            .mapping_version(v)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                kind: "mapping version",
-                id: v.to_string(),
-            })?;
+        let mut stored = self.stored_version(v).await?;
         if let ChangeScope::Tenant(t) = scope {
             let own = tenant_file(t.as_str());
             stored.files.retain(|k, _| *k == own);
