@@ -230,13 +230,21 @@ crate::each_backend! {
         let listed = r.body["tokens"].as_array().unwrap().iter().find(|t| t["id"] == id.as_str()).unwrap().clone();
         assert_eq!((listed["label"].clone(), listed["last_used"].clone()), (json!("Okta production"), Value::Null));
         assert!(!r.body.to_string().contains(&scim[36..]), "a listing shows a secret");
-        // Used: last_used is set.
+        // Used: last_used is set (written off the request path, so it
+        // may land a moment after the response).
         let users = format!("{}/Users", srv.base);
         let r = srv.client.get(&users).bearer_auth(&scim).send().await.unwrap();
         assert_eq!(r.status(), 200);
-        let r = api(&srv, &admin, Method::GET, "/tokens", None).await;
-        let listed = r.body["tokens"].as_array().unwrap().iter().find(|t| t["id"] == id.as_str()).unwrap().clone();
-        assert!(listed["last_used"].is_string(), "{listed}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let r = api(&srv, &admin, Method::GET, "/tokens", None).await;
+            let listed = r.body["tokens"].as_array().unwrap().iter().find(|t| t["id"] == id.as_str()).unwrap().clone();
+            if listed["last_used"].is_string() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "last_used never set: {listed}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         // Bad input is a precise 400.
         for body in [json!({"scope": "root"}), json!({"scope": "scim", "expires": "tomorrow"}), json!({"scope": "scim", "expires": "2001-01-01T00:00:00Z"}), json!({"scope": "scim", "colour": "red"})] {
             let r = api(&srv, &admin, Method::POST, "/tokens", Some(body.clone())).await;

@@ -167,7 +167,15 @@ impl App {
             .last_used
             .is_none_or(|t| now.since(t) >= LAST_USED_EVERY)
         {
-            self.store.touch_token(&record.id, now).await?;
+            // Off the request path: on SQLite a long write (a directory
+            // sync) holds the database, and a request must not wait for it
+            // only to note when its token was last seen.
+            let (store, id) = (self.store.clone(), record.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_token(&id, now).await {
+                    tracing::warn!(token = %id, error = %e, "cannot record when a token was last used");
+                }
+            });
         }
         if record.tenant_name.as_str() != tenant {
             return Err(Error::Forbidden(
