@@ -201,10 +201,7 @@ impl Store {
     /// (a write, so SQLite waits for the write lock instead of failing a
     /// read-to-write upgrade).
     pub async fn insert_mapping_version(&self, new: NewVersion<'_>) -> Result<MappingVersion> {
-        let _guard = match &self.write_lock {
-            Some(lock) => Some(lock.clone().lock_owned().await),
-            None => None,
-        };
+        let _guard = self.exclusive().await;
         let version = new.after.map_or(1, |v| v.0 + 1);
         let manifest: BTreeMap<&String, String> = new
             .files
@@ -272,6 +269,7 @@ impl Store {
     }
 
     pub async fn insert_mapping_audit(&self, r: &AuditRecord) -> Result<()> {
+        let _guard = self.exclusive().await;
         sqlx::query(
             "INSERT INTO mapping_audit (id, at, actor, actor_label, tenant, action, base, version, plan_hash, totals, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )

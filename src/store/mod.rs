@@ -52,6 +52,20 @@ pub struct Store {
 }
 
 impl Store {
+    /// The in-process SQLite writer lock, for a write outside a
+    /// [`WriteTx`] (tokens, mapping versions, the audit trail): without it
+    /// such a write can make a concurrent write transaction fail with
+    /// SQLITE_BUSY when that transaction upgrades from reader to writer.
+    /// `None` on PostgreSQL, which needs no such lock.
+    pub(crate) async fn exclusive(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        }
+    }
+}
+
+impl Store {
     /// Connects, creating the SQLite file (and its directory) if needed, and
     /// applies pending migrations.
     pub async fn connect(url: &str) -> Result<Store> {

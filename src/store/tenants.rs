@@ -26,6 +26,7 @@ pub struct TokenRecord {
 
 impl Store {
     pub async fn create_tenant(&self, name: &TenantName, created: &str) -> Result<Tenant> {
+        let _guard = self.exclusive().await;
         let tenant = Tenant {
             id: TenantId::new(),
             name: name.clone(),
@@ -62,6 +63,7 @@ impl Store {
     }
 
     pub async fn insert_token(&self, record: &TokenRecord) -> Result<()> {
+        let _guard = self.exclusive().await;
         sqlx::query(
             "INSERT INTO api_tokens (id, tenant_id, scope, secret_sha256, created, label, expires) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -104,6 +106,7 @@ impl Store {
     /// once a minute per token (the caller compares with the last value),
     /// so a busy client does not turn every read into a write.
     pub async fn touch_token(&self, id: &str, at: Timestamp) -> Result<()> {
+        let _guard = self.exclusive().await;
         sqlx::query("UPDATE api_tokens SET last_used = $1 WHERE id = $2")
             .bind(at.to_string())
             .bind(id)
@@ -115,6 +118,7 @@ impl Store {
     /// Revokes a token of one tenant; false when that tenant has no live
     /// token with this id (another tenant's token is never touched).
     pub async fn revoke_tenant_token(&self, tenant: TenantId, id: &str, at: &str) -> Result<bool> {
+        let _guard = self.exclusive().await;
         let done = sqlx::query(
             "UPDATE api_tokens SET revoked = $1 WHERE id = $2 AND tenant_id = $3 AND revoked IS NULL",
         )
@@ -128,6 +132,7 @@ impl Store {
 
     /// Marks a token revoked; false when no live token has this id.
     pub async fn revoke_token(&self, id: &str, at: &str) -> Result<bool> {
+        let _guard = self.exclusive().await;
         let done =
             sqlx::query("UPDATE api_tokens SET revoked = $1 WHERE id = $2 AND revoked IS NULL")
                 .bind(at)
