@@ -429,17 +429,9 @@ each_backend! {
         let db = fresh_database(backend).await;
         let tenant = unique("cyc");
         assert_eq!(cli(&db, &["tenant", "create", &tenant]).0, 0);
-        let scim = cli(&db, &["token", "create", "--tenant", &tenant, "--scope", "scim"]).1.trim().to_string();
-        let perm = cli(&db, &["token", "create", "--tenant", &tenant, "--scope", "permissions"]).1.trim().to_string();
-        let dir = crate::support::test_dir().join(format!("{tenant}-mappings"));
-        std::fs::create_dir_all(dir.join("tenants")).unwrap();
-        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/catalogs");
-        std::fs::create_dir_all(dir.join("catalogs")).unwrap();
-        for e in std::fs::read_dir(shipped).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, dir.join("catalogs").join(p.file_name().unwrap())).unwrap();
-        }
-        std::fs::write(dir.join("tenants").join(format!("{tenant}.yaml")), MAPPING).unwrap();
+        let scim = crate::durability::cli_token(&db, &tenant, "scim");
+        let perm = crate::durability::cli_token(&db, &tenant, "permissions");
+        let dir = crate::support::mappings_dir_for(&tenant, MAPPING);
         let args = ["--mappings", dir.to_str().unwrap(), "--redis-url", REDIS];
         let (mut writer, waddr) = spawn_server(&db, None, &args);
         let (mut reader, raddr) = spawn_server(&db, None, &args);

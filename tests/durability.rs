@@ -27,6 +27,17 @@ pub fn cli(db: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Creates a token with `rolebridge token create` and returns it; fails
+/// the test when the command does.
+pub fn cli_token(db: &str, tenant: &str, scope: &str) -> String {
+    let (code, token, err) = cli(
+        db,
+        &["token", "create", "--tenant", tenant, "--scope", scope],
+    );
+    assert_eq!(code, 0, "token create --scope {scope}: {err}");
+    token.trim().to_string()
+}
+
 /// Starts `rolebridge serve` on a free port; returns the child and its address.
 pub fn spawn_server(db: &str, cwd: Option<&std::path::Path>, extra: &[&str]) -> (Child, String) {
     let mut cmd = Command::new(bin());
@@ -81,12 +92,7 @@ async fn kill_nine_keeps_acknowledged_writes(backend: Backend) {
     let db = fresh_database(backend).await;
     let tenant = crate::support::unique("dur");
     assert_eq!(cli(&db, &["tenant", "create", &tenant]).0, 0);
-    let (code, token, err) = cli(
-        &db,
-        &["token", "create", "--tenant", &tenant, "--scope", "scim"],
-    );
-    assert_eq!(code, 0, "{err}");
-    let token = token.trim().to_string();
+    let token = cli_token(&db, &tenant, "scim");
     let (mut child, addr) = spawn_server(&db, None, &[]);
     let client = reqwest::Client::new();
     let base = format!("{addr}/scim/v2/{tenant}");

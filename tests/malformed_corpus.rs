@@ -275,27 +275,8 @@ async fn run_corpus(backend: Backend) {
     let db = fresh_database(backend).await;
     let tenant = unique("corpus");
     assert_eq!(cli(&db, &["tenant", "create", &tenant]).0, 0);
-    let token = cli(
-        &db,
-        &["token", "create", "--tenant", &tenant, "--scope", "scim"],
-    )
-    .1
-    .trim()
-    .to_string();
-    let ptoken = cli(
-        &db,
-        &[
-            "token",
-            "create",
-            "--tenant",
-            &tenant,
-            "--scope",
-            "permissions",
-        ],
-    )
-    .1
-    .trim()
-    .to_string();
+    let token = crate::durability::cli_token(&db, &tenant, "scim");
+    let ptoken = crate::durability::cli_token(&db, &tenant, "permissions");
     let server = JsonServer::start(&db, "info", &[]);
     let addr = server.addr.clone();
     let client = reqwest::Client::builder()

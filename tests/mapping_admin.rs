@@ -5,7 +5,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::durability::{cli, spawn_server};
+use crate::durability::{cli, cli_token, spawn_server};
 use crate::support::{fresh_database, unique, Backend, Resp, TestServer, GROUP, PATCH_OP};
 use rolebridge::app::mappings::{ChangeScope, MappingChange, MappingFiles};
 use rolebridge::domain::{MappingVersion, Scope, TenantName};
@@ -330,37 +330,10 @@ async fn two_serve_processes(backend: Backend) {
     let db = fresh_database(backend).await;
     let tenant = unique("gitops");
     assert_eq!(cli(&db, &["tenant", "create", &tenant]).0, 0);
-    let scim = cli(
-        &db,
-        &["token", "create", "--tenant", &tenant, "--scope", "scim"],
-    )
-    .1
-    .trim()
-    .to_string();
-    let perm = cli(
-        &db,
-        &[
-            "token",
-            "create",
-            "--tenant",
-            &tenant,
-            "--scope",
-            "permissions",
-        ],
-    )
-    .1
-    .trim()
-    .to_string();
-    let dir = crate::support::test_dir().join(format!("{tenant}-mappings"));
-    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/catalogs");
-    std::fs::create_dir_all(dir.join("catalogs")).unwrap();
-    std::fs::create_dir_all(dir.join("tenants")).unwrap();
-    for e in std::fs::read_dir(shipped).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join("catalogs").join(p.file_name().unwrap())).unwrap();
-    }
+    let scim = cli_token(&db, &tenant, "scim");
+    let perm = cli_token(&db, &tenant, "permissions");
+    let dir = crate::support::mappings_dir_for(&tenant, V1);
     let tenant_yaml = dir.join("tenants").join(format!("{tenant}.yaml"));
-    std::fs::write(&tenant_yaml, V1).unwrap();
     let config = dir.join("rolebridge.toml");
     std::fs::write(
         &config,
@@ -377,29 +350,24 @@ async fn two_serve_processes(backend: Backend) {
     let (mut b, b_addr) = spawn_server(&db, None, &args);
     let client = reqwest::Client::new();
     let scim_base = format!("{a_addr}/scim/v2/{tenant}");
-    let user: Value = client
-        .post(format!("{scim_base}/Users"))
-        .bearer_auth(&scim)
-        .json(
-            &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "dana"}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let post = |path: &str, body: Value| {
+        let req = client
+            .post(format!("{scim_base}{path}"))
+            .bearer_auth(&scim)
+            .json(&body);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let user = post(
+        "/Users",
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "dana"}),
+    )
+    .await;
     let uid = user["id"].as_str().unwrap().to_string();
-    let group: Value = client
-        .post(format!("{scim_base}/Groups"))
-        .bearer_auth(&scim)
-        .json(&json!({"schemas": [GROUP], "displayName": "Designers", "members": [{"value": uid}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let group = post(
+        "/Groups",
+        json!({"schemas": [GROUP], "displayName": "Designers", "members": [{"value": uid}]}),
+    )
+    .await;
     assert!(group["id"].is_string(), "{group}");
     let roles = |addr: String| {
         let (client, perm, uid, tenant) =

@@ -106,12 +106,7 @@ async fn json_logs_never_contain_tokens() {
     let db = fresh_database(Backend::Sqlite).await;
     let tenant = crate::support::unique("logs");
     assert_eq!(cli(&db, &["tenant", "create", &tenant]).0, 0);
-    let (code, token, err) = cli(
-        &db,
-        &["token", "create", "--tenant", &tenant, "--scope", "scim"],
-    );
-    assert_eq!(code, 0, "{err}");
-    let token = token.trim().to_string();
+    let token = crate::durability::cli_token(&db, &tenant, "scim");
     let secret = token
         .split_once('.')
         .expect("rb_<id>.<secret>")

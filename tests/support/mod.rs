@@ -327,21 +327,7 @@ impl TestServer {
         let app = match tenant_yaml {
             None => App::new(store),
             Some(yaml) => {
-                let dir = test_dir().join(format!("{tenant}-mappings"));
-                std::fs::create_dir_all(dir.join("catalogs")).expect("mkdir");
-                std::fs::create_dir_all(dir.join("tenants")).expect("mkdir");
-                let shipped =
-                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/catalogs");
-                for entry in std::fs::read_dir(shipped).expect("catalogs") {
-                    let path = entry.expect("entry").path();
-                    std::fs::copy(
-                        &path,
-                        dir.join("catalogs").join(path.file_name().expect("name")),
-                    )
-                    .expect("copy catalog");
-                }
-                std::fs::write(dir.join("tenants").join(format!("{tenant}.yaml")), yaml)
-                    .expect("write tenant mapping");
+                let dir = mappings_dir_for(&tenant, yaml);
                 let mappings = rolebridge::app::Mappings::load(&dir)
                     .unwrap_or_else(|e| panic!("test mapping invalid: {e:?}"));
                 let app = App::with_mappings(store, mappings);
@@ -556,6 +542,29 @@ pub const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 pub const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+
+/// A mappings directory for one test tenant, `{test_dir}/{tenant}-mappings`:
+/// the shipped catalogs and `tenant_yaml` as `tenants/{tenant}.yaml`.
+pub fn mappings_dir_for(tenant: &str, tenant_yaml: &str) -> std::path::PathBuf {
+    let dir = test_dir().join(format!("{tenant}-mappings"));
+    std::fs::create_dir_all(dir.join("catalogs")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("tenants")).expect("mkdir");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/catalogs");
+    for entry in std::fs::read_dir(shipped).expect("catalogs") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(
+            &path,
+            dir.join("catalogs").join(path.file_name().expect("name")),
+        )
+        .expect("copy catalog");
+    }
+    std::fs::write(
+        dir.join("tenants").join(format!("{tenant}.yaml")),
+        tenant_yaml,
+    )
+    .expect("write tenant mapping");
+    dir
+}
 
 /// Removes a backend's test database (a property test shrinking a failure
 /// makes many cases, and leftovers slow the next run's cleanup).

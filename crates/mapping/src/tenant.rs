@@ -250,21 +250,7 @@ pub(crate) fn validate_tenant(
     for c in &raw.custom_roles {
         let Some(id) = &c.id else { continue };
         let rid = RoleId::new(id.value.clone());
-        let clash = catalog.roles.get(&rid).map(|x| x.at.clone()).or_else(|| {
-            catalog
-                .profiles
-                .get(&ProfileId::new(id.value.clone()))
-                .map(|x| x.at.clone())
-        });
-        if let Some(first) = clash {
-            r.error(
-                id.at.clone(),
-                ErrorKind::DuplicateId {
-                    what: "custom role".into(),
-                    id: id.value.clone(),
-                    first: first.to_string(),
-                },
-            );
+        if clashes_with_catalog(&mut r, catalog, id, "custom role") {
             continue;
         }
         if !seen.define(&mut r, id, "custom role") {
@@ -296,25 +282,7 @@ pub(crate) fn validate_tenant(
     let mut profiles = BTreeMap::new();
     for p in &raw.profiles {
         let Some(id) = &p.id else { continue };
-        let clash = catalog
-            .roles
-            .get(&RoleId::new(id.value.clone()))
-            .map(|x| x.at.clone())
-            .or_else(|| {
-                catalog
-                    .profiles
-                    .get(&ProfileId::new(id.value.clone()))
-                    .map(|x| x.at.clone())
-            });
-        if let Some(first) = clash {
-            r.error(
-                id.at.clone(),
-                ErrorKind::DuplicateId {
-                    what: "profile".into(),
-                    id: id.value.clone(),
-                    first: first.to_string(),
-                },
-            );
+        if clashes_with_catalog(&mut r, catalog, id, "profile") {
             continue;
         }
         if !seen.define(&mut r, id, "profile") {
@@ -501,6 +469,31 @@ pub(crate) fn validate_tenant(
 
 /// Why `p` (a permission of `catalog`) cannot be an `account_defaults` entry, if it cannot: the tenant's
 /// answer is read only for `default: account` entries, so any other entry would be silently ignored.
+/// A tenant-defined assignable id (custom role, profile) that a catalog role or profile already
+/// uses: reported as a duplicate at the tenant's id, naming where the catalog defines it.
+fn clashes_with_catalog(r: &mut Reader<'_>, catalog: &Catalog, id: &Str, what: &str) -> bool {
+    let first = catalog
+        .roles
+        .get(&RoleId::new(id.value.clone()))
+        .map(|x| x.at.clone())
+        .or_else(|| {
+            catalog
+                .profiles
+                .get(&ProfileId::new(id.value.clone()))
+                .map(|x| x.at.clone())
+        });
+    let Some(first) = first else { return false };
+    r.error(
+        id.at.clone(),
+        ErrorKind::DuplicateId {
+            what: what.into(),
+            id: id.value.clone(),
+            first: first.to_string(),
+        },
+    );
+    true
+}
+
 fn not_an_account_default(catalog: &Catalog, p: &PermissionId) -> Option<ErrorKind> {
     let mut core_in = Vec::new();
     let mut defaults = Vec::new();
