@@ -451,3 +451,51 @@ async fn two_serve_processes(backend: Backend) {
     let _ = (a.wait(), b.wait());
     crate::support::drop_database(backend, &db).await;
 }
+
+crate::each_backend! {
+    async fn a_tenant_edit_recomputes_only_that_tenant(backend) {
+        let (srv, designers, _) = setup(backend, 3).await;
+        let operator = rolebridge::app::mappings::operator();
+        // A second mapped tenant in the same store, added by the operator.
+        let (other, other_scim) = srv.other_tenant().await;
+        let other_file = format!("tenants/{other}.yaml");
+        let mut files: MappingFiles = srv.app.mappings().current().files.as_ref().clone();
+        files.insert(other_file.clone(), V1.to_string());
+        let add = MappingChange { base: Some(MappingVersion(1)), scope: ChangeScope::Operator, files };
+        let applied = srv.app.apply_mappings(&add, None, &operator).await.unwrap();
+        assert_eq!((applied.version, applied.tenants_recomputed), (MappingVersion(2), 1), "only the new tenant");
+        // Give the other tenant a designer, so its rows hold something.
+        let url = format!("http://{}/scim/v2/{other}", srv.addr);
+        let user: Value = srv.client.post(format!("{url}/Users")).bearer_auth(&other_scim)
+            .json(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "olga"}))
+            .send().await.unwrap().json().await.unwrap();
+        let r = srv.client.post(format!("{url}/Groups")).bearer_auth(&other_scim)
+            .json(&json!({"schemas": [GROUP], "displayName": "Designers", "members": [{"value": user["id"]}]}))
+            .send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let other_tenant = srv.app.tenant(&TenantName::parse(&other).unwrap()).await.unwrap();
+        let revision = |t: rolebridge::domain::Tenant, id: String| {
+            let app = srv.app.clone();
+            async move {
+                app.user_permissions(&t, &rolebridge::app::UserRef::Id(id), rolebridge::app::Consistency::Full).await.unwrap()
+            }
+        };
+        let olga = user["id"].as_str().unwrap().to_string();
+        let before = revision(other_tenant.clone(), olga.clone()).await;
+        assert_eq!(before.summary.roles, ["designer"]);
+        // This tenant's own edit: its tenant is recomputed, the other keeps
+        // its rows and its revision.
+        let change = MappingChange {
+            base: Some(MappingVersion(2)),
+            scope: ChangeScope::Tenant(mapping::TenantName::new(&srv.tenant)),
+            files: MappingFiles::from([(format!("tenants/{}.yaml", srv.tenant), V2.to_string())]),
+        };
+        let plan = srv.app.plan_mappings(&change).await.unwrap();
+        let applied = srv.app.apply_mappings(&change, Some(&plan.hash), &operator).await.unwrap();
+        assert_eq!((applied.version, applied.tenants_recomputed), (MappingVersion(3), 1));
+        let after = revision(other_tenant, olga).await;
+        assert_eq!((after.summary.roles.clone(), after.revision), (before.summary.roles.clone(), before.revision));
+        let mine = srv.app.tenant(&TenantName::parse(&srv.tenant).unwrap()).await.unwrap();
+        assert_eq!(revision(mine, designers[0].clone()).await.summary.roles, Vec::<String>::new());
+    }
+}

@@ -125,7 +125,9 @@ impl App {
             }
             return Ok(out);
         };
-        let fingerprint = loaded.fingerprint.as_str();
+        let fingerprint = loaded.tenant_fingerprint(t.name.as_str()).ok_or_else(|| {
+            super::Error::Internal(format!("mapped tenant '{}' has no stamp", t.name))
+        })?;
         if t.mapping.as_deref() != Some(fingerprint) {
             self.derive_whole(tx, tenant, compiled, fingerprint, &mut out)
                 .await?;
@@ -297,12 +299,13 @@ impl App {
     pub async fn reconcile_mappings(&self) -> Result<usize> {
         let loaded = self.mappings.current();
         let mut done = 0;
-        for tenant in self.store.tenants_not_under(&loaded.fingerprint).await? {
-            if loaded
-                .set
-                .tenant(&mapping::TenantName::new(tenant.name.as_str()))
-                .is_none()
-            {
+        for (tenant, stamp) in self.store.tenant_stamps().await? {
+            // Unmapped tenants have nothing to recompute; a tenant whose
+            // own file and catalog did not change keeps its rows.
+            let Some(fingerprint) = loaded.tenant_fingerprint(tenant.name.as_str()) else {
+                continue;
+            };
+            if stamp.as_deref() == Some(fingerprint) {
                 continue;
             }
             let mut tx = self.store.begin_write().await?;

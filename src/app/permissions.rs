@@ -293,13 +293,9 @@ impl App {
     }
 
     async fn tenant_is_current(&self, tenant: &Tenant) -> Result<bool> {
-        let fingerprint = self.mappings.current().fingerprint.clone();
-        Ok(!self
-            .store
-            .tenants_not_under(&fingerprint)
-            .await?
-            .iter()
-            .any(|t| t.id == tenant.id))
+        let loaded = self.mappings.current();
+        let stamp = self.store.tenant_stamp(tenant.id).await?;
+        Ok(stamp.is_some() && stamp.as_deref() == loaded.tenant_fingerprint(tenant.name.as_str()))
     }
 
     /// Checks that a permission id exists in the tenant's catalog.

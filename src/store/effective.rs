@@ -359,15 +359,24 @@ impl Store {
         Ok(out)
     }
 
-    /// Tenants whose rows were not computed under `mapping`.
-    pub async fn tenants_not_under(&self, mapping: &str) -> Result<Vec<Tenant>> {
-        let rows = sqlx::query(
-            "SELECT id, name, created FROM tenants WHERE mapping IS NULL OR mapping <> $1 ORDER BY name",
-        )
-        .bind(mapping)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(tenant_from_row).collect()
+    /// Every tenant with the mapping stamp its rows were computed under
+    /// (`None` before the first computation).
+    pub async fn tenant_stamps(&self) -> Result<Vec<(Tenant, Option<String>)>> {
+        let rows = sqlx::query("SELECT id, name, created, mapping FROM tenants ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((tenant_from_row(r)?, r.try_get("mapping")?)))
+            .collect()
+    }
+
+    /// One tenant's mapping stamp.
+    pub async fn tenant_stamp(&self, tenant: TenantId) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT mapping FROM tenants WHERE id = $1")
+            .bind(tenant.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("mapping")).transpose()?.flatten())
     }
 }
 

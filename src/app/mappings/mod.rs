@@ -529,11 +529,7 @@ impl App {
             &detail,
         )
         .await?;
-        let loaded = LoadedMappings {
-            version: Some(version),
-            ..prepared.proposed
-        };
-        self.put_in_force(loaded);
+        self.put_in_force(prepared.proposed.at_version(version));
         let tenants_recomputed = self.reconcile_mappings().await?;
         Ok(AppliedChange {
             version,

@@ -19,10 +19,14 @@ pub type MappingFiles = BTreeMap<String, String>;
 pub struct LoadedMappings {
     pub set: MappingSet,
     /// SHA-256 (first 16 hex digits) over every file's name and content:
-    /// part of every cache key and the stamp of every stored
-    /// effective-permission row, so replicas with different mappings never
-    /// share entries.
+    /// the identity of the whole set (a stored version's, and what `serve`
+    /// compares with its directory). Rows are stamped per tenant instead.
     pub fingerprint: String,
+    /// Per mapped tenant: SHA-256 (16 hex) of its own file and its
+    /// catalog's, the stamp of its effective-permission rows. A change to
+    /// one tenant's file, or to a catalog, recomputes exactly the tenants
+    /// whose stamp it changes; the others keep their rows.
+    tenant_fingerprints: BTreeMap<String, String>,
     /// The exact texts validated.
     pub files: Arc<MappingFiles>,
     /// The store version these files are, when they came from the store.
@@ -36,17 +40,50 @@ impl LoadedMappings {
         version: Option<MappingVersion>,
     ) -> Result<LoadedMappings, Vec<MappingError>> {
         let set = mapping::validate_sources(&files.iter().collect::<Vec<_>>())?;
+        let tenant_fingerprints = set
+            .tenants()
+            .iter()
+            .map(|(name, compiled)| {
+                let own = |name: String| {
+                    let text = files.get(&name).cloned().unwrap_or_default();
+                    (name, text)
+                };
+                let inputs: MappingFiles = [
+                    own(format!("tenants/{name}.yaml")),
+                    own(format!("catalogs/{}.yaml", compiled.catalog().id())),
+                ]
+                .into_iter()
+                .collect();
+                (name.to_string(), fingerprint(&inputs))
+            })
+            .collect();
         Ok(LoadedMappings {
             set,
+            tenant_fingerprints,
             fingerprint: fingerprint(&files),
             files: Arc::new(files),
             version,
         })
     }
 
+    /// The same set, known as store version `v`.
+    pub fn at_version(self, v: MappingVersion) -> LoadedMappings {
+        LoadedMappings {
+            version: Some(v),
+            ..self
+        }
+    }
+
+    /// The stamp of a mapped tenant's rows (see `tenant_fingerprints`);
+    /// `None` for an unmapped tenant.
+    pub fn tenant_fingerprint(&self, tenant: &str) -> Option<&str> {
+        self.tenant_fingerprints.get(tenant).map(String::as_str)
+    }
+
     fn empty() -> LoadedMappings {
         LoadedMappings {
             set: MappingSet::default(),
+            tenant_fingerprints: BTreeMap::new(),
             fingerprint: "none".into(),
             files: Arc::new(MappingFiles::new()),
             version: None,
