@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
+use super::resources::{placeholders, positional};
 use super::{Error, Result, Store};
 use crate::domain::{MappingVersion, Timestamp};
 
@@ -163,16 +164,25 @@ impl Store {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let mut version = version_from_row(&row)?;
+        // Every text in one query; a manifest names each content once per file.
+        let shas: std::collections::BTreeSet<&String> = version.manifest.values().collect();
+        let mut texts: BTreeMap<String, String> = BTreeMap::new();
+        if !shas.is_empty() {
+            let sql = format!(
+                "SELECT sha256, text FROM mapping_blobs WHERE sha256 IN ({})",
+                placeholders(1, shas.len())
+            );
+            let mut q = sqlx::query(positional(self.dialect, sql));
+            for sha in &shas {
+                q = q.bind(sha.as_str());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                texts.insert(r.try_get(0)?, r.try_get(1)?);
+            }
+        }
         let mut files = BTreeMap::new();
         for (name, sha) in &version.manifest {
-            let text: Option<String> =
-                sqlx::query("SELECT text FROM mapping_blobs WHERE sha256 = $1")
-                    .bind(sha)
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .map(|r| r.try_get(0))
-                    .transpose()?;
-            let text = text.ok_or_else(|| Error::BadColumn {
+            let text = texts.get(sha).cloned().ok_or_else(|| Error::BadColumn {
                 column: "mapping_versions.manifest",
                 value: format!("version {} names missing file content {sha} ({name})", v.0),
             })?;
