@@ -114,6 +114,19 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Whether an LDAP server at `url` answers an anonymous rootDSE search.
+fn answers_ldap(url: &str) -> bool {
+    Command::new("ldapsearch")
+        .args(["-x", "-LLL", "-o", "nettimeout=2", "-H", url])
+        .args(["-b", "", "-s", "base", "namingContexts"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 /// Starts slapd on `dir`'s config and database, listening on `url`; the
 /// child once its port answers, `None` if it exited first (port taken, bad
 /// config) or did not answer within `wait`.
@@ -140,7 +153,14 @@ fn spawn_until_listening(
         if let Ok(Some(_)) = child.try_wait() {
             return None;
         }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        // A TCP accept alone can fool this: another test's listener on a
+        // port just freed, or a self-connect (the kernel may pick the
+        // target port as the source port). Only slapd answers a rootDSE
+        // search, and only our child if it is still alive afterwards.
+        if TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && answers_ldap(url)
+            && matches!(child.try_wait(), Ok(None))
+        {
             return Some(child);
         }
         std::thread::sleep(Duration::from_millis(20));
