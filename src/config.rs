@@ -39,6 +39,62 @@ pub struct Config {
     /// How often `serve` looks for a newer mapping version in the store
     /// (`mapping_poll`, default 1 s: every replica switches within 2 s).
     pub mapping_poll: std::time::Duration,
+    /// How long change-feed events are kept (`[changes] retention`).
+    pub change_retention: std::time::Duration,
+    /// How webhooks are delivered (`[webhooks]`).
+    pub webhooks: WebhookSettings,
+}
+
+/// Default of `[changes] retention`: a consumer may be away a week.
+pub const DEFAULT_CHANGE_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// How webhooks are delivered (`[webhooks]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSettings {
+    /// Most events one POST carries (1: one event per request).
+    pub batch: usize,
+    /// Attempts at a batch before it is dead-lettered.
+    pub max_attempts: u32,
+    /// The first retry's delay; each retry doubles it, with jitter.
+    pub backoff_base: std::time::Duration,
+    /// The longest delay of the backoff (a receiver's `Retry-After` is
+    /// honoured beyond it, up to an hour).
+    pub backoff_max: std::time::Duration,
+    /// How long one POST may take.
+    pub timeout: std::time::Duration,
+    /// How often idle deliverers look for events other replicas committed.
+    pub poll: std::time::Duration,
+    /// How long a rotated-out secret keeps signing.
+    pub rotation_grace: std::time::Duration,
+    /// Accept `http://` endpoints that are not on loopback (off by default:
+    /// the events say who may do what).
+    pub allow_http: bool,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        use std::time::Duration;
+        WebhookSettings {
+            batch: 100,
+            max_attempts: 10,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(600),
+            timeout: Duration::from_secs(10),
+            poll: Duration::from_millis(250),
+            rotation_grace: Duration::from_secs(24 * 3600),
+            allow_http: false,
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// The delivery lease: twice what a POST may take and a second, taken
+    /// afresh before each POST, so a replica never sends while another
+    /// holds the endpoint; a crashed holder's endpoints wait that long.
+    pub fn lease(&self) -> std::time::Duration {
+        self.timeout * 2 + std::time::Duration::from_secs(1)
+    }
 }
 
 /// Default of `mapping_poll`.
@@ -182,6 +238,82 @@ struct FileConfig {
     mapping_guard: RawGuard,
     /// A duration such as "1s" or "500ms".
     mapping_poll: Option<String>,
+    #[serde(default)]
+    changes: RawChanges,
+    #[serde(default)]
+    webhooks: RawWebhooks,
+}
+
+/// `[changes]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChanges {
+    retention: Option<String>,
+}
+
+/// `[webhooks]` as written; durations as text ("10s").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    batch: Option<usize>,
+    max_attempts: Option<u32>,
+    backoff_base: Option<String>,
+    backoff_max: Option<String>,
+    timeout: Option<String>,
+    poll: Option<String>,
+    rotation_grace: Option<String>,
+    allow_http: Option<bool>,
+}
+
+/// A duration key: text such as "10s", above zero.
+fn duration_key(
+    key: &str,
+    raw: Option<&String>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => match humantime::parse_duration(raw) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            _ => Err(format!(
+                "{key} must be a duration above zero such as \"10s\", got \"{raw}\""
+            )),
+        },
+    }
+}
+
+impl RawWebhooks {
+    fn validate(self) -> Result<WebhookSettings, String> {
+        let d = WebhookSettings::default();
+        let batch = match self.batch {
+            None => d.batch,
+            Some(n) if (1..=1000).contains(&n) => n,
+            Some(n) => return Err(format!("webhooks.batch must be 1 to 1000, got {n}")),
+        };
+        let max_attempts = match self.max_attempts {
+            None => d.max_attempts,
+            Some(0) => return Err("webhooks.max_attempts must be at least 1, got 0".into()),
+            Some(n) => n,
+        };
+        let out = WebhookSettings {
+            batch,
+            max_attempts,
+            backoff_base: duration_key("webhooks.backoff_base", self.backoff_base.as_ref(), d.backoff_base)?,
+            backoff_max: duration_key("webhooks.backoff_max", self.backoff_max.as_ref(), d.backoff_max)?,
+            timeout: duration_key("webhooks.timeout", self.timeout.as_ref(), d.timeout)?,
+            poll: duration_key("webhooks.poll", self.poll.as_ref(), d.poll)?,
+            rotation_grace: duration_key(
+                "webhooks.rotation_grace",
+                self.rotation_grace.as_ref(),
+                d.rotation_grace,
+            )?,
+            allow_http: self.allow_http.unwrap_or(d.allow_http),
+        };
+        if out.backoff_base > out.backoff_max {
+            return Err("webhooks.backoff_base must not exceed webhooks.backoff_max".into());
+        }
+        Ok(out)
+    }
 }
 
 /// `[mapping_guard]` as written: missing keys keep the defaults, and a
@@ -384,6 +516,13 @@ impl Config {
                 }
             },
         };
+        let change_retention = duration_key(
+            "changes.retention",
+            file_cfg.changes.retention.as_ref(),
+            DEFAULT_CHANGE_RETENTION,
+        )
+        .map_err(invalid)?;
+        let webhooks = file_cfg.webhooks.validate().map_err(invalid)?;
         let max_in_flight = match file_cfg.http.max_in_flight {
             None => DEFAULT_MAX_IN_FLIGHT,
             Some(0) => {
@@ -411,6 +550,8 @@ impl Config {
             },
             mapping_guard,
             mapping_poll,
+            change_retention,
+            webhooks,
         })
     }
 }

@@ -424,3 +424,56 @@ mod tests {
         assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
     }
 }
+
+/// What caused a change to users' effective permissions: the change feed
+/// and webhooks tell the platform why, not only what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChangeCause {
+    /// A SCIM request: its method and path, its `X-Request-Id`, the token.
+    Scim {
+        method: String,
+        path: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+        token: String,
+    },
+    /// A directory-sync run.
+    Sync { source: String, run_id: String },
+    /// A mapping version coming into force (an apply, a rollback, the
+    /// first import).
+    Mapping { version: i64 },
+    /// A recomputation with no other cause: rows stored by an earlier
+    /// release, brought up to date at start-up.
+    Recompute,
+}
+
+/// A position in one tenant's change feed: the seq of the last event a
+/// reader has seen (0: before the first). Tenants number their events
+/// 1, 2, 3… in commit order, so the cursor means the same on every replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChangeSeq(i64);
+
+impl ChangeSeq {
+    pub const START: ChangeSeq = ChangeSeq(0);
+
+    pub fn new(seq: i64) -> Option<ChangeSeq> {
+        (seq >= 0).then_some(ChangeSeq(seq))
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    /// A cursor as a client sends it: a whole number of at least 0.
+    pub fn parse(raw: &str) -> Option<ChangeSeq> {
+        raw.trim().parse::<i64>().ok().and_then(ChangeSeq::new)
+    }
+}
+
+impl fmt::Display for ChangeSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

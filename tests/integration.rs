@@ -58,3 +58,7 @@ mod admin_page;
 mod permissions_consistency;
 // The SQL filter path (SQLite, PostgreSQL) against the in-memory evaluator (property test).
 mod filter_property;
+// The effective-permission change feed: events, causes, paging, long-poll, retention.
+mod changes_feed;
+// Webhooks against a real receiver: signatures, retries, dead letters, kill -9, two replicas.
+mod webhooks;

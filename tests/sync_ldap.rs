@@ -547,7 +547,7 @@ use rolebridge::sync::{parse_sources, SourceConfig};
 use crate::each_backend;
 use crate::support::TestServer;
 
-fn source(srv: &TestServer, slapd: &Slapd, extra: &str) -> SourceConfig {
+pub(crate) fn source(srv: &TestServer, slapd: &Slapd, extra: &str) -> SourceConfig {
     let pw = slapd.dir.join("bind-pw");
     std::fs::write(&pw, SYNC_PW).unwrap();
     let t: toml::Table = toml::from_str(&format!(
@@ -564,7 +564,7 @@ fn source(srv: &TestServer, slapd: &Slapd, extra: &str) -> SourceConfig {
         .remove(0)
 }
 
-const LENIENT: &str = "[guard]\nmax_deletes = 1000\nmax_delete_percent = 100\n";
+pub(crate) const LENIENT: &str = "[guard]\nmax_deletes = 1000\nmax_delete_percent = 100\n";
 
 async fn scim_user(srv: &TestServer, name: &str) -> serde_json::Value {
     let r = srv

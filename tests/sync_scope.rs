@@ -386,6 +386,7 @@ impl Ctx<'_> {
                 p,
                 CursorUpdate {
                     lease_owner: &self.owner,
+                    run_id: "proptest",
                     cursor: Some("c"),
                     full_at: complete.then_some(now),
                     release_other_tenants: false,

@@ -23,11 +23,12 @@ use std::sync::Arc;
 
 use mapping::CompiledTenant;
 
+use super::changes;
 use super::mappings::LoadedMappings;
 use super::permissions::{user_facts, Summary};
 use super::{App, Result};
 use crate::cache::{CacheMetrics, Cached, RedisEntry};
-use crate::domain::TenantId;
+use crate::domain::{ChangeCause, TenantId};
 use crate::store::{Changes, EffectiveRow, WriteTx};
 
 /// A write touching more users than this, and more than half the tenant,
@@ -64,6 +65,9 @@ struct Derived {
     removed: Vec<String>,
     recomputed: usize,
     permissions_changed: usize,
+    /// Change-feed events appended, and the cause they name.
+    events: usize,
+    cause: ChangeCause,
 }
 
 impl App {
@@ -84,6 +88,11 @@ impl App {
             revisions,
             ..Committed::default()
         };
+        if derived.iter().any(|d| d.events > 0) {
+            // Long-polling readers and webhook deliverers of this replica;
+            // other replicas' find the events by polling.
+            self.change_notify.notify_waiters();
+        }
         let m = &self.cache.metrics;
         for d in derived {
             out.recomputed += d.recomputed;
@@ -113,6 +122,8 @@ impl App {
             removed: Vec::new(),
             recomputed: 0,
             permissions_changed: 0,
+            events: 0,
+            cause: tx.cause().cloned().unwrap_or(ChangeCause::Recompute),
         };
         let Some(compiled) = loaded
             .set
@@ -129,6 +140,13 @@ impl App {
             super::Error::Internal(format!("mapped tenant '{}' has no stamp", t.name))
         })?;
         if t.mapping.as_deref() != Some(fingerprint) {
+            // The tenant's rows are under another mapping: what changes now
+            // is the mapping's doing, whatever write got here first.
+            let cause = match loaded.version {
+                Some(v) => ChangeCause::Mapping { version: v.0 },
+                None => ChangeCause::Recompute,
+            };
+            out.cause = cause;
             self.derive_whole(tx, tenant, compiled, fingerprint, &mut out)
                 .await?;
             tx.set_tenant_mapping(tenant, Some(fingerprint)).await?;
@@ -223,21 +241,40 @@ impl App {
         let plain: Vec<EffectiveRow> = rows.iter().map(|(r, _)| r.clone()).collect();
         tx.put_effective(out.tenant, &plain).await?;
         tx.delete_effective(out.tenant, &out.removed).await?;
-        let perms = |json: &str| {
-            serde_json::from_str::<Summary>(json)
-                .map(|s| s.permissions)
-                .unwrap_or_default()
-        };
-        out.permissions_changed = out
-            .removed
-            .iter()
-            .filter(|id| old.get(*id).is_some_and(|o| !perms(&o.summary).is_empty()))
-            .count();
-        for (row, name) in &rows {
-            let before = old.get(&row.user_id);
-            if before.map(|o| perms(&o.summary)).unwrap_or_default() != perms(&row.summary) {
+        let summary = |json: &str| serde_json::from_str::<Summary>(json).ok();
+        let mut events = Vec::new();
+        for id in &out.removed {
+            let before = old.get(id).and_then(|o| summary(&o.summary));
+            if before.as_ref().is_some_and(|b| !b.permissions.is_empty()) {
                 out.permissions_changed += 1;
             }
+            events.extend(changes::new_change(
+                id,
+                before.as_ref(),
+                None,
+                out.revision,
+            )?);
+        }
+        for (row, name) in &rows {
+            let before = old.get(&row.user_id);
+            let (was, now) = (
+                before.and_then(|o| summary(&o.summary)),
+                summary(&row.summary),
+            );
+            let perms = |s: &Option<Summary>| {
+                s.as_ref()
+                    .map(|s| s.permissions.clone())
+                    .unwrap_or_default()
+            };
+            if perms(&was) != perms(&now) {
+                out.permissions_changed += 1;
+            }
+            events.extend(changes::new_change(
+                &row.user_id,
+                was.as_ref(),
+                now.as_ref(),
+                out.revision,
+            )?);
             if row.refused.is_some() && row.refused != before.and_then(|o| o.refused.clone()) {
                 tracing::warn!(
                     tenant = %out.tenant,
@@ -247,6 +284,11 @@ impl App {
                 );
             }
         }
+        // The outbox: each change's event in the change's own transaction.
+        let at = self.clock().now().to_string();
+        tx.append_changes(out.tenant, &at, &out.cause, &events)
+            .await?;
+        out.events = events.len();
         out.changed = rows;
         Ok(())
     }

@@ -62,6 +62,23 @@ pub enum Error {
     /// applied is not what was reviewed.
     #[error("the plan changed since it was reviewed (its hash is now {hash}); review the new plan and confirm that")]
     MappingPlanStale { hash: String },
+    /// A feed cursor older than retention: the events after it are gone.
+    #[error("cursor {cursor} of tenant '{tenant}' is older than the feed's retention (the oldest readable position is {oldest}): list /api/v1/tenants/{tenant}/permissions and read the feed on from its resume_after")]
+    CursorExpired {
+        tenant: String,
+        cursor: crate::domain::ChangeSeq,
+        oldest: crate::domain::ChangeSeq,
+    },
+    /// A feed cursor past the tenant's newest event: not one this feed gave.
+    #[error("cursor {cursor} is ahead of tenant '{tenant}''s newest event {head}: pass a cursor this feed returned")]
+    CursorAhead {
+        tenant: String,
+        cursor: crate::domain::ChangeSeq,
+        head: crate::domain::ChangeSeq,
+    },
+    /// A webhook the tenant does not have.
+    #[error("tenant '{tenant}' has no webhook '{id}'")]
+    UnknownWebhook { tenant: String, id: String },
     /// A bug or corrupt stored state, never the client's fault.
     #[error("internal error: {0}")]
     Internal(String),

@@ -7,6 +7,7 @@
 //! leaves no partial change.
 
 mod bulk;
+mod changes;
 mod derive;
 mod error;
 pub mod mappings;
@@ -14,8 +15,13 @@ mod permissions;
 mod resources;
 pub mod sync;
 mod tokens;
+pub mod webhooks;
 
 pub use crate::domain::{format_timestamp, now};
+pub use changes::{
+    ChangeEvent, ChangePage, Grants, ListedUser, PermissionDiff, PermissionListing, MAX_PAGE,
+    MAX_WAIT,
+};
 pub use bulk::{BulkLimits, BulkOp, BulkOutcome, BULK_LIMITS};
 pub use derive::Committed;
 pub use error::Error;
@@ -53,6 +59,12 @@ pub struct App {
     sync_lease: sync::SyncLease,
     /// When a mapping change needs confirmation.
     mapping_guard: Arc<mappings::GuardSettings>,
+    /// Woken after every commit that appended change-feed events.
+    change_notify: Arc<tokio::sync::Notify>,
+    /// Webhook delivery counters (`/metrics`).
+    webhook_metrics: Arc<webhooks::WebhookMetrics>,
+    /// How webhooks are delivered (`[webhooks]`).
+    webhook_settings: Arc<webhooks::WebhookSettings>,
 }
 
 impl App {
@@ -66,6 +78,9 @@ impl App {
             clock: Arc::new(SystemClock),
             sync_lease: sync::SyncLease::default(),
             mapping_guard: Arc::default(),
+            change_notify: Arc::default(),
+            webhook_metrics: Arc::default(),
+            webhook_settings: Arc::default(),
         }
     }
 
@@ -79,6 +94,14 @@ impl App {
     pub fn with_mapping_guard(self, guard: mappings::GuardSettings) -> Self {
         App {
             mapping_guard: Arc::new(guard),
+            ..self
+        }
+    }
+
+    /// The same app with other webhook delivery settings (`[webhooks]`).
+    pub fn with_webhook_settings(self, settings: webhooks::WebhookSettings) -> Self {
+        App {
+            webhook_settings: Arc::new(settings),
             ..self
         }
     }
@@ -192,6 +215,7 @@ impl App {
             out.push_str(&format!("{name} {value}\n"));
         }
         out.push_str(&self.sync_metrics.text());
+        out.push_str(&self.webhook_metrics_text().await);
         out
     }
 
@@ -225,6 +249,9 @@ impl App {
             clock: Arc::new(SystemClock),
             sync_lease: sync::SyncLease::default(),
             mapping_guard: Arc::default(),
+            change_notify: Arc::default(),
+            webhook_metrics: Arc::default(),
+            webhook_settings: Arc::default(),
         }
     }
 

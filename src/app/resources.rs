@@ -33,6 +33,8 @@ pub struct RequestContext {
     /// `at_least_as_fresh`. Shared, so every operation of a bulk request
     /// adds to the one response.
     pub written: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// What the change feed names as the cause of this request's changes.
+    pub cause: crate::domain::ChangeCause,
 }
 
 impl RequestContext {
@@ -70,7 +72,8 @@ pub struct ListResult {
 
 impl App {
     /// Commits a request's transaction and records the revision it produced.
-    async fn commit_for(&self, ctx: &RequestContext, tx: WriteTx) -> Result<()> {
+    async fn commit_for(&self, ctx: &RequestContext, mut tx: WriteTx) -> Result<()> {
+        tx.set_cause(ctx.cause.clone());
         let committed = self.commit(tx).await?;
         if let Some(rev) = committed.revision(ctx.tenant) {
             ctx.written

@@ -4,8 +4,10 @@
 mod bench;
 mod bench_checks;
 mod bench_plan;
+mod changes;
 mod mappings;
 mod sync;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 
@@ -66,6 +68,12 @@ pub enum Command {
     /// Run a directory source once (`--source S`), or show every source's
     /// state (`sync status`).
     Sync(sync::SyncArgs),
+    /// The effective-permission change feed (`changes tail`).
+    #[command(subcommand)]
+    Changes(changes::ChangesCommand),
+    /// Webhook endpoints: add, status, dead letters, rotate, remove.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +139,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(args) => explain(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,
         Command::Sync(args) => sync::run(&config, args).await,
+        Command::Changes(cmd) => changes::run(&config, cmd).await,
+        Command::Webhooks(cmd) => webhooks::run(&config, cmd).await,
     }
 }
 
@@ -139,7 +149,7 @@ pub const REDIS_PREFIX: &str = "rolebridge:";
 
 async fn open(config: &Config) -> anyhow::Result<App> {
     let store = Store::connect(&config.database_url).await?;
-    Ok(App::new(store))
+    Ok(App::new(store).with_webhook_settings(config.webhooks.clone()))
 }
 
 /// Loads the mapping directory, refusing to go on with an invalid one.
@@ -170,7 +180,9 @@ pub(crate) async fn open_with_mappings(config: &Config, import: bool) -> anyhow:
     } else {
         Mappings::empty()
     };
-    let app = App::with_mappings(store, mappings).with_mapping_guard(config.mapping_guard.clone());
+    let app = App::with_mappings(store, mappings)
+        .with_mapping_guard(config.mapping_guard.clone())
+        .with_webhook_settings(config.webhooks.clone());
     if import {
         let (version, warning) = app.adopt_store_mappings().await?;
         if let Some(w) = warning {
@@ -217,6 +229,8 @@ async fn serve(config: Config, log_format: crate::telemetry::LogFormat) -> anyho
     }
     spawn_follow_mapping_versions(app.clone(), config.mapping_poll);
     spawn_reconcile(app.clone());
+    crate::app::webhooks::spawn_delivery(app.clone());
+    spawn_prune_changes(app.clone(), config.change_retention);
     for source in sources {
         spawn_sync_schedule(app.clone(), source);
     }
@@ -287,6 +301,22 @@ fn spawn_sync_schedule(app: App, source: crate::sync::SourceConfig) {
                 }
             }
             next = tokio::time::Instant::now() + source.schedule;
+        }
+    });
+}
+
+/// Prunes change-feed events past retention, every minute (any replica
+/// may; the delete is idempotent).
+fn spawn_prune_changes(app: App, retention: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match app.prune_changes(retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "change-feed events past retention pruned"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune change-feed events; will retry"),
+            }
         }
     });
 }

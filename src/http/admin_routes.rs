@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::JsonApiError;
-use super::extract::{parse_query, AdminRequest, ApiJson};
+use super::extract::{checked_query as query, query_number as number, AdminRequest, ApiJson};
 use crate::app::mappings::{tenant_file, Actor, ChangeScope, MappingChange, MappingFiles};
 use crate::app::{App, Authenticated, Error, TokenOptions, UserRef};
 use crate::domain::{MappingVersion, Scope, Timestamp};
@@ -41,32 +41,6 @@ fn actor(auth: &Authenticated) -> Actor {
         id: auth.token_id.clone(),
         label: auth.token_label.clone(),
     }
-}
-
-/// Query keys a route reads; any other is a 400 (a typo must not be
-/// silently ignored).
-fn query(raw: Option<&str>, allowed: &[&str]) -> Result<std::collections::HashMap<String, String>> {
-    let q = parse_query(raw.unwrap_or(""));
-    if let Some(k) = q.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(Error::Usage(format!(
-            "unknown query parameter '{k}' (expected one of: {})",
-            allowed.join(", ")
-        ))
-        .into());
-    }
-    Ok(q)
-}
-
-fn number(q: &std::collections::HashMap<String, String>, key: &str) -> Result<Option<i64>> {
-    q.get(key)
-        .map(|v| {
-            v.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| Error::Usage(format!("{key} must be a whole number ≥ 1, got '{v}'")))
-        })
-        .transpose()
-        .map_err(Into::into)
 }
 
 /// `GET .../mappings`: the tenant's file in force and its version.

@@ -61,6 +61,13 @@ pub fn classify(err: &Error) -> (StatusCode, Option<&'static str>) {
         // RFC 6585: the apply must carry a condition (the plan's hash).
         MappingGuarded { .. } => (StatusCode::PRECONDITION_REQUIRED, None),
         MappingPlanStale { .. } => (StatusCode::PRECONDITION_FAILED, None),
+        // The events after the cursor are gone for good: 410, not 404.
+        CursorExpired { .. } => (StatusCode::GONE, None),
+        CursorAhead { .. } => (
+            StatusCode::BAD_REQUEST,
+            Some(ScimType::InvalidValue.as_str()),
+        ),
+        UnknownWebhook { .. } => (StatusCode::NOT_FOUND, None),
         Store(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
     }
 }
@@ -228,6 +235,11 @@ fn details(err: &Error) -> Option<Value> {
         }
         Error::MappingPlanStale { hash } => Some(json!({"plan_hash": hash})),
         Error::MappingConflict { base, latest } => Some(json!({"base": base, "latest": latest})),
+        Error::CursorExpired { tenant, oldest, .. } => Some(json!({
+            "oldest": oldest,
+            "resync": format!("/api/v1/tenants/{tenant}/permissions"),
+        })),
+        Error::CursorAhead { head, .. } => Some(json!({"head": head})),
         _ => None,
     }
 }
@@ -252,6 +264,9 @@ pub fn code(err: &Error) -> &'static str {
         MappingConflict { .. } => "version_conflict",
         MappingGuarded { .. } => "confirmation_required",
         MappingPlanStale { .. } => "plan_changed",
+        CursorExpired { .. } => "cursor_expired",
+        CursorAhead { .. } => "cursor_ahead",
+        UnknownWebhook { .. } => "unknown_webhook",
         _ => "invalid_request",
     }
 }

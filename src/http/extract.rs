@@ -118,12 +118,30 @@ impl FromRequestParts<App> for ScimRequest {
             .and_then(|v| v.to_str().ok())
             .filter(|p| *p == "https" || *p == "http")
             .unwrap_or("http");
+        // The change feed names this request as the cause of what it
+        // changes: method, path as the client sent it, its request id.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map(|u| u.0.path().to_string())
+            .unwrap_or_else(|| parts.uri.path().to_string());
+        let cause = crate::domain::ChangeCause::Scim {
+            method: parts.method.to_string(),
+            path,
+            request_id: parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            token: auth.token_id.clone(),
+        };
         Ok(ScimRequest(RequestContext {
             tenant: auth.tenant.id,
             base_url: format!("{proto}://{host}/scim/v2/{}", auth.tenant.name),
             attributes,
             excluded,
             written: Default::default(),
+            cause,
         }))
     }
 }
@@ -247,4 +265,33 @@ pub fn if_match(headers: &axum::http::HeaderMap) -> Option<String> {
         .get(header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+}
+
+/// Query keys a route reads; any other is a 400 (a typo must not be
+/// silently ignored).
+pub fn checked_query(
+    raw: Option<&str>,
+    allowed: &[&str],
+) -> Result<HashMap<String, String>, JsonApiError> {
+    let q = parse_query(raw.unwrap_or(""));
+    if let Some(k) = q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(Error::Usage(format!(
+            "unknown query parameter '{k}' (expected one of: {})",
+            allowed.join(", ")
+        ))
+        .into());
+    }
+    Ok(q)
+}
+
+pub fn query_number(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, JsonApiError> {
+    q.get(key)
+        .map(|v| {
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| Error::Usage(format!("{key} must be a whole number ≥ 1, got '{v}'")))
+        })
+        .transpose()
+        .map_err(Into::into)
 }

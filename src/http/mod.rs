@@ -8,6 +8,7 @@
 
 mod admin_page;
 mod admin_routes;
+mod changes_routes;
 pub mod error;
 mod extract;
 mod input;
@@ -16,6 +17,7 @@ pub mod metrics;
 mod permissions_routes;
 mod scim_routes;
 mod unread_body;
+mod webhook_routes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +70,10 @@ pub fn router_with(app: App, settings: HttpSettings) -> Router {
         .nest("/scim/v2/{tenant}", scim_routes::routes())
         .nest(
             "/api/v1/tenants/{tenant}",
-            permissions_routes::routes().merge(admin_routes::routes()),
+            permissions_routes::routes()
+                .merge(changes_routes::routes())
+                .merge(admin_routes::routes())
+                .merge(webhook_routes::routes()),
         )
         .layer(
             ServiceBuilder::new()

@@ -493,3 +493,25 @@ async fn user_directory_on(
     }
     Ok(dir)
 }
+
+impl Store {
+    /// Up to `limit` stored rows of the tenant with user ids after
+    /// `after_user`, by user id: a page of the permission listing.
+    pub async fn effective_page(
+        &self,
+        tenant: TenantId,
+        after_user: &str,
+        limit: i64,
+    ) -> Result<Vec<EffectiveRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROW_COLUMNS} FROM effective_permissions WHERE tenant_id = $1 AND user_id > $2 \
+             ORDER BY user_id LIMIT $3"
+        )))
+        .bind(tenant.to_string())
+        .bind(after_user)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| row_from(r, 0)).collect()
+    }
+}

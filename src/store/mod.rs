@@ -6,6 +6,7 @@
 //! Invariant: every resource query takes a [`TenantId`] and is scoped by it;
 //! there is no unscoped read or write of tenant data.
 
+mod changes;
 mod columns;
 mod directory;
 mod effective;
@@ -16,6 +17,7 @@ mod resources;
 mod sync;
 mod sync_scope;
 mod tenants;
+mod webhooks;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use changes::{ChangeBounds, NewChange, StoredChange};
 pub use columns::Columns;
 pub use directory::{Directory, DirectoryGroup, DirectoryUser};
 pub use effective::{Changes, CheckRow, EffectiveRow, TenantRevision};
@@ -36,6 +39,7 @@ pub use scim::sql::Dialect;
 pub use sync::{SyncLink, SyncRunRecord, SyncState, RUNS_KEPT};
 pub use sync_scope::{LinkTotals, ScopeKeys, SyncScope};
 pub use tenants::TokenRecord;
+pub use webhooks::{DeadLetter, WebhookRecord, WebhookSecret};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -88,6 +88,7 @@ impl Store {
             dialect: self.dialect,
             changes: std::collections::BTreeMap::new(),
             settled: std::collections::BTreeMap::new(),
+            cause: None,
             _guard: guard,
         })
     }
@@ -234,6 +235,8 @@ pub struct WriteTx {
     /// Tenants whose revision was advanced and whose effective permissions
     /// were brought up to date in this transaction, with the new revision.
     pub(super) settled: std::collections::BTreeMap<TenantId, i64>,
+    /// What the change-feed events of this transaction name as their cause.
+    pub(super) cause: Option<crate::domain::ChangeCause>,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 

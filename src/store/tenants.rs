@@ -62,6 +62,14 @@ impl Store {
         row.as_ref().map(tenant_from_row).transpose()
     }
 
+    pub async fn tenant_by_id(&self, id: TenantId) -> Result<Option<Tenant>> {
+        let row = sqlx::query("SELECT id, name, created FROM tenants WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
     pub async fn insert_token(&self, record: &TokenRecord) -> Result<()> {
         let _guard = self.exclusive().await;
         sqlx::query(

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
 pub mod slapd;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -39,6 +39,8 @@ pub struct Applied {
 pub struct CursorUpdate<'a> {
     /// The run's lease; the write is refused if another run holds it now.
     pub lease_owner: &'a str,
+    /// The run, named as the cause of the change-feed events it produces.
+    pub run_id: &'a str,
     pub cursor: Option<&'a str>,
     /// Set when the run was a complete read (a reconcile).
     pub full_at: Option<Timestamp>,
@@ -60,6 +62,10 @@ impl App {
         let mut refused: HashSet<String> = HashSet::new();
         let ts = self.clock().now().to_string();
         let mut tx = self.store.begin_write().await?;
+        tx.set_cause(crate::domain::ChangeCause::Sync {
+            source: source.to_string(),
+            run_id: cursor.run_id.to_string(),
+        });
         let mut phases = Phases::start();
         // Deletions first: a re-created account takes its old userName.
         for op in &plan.users {

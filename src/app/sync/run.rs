@@ -305,7 +305,7 @@ async fn run_in_span<S: Source>(
     // server replies) fails this run like any error: recorded, lease
     // released, the schedule going on.
     let result = std::panic::AssertUnwindSafe(run_leased(
-        app, config, source, tenant.id, options, progress, started, &owner,
+        app, config, source, tenant.id, options, progress, started, &owner, &run_id,
     ))
     .catch_unwind()
     .await
@@ -365,6 +365,7 @@ async fn run_leased<S: Source>(
     progress: Option<Progress>,
     started: Timestamp,
     owner: &str,
+    run_id: &str,
 ) -> Result<RunReport, SyncError> {
     let state = app.store.sync_state(&config.name).await?;
     let reconcile_due = state
@@ -528,6 +529,7 @@ async fn run_leased<S: Source>(
             &plan,
             CursorUpdate {
                 lease_owner: owner,
+                run_id,
                 cursor: outcome.cursor.as_deref(),
                 full_at: outcome.complete.then_some(started),
                 release_other_tenants: !moved_from.is_empty(),
