@@ -22,6 +22,10 @@ pub const DEFAULT_PER_TOKEN_PER_SECOND: u32 = 500;
 pub const DEFAULT_PER_TOKEN_BURST: u32 = 1000;
 /// Requests served at once (`[http] max_in_flight`); more are shed with 503.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
+/// Prefix of the cluster-wide quota keys in Redis (`[rate_limit]
+/// key_prefix`): the prefix of every key the service writes (`serve`'s
+/// `REDIS_PREFIX`, which this module cannot name) followed by `quota:`.
+pub const DEFAULT_QUOTA_PREFIX: &str = "rolebridge:quota:";
 
 /// The settings every subcommand shares.
 #[derive(Debug, Clone)]
@@ -186,6 +190,20 @@ pub struct TenantQuotas {
 pub struct RateLimitSettings {
     pub default: TenantQuotas,
     pub tenants: BTreeMap<String, TenantQuotas>,
+    /// The Redis that holds the cluster-wide buckets: `--redis-url`, copied
+    /// here by [`Config::load`] so that the HTTP edge needs nothing else
+    /// from the configuration. `None`: each process enforces the quotas
+    /// alone, as a single replica does.
+    pub redis_url: Option<String>,
+    /// Prefix of the quota keys and the replica heartbeats in Redis
+    /// (`[rate_limit] key_prefix`); deployments sharing one Redis give each
+    /// its own, or they would share quotas and count each other's replicas.
+    pub key_prefix: String,
+    /// The least number of replicas assumed when Redis is down
+    /// (`[rate_limit] replicas`, default 1): each replica then enforces
+    /// 1/N of every quota, N being the larger of this and the count of
+    /// live replicas last seen in Redis.
+    pub replicas: NonZeroU32,
 }
 
 impl Default for RateLimitSettings {
@@ -199,6 +217,9 @@ impl Default for RateLimitSettings {
                 token: quota(DEFAULT_PER_TOKEN_PER_SECOND, DEFAULT_PER_TOKEN_BURST),
             },
             tenants: BTreeMap::new(),
+            redis_url: None,
+            key_prefix: DEFAULT_QUOTA_PREFIX.to_string(),
+            replicas: NonZeroU32::MIN,
         }
     }
 }
@@ -383,6 +404,8 @@ struct RawRateLimit {
     per_tenant_burst: Option<u32>,
     per_token_per_second: Option<u32>,
     per_token_burst: Option<u32>,
+    replicas: Option<u32>,
+    key_prefix: Option<String>,
     #[serde(default)]
     tenants: BTreeMap<String, RawQuotas>,
 }
@@ -451,7 +474,25 @@ impl RawRateLimit {
             crate::domain::TenantName::parse(&name).map_err(|e| format!("[{table}]: {e}"))?;
             tenants.insert(name, raw.resolve(&default, &table)?);
         }
-        Ok(RateLimitSettings { default, tenants })
+        let replicas = match self.replicas {
+            None => defaults.replicas,
+            Some(n) => NonZeroU32::new(n)
+                .ok_or_else(|| "rate_limit.replicas must be at least 1, got 0".to_string())?,
+        };
+        let key_prefix = match self.key_prefix {
+            None => defaults.key_prefix,
+            Some(p) if p.is_empty() => {
+                return Err("rate_limit.key_prefix must not be empty".into());
+            }
+            Some(p) => p,
+        };
+        Ok(RateLimitSettings {
+            default,
+            tenants,
+            redis_url: None,
+            key_prefix,
+            replicas,
+        })
     }
 }
 
@@ -503,7 +544,10 @@ impl Config {
             path: file.map(|p| p.display().to_string()).unwrap_or_default(),
             message,
         };
-        let rate_limit = file_cfg.rate_limit.validate().map_err(invalid)?;
+        let redis_url = over.redis_url.or(file_cfg.redis_url);
+        let mut rate_limit = file_cfg.rate_limit.validate().map_err(invalid)?;
+        // The quotas are cluster-wide wherever the cache is shared.
+        rate_limit.redis_url = redis_url.clone();
         let mapping_guard = file_cfg.mapping_guard.validate().map_err(invalid)?;
         let mapping_poll = match &file_cfg.mapping_poll {
             None => DEFAULT_MAPPING_POLL,
@@ -538,7 +582,7 @@ impl Config {
                 .database_url
                 .or(file_cfg.database_url)
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
-            redis_url: over.redis_url.or(file_cfg.redis_url),
+            redis_url,
             mappings: over
                 .mappings
                 .or(file_cfg.mappings)
@@ -607,6 +651,34 @@ mod tests {
         assert_eq!(rl.for_tenant("acme").tenant, Quota::new(20, 3).unwrap());
         assert_eq!(rl.for_tenant("acme").token, rl.default.token);
         assert_eq!(rl.for_tenant("other"), &rl.default);
+        assert_eq!(rl.replicas.get(), 1);
+        assert_eq!(rl.key_prefix, DEFAULT_QUOTA_PREFIX);
+        assert_eq!(rl.redis_url, None);
+    }
+
+    #[test]
+    fn cluster_quota_settings_come_from_the_redis_url_and_rate_limit() {
+        let p = write(
+            "redis_url = \"redis://file:6379/\"\n[rate_limit]\nreplicas = 3\nkey_prefix = \"x:q:\"\n",
+        );
+        let c = Config::load(Some(&p), Overrides::default()).unwrap();
+        assert_eq!(c.http.rate_limit.replicas.get(), 3);
+        assert_eq!(c.http.rate_limit.key_prefix, "x:q:");
+        assert_eq!(
+            c.http.rate_limit.redis_url.as_deref(),
+            Some("redis://file:6379/")
+        );
+        // The flag wins over the file for the quotas as for the cache.
+        let c = Config::load(
+            Some(&p),
+            Overrides {
+                redis_url: Some("redis://flag:6379/".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.redis_url.as_deref(), Some("redis://flag:6379/"));
+        assert_eq!(c.http.rate_limit.redis_url, c.redis_url);
     }
 
     #[test]
@@ -627,6 +699,15 @@ mod tests {
                 "http.max_in_flight must be at least 1",
             ),
             ("[rate_limit]\nper_tenant_burst = -1\n", "per_tenant_burst"),
+            (
+                "[rate_limit]\nreplicas = 0\n",
+                "rate_limit.replicas must be at least 1",
+            ),
+            (
+                "[rate_limit]\nkey_prefix = \"\"\n",
+                "rate_limit.key_prefix must not be empty",
+            ),
+            ("[rate_limit.tenants.acme]\nreplicas = 2\n", "replicas"),
         ] {
             let err = Config::load(Some(&write(text)), Overrides::default())
                 .unwrap_err()

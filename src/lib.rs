@@ -2,6 +2,7 @@
 //!
 //! Layout, following the data flow:
 //! - [`http`]: axum router, auth, SCIM wire format and errors.
+//! - [`quota`]: cluster-wide provisioning quotas in Redis (GCRA).
 //! - [`app`]: use cases; owns transactions.
 //! - [`store`]: sqlx repositories and migrations (SQLite, PostgreSQL).
 //! - `scim` (crate `rolebridge-scim`): schemas, filter, PATCH, projection; pure.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod quota;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -38,6 +38,8 @@ mod durability;
 mod conformance;
 // Provisioning quotas (429, Retry-After, per tenant and token) and the in-flight cap.
 mod rate_limits;
+// Cluster-wide quotas in Redis: the GCRA script, three serve processes, Redis down, metrics.
+mod quota_cluster;
 // /metrics per route template, /readyz, JSON logs without tokens.
 mod observability;
 // The directory-sync runner: apply, failure, guard, dry run, lease, permissions.

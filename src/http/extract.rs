@@ -103,7 +103,9 @@ impl FromRequestParts<App> for ScimRequest {
         let auth = authenticate(parts, app, &tenant, Scope::Scim)
             .await
             .map_err(|e| ApiError(e).into_response())?;
-        admit(parts, &auth).map_err(error::too_many_requests)?;
+        admit(parts, &auth)
+            .await
+            .map_err(error::too_many_requests)?;
         let query = parse_query(parts.uri.query().unwrap_or(""));
         let attributes = attr_list(query.get("attributes"));
         let excluded = attr_list(query.get("excludedAttributes"));
@@ -153,21 +155,36 @@ impl FromRequestParts<App> for ScimRequest {
 /// permissions API's does not. The router puts [`RateLimits`] and
 /// [`HttpMetrics`] in the request extensions; a router built without them
 /// (none is) would admit everything.
-fn admit(parts: &Parts, auth: &Authenticated) -> Result<(), u64> {
+async fn admit(parts: &Parts, auth: &Authenticated) -> Result<(), u64> {
     let tenant = auth.tenant.name.as_str();
-    let metrics = parts.extensions.get::<Arc<HttpMetrics>>();
-    if let Some(limits) = parts.extensions.get::<Arc<RateLimits>>() {
-        if let Err(refused) = limits.admit(auth.tenant.id, tenant, &auth.token_id) {
-            if let Some(m) = metrics {
-                m.rate_limited(tenant, refused.bucket.as_str());
+    let metrics = parts.extensions.get::<Arc<HttpMetrics>>().cloned();
+    if let Some(limits) = parts.extensions.get::<Arc<RateLimits>>().cloned() {
+        let decision = limits.admit(auth.tenant.id, tenant, &auth.token_id).await;
+        match decision {
+            Ok(source) => {
+                if let Some(m) = &metrics {
+                    m.quota_decision(tenant, "admitted", "both", source.as_str());
+                }
             }
-            tracing::debug!(
-                tenant,
-                token_id = %auth.token_id,
-                bucket = refused.bucket.as_str(),
-                "request over quota"
-            );
-            return Err(limits::retry_after_secs(refused.retry_after));
+            Err(refused) => {
+                if let Some(m) = &metrics {
+                    m.rate_limited(tenant, refused.bucket.as_str());
+                    m.quota_decision(
+                        tenant,
+                        "refused",
+                        refused.bucket.as_str(),
+                        refused.source.as_str(),
+                    );
+                }
+                tracing::debug!(
+                    tenant,
+                    token_id = %auth.token_id,
+                    bucket = refused.bucket.as_str(),
+                    source = refused.source.as_str(),
+                    "request over quota"
+                );
+                return Err(limits::retry_after_secs(refused.retry_after));
+            }
         }
     }
     if let Some(m) = metrics {

@@ -1,6 +1,6 @@
 //! HTTP metrics in Prometheus text format: requests and latency per route and
-//! status, requests refused by a quota per tenant, and SCIM operations per
-//! tenant.
+//! status, quota decisions and requests refused by a quota per tenant, and
+//! SCIM operations per tenant.
 //!
 //! One registry per router (the `prometheus` crate's `Registry`, not its
 //! global default), so tests that run several servers in one process read
@@ -12,17 +12,22 @@
 //! tenant names after authentication), never from a raw path or header, so a
 //! client cannot grow the number of series.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// The label of requests that matched no route (404 fallback).
 const UNMATCHED: &str = "unmatched";
+
+/// Reads the current N of the quotas' fallback share (`None`: no Redis).
+pub type FallbackReplicas = Box<dyn Fn() -> Option<u32> + Send + Sync>;
 
 /// The HTTP edge's metrics; shared by the middleware, the SCIM extractor and
 /// `/metrics`.
@@ -34,6 +39,19 @@ pub struct HttpMetrics {
     duration: HistogramVec,
     /// `rolebridge_rate_limited_total{tenant,bucket}`.
     rate_limited: IntCounterVec,
+    /// `rolebridge_quota_decisions_total{tenant,decision,bucket,source}`:
+    /// every quota decision, admitted (`bucket="both"`) or refused (the
+    /// bucket that was empty), by who decided (`redis`, `local` or
+    /// `fallback`, see `limits::Source`). Refusals are also counted in
+    /// `rate_limited`, which predates this and is kept for dashboards.
+    quota_decisions: IntCounterVec,
+    /// `rolebridge_quota_fallback_replicas`: the N this replica divides each
+    /// quota by while Redis is down, read from [`Self::fallback_replicas`]
+    /// at each render (0 without Redis).
+    quota_fallback_replicas: IntGauge,
+    /// Where the gauge above is read from: the router's quotas, set once
+    /// when the router is built.
+    fallback_replicas: OnceLock<FallbackReplicas>,
     /// `rolebridge_scim_operations_total{tenant,operation}`, counted once a
     /// request passed authentication and its quotas.
     scim_operations: IntCounterVec,
@@ -73,6 +91,22 @@ impl HttpMetrics {
             &["tenant", "bucket"],
         )
         .expect("metric options are valid constants");
+        let quota_decisions = IntCounterVec::new(
+            Opts::new(
+                "rolebridge_quota_decisions_total",
+                "Provisioning quota decisions, by tenant, decision (admitted or refused), the bucket \
+                 that refused (both when admitted) and source (redis: cluster-wide; local: this \
+                 replica at the full quota; fallback: this replica's share while Redis is down).",
+            ),
+            &["tenant", "decision", "bucket", "source"],
+        )
+        .expect("metric options are valid constants");
+        let quota_fallback_replicas = IntGauge::new(
+            "rolebridge_quota_fallback_replicas",
+            "The number of replicas each quota is divided by while Redis is down: the larger of \
+             [rate_limit] replicas and the live replicas last counted in Redis.",
+        )
+        .expect("metric options are valid constants");
         let scim_operations = IntCounterVec::new(
             Opts::new(
                 "rolebridge_scim_operations_total",
@@ -85,6 +119,8 @@ impl HttpMetrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(quota_decisions.clone()),
+            Box::new(quota_fallback_replicas.clone()),
             Box::new(scim_operations.clone()),
         ] {
             registry
@@ -96,6 +132,9 @@ impl HttpMetrics {
             requests,
             duration,
             rate_limited,
+            quota_decisions,
+            quota_fallback_replicas,
+            fallback_replicas: OnceLock::new(),
             scim_operations,
         }
     }
@@ -115,6 +154,22 @@ impl HttpMetrics {
         self.rate_limited.with_label_values(&[tenant, bucket]).inc();
     }
 
+    /// Records one quota decision: `decision` is `admitted` or `refused`,
+    /// `bucket` the refusing bucket (`both` when admitted), `source` who
+    /// decided.
+    pub fn quota_decision(&self, tenant: &str, decision: &str, bucket: &str, source: &str) {
+        self.quota_decisions
+            .with_label_values(&[tenant, decision, bucket, source])
+            .inc();
+    }
+
+    /// Makes `/metrics` show the quotas' fallback N as `read` tells it at
+    /// each render (which follows the heartbeat, not the last request).
+    /// Only the first call counts: a router has one set of quotas.
+    pub fn report_fallback_replicas(&self, read: FallbackReplicas) {
+        let _ = self.fallback_replicas.set(read);
+    }
+
     /// Records an admitted SCIM request; `operation` is e.g.
     /// `PATCH /Users/{id}`.
     pub fn scim_operation(&self, tenant: &str, operation: &str) {
@@ -125,6 +180,9 @@ impl HttpMetrics {
 
     /// Every metric of this registry in the text exposition format.
     pub fn render(&self) -> String {
+        if let Some(n) = self.fallback_replicas.get().and_then(|read| read()) {
+            self.quota_fallback_replicas.set(i64::from(n));
+        }
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| {
@@ -191,6 +249,10 @@ mod tests {
             Duration::from_millis(1),
         );
         m.rate_limited("acme", "tenant");
+        m.quota_decision("acme", "refused", "tenant", "redis");
+        m.quota_decision("acme", "admitted", "both", "fallback");
+        m.quota_decision("acme", "admitted", "both", "fallback");
+        m.report_fallback_replicas(Box::new(|| Some(3)));
         m.scim_operation("acme", "POST /Users");
         let text = m.render();
         for line in [
@@ -199,6 +261,9 @@ mod tests {
             r#"rolebridge_http_request_duration_seconds_count{method="GET",route="/scim/v2/{tenant}/Users/{id}",status="200"} 1"#,
             r#"rolebridge_rate_limited_total{bucket="tenant",tenant="acme"} 1"#,
             r#"rolebridge_scim_operations_total{operation="POST /Users",tenant="acme"} 1"#,
+            r#"rolebridge_quota_decisions_total{bucket="tenant",decision="refused",source="redis",tenant="acme"} 1"#,
+            r#"rolebridge_quota_decisions_total{bucket="both",decision="admitted",source="fallback",tenant="acme"} 2"#,
+            "rolebridge_quota_fallback_replicas 3",
             "# TYPE rolebridge_http_request_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");

@@ -66,6 +66,8 @@ pub fn router(app: App) -> Router {
 pub fn router_with(app: App, settings: HttpSettings) -> Router {
     let http_metrics = Arc::new(HttpMetrics::new());
     let rate_limits = Arc::new(RateLimits::new(&settings.rate_limit));
+    let limits = rate_limits.clone();
+    http_metrics.report_fallback_replicas(Box::new(move || limits.fallback_replicas()));
     let apis = Router::new()
         .nest("/scim/v2/{tenant}", scim_routes::routes())
         .nest(
