@@ -319,8 +319,16 @@ impl RawWebhooks {
         let out = WebhookSettings {
             batch,
             max_attempts,
-            backoff_base: duration_key("webhooks.backoff_base", self.backoff_base.as_ref(), d.backoff_base)?,
-            backoff_max: duration_key("webhooks.backoff_max", self.backoff_max.as_ref(), d.backoff_max)?,
+            backoff_base: duration_key(
+                "webhooks.backoff_base",
+                self.backoff_base.as_ref(),
+                d.backoff_base,
+            )?,
+            backoff_max: duration_key(
+                "webhooks.backoff_max",
+                self.backoff_max.as_ref(),
+                d.backoff_max,
+            )?,
             timeout: duration_key("webhooks.timeout", self.timeout.as_ref(), d.timeout)?,
             poll: duration_key("webhooks.poll", self.poll.as_ref(), d.poll)?,
             rotation_grace: duration_key(

@@ -18,11 +18,11 @@ mod tokens;
 pub mod webhooks;
 
 pub use crate::domain::{format_timestamp, now};
+pub use bulk::{BulkLimits, BulkOp, BulkOutcome, BULK_LIMITS};
 pub use changes::{
     ChangeEvent, ChangePage, Grants, ListedUser, PermissionDiff, PermissionListing, MAX_PAGE,
     MAX_WAIT,
 };
-pub use bulk::{BulkLimits, BulkOp, BulkOutcome, BULK_LIMITS};
 pub use derive::Committed;
 pub use error::Error;
 pub use mappings::{LoadedMappings, Mappings};

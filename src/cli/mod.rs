@@ -229,7 +229,7 @@ async fn serve(config: Config, log_format: crate::telemetry::LogFormat) -> anyho
     }
     spawn_follow_mapping_versions(app.clone(), config.mapping_poll);
     spawn_reconcile(app.clone());
-    crate::app::webhooks::spawn_delivery(app.clone());
+    let delivery = crate::app::webhooks::spawn_delivery(app.clone());
     spawn_prune_changes(app.clone(), config.change_retention);
     for source in sources {
         spawn_sync_schedule(app.clone(), source);
@@ -255,6 +255,13 @@ async fn serve(config: Config, log_format: crate::telemetry::LogFormat) -> anyho
     )
     .with_graceful_shutdown(shutdown_signal())
     .await?;
+    // No send after this point, then the leases go, so another replica
+    // delivers at once rather than after the lease runs out.
+    delivery.abort();
+    let _ = delivery.await;
+    if let Err(e) = app.release_webhook_leases().await {
+        tracing::warn!(error = %e, "cannot release webhook delivery leases; other replicas take over when they expire");
+    }
     app.close().await;
     Ok(())
 }

@@ -234,13 +234,12 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Gives the lease up (shutdown), so another replica takes over at once.
-    pub async fn release_webhook_lease(&self, id: &str, owner: &str) -> Result<()> {
+    /// Gives up every lease `owner` holds.
+    pub async fn release_webhook_leases(&self, owner: &str) -> Result<()> {
         let _guard = self.exclusive().await;
         sqlx::query(
-            "UPDATE webhooks SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+            "UPDATE webhooks SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
         )
-        .bind(id)
         .bind(owner)
         .execute(&self.pool)
         .await?;

@@ -23,11 +23,15 @@ use crate::app::{App, Result};
 use crate::domain::{Tenant, Timestamp};
 use crate::store::{DeadLetter, WebhookRecord};
 
+/// How long a deliverer woken by a commit waits for more before sending.
+const LINGER: Duration = Duration::from_millis(25);
+
 /// What one step of an endpoint's deliverer did.
 #[derive(Debug)]
 enum Step {
-    /// A batch went out (or was given up): look for the next at once.
-    Sent,
+    /// A batch went out (or was given up); `full`: it held a whole batch,
+    /// so more are likely waiting: look for the next at once.
+    Sent { full: bool },
     /// Nothing to send.
     Idle,
     /// Another replica holds the endpoint.
@@ -38,12 +42,27 @@ enum Step {
     Gone,
 }
 
+/// This process's name on delivery leases: one per process, so a
+/// deliverer restarted in the same process keeps its endpoints' leases.
+fn owner() -> &'static str {
+    static OWNER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OWNER.get_or_init(|| format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple()))
+}
+
+impl App {
+    /// Gives up this process's delivery leases (at shutdown), so another
+    /// replica takes the endpoints over at once instead of after the lease.
+    pub async fn release_webhook_leases(&self) -> Result<()> {
+        Ok(self.store.release_webhook_leases(owner()).await?)
+    }
+}
+
 /// Starts delivering every tenant's webhooks from this process; returns
 /// the supervisor's handle. Endpoints added later (by any replica) are
 /// picked up within one poll interval.
 pub fn spawn_delivery(app: App) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let owner = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let owner = owner().to_string();
         let client = match reqwest::Client::builder()
             .timeout(app.webhook_settings.timeout)
             // A receiver cannot send events elsewhere by redirecting.
@@ -57,14 +76,14 @@ pub fn spawn_delivery(app: App) -> tokio::task::JoinHandle<()> {
                 return;
             }
         };
-        let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut running = Drivers::default();
         loop {
-            running.retain(|_, h| !h.is_finished());
+            running.0.retain(|_, h| !h.is_finished());
             match app.store.webhooks(None).await {
                 Ok(list) => {
                     for w in list {
                         if let std::collections::hash_map::Entry::Vacant(slot) =
-                            running.entry(w.id.clone())
+                            running.0.entry(w.id.clone())
                         {
                             slot.insert(tokio::spawn(drive(
                                 app.clone(),
@@ -82,19 +101,39 @@ pub fn spawn_delivery(app: App) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// The per-endpoint tasks; aborted with the supervisor, so stopping
+/// delivery (its handle aborted) stops every send.
+#[derive(Default)]
+struct Drivers(HashMap<String, tokio::task::JoinHandle<()>>);
+
+impl Drop for Drivers {
+    fn drop(&mut self) {
+        for h in self.0.values() {
+            h.abort();
+        }
+    }
+}
+
 /// Delivers one endpoint for as long as it exists.
 async fn drive(app: App, client: reqwest::Client, id: String, owner: String) {
     let poll = app.webhook_settings.poll;
+    let mut tenant = None;
     loop {
         let notified = app.change_notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let step = app.deliver_step(&client, &id, &owner).await;
+        let step = app.deliver_step(&client, &id, &owner, &mut tenant).await;
         match step {
-            Ok(Step::Sent) => continue,
+            Ok(Step::Sent { full: true }) => continue,
+            // A partial batch: what commits meanwhile goes in the next POST.
+            Ok(Step::Sent { full: false }) => tokio::time::sleep(LINGER).await,
             Ok(Step::Gone) => return,
             Ok(Step::Idle) => {
-                let _ = tokio::time::timeout(poll, notified).await;
+                if tokio::time::timeout(poll, notified).await.is_ok() {
+                    // Woken by a commit: a moment more gathers the commits
+                    // right behind it into the same POST.
+                    tokio::time::sleep(LINGER).await;
+                }
             }
             Ok(Step::NotOurs) => tokio::time::sleep(poll).await,
             Ok(Step::Backoff(d)) => tokio::time::sleep(d.min(poll * 4)).await,
@@ -143,7 +182,13 @@ fn retry_after(headers: &reqwest::header::HeaderMap, now: Timestamp) -> Option<D
 }
 
 impl App {
-    async fn deliver_step(&self, client: &reqwest::Client, id: &str, owner: &str) -> Result<Step> {
+    async fn deliver_step(
+        &self,
+        client: &reqwest::Client,
+        id: &str,
+        owner: &str,
+        tenant: &mut Option<Tenant>,
+    ) -> Result<Step> {
         let settings = &self.webhook_settings;
         let Some(w) = self.store.webhook(id).await? else {
             return Ok(Step::Gone);
@@ -153,31 +198,54 @@ impl App {
             return Ok(Step::Backoff(next.since(now)));
         }
         // A read decides whether there is work: idle endpoints cost no write.
-        let bounds = self.store.change_bounds(w.tenant_id).await?;
-        if w.position >= bounds.head {
-            return Ok(Step::Idle);
-        }
-        let Some(until) = now.checked_add(settings.lease()) else {
-            return Ok(Step::Idle);
-        };
-        if !self
-            .store
-            .acquire_webhook_lease(id, owner, until, now)
-            .await?
-        {
-            return Ok(Step::NotOurs);
-        }
-        // Re-read under the lease: another replica may have moved it.
-        let Some(w) = self.store.webhook(id).await? else {
-            return Ok(Step::Gone);
-        };
-        let Some(tenant) = self.store.tenant_by_id(w.tenant_id).await? else {
-            return Ok(Step::Gone);
-        };
-        let stored = self
+        let mut stored = self
             .store
             .changes_after(w.tenant_id, w.position, settings.batch as i64)
             .await?;
+        if stored.is_empty() {
+            return Ok(Step::Idle);
+        }
+        // A lease still good for longer than a POST may take is used as it
+        // is (no other replica can have moved the position meanwhile);
+        // otherwise it is taken or renewed, and the endpoint re-read.
+        let margin = settings.timeout + Duration::from_secs(1);
+        let held = w.lease_owner.as_deref() == Some(owner)
+            && w.lease_until
+                .zip(now.checked_add(margin))
+                .is_some_and(|(until, needed)| until > needed);
+        let w = if held {
+            w
+        } else {
+            let Some(until) = now.checked_add(settings.lease()) else {
+                return Ok(Step::Idle);
+            };
+            if !self
+                .store
+                .acquire_webhook_lease(id, owner, until, now)
+                .await?
+            {
+                return Ok(Step::NotOurs);
+            }
+            let before = w.position;
+            let Some(w) = self.store.webhook(id).await? else {
+                return Ok(Step::Gone);
+            };
+            if w.position != before {
+                stored = self
+                    .store
+                    .changes_after(w.tenant_id, w.position, settings.batch as i64)
+                    .await?;
+            }
+            w
+        };
+        // Tenant names never change: read once per deliverer.
+        let tenant = match tenant {
+            Some(t) if t.id == w.tenant_id => t.clone(),
+            _ => match self.store.tenant_by_id(w.tenant_id).await? {
+                Some(t) => tenant.insert(t).clone(),
+                None => return Ok(Step::Gone),
+            },
+        };
         let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
             return Ok(Step::Idle);
         };
@@ -208,7 +276,9 @@ impl App {
                 {
                     WebhookMetrics::add(&m.events_delivered, n as u64);
                 }
-                Ok(Step::Sent)
+                Ok(Step::Sent {
+                    full: events.len() >= settings.batch,
+                })
             }
             Err((error, wait)) => {
                 WebhookMetrics::add(&m.attempts_failed, 1);
@@ -231,7 +301,7 @@ impl App {
                     if self.store.dead_letter_webhook_batch(owner, &letter).await? {
                         WebhookMetrics::add(&m.events_dead_lettered, events.len() as u64);
                     }
-                    return Ok(Step::Sent);
+                    return Ok(Step::Sent { full: true });
                 }
                 let delay = backoff(settings.backoff_base, settings.backoff_max, attempts, wait);
                 let next = now.checked_add(delay).unwrap_or(now);
