@@ -115,24 +115,40 @@ crate::each_backend! {
         assert_eq!(strings(&events[0]["removed"]["roles"]), ["designer"]);
         assert!(events[0]["revision"].as_i64().unwrap() > revision);
 
-        // Deleting bob: everything he held, removed, and `deleted`.
-        assert_eq!(srv.delete(&format!("/Users/{bob}")).await.status, 204);
+        // Deactivating bob: what he held is removed, and `active` says why.
+        let r = srv.patch(&format!("/Users/{bob}"), json!({"schemas": [PATCH_OP], "Operations": [{"op": "replace", "path": "active", "value": false}]})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
         let r = api(&srv, &perm, Method::GET, "/changes?after=3", None).await;
         let e = &r.body["events"][0];
+        assert_eq!((e["user"]["id"].clone(), e["active"].clone(), e["deleted"].clone()), (json!(bob), json!(false), json!(false)), "{}", r.body);
+        assert_eq!(strings(&e["removed"]["roles"]), ["designer"]);
+        assert_eq!(e["added"]["roles"], json!([]));
+
+        // Deleting ann, who holds nothing now: no event. Reactivating and
+        // then deleting bob: his grants come back, then go with `deleted`.
+        assert_eq!(srv.delete(&format!("/Users/{ann}")).await.status, 204);
+        let r = srv.patch(&format!("/Users/{bob}"), json!({"schemas": [PATCH_OP], "Operations": [{"op": "replace", "path": "active", "value": true}]})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(srv.delete(&format!("/Users/{bob}")).await.status, 204);
+        let r = api(&srv, &perm, Method::GET, "/changes?after=4", None).await;
+        let events = r.body["events"].as_array().unwrap();
+        assert_eq!(events.len(), 2, "{}", r.body);
+        assert_eq!(strings(&events[0]["added"]["roles"]), ["designer"]);
+        let e = &events[1];
         assert_eq!((e["user"]["id"].clone(), e["deleted"].clone(), e["active"].clone()), (json!(bob), json!(true), json!(false)), "{}", r.body);
         assert_eq!(strings(&e["removed"]["roles"]), ["designer"]);
-        assert_eq!(e["cursor"], 4);
-        assert_eq!(r.body["next"], 4);
+        assert_eq!(e["cursor"], 6);
+        assert_eq!(r.body["next"], 6);
 
         // Paging: limit, has_more, next.
-        let r = api(&srv, &perm, Method::GET, "/changes?limit=3", None).await;
-        assert_eq!(r.body["events"].as_array().unwrap().len(), 3);
-        assert_eq!((r.body["next"].clone(), r.body["has_more"].clone()), (json!(3), json!(true)));
-        let r = api(&srv, &perm, Method::GET, "/changes?after=3&limit=3", None).await;
-        assert_eq!(r.body["events"].as_array().unwrap().len(), 1);
-        assert_eq!((r.body["next"].clone(), r.body["has_more"].clone()), (json!(4), json!(false)));
-        let r = api(&srv, &perm, Method::GET, "/changes?after=4", None).await;
-        assert_eq!((r.body["events"].clone(), r.body["next"].clone()), (json!([]), json!(4)));
+        let r = api(&srv, &perm, Method::GET, "/changes?limit=4", None).await;
+        assert_eq!(r.body["events"].as_array().unwrap().len(), 4);
+        assert_eq!((r.body["next"].clone(), r.body["has_more"].clone()), (json!(4), json!(true)));
+        let r = api(&srv, &perm, Method::GET, "/changes?after=4&limit=4", None).await;
+        assert_eq!(r.body["events"].as_array().unwrap().len(), 2);
+        assert_eq!((r.body["next"].clone(), r.body["has_more"].clone()), (json!(6), json!(false)));
+        let r = api(&srv, &perm, Method::GET, "/changes?after=6", None).await;
+        assert_eq!((r.body["events"].clone(), r.body["next"].clone()), (json!([]), json!(6)));
     }
 }
 
