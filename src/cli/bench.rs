@@ -30,6 +30,9 @@ pub enum BenchWhat {
     /// `mappings plan` on a tenant of N users, against one whole-tenant
     /// computation.
     Plan(super::bench_plan::PlanArgs),
+    /// Webhooks: events delivered per second, write-to-receipt lag, and
+    /// what delivery costs the writes.
+    Webhooks(super::bench_webhooks::WebhooksArgs),
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +59,7 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         BenchWhat::Scim(a) => scim(config, a).await,
         BenchWhat::Checks(a) => super::bench_checks::run(config, a).await,
         BenchWhat::Plan(a) => super::bench_plan::run(config, a).await,
+        BenchWhat::Webhooks(a) => super::bench_webhooks::run(config, a).await,
     }
 }
 
