@@ -209,14 +209,21 @@ def check_common(objects: dict, label: str, v: dict) -> tuple[dict, dict]:
     return deploy, c
 
 
-def config_text(objects: dict, label: str) -> str:
+def config_text(objects: dict, label: str, grace: int = 20) -> str:
+    """The rendered config.toml, checked: TOML, the shutdown keys from the chart's values."""
     text = (get(objects, label, "ConfigMap", "rb-rolebridge-config").get("data") or {}).get("config.toml")
     if not expect(isinstance(text, str), f"{label}: the config ConfigMap has no config.toml"):
         return ""
     try:
-        tomllib.loads(text)
+        parsed = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         failures.append(f"{label}: config.toml is not TOML: {e}")
+        return text
+    expect(parsed.get("shutdown_delay") == "0s",
+           f"{label}: config.toml shutdown_delay is {parsed.get('shutdown_delay')!r}, expected \"0s\" (the preStop hook pauses)")
+    got = parsed.get("shutdown_grace")
+    expected = f"{grace}s"
+    expect(got == expected, f"{label}: config.toml shutdown_grace is {got!r}, expected {expected!r} (shutdown.graceSeconds)")
     return text
 
 
@@ -294,7 +301,9 @@ def main() -> int:
         "shutdown": {"preStopSleepSeconds": 10, "graceSeconds": 20, "terminationGracePeriodSeconds": 45, "preStopAction": "exec"},
         "mappings": {"catalogs": {"gms.yaml": gms}, "tenants": {"acme-liveperson.yaml": tenant}},
         # A top-level key goes before the first table.
-        "config": 'mapping_poll = "2s"\n' + default_config,
+        # The values' own config (the chart adds the shutdown keys itself).
+        "config": 'mapping_poll = "2s"\n' + "".join(
+            l for l in default_config.splitlines(keepends=True) if not l.startswith("shutdown_")),
     }
     with tempfile.TemporaryDirectory(prefix="chart-values-") as tmp:
         tmp = Path(tmp)

@@ -47,7 +47,18 @@ pub struct Config {
     pub change_retention: std::time::Duration,
     /// How webhooks are delivered (`[webhooks]`).
     pub webhooks: WebhookSettings,
+    /// After SIGTERM: how long `serve` keeps accepting requests with
+    /// `/readyz` at 503 (so a balancer stops sending), then how long the
+    /// requests in flight may take to finish (`shutdown_delay`,
+    /// `shutdown_grace`).
+    pub shutdown_delay: std::time::Duration,
+    pub shutdown_grace: std::time::Duration,
 }
+
+/// Defaults of `shutdown_delay` and `shutdown_grace`: two balancer health
+/// checks at 1 s, and the chart's budget for draining.
+pub const DEFAULT_SHUTDOWN_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Default of `[changes] retention`: a consumer may be away a week.
 pub const DEFAULT_CHANGE_RETENTION: std::time::Duration =
@@ -259,6 +270,9 @@ struct FileConfig {
     mapping_guard: RawGuard,
     /// A duration such as "1s" or "500ms".
     mapping_poll: Option<String>,
+    /// Durations such as "2s"; `shutdown_delay` may be "0s".
+    shutdown_delay: Option<String>,
+    shutdown_grace: Option<String>,
     #[serde(default)]
     changes: RawChanges,
     #[serde(default)]
@@ -575,6 +589,20 @@ impl Config {
         )
         .map_err(invalid)?;
         let webhooks = file_cfg.webhooks.validate().map_err(invalid)?;
+        let shutdown_delay = match &file_cfg.shutdown_delay {
+            None => DEFAULT_SHUTDOWN_DELAY,
+            Some(raw) => humantime::parse_duration(raw).map_err(|_| {
+                invalid(format!(
+                    "shutdown_delay must be a duration such as \"2s\" (\"0s\" for none), got \"{raw}\""
+                ))
+            })?,
+        };
+        let shutdown_grace = duration_key(
+            "shutdown_grace",
+            file_cfg.shutdown_grace.as_ref(),
+            DEFAULT_SHUTDOWN_GRACE,
+        )
+        .map_err(invalid)?;
         let max_in_flight = match file_cfg.http.max_in_flight {
             None => DEFAULT_MAX_IN_FLIGHT,
             Some(0) => {
@@ -604,6 +632,8 @@ impl Config {
             mapping_poll,
             change_retention,
             webhooks,
+            shutdown_delay,
+            shutdown_grace,
         })
     }
 }
@@ -726,6 +756,33 @@ mod tests {
     }
 
     #[test]
+    fn feed_webhook_and_shutdown_settings_default_and_override() {
+        let c = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(c.change_retention, DEFAULT_CHANGE_RETENTION);
+        assert_eq!(c.webhooks, WebhookSettings::default());
+        assert_eq!(
+            (c.shutdown_delay, c.shutdown_grace),
+            (DEFAULT_SHUTDOWN_DELAY, DEFAULT_SHUTDOWN_GRACE)
+        );
+        let p = write(
+            "shutdown_delay = \"0s\"\nshutdown_grace = \"5s\"\n[changes]\nretention = \"1d\"\n[webhooks]\nbatch = 1\ntimeout = \"3s\"\nallow_http = true\n",
+        );
+        let c = Config::load(Some(&p), Overrides::default()).unwrap();
+        let s = std::time::Duration::from_secs;
+        assert_eq!((c.shutdown_delay, c.shutdown_grace), (s(0), s(5)));
+        assert_eq!(c.change_retention, s(86_400));
+        assert_eq!(
+            (c.webhooks.batch, c.webhooks.timeout, c.webhooks.allow_http),
+            (1, s(3), true)
+        );
+        assert_eq!(c.webhooks.lease(), s(7));
+        assert_eq!(
+            c.webhooks.max_attempts,
+            WebhookSettings::default().max_attempts
+        );
+    }
+
+    #[test]
     fn mapping_guard_and_poll_default_and_override() {
         let c = Config::load(None, Overrides::default()).unwrap();
         assert_eq!(c.mapping_guard.limits_for("any"), GuardLimits::DEFAULT);
@@ -755,6 +812,31 @@ mod tests {
                 "between 0 and 100",
             ),
             ("mapping_poll = \"0s\"\n", "mapping_poll must be a duration"),
+            (
+                "shutdown_grace = \"0s\"\n",
+                "shutdown_grace must be a duration",
+            ),
+            (
+                "shutdown_delay = \"later\"\n",
+                "shutdown_delay must be a duration",
+            ),
+            (
+                "[changes]\nretention = \"forever\"\n",
+                "changes.retention must be a duration",
+            ),
+            (
+                "[webhooks]\nbatch = 0\n",
+                "webhooks.batch must be 1 to 1000",
+            ),
+            (
+                "[webhooks]\nmax_attempts = 0\n",
+                "webhooks.max_attempts must be at least 1",
+            ),
+            (
+                "[webhooks]\nbackoff_base = \"1h\"\nbackoff_max = \"1m\"\n",
+                "must not exceed webhooks.backoff_max",
+            ),
+            ("[webhooks]\nsecret = \"x\"\n", "unknown field"),
             (
                 "mapping_poll = \"soon\"\n",
                 "mapping_poll must be a duration",

@@ -64,3 +64,5 @@ mod filter_property;
 mod changes_feed;
 // Webhooks against a real receiver: signatures, retries, dead letters, kill -9, two replicas.
 mod webhooks;
+// SIGTERM: readiness off, requests still served for the delay, in-flight ones drained within the grace.
+mod graceful_shutdown;

@@ -65,6 +65,8 @@ pub struct App {
     webhook_metrics: Arc<webhooks::WebhookMetrics>,
     /// How webhooks are delivered (`[webhooks]`).
     webhook_settings: Arc<webhooks::WebhookSettings>,
+    /// Set at SIGTERM: readiness answers 503 from then on.
+    shutting_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl App {
@@ -81,6 +83,7 @@ impl App {
             change_notify: Arc::default(),
             webhook_metrics: Arc::default(),
             webhook_settings: Arc::default(),
+            shutting_down: Arc::default(),
         }
     }
 
@@ -96,6 +99,13 @@ impl App {
             mapping_guard: Arc::new(guard),
             ..self
         }
+    }
+
+    /// Turns readiness to 503 for good (SIGTERM): balancers stop sending new
+    /// requests while those in flight finish.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The same app with other webhook delivery settings (`[webhooks]`).
@@ -122,6 +132,12 @@ impl App {
     /// Readiness: the store answers (and Redis, when configured). The error
     /// says which dependency failed, without secrets.
     pub async fn ready(&self) -> Result<(), String> {
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err("shutting down: this replica is draining".into());
+        }
         self.store.ping().await.map_err(|e| format!("store: {e}"))?;
         if let Some(redis) = &self.cache.redis {
             redis.ping().await.map_err(|e| format!("redis: {e}"))?;
@@ -252,6 +268,7 @@ impl App {
             change_notify: Arc::default(),
             webhook_metrics: Arc::default(),
             webhook_settings: Arc::default(),
+            shutting_down: Arc::default(),
         }
     }
 

@@ -11,6 +11,7 @@ mod sync;
 mod webhooks;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -250,12 +251,41 @@ async fn serve(config: Config, log_format: crate::telemetry::LogFormat) -> anyho
     if log_format == crate::telemetry::LogFormat::Text {
         eprintln!("rolebridge listening on http://{addr}");
     }
-    axum::serve(
+    // SIGTERM: readiness turns 503 at once while requests are still
+    // accepted for `shutdown_delay` (a balancer's health checks see it and
+    // stop sending), then the listener closes and requests in flight get
+    // `shutdown_grace` to finish. A sync run still going writes only in its
+    // one final transaction: that commits before the pool closes, or the
+    // run is dropped with the process without writing; its lease lapses.
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let signal = {
+        let (app, draining) = (app.clone(), draining.clone());
+        let delay = config.shutdown_delay;
+        async move {
+            shutdown_signal().await;
+            app.begin_shutdown();
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "readiness is 503; still accepting requests for the shutdown delay"
+            );
+            tokio::time::sleep(delay).await;
+            tracing::info!("no longer accepting requests; draining those in flight");
+            draining.notify_one();
+        }
+    };
+    let server = axum::serve(
         listener,
         crate::http::router_with(app.clone(), config.http.clone()),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    .with_graceful_shutdown(signal);
+    let grace = config.shutdown_grace;
+    tokio::select! {
+        r = server => r?,
+        () = async {
+            draining.notified().await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still in flight after the shutdown grace; exiting"),
+    }
     // No send after this point, then the leases go, so another replica
     // delivers at once rather than after the lease runs out.
     delivery.abort();
