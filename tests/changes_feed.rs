@@ -8,25 +8,10 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+pub(crate) use crate::mapping_admin::api;
 use crate::mapping_admin::{token, V1, V2};
 use crate::support::{Backend, Resp, TestServer, PATCH_OP};
 use rolebridge::domain::{ChangeSeq, Scope, TenantName};
-
-/// A call to `/api/v1/tenants/{tenant}{path}` with `token`.
-pub(crate) async fn api(
-    srv: &TestServer,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Resp {
-    let url = format!("http://{}/api/v1/tenants/{}{path}", srv.addr, srv.tenant);
-    let mut req = srv.client.request(method, url).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    Resp::read(req.send().await.unwrap()).await
-}
 
 /// PATCHes members into (`op` add) or out of (remove) a group.
 pub(crate) async fn members(srv: &TestServer, op: &str, group: &str, users: &[&str]) -> Resp {

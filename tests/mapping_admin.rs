@@ -56,7 +56,7 @@ pub(crate) async fn token(srv: &TestServer, scope: Scope) -> String {
 }
 
 /// A call to `/api/v1/tenants/{tenant}{path}` with `token`.
-async fn api(
+pub(crate) async fn api(
     srv: &TestServer,
     token: &str,
     method: Method,

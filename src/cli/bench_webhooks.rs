@@ -82,6 +82,22 @@ async fn receiver(
     Ok((format!("http://{addr}/hook"), task))
 }
 
+/// Waits until an event of each of `n` users arrived (at most 120 s).
+async fn all_received(receipts: &Mutex<Receipts>, n: usize, phase: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = receipts.lock().unwrap_or_else(|p| p.into_inner()).at.len();
+        if got >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{phase}: only {got} of {n} events arrived in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// PATCHes each user into (or out of) the group with `clients` workers;
 /// returns when each write was acknowledged, and the phase's duration.
 async fn writes(
@@ -232,19 +248,7 @@ pub async fn run(config: &Config, args: WebhooksArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (acked, delivered_writes) =
         writes(&client, &base, &auth, &group, &users, "add", args.clients).await?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n = receipts.lock().unwrap_or_else(|p| p.into_inner()).at.len();
-        if n >= users.len() {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {n} of {} events arrived in 120 s",
-            users.len()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    all_received(&receipts, users.len(), "live").await?;
     let (receipt_at, posts) = {
         let r = receipts.lock().unwrap_or_else(|p| p.into_inner());
         (r.at.clone(), r.posts)
@@ -279,19 +283,7 @@ pub async fn run(config: &Config, args: WebhooksArgs) -> anyhow::Result<()> {
     .await?;
     let drain_started = Instant::now();
     let delivery = crate::app::webhooks::spawn_delivery(app.clone());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n = receipts.lock().unwrap_or_else(|p| p.into_inner()).at.len();
-        if n >= users.len() {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "backlog: only {n} of {} events arrived in 120 s",
-            users.len()
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    all_received(&receipts, users.len(), "backlog").await?;
     let drained = drain_started.elapsed();
     let drain_posts = receipts.lock().unwrap_or_else(|p| p.into_inner()).posts;
     let drain_rate = users.len() as f64 / drained.as_secs_f64();
