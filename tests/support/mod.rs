@@ -115,6 +115,17 @@ pub fn postgres_admin_url() -> String {
 
 static PG_CLEANUP: OnceCell<()> = OnceCell::const_new();
 
+/// Whether the test process that named a database `rbtest_{pid}r…` is still
+/// running (a recycled pid only delays the cleanup of that database).
+fn run_alive(datname: &str) -> bool {
+    let pid: String = datname
+        .trim_start_matches("rbtest_")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// A fresh database URL for one test.
 pub async fn fresh_database(backend: Backend) -> String {
     match backend {
@@ -149,6 +160,12 @@ pub async fn fresh_database(backend: Backend) -> String {
                         .await
                         .expect("pg");
                     for (name,) in old {
+                        // Only a run that has ended: another test process
+                        // running now (a second `cargo test`, CI beside a
+                        // developer's run) keeps its databases.
+                        if run_alive(&name) {
+                            continue;
+                        }
                         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                             "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
                         )))
