@@ -42,6 +42,8 @@ pub struct WebhooksArgs {
 /// a change reaches the receiver within a second at p99, and delivery
 /// costs the writes at most 10 % of their throughput.
 const LAG_GOAL: Duration = Duration::from_secs(1);
+/// Rounds of each side (no endpoint, delivery running), alternated.
+const ROUNDS: usize = 3;
 const WRITE_COST_GOAL: f64 = 0.90;
 
 const TENANT_FILE: &str = "catalog: gms\nrules:\n  - id: designers\n    match: {display_name: \"Designers\"}\n    assign: {roles: [designer]}\n";
@@ -80,6 +82,14 @@ async fn receiver(
         let _ = axum::serve(listener, router).await;
     });
     Ok((format!("http://{addr}/hook"), task))
+}
+
+/// The operation to use now, and the one after it: adds and removes
+/// alternate, so every round changes every user's grants.
+fn flip(op: &mut &'static str) -> &'static str {
+    let now = *op;
+    *op = if now == "add" { "remove" } else { "add" };
+    now
 }
 
 /// Waits until an event of each of `n` users arrived (at most 120 s).
@@ -226,58 +236,77 @@ pub async fn run(config: &Config, args: WebhooksArgs) -> anyhow::Result<()> {
         users.push(u["id"].as_str().context("user id")?.to_string());
     }
 
-    // A warm-up round, then phase 1: the writes with no endpoint (their
-    // events still go to the outbox).
-    writes(&client, &base, &auth, &group, &users, "add", args.clients).await?;
-    let (_, plain) = writes(
-        &client,
-        &base,
-        &auth,
-        &group,
-        &users,
-        "remove",
-        args.clients,
-    )
-    .await?;
-
-    // Phase 2: the same number of writes with delivery running.
+    // A warm-up round, then rounds that alternate between no endpoint and
+    // an endpoint with delivery running (each with a fresh endpoint, so it
+    // starts with no backlog), the same writes each time: the comparison
+    // is by medians, so a slow moment of the machine weighs on one round,
+    // not on one side.
     let receipts = Arc::new(Mutex::new(Receipts::default()));
     let (url, receiver_task) = receiver(receipts.clone()).await?;
-    app.create_webhook(&tenant, &url).await?;
-    let delivery = crate::app::webhooks::spawn_delivery(app.clone());
-    let started = Instant::now();
-    let (acked, delivered_writes) =
-        writes(&client, &base, &auth, &group, &users, "add", args.clients).await?;
-    all_received(&receipts, users.len(), "live").await?;
-    let (receipt_at, posts) = {
-        let r = receipts.lock().unwrap_or_else(|p| p.into_inner());
-        (r.at.clone(), r.posts)
-    };
-    let last = receipt_at.values().max().copied().unwrap_or(started);
-    let events_per_sec = users.len() as f64 / (last - started).as_secs_f64();
-    let mut lags: Vec<Duration> = acked
-        .iter()
-        .map(|(u, ack)| {
-            receipt_at
-                .get(u)
-                .map(|r| r.saturating_duration_since(*ack))
-                .unwrap_or_default()
-        })
-        .collect();
-    lags.sort();
-    let pct = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
-    delivery.abort();
-
-    // Phase 3: a backlog. With delivery stopped the same writes again, then
-    // delivery starts and drains them: the delivery throughput itself.
-    *receipts.lock().unwrap_or_else(|p| p.into_inner()) = Receipts::default();
+    let mut op = "add";
     writes(
         &client,
         &base,
         &auth,
         &group,
         &users,
-        "remove",
+        flip(&mut op),
+        args.clients,
+    )
+    .await?;
+    let (mut plain_rates, mut with_rates, mut live_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lags, mut posts) = (Vec::new(), 0usize);
+    for round in 0..2 * ROUNDS {
+        let this = flip(&mut op);
+        if round % 2 == 0 {
+            let (_, took) =
+                writes(&client, &base, &auth, &group, &users, this, args.clients).await?;
+            plain_rates.push(users.len() as f64 / took.as_secs_f64());
+            continue;
+        }
+        *receipts.lock().unwrap_or_else(|p| p.into_inner()) = Receipts::default();
+        let hook = app.create_webhook(&tenant, &url).await?;
+        let delivery = crate::app::webhooks::spawn_delivery(app.clone());
+        let started = Instant::now();
+        let (acked, took) =
+            writes(&client, &base, &auth, &group, &users, this, args.clients).await?;
+        all_received(&receipts, users.len(), "live").await?;
+        delivery.abort();
+        app.delete_webhook(&tenant, &hook.webhook.id).await?;
+        let r = receipts.lock().unwrap_or_else(|p| p.into_inner());
+        posts += r.posts;
+        let last = r.at.values().max().copied().unwrap_or(started);
+        live_rates.push(users.len() as f64 / (last - started).as_secs_f64());
+        with_rates.push(users.len() as f64 / took.as_secs_f64());
+        lags.extend(acked.iter().map(|(u, ack)| {
+            r.at.get(u)
+                .map(|at| at.saturating_duration_since(*ack))
+                .unwrap_or_default()
+        }));
+    }
+    lags.sort();
+    let pct = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (plain_rate, with_rate, events_per_sec) = (
+        median(&mut plain_rates),
+        median(&mut with_rates),
+        median(&mut live_rates),
+    );
+
+    // A backlog: an endpoint, the same writes with delivery stopped, then
+    // delivery starts and drains them: the delivery throughput itself.
+    *receipts.lock().unwrap_or_else(|p| p.into_inner()) = Receipts::default();
+    app.create_webhook(&tenant, &url).await?;
+    writes(
+        &client,
+        &base,
+        &auth,
+        &group,
+        &users,
+        flip(&mut op),
         args.clients,
     )
     .await?;
@@ -317,8 +346,6 @@ pub async fn run(config: &Config, args: WebhooksArgs) -> anyhow::Result<()> {
     receiver_task.abort();
     server.abort();
 
-    let plain_rate = users.len() as f64 / plain.as_secs_f64();
-    let with_rate = users.len() as f64 / delivered_writes.as_secs_f64();
     println!();
     println!("| figure | measured | reference (same run) | ratio | goal | verdict |");
     println!("|---|---:|---:|---:|---|---|");
@@ -328,12 +355,12 @@ pub async fn run(config: &Config, args: WebhooksArgs) -> anyhow::Result<()> {
         drain_rate / reference
     );
     println!(
-        "| events delivered per second, live (bounded by the writes) | {events_per_sec:.0} ({posts} POSTs) | {with_rate:.0} (writes per second) | {:.2} | keeps up: ≥ 0.95 | {} |",
+        "| events delivered per second, live (bounded by the writes; median of {ROUNDS} rounds) | {events_per_sec:.0} ({posts} POSTs in all) | {with_rate:.0} (writes per second) | {:.2} | keeps up: ≥ 0.95 | {} |",
         events_per_sec / with_rate,
         if events_per_sec / with_rate >= 0.95 { "met" } else { "NOT met" }
     );
     println!(
-        "| lag, write ack → receipt, p50 / p99 / max | {:.1} / {:.1} / {:.1} ms | | | p99 < {} ms | {} |",
+        "| lag, write ack → receipt, p50 / p99 / max (all rounds) | {:.1} / {:.1} / {:.1} ms | | | p99 < {} ms | {} |",
         pct(0.5).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         lags[lags.len() - 1].as_secs_f64() * 1e3,
@@ -341,7 +368,7 @@ pub async fn run(config: &Config, args: WebhooksArgs) -> anyhow::Result<()> {
         if pct(0.99) < LAG_GOAL { "met" } else { "NOT met" }
     );
     println!(
-        "| SCIM PATCH/s with delivery running | {with_rate:.0} | {plain_rate:.0} (no endpoint) | {:.2} | ≥ {WRITE_COST_GOAL:.2} | {} |",
+        "| SCIM PATCH/s with delivery running (median of {ROUNDS} rounds, alternated) | {with_rate:.0} | {plain_rate:.0} (no endpoint) | {:.2} | ≥ {WRITE_COST_GOAL:.2} | {} |",
         with_rate / plain_rate,
         if with_rate / plain_rate >= WRITE_COST_GOAL { "met" } else { "NOT met" }
     );
