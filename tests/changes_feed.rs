@@ -134,6 +134,18 @@ crate::each_backend! {
         assert_eq!((r.body["next"].clone(), r.body["has_more"].clone()), (json!(6), json!(false)));
         let r = api(&srv, &perm, Method::GET, "/changes?after=6", None).await;
         assert_eq!((r.body["events"].clone(), r.body["next"].clone()), (json!([]), json!(6)));
+
+        // A request id too long to be one is not stored with the events.
+        let cyd = srv.user("cyd").await;
+        let body = json!({"schemas": [PATCH_OP], "Operations": [{"op": "add", "path": "members", "value": [{"value": cyd}]}]});
+        let long = "r".repeat(300);
+        let url = format!("{}/Groups/{designers}", srv.base);
+        let r = srv.send_with(Method::PATCH, &url, Some(body), &[("x-request-id", long.as_str())], Some(&srv.token)).await;
+        assert!(r.status.is_success(), "{}", r.body);
+        let r = api(&srv, &perm, Method::GET, "/changes?after=6", None).await;
+        let e = &r.body["events"][0];
+        assert_eq!((e["user"]["id"].clone(), e["cause"]["method"].clone()), (json!(cyd), json!("PATCH")), "{}", r.body);
+        assert!(e["cause"].get("request_id").is_none(), "{e}");
     }
 }
 

@@ -90,7 +90,7 @@ impl App {
         };
         if derived.iter().any(|d| d.events > 0) {
             // Long-polling readers and webhook deliverers of this replica;
-            // other replicas' find the events by polling.
+            // other replicas find the events by polling.
             self.change_notify.notify_waiters();
         }
         let m = &self.cache.metrics;

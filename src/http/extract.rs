@@ -130,10 +130,13 @@ impl FromRequestParts<App> for ScimRequest {
         let cause = crate::domain::ChangeCause::Scim {
             method: parts.method.to_string(),
             path,
+            // A client's own id, kept only while it is a plausible one: it
+            // is stored with every event the request causes.
             request_id: parts
                 .headers
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
+                .filter(|id| id.len() <= 128 && !id.chars().any(char::is_control))
                 .map(str::to_string),
             token: auth.token_id.clone(),
         };
