@@ -571,17 +571,12 @@ impl Config {
         // The quotas are cluster-wide wherever the cache is shared.
         rate_limit.redis_url = redis_url.clone();
         let mapping_guard = file_cfg.mapping_guard.validate().map_err(invalid)?;
-        let mapping_poll = match &file_cfg.mapping_poll {
-            None => DEFAULT_MAPPING_POLL,
-            Some(raw) => match humantime::parse_duration(raw) {
-                Ok(d) if !d.is_zero() => d,
-                _ => {
-                    return Err(invalid(format!(
-                        "mapping_poll must be a duration above zero such as \"1s\", got \"{raw}\""
-                    )))
-                }
-            },
-        };
+        let mapping_poll = duration_key(
+            "mapping_poll",
+            file_cfg.mapping_poll.as_ref(),
+            DEFAULT_MAPPING_POLL,
+        )
+        .map_err(invalid)?;
         let change_retention = duration_key(
             "changes.retention",
             file_cfg.changes.retention.as_ref(),

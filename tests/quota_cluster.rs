@@ -17,6 +17,7 @@ use rolebridge::quota::{ClusterQuota, Decision, CALL_TIMEOUT};
 
 use crate::cache::REDIS;
 use crate::durability::{cli, cli_token, spawn_server};
+use crate::rate_limits::retry_after_of_429;
 use crate::support::{fresh_database, unique, Backend, Resp, TestServer};
 
 /// Every load loop stops after this many requests or this long.
@@ -182,20 +183,6 @@ fn decisions(tenant: &str, decision: &str, bucket: &str, source: &str) -> String
     )
 }
 
-/// A 429 in the SCIM format with a `Retry-After` of at least a second;
-/// returns the seconds.
-#[track_caller]
-fn assert_429(r: &Resp) -> u64 {
-    r.assert_error(429, None);
-    let secs: u64 = r
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .expect("Retry-After in whole seconds");
-    assert!(secs >= 1, "Retry-After {secs}");
-    secs
-}
-
 async fn get_users(client: &reqwest::Client, base: &str, token: &str) -> Resp {
     Resp::read(
         client
@@ -274,7 +261,7 @@ async fn one_quota_across_three_serve_processes() {
         let addr = &replicas.0[i % 3].1;
         let r = get_users(&client, &format!("{addr}/scim/v2/{tenant}"), &token).await;
         if r.status == 429 {
-            assert_429(&r);
+            retry_after_of_429(&r);
             refused += 1;
         } else {
             assert_eq!(r.status, 200, "{}", r.body);
@@ -371,7 +358,7 @@ async fn load(srv: &TestServer, n: usize) -> (u32, u32, Duration, usize, Duratio
         slowest = slowest.max(took);
         slow += usize::from(took >= CALL_TIMEOUT);
         if r.status == 429 {
-            assert_429(&r);
+            retry_after_of_429(&r);
             refused += 1;
         } else {
             assert_eq!(r.status, 200, "{}", r.body);

@@ -37,6 +37,14 @@ pub struct Authenticated {
     pub token_label: Option<String>,
 }
 
+/// 256 random bits from the OS, base64url: the secret half of an API token
+/// and of a webhook signing secret.
+pub(super) fn random_256_bits() -> String {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
 /// Hex SHA-256 of a token secret. Tokens carry 256 random bits, so a fast
 /// hash is enough: there is nothing to brute-force that a slow KDF protects.
 pub fn hash_secret(secret: &str) -> String {
@@ -102,9 +110,7 @@ impl App {
         }
         let tenant = self.tenant(tenant).await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let mut raw = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
-        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let secret = random_256_bits();
         self.store
             .insert_token(&TokenRecord {
                 id: id.clone(),

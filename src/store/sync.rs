@@ -373,6 +373,7 @@ pub(super) fn timestamp_column(
         .transpose()
 }
 
-fn required_timestamp(column: &'static str, value: String) -> Result<Timestamp> {
+/// A NOT NULL timestamp column (also the webhook tables').
+pub(super) fn required_timestamp(column: &'static str, value: String) -> Result<Timestamp> {
     Timestamp::parse(&value).ok_or(super::Error::BadColumn { column, value })
 }

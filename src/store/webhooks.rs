@@ -8,7 +8,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::sync::timestamp_column;
+use super::sync::{required_timestamp, timestamp_column};
 use super::{Result, Store};
 use crate::domain::{ChangeSeq, Secret, TenantId, Timestamp};
 
@@ -72,10 +72,6 @@ fn bad(column: &'static str, value: impl Into<String>) -> super::Error {
     }
 }
 
-fn required(column: &'static str, value: String) -> Result<Timestamp> {
-    timestamp_column(column, Some(value))?.ok_or_else(|| bad(column, ""))
-}
-
 fn webhook_from(r: &AnyRow) -> Result<WebhookRecord> {
     let tenant: String = r.try_get(1)?;
     let secrets: String = r.try_get(4)?;
@@ -86,7 +82,7 @@ fn webhook_from(r: &AnyRow) -> Result<WebhookRecord> {
         .map(|s| {
             Ok(WebhookSecret {
                 secret: Secret::new(s.secret),
-                created: required("webhooks.secrets.created", s.created)?,
+                created: required_timestamp("webhooks.secrets.created", s.created)?,
                 expires: timestamp_column("webhooks.secrets.expires", s.expires)?,
             })
         })
@@ -97,7 +93,7 @@ fn webhook_from(r: &AnyRow) -> Result<WebhookRecord> {
             .map(TenantId::from_uuid)
             .map_err(|_| bad("webhooks.tenant_id", tenant))?,
         url: r.try_get(2)?,
-        created: required("webhooks.created", r.try_get(3)?)?,
+        created: required_timestamp("webhooks.created", r.try_get(3)?)?,
         secrets,
         position: ChangeSeq::new(r.try_get(5)?).unwrap_or(ChangeSeq::START),
         lease_owner: r.try_get(6)?,
@@ -354,7 +350,7 @@ impl Store {
                     webhook_id: r.try_get(0)?,
                     first_seq: ChangeSeq::new(r.try_get(1)?).unwrap_or(ChangeSeq::START),
                     last_seq: ChangeSeq::new(r.try_get(2)?).unwrap_or(ChangeSeq::START),
-                    at: required("webhook_dead_letters.at", r.try_get(3)?)?,
+                    at: required_timestamp("webhook_dead_letters.at", r.try_get(3)?)?,
                     attempts: r.try_get::<i64, _>(4)?.max(0) as u32,
                     last_error: r.try_get(5)?,
                     body: r.try_get(6)?,

@@ -11,8 +11,6 @@ pub mod sign;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use base64::Engine;
-use rand::RngCore;
 use serde::Serialize;
 
 use super::{App, Error, Result};
@@ -91,12 +89,7 @@ pub struct NewWebhook {
 }
 
 fn new_secret() -> Secret {
-    let mut raw = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
-    Secret::new(format!(
-        "whsec_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-    ))
+    Secret::new(format!("whsec_{}", super::tokens::random_256_bits()))
 }
 
 /// The secrets that sign at `now`: the newest, and rotated-out ones not
