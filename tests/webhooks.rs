@@ -97,6 +97,21 @@ fn readme_python_verify(secret: &Secret, header: &str, body: &[u8]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// An endpoint's status once `pred` holds (within 10 s): delivery state is
+/// written after the receiver answers, so a test that has just seen a
+/// request arrive must wait for the status to follow.
+async fn status_until(srv: &TestServer, admin: &str, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = api(srv, admin, Method::GET, &format!("/webhooks/{id}"), None).await;
+        if pred(&s.body) {
+            return s.body;
+        }
+        assert!(Instant::now() < deadline, "webhook status not {what} in 10 s: {}", s.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn deliverer(
     srv: &TestServer,
     settings: WebhookSettings,
@@ -164,10 +179,11 @@ crate::each_backend! {
         assert_eq!(verify(&secret, &last.signature, &last.body, now_unix(), 300), Ok(()));
         assert_per_user_order(&receiver.events(), false);
 
-        let status = api(&srv, &admin, Method::GET, &format!("/webhooks/{id}"), None).await;
-        assert_eq!(status.body["pending"], 0, "{}", status.body);
-        assert_eq!(status.body["delivered"], 4, "{}", status.body);
-        assert_eq!(status.body["state"], "idle");
+        // The receiver has the batch before the deliverer has read its 2xx
+        // and moved the position, so the status catches up a moment later.
+        let status = status_until(&srv, &admin, &id, "nothing pending", |s| s["pending"] == 0).await;
+        assert_eq!(status["delivered"], 4, "{status}");
+        assert_eq!(status["state"], "idle", "{status}");
         // Another tenant's admin sees no such endpoint.
         let (other, _) = srv.other_tenant().await;
         let other_admin = srv.app.create_token(&rolebridge::domain::TenantName::parse(&other).unwrap(), Scope::Admin).await.unwrap();
@@ -238,17 +254,9 @@ crate::each_backend! {
         // next event goes out.
         receiver.answer(Answer::Fail(500, None));
         members(&srv, "remove", &designers, &[&ann]).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = api(&srv, &admin, Method::GET, &format!("/webhooks/{id}"), None).await;
-            if s.body["dead_lettered"] == 1 {
-                assert_eq!(s.body["position"], 2, "{}", s.body);
-                assert_eq!(s.body["last_error"], "the receiver answered 500 Internal Server Error");
-                break;
-            }
-            assert!(Instant::now() < deadline, "not dead-lettered: {}", s.body);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let s = status_until(&srv, &admin, &id, "dead-lettered", |s| s["dead_lettered"] == 1).await;
+        assert_eq!(s["position"], 2, "{s}");
+        assert_eq!(s["last_error"], "the receiver answered 500 Internal Server Error");
         assert_eq!(receiver.received().len(), 2 + 3, "exactly max_attempts attempts");
         let letters = api(&srv, &admin, Method::GET, &format!("/webhooks/{id}/dead_letters"), None).await;
         let l = &letters.body["dead_letters"][0];
