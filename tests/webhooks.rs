@@ -100,14 +100,24 @@ fn readme_python_verify(secret: &Secret, header: &str, body: &[u8]) -> String {
 /// An endpoint's status once `pred` holds (within 10 s): delivery state is
 /// written after the receiver answers, so a test that has just seen a
 /// request arrive must wait for the status to follow.
-async fn status_until(srv: &TestServer, admin: &str, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+async fn status_until(
+    srv: &TestServer,
+    admin: &str,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = api(srv, admin, Method::GET, &format!("/webhooks/{id}"), None).await;
         if pred(&s.body) {
             return s.body;
         }
-        assert!(Instant::now() < deadline, "webhook status not {what} in 10 s: {}", s.body);
+        assert!(
+            Instant::now() < deadline,
+            "webhook status not {what} in 10 s: {}",
+            s.body
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
