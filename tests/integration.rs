@@ -64,5 +64,7 @@ mod filter_property;
 mod changes_feed;
 // Webhooks against a real receiver: signatures, retries, dead letters, kill -9, two replicas.
 mod webhooks;
+// Group commit: queued writes share a commit, a failing one fails alone, kill -9 under load.
+mod group_commit;
 // SIGTERM: readiness off, requests still served for the delay, in-flight ones drained within the grace.
 mod graceful_shutdown;

@@ -58,7 +58,7 @@ impl Committed {
 }
 
 /// What one tenant's derivation wrote, for the caches after commit.
-struct Derived {
+pub(super) struct Derived {
     tenant: TenantId,
     revision: i64,
     changed: Vec<(EffectiveRow, String)>,
@@ -79,11 +79,32 @@ impl App {
         // before it derives: rows are never written under an older version
         // than rows other replicas already wrote.
         let loaded = self.catch_up_mappings().await?;
+        let derived = self.derive_written(&mut tx, &loaded).await?;
+        let revisions = tx.commit().await?;
+        Ok(self.committed(revisions, derived))
+    }
+
+    /// Derives every tenant written in `tx` since the last call, inside
+    /// `tx`. What it returns goes to [`App::committed`] once `tx` commits.
+    pub(super) async fn derive_written(
+        &self,
+        tx: &mut WriteTx,
+        loaded: &LoadedMappings,
+    ) -> Result<Vec<Derived>> {
         let mut derived = Vec::new();
         for (tenant, changes) in tx.take_changes() {
-            derived.push(self.derive(&mut tx, tenant, changes, &loaded).await?);
+            derived.push(self.derive(tx, tenant, changes, loaded).await?);
         }
-        let revisions = tx.commit().await?;
+        Ok(derived)
+    }
+
+    /// After commit: wakes the feed's readers and updates the caches with
+    /// what the committed transaction derived.
+    pub(super) fn committed(
+        &self,
+        revisions: BTreeMap<TenantId, i64>,
+        derived: Vec<Derived>,
+    ) -> Committed {
         let mut out = Committed {
             revisions,
             ..Committed::default()
@@ -102,7 +123,7 @@ impl App {
             CacheMetrics::add_n(&m.changed_users, d.changed.len() as u64);
             self.publish(d);
         }
-        Ok(out)
+        out
     }
 
     /// Recomputes the users one tenant's changes affect and writes the rows
@@ -357,6 +378,15 @@ impl App {
         }
         Ok(done)
     }
+}
+
+/// The revision `tenant` reached in these derivations (the last one).
+pub(super) fn revision_of(derived: &[Derived], tenant: TenantId) -> Option<i64> {
+    derived
+        .iter()
+        .rev()
+        .find(|d| d.tenant == tenant)
+        .map(|d| d.revision)
 }
 
 /// The stored row of one user's result, and their userName for the log.

@@ -80,6 +80,10 @@ pub enum Error {
     #[error("tenant '{tenant}' has no webhook '{id}'")]
     UnknownWebhook { tenant: String, id: String },
     /// A bug or corrupt stored state, never the client's fault.
+    /// A group commit failed as a whole: this write was rolled back with
+    /// the others of its batch and may be retried as it is.
+    #[error("the write was not committed ({0}); retry it")]
+    NotCommitted(String),
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]

@@ -10,6 +10,7 @@ mod bulk;
 mod changes;
 mod derive;
 mod error;
+mod group_commit;
 pub mod mappings;
 mod permissions;
 mod resources;
@@ -25,6 +26,7 @@ pub use changes::{
 };
 pub use derive::Committed;
 pub use error::Error;
+pub use group_commit::{GroupCommitMetrics, MAX_BATCH};
 pub use mappings::{LoadedMappings, Mappings};
 pub use permissions::{
     user_facts, AnsweredFrom, Checked, Consistency, PermissionCache, Summary, SummaryUser, UserRef,
@@ -67,6 +69,8 @@ pub struct App {
     webhook_settings: Arc<webhooks::WebhookSettings>,
     /// Set at SIGTERM: readiness answers 503 from then on.
     shutting_down: Arc<std::sync::atomic::AtomicBool>,
+    /// Each tenant's group-commit lane for SCIM writes.
+    lanes: Arc<group_commit::Lanes>,
 }
 
 impl App {
@@ -84,6 +88,7 @@ impl App {
             webhook_metrics: Arc::default(),
             webhook_settings: Arc::default(),
             shutting_down: Arc::default(),
+            lanes: Arc::default(),
         }
     }
 
@@ -231,6 +236,7 @@ impl App {
             out.push_str(&format!("{name} {value}\n"));
         }
         out.push_str(&self.sync_metrics.text());
+        out.push_str(&self.lanes.metrics.text());
         out.push_str(&self.webhook_metrics_text().await);
         out
     }
@@ -269,6 +275,7 @@ impl App {
             webhook_metrics: Arc::default(),
             webhook_settings: Arc::default(),
             shutting_down: Arc::default(),
+            lanes: Arc::default(),
         }
     }
 

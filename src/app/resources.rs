@@ -71,17 +71,6 @@ pub struct ListResult {
 }
 
 impl App {
-    /// Commits a request's transaction and records the revision it produced.
-    async fn commit_for(&self, ctx: &RequestContext, mut tx: WriteTx) -> Result<()> {
-        tx.set_cause(ctx.cause.clone());
-        let committed = self.commit(tx).await?;
-        if let Some(rev) = committed.revision(ctx.tenant) {
-            ctx.written
-                .fetch_max(rev, std::sync::atomic::Ordering::AcqRel);
-        }
-        Ok(())
-    }
-
     pub async fn create(
         &self,
         ctx: &RequestContext,
@@ -98,13 +87,19 @@ impl App {
             last_modified: ts,
             version: 1,
         };
-        let mut tx = self.store.begin_write().await?;
-        tx.insert(ctx.tenant, kind, &stored).await?;
-        if let Some(members) = members {
-            let resolved = resolve_members(&mut tx, ctx.tenant, &stored.id, members).await?;
-            tx.add_members(ctx.tenant, &stored.id, &resolved).await?;
-        }
-        self.commit_for(ctx, tx).await?;
+        let tenant = ctx.tenant;
+        let stored = self
+            .write(ctx, move |tx| {
+                Box::pin(async move {
+                    tx.insert(tenant, kind, &stored).await?;
+                    if let Some(members) = members {
+                        let resolved = resolve_members(tx, tenant, &stored.id, members).await?;
+                        tx.add_members(tenant, &stored.id, &resolved).await?;
+                    }
+                    Ok(stored)
+                })
+            })
+            .await?;
         self.render(ctx, kind, stored).await
     }
 
@@ -133,30 +128,35 @@ impl App {
     ) -> Result<Outcome> {
         let (mut doc, members, ignored) = prepare(kind, body, Writer::Client)?;
         log_ignored(ctx, kind, "PUT", &ignored);
-        let mut tx = self.store.begin_write().await?;
-        let current = tx
-            .get_for_update(ctx.tenant, kind, id)
-            .await?
-            .ok_or_else(|| not_found(kind, id))?;
-        check_if_match(if_match, current.version)?;
-        keep_server_owned(&current.doc, &mut doc);
-        let stored = StoredResource {
-            id: current.id.clone(),
-            doc,
-            created: current.created.clone(),
-            last_modified: now(),
-            version: current.version + 1,
-        };
-        tx.update(ctx.tenant, kind, &stored, current.version)
+        let (tenant, id, if_match) = (ctx.tenant, id.clone(), if_match.map(str::to_string));
+        let stored = self
+            .write(ctx, move |tx| {
+                Box::pin(async move {
+                    let current = tx
+                        .get_for_update(tenant, kind, &id)
+                        .await?
+                        .ok_or_else(|| not_found(kind, &id))?;
+                    check_if_match(if_match.as_deref(), current.version)?;
+                    keep_server_owned(&current.doc, &mut doc);
+                    let stored = StoredResource {
+                        id: current.id.clone(),
+                        doc,
+                        created: current.created.clone(),
+                        last_modified: now(),
+                        version: current.version + 1,
+                    };
+                    tx.update(tenant, kind, &stored, current.version).await?;
+                    if kind == ResourceKind::Group {
+                        tx.clear_members(tenant, &stored.id).await?;
+                        let resolved =
+                            resolve_members(tx, tenant, &stored.id, members.unwrap_or_default())
+                                .await?;
+                        tx.add_members(tenant, &stored.id, &resolved).await?;
+                    }
+                    Ok(stored)
+                })
+            })
             .await?;
-        if kind == ResourceKind::Group {
-            tx.clear_members(ctx.tenant, &stored.id).await?;
-            let resolved =
-                resolve_members(&mut tx, ctx.tenant, &stored.id, members.unwrap_or_default())
-                    .await?;
-            tx.add_members(ctx.tenant, &stored.id, &resolved).await?;
-        }
-        self.commit_for(ctx, tx).await?;
         self.render(ctx, kind, stored).await
     }
 
@@ -172,52 +172,62 @@ impl App {
         render: bool,
     ) -> Result<Option<Outcome>> {
         let ops = scim::patch::parse_request(&body)?;
-        let mut tx = self.store.begin_write().await?;
-        let current = tx
-            .get_for_update(ctx.tenant, kind, id)
-            .await?
-            .ok_or_else(|| not_found(kind, id))?;
-        check_if_match(if_match, current.version)?;
-        // `id` lives in its own column; the PATCH engine sees it so that a
-        // path-less value echoing the id (Okta's group rename) is accepted
-        // as unchanged, while any other value is a mutability error.
-        let mut doc = current.doc.clone();
-        if let Some(obj) = doc.as_object_mut() {
-            obj.insert("id".into(), Value::String(id.to_string()));
-        }
-        let outcome = scim::patch::apply(kind, &mut doc, &ops)?;
-        log_ignored(ctx, kind, "PATCH", &outcome.ignored);
-        if let Some(obj) = doc.as_object_mut() {
-            obj.remove("id");
-            // The password is write-only and never stored (see `prepare`).
-            obj.remove("password");
-        }
-        check_required(kind, &doc)?;
-        let mut membership_changed = false;
-        for op in outcome.member_ops {
-            membership_changed |= match op {
-                MemberOp::Add(refs) => {
-                    let resolved = resolve_members(&mut tx, ctx.tenant, id, refs).await?;
-                    tx.add_members(ctx.tenant, id, &resolved).await? > 0
-                }
-                MemberOp::Remove(ids) => tx.remove_members(ctx.tenant, id, &ids).await? > 0,
-                MemberOp::RemoveAll => tx.clear_members(ctx.tenant, id).await? > 0,
-            };
-        }
-        let stored = if doc != current.doc || membership_changed {
-            let next = StoredResource {
-                id: current.id.clone(),
-                doc,
-                created: current.created.clone(),
-                last_modified: now(),
-                version: current.version + 1,
-            };
-            tx.update(ctx.tenant, kind, &next, current.version).await?;
-            next
-        } else {
-            current
-        };
-        self.commit_for(ctx, tx).await?;
+        let (tenant, id, if_match) = (ctx.tenant, id.clone(), if_match.map(str::to_string));
+        let (stored, ignored) = self
+            .write(ctx, move |tx| {
+                Box::pin(async move {
+                    let current = tx
+                        .get_for_update(tenant, kind, &id)
+                        .await?
+                        .ok_or_else(|| not_found(kind, &id))?;
+                    check_if_match(if_match.as_deref(), current.version)?;
+                    // `id` lives in its own column; the PATCH engine sees it
+                    // so that a path-less value echoing the id (Okta's group
+                    // rename) is accepted as unchanged, while any other
+                    // value is a mutability error.
+                    let mut doc = current.doc.clone();
+                    if let Some(obj) = doc.as_object_mut() {
+                        obj.insert("id".into(), Value::String(id.to_string()));
+                    }
+                    let outcome = scim::patch::apply(kind, &mut doc, &ops)?;
+                    if let Some(obj) = doc.as_object_mut() {
+                        obj.remove("id");
+                        // The password is write-only and never stored (see
+                        // `prepare`).
+                        obj.remove("password");
+                    }
+                    check_required(kind, &doc)?;
+                    let mut membership_changed = false;
+                    for op in outcome.member_ops {
+                        membership_changed |= match op {
+                            MemberOp::Add(refs) => {
+                                let resolved = resolve_members(tx, tenant, &id, refs).await?;
+                                tx.add_members(tenant, &id, &resolved).await? > 0
+                            }
+                            MemberOp::Remove(ids) => {
+                                tx.remove_members(tenant, &id, &ids).await? > 0
+                            }
+                            MemberOp::RemoveAll => tx.clear_members(tenant, &id).await? > 0,
+                        };
+                    }
+                    let stored = if doc != current.doc || membership_changed {
+                        let next = StoredResource {
+                            id: current.id.clone(),
+                            doc,
+                            created: current.created.clone(),
+                            last_modified: now(),
+                            version: current.version + 1,
+                        };
+                        tx.update(tenant, kind, &next, current.version).await?;
+                        next
+                    } else {
+                        current
+                    };
+                    Ok((stored, outcome.ignored))
+                })
+            })
+            .await?;
+        log_ignored(ctx, kind, "PATCH", &ignored);
         if render {
             Ok(Some(self.render(ctx, kind, stored).await?))
         } else {
@@ -232,15 +242,19 @@ impl App {
         id: &ResourceId,
         if_match: Option<&str>,
     ) -> Result<()> {
-        let mut tx = self.store.begin_write().await?;
-        let current = tx
-            .get_for_update(ctx.tenant, kind, id)
-            .await?
-            .ok_or_else(|| not_found(kind, id))?;
-        check_if_match(if_match, current.version)?;
-        tx.delete(ctx.tenant, kind, id).await?;
-        self.commit_for(ctx, tx).await?;
-        Ok(())
+        let (tenant, id, if_match) = (ctx.tenant, id.clone(), if_match.map(str::to_string));
+        self.write(ctx, move |tx| {
+            Box::pin(async move {
+                let current = tx
+                    .get_for_update(tenant, kind, &id)
+                    .await?
+                    .ok_or_else(|| not_found(kind, &id))?;
+                check_if_match(if_match.as_deref(), current.version)?;
+                tx.delete(tenant, kind, &id).await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// `POST /.search` at the root (RFC 7644 §3.4.3): Users, then Groups,

@@ -68,6 +68,7 @@ pub fn classify(err: &Error) -> (StatusCode, Option<&'static str>) {
             Some(ScimType::InvalidValue.as_str()),
         ),
         UnknownWebhook { .. } => (StatusCode::NOT_FOUND, None),
+        NotCommitted(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
         Store(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
     }
 }
@@ -76,10 +77,12 @@ pub fn classify(err: &Error) -> (StatusCode, Option<&'static str>) {
 /// requests and by each failed operation of a bulk request.
 pub fn error_body(err: &Error) -> (u16, Value) {
     let (status, scim_type) = classify(err);
-    let detail = if status.is_server_error() {
-        "internal error; see the server log".to_string()
-    } else {
-        err.to_string()
+    let detail = match err {
+        // Nothing of the request was kept: say so, without the database's
+        // words (they are in the server log).
+        Error::NotCommitted(_) => "the write was not committed; retry it".to_string(),
+        _ if status.is_server_error() => "internal error; see the server log".to_string(),
+        _ => err.to_string(),
     };
     (status.as_u16(), body(status, scim_type, &detail))
 }
@@ -256,6 +259,7 @@ pub fn code(err: &Error) -> &'static str {
         Forbidden(_) => "forbidden",
         RevisionAhead { .. } => "revision_ahead",
         Store(_) | Internal(_) => "internal",
+        NotCommitted(_) => "not_committed",
         PayloadTooLarge(_) => "payload_too_large",
         UnsupportedMediaType(_) => "unsupported_media_type",
         NoSuchEndpoint(_) => "not_found",

@@ -82,7 +82,14 @@ impl Store {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
-        let tx = self.pool.begin().await?;
+        // SQLite: IMMEDIATE takes the write lock at BEGIN, where a writer
+        // in another process (a CLI command) is waited for up to
+        // `busy_timeout`; a deferred transaction that read first would get
+        // SQLITE_BUSY at once when it came to write.
+        let tx = match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        };
         Ok(WriteTx {
             tx,
             dialect: self.dialect,
@@ -240,6 +247,16 @@ pub struct WriteTx {
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
+/// The transaction's bookkeeping when a savepoint was opened, restored when
+/// the unit after it is rolled back.
+#[derive(Debug)]
+#[must_use = "release or roll back a savepoint"]
+pub struct Savepoint {
+    changes: Vec<TenantId>,
+    settled: std::collections::BTreeMap<TenantId, i64>,
+    cause: Option<crate::domain::ChangeCause>,
+}
+
 impl WriteTx {
     /// The transaction's connection, for the store's other modules.
     pub(super) fn conn(&mut self) -> &mut sqlx::AnyConnection {
@@ -257,6 +274,63 @@ impl WriteTx {
         }
         self.tx.commit().await?;
         Ok(self.settled)
+    }
+
+    /// Opens a savepoint: one unit of a group commit, undone alone by
+    /// [`WriteTx::rollback_to`] when it fails, while the units before it
+    /// stay in the transaction. Savepoints do not nest here: release or roll
+    /// back one before opening the next.
+    pub async fn savepoint(&mut self) -> Result<Savepoint> {
+        sqlx::query("SAVEPOINT unit").execute(&mut *self.tx).await?;
+        Ok(Savepoint {
+            changes: self.changes.keys().copied().collect(),
+            settled: self.settled.clone(),
+            cause: self.cause.clone(),
+        })
+    }
+
+    /// Keeps what was written since the savepoint.
+    pub async fn release(&mut self, _savepoint: Savepoint) -> Result<()> {
+        sqlx::query("RELEASE SAVEPOINT unit")
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Undoes everything since the savepoint, in the database (on
+    /// PostgreSQL this also ends an aborted statement's error state) and
+    /// in the transaction's bookkeeping: changes recorded and revisions
+    /// settled since then are forgotten.
+    pub async fn rollback_to(&mut self, savepoint: Savepoint) -> Result<()> {
+        sqlx::query("ROLLBACK TO SAVEPOINT unit")
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("RELEASE SAVEPOINT unit")
+            .execute(&mut *self.tx)
+            .await?;
+        self.changes = savepoint
+            .changes
+            .into_iter()
+            .map(|t| (t, Changes::default()))
+            .collect();
+        self.settled = savepoint.settled;
+        self.cause = savepoint.cause;
+        Ok(())
+    }
+
+    /// Locks the tenant's row until commit (PostgreSQL; SQLite's single
+    /// writer already excludes everyone). A group commit takes it before
+    /// any unit runs, so every batch of a tenant locks the tenant first and
+    /// resources after: two replicas' batches never wait on each other in a
+    /// cycle.
+    pub async fn lock_tenant(&mut self, tenant: TenantId) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
+                .bind(tenant.to_string())
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Records a changed user (its own attributes or its direct groups).
