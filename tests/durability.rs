@@ -40,8 +40,19 @@ pub fn cli_token(db: &str, tenant: &str, scope: &str) -> String {
 
 /// Starts `rolebridge serve` on a free port; returns the child and its address.
 pub fn spawn_server(db: &str, cwd: Option<&std::path::Path>, extra: &[&str]) -> (Child, String) {
+    spawn_server_on(db, cwd, "127.0.0.1:0", extra)
+}
+
+/// Starts `rolebridge serve --listen LISTEN` (a replica restarted on the
+/// port a balancer already names); returns the child and its address.
+pub fn spawn_server_on(
+    db: &str,
+    cwd: Option<&std::path::Path>,
+    listen: &str,
+    extra: &[&str],
+) -> (Child, String) {
     let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+    cmd.args(["serve", "--listen", listen])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

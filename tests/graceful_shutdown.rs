@@ -9,7 +9,7 @@ use crate::durability::{cli, cli_token, spawn_server};
 use crate::mapping_admin::V1;
 use crate::support::{fresh_database, mappings_dir_for, unique};
 
-fn sigterm(child: &std::process::Child) {
+pub(crate) fn sigterm(child: &std::process::Child) {
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -18,7 +18,10 @@ fn sigterm(child: &std::process::Child) {
 }
 
 /// Waits for the child to exit, at most `limit`; its exit status.
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {

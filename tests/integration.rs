@@ -68,3 +68,5 @@ mod webhooks;
 mod group_commit;
 // SIGTERM: readiness off, requests still served for the delay, in-flight ones drained within the grace.
 mod graceful_shutdown;
+// Three serve processes behind a real HAProxy: kill -9 and SIGTERM under an IdP's load, quotas, schedules.
+mod multi_replica;

@@ -27,7 +27,7 @@ const MAX_TIME: Duration = Duration::from_secs(30);
 /// The override every test tenant is on: 30 at once, refilled at 1/s.
 const BURST: u32 = 30;
 
-fn key_prefix() -> String {
+pub(crate) fn key_prefix() -> String {
     format!("{}:", unique("rbquota"))
 }
 
@@ -159,7 +159,7 @@ impl Drop for Replicas {
     }
 }
 
-async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+pub(crate) async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
     client
         .get(format!("{base}/metrics"))
         .send()
@@ -171,13 +171,13 @@ async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
 }
 
 /// The value of one series in a `/metrics` text; 0 when absent.
-fn series(text: &str, name_and_labels: &str) -> f64 {
+pub(crate) fn series(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
         .unwrap_or(0.0)
 }
 
-fn decisions(tenant: &str, decision: &str, bucket: &str, source: &str) -> String {
+pub(crate) fn decisions(tenant: &str, decision: &str, bucket: &str, source: &str) -> String {
     format!(
         r#"rolebridge_quota_decisions_total{{bucket="{bucket}",decision="{decision}",source="{source}",tenant="{tenant}"}}"#
     )

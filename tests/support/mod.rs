@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod haproxy;
 pub mod receiver;
 pub mod slapd;
 

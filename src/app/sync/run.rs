@@ -276,7 +276,6 @@ async fn run_in_span<S: Source>(
     progress: Option<Progress>,
     run_id: String,
 ) -> Result<RunReport, SyncError> {
-    let started = app.clock().now();
     let clock = Instant::now();
     let tenant = app
         .store
@@ -284,16 +283,22 @@ async fn run_in_span<S: Source>(
         .await?
         .ok_or_else(|| SyncError::UnknownTenant(config.tenant.to_string()))?;
     let owner = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4());
-    let until = started
+    let asked = app.clock().now();
+    let until = asked
         .checked_add(app.sync_lease.ttl)
         .ok_or_else(|| SyncError::Busy(config.name.clone()))?;
     if !app
         .store
-        .acquire_sync_lease(&config.name, &owner, started, until)
+        .acquire_sync_lease(&config.name, &owner, asked, until)
         .await?
     {
         return Err(SyncError::Busy(config.name.clone()));
     }
+    // The run log's interval lies inside the lease: `started` once it is
+    // held, `finished` before it is released. Read before the acquire, a
+    // run that took the lease the moment another released it was logged
+    // as starting before that one finished.
+    let started = app.clock().now();
     let keeper = LeaseKeeper::start(
         app.store.clone(),
         app.clock.clone(),
@@ -318,8 +323,8 @@ async fn run_in_span<S: Source>(
         })
     });
     drop(keeper);
-    let released = app.store.release_sync_lease(&config.name, &owner).await;
     let finished = app.clock().now();
+    let released = app.store.release_sync_lease(&config.name, &owner).await;
     let (outcome, report_json, error) = match &result {
         Ok(r) => (
             r.outcome.as_str().to_string(),
