@@ -84,6 +84,13 @@ fn send(
     if let Some(tag) = if_match {
         req = req.header("If-Match", tag);
     }
+    if let Some(id) = path
+        .strip_prefix("/Groups/")
+        .and(body["Operations"][0]["value"][0]["value"].as_str())
+    {
+        // A member push names its request after the member it adds.
+        req = req.header("X-Request-Id", format!("req-{id}"));
+    }
     tokio::spawn(async move { Resp::read(req.send().await.unwrap()).await })
 }
 
@@ -92,11 +99,12 @@ crate::each_backend! {
         let (srv, designers) = mapped(backend).await;
         let addr = format!("http://{}", srv.addr);
         let base_user = srv.user("base").await;
+        let (ann, bob) = (srv.user("ann").await, srv.user("bob").await);
         let before = counters(&srv.client, &addr).await;
         let blocker = Blocker::hold(&srv).await;
         // 32 new users, 8 more reusing 8 of their names, 4 PATCHes of one
-        // user, one PATCH with a stale If-Match, and `base` joining
-        // Designers.
+        // user, one PATCH with a stale If-Match, and two pushes to
+        // Designers (ann's, then bob's).
         let mut creates = Vec::new();
         for i in 0..40 {
             let name = format!("gc{}", i % 32);
@@ -108,7 +116,8 @@ crate::each_backend! {
             patches.push(send(&srv, Method::PATCH, format!("/Users/{base_user}"), body, None));
         }
         let stale = send(&srv, Method::PATCH, format!("/Users/{base_user}"), json!({"schemas": [PATCH_OP], "Operations": [{"op": "add", "path": "title", "value": "stale"}]}), Some("W/\"999\""));
-        let grant = send(&srv, Method::PATCH, format!("/Groups/{designers}"), json!({"schemas": [PATCH_OP], "Operations": [{"op": "add", "path": "members", "value": [{"value": base_user}]}]}), None);
+        let push = |user: &str| send(&srv, Method::PATCH, format!("/Groups/{designers}"), json!({"schemas": [PATCH_OP], "Operations": [{"op": "add", "path": "members", "value": [{"value": user}]}]}), None);
+        let grants = [push(&ann), push(&bob)];
         // Nothing is answered while the first write cannot commit.
         tokio::time::sleep(Duration::from_millis(600)).await;
         if let Some((name, _)) = creates.iter().find(|(_, t)| t.is_finished()) {
@@ -116,7 +125,7 @@ crate::each_backend! {
             let r = creates.remove(i).1.await.unwrap();
             panic!("a write was answered before its commit: {} {}", r.status, r.body);
         }
-        assert!(patches.iter().all(|t| !t.is_finished()) && !stale.is_finished() && !grant.is_finished());
+        assert!(patches.iter().chain(&grants).all(|t| !t.is_finished()) && !stale.is_finished());
         blocker.release().await;
 
         let mut created: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -144,11 +153,18 @@ crate::each_backend! {
         let expect: HashSet<String> = (2..=5).map(|v| format!("W/\"{v}\"")).collect();
         assert_eq!(versions, expect);
         stale.await.unwrap().assert_error(412, None);
-        assert!(grant.await.unwrap().status.is_success());
+        let mut revisions = HashSet::new();
+        for t in grants {
+            let r = t.await.unwrap();
+            assert!(r.status.is_success(), "{}", r.body);
+            revisions.insert(r.header("x-rolebridge-revision").unwrap().to_string());
+        }
+        // One commit, one revision for both pushes.
+        assert_eq!(revisions.len(), 1, "{revisions:?}");
 
-        // One transaction held all 37 writes that succeeded.
+        // One transaction held all 38 writes that succeeded.
         let after = counters(&srv.client, &addr).await;
-        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 37), "{before:?} -> {after:?}");
+        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 38), "{before:?} -> {after:?}");
         // All of them are there, and the refused ones left nothing.
         for ids in created.values() {
             assert_eq!(srv.get(&format!("/Users/{}", ids[0])).await.status, 200);
@@ -158,17 +174,35 @@ crate::each_backend! {
         let base = srv.get(&format!("/Users/{base_user}")).await;
         assert_eq!(base.body["meta"]["version"], "W/\"5\"");
         assert_ne!(base.body["title"], "stale");
-        // The grant was derived in the same commit.
+        // The grants were derived in the same commit, and each user's event
+        // names the request that changed that user.
         let perm = srv.permissions_token().await;
+        for user in [&ann, &bob] {
+            let r = srv
+                .client
+                .get(format!("{addr}/api/v1/tenants/{}/users/{user}/permissions", srv.tenant))
+                .bearer_auth(&perm)
+                .send()
+                .await
+                .unwrap();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["roles"], json!(["designer"]), "{body}");
+        }
         let r = srv
             .client
-            .get(format!("{addr}/api/v1/tenants/{}/users/{base_user}/permissions", srv.tenant))
+            .get(format!("{addr}/api/v1/tenants/{}/changes?limit=1000", srv.tenant))
             .bearer_auth(&perm)
             .send()
             .await
             .unwrap();
-        let body: Value = r.json().await.unwrap();
-        assert!(body["roles"].as_array().is_some_and(|r| r.iter().any(|x| x == "designer")), "{body}");
+        let feed: Value = r.json().await.unwrap();
+        let events = feed["events"].as_array().unwrap();
+        for user in [&ann, &bob] {
+            let mine: Vec<&Value> = events.iter().filter(|e| e["user"]["id"] == user.as_str()).collect();
+            assert_eq!(mine.len(), 1, "{feed}");
+            assert_eq!(mine[0]["cause"]["request_id"], format!("req-{user}"), "{}", mine[0]);
+            assert_eq!(mine[0]["added"]["roles"], json!(["designer"]));
+        }
     }
 }
 

@@ -107,6 +107,7 @@ pub(super) fn new_change(
         revision,
         diff: serde_json::to_string(&d)
             .map_err(|e| Error::Internal(format!("cannot encode a permission diff: {e}")))?,
+        cause: None,
     }))
 }
 

@@ -68,7 +68,13 @@ pub(super) struct Derived {
     /// Change-feed events appended, and the cause they name.
     events: usize,
     cause: ChangeCause,
+    /// Users whose event names another cause than `cause`: in a group
+    /// commit, the write (the last in the batch) that affected them.
+    causes: HashMap<String, ChangeCause>,
 }
+
+/// One write of a group commit: its cause and what it changed, per tenant.
+pub(super) type UnitChanges = (ChangeCause, BTreeMap<TenantId, Changes>);
 
 impl App {
     /// Derives every written tenant's effective permissions inside `tx`,
@@ -93,9 +99,63 @@ impl App {
     ) -> Result<Vec<Derived>> {
         let mut derived = Vec::new();
         for (tenant, changes) in tx.take_changes() {
-            derived.push(self.derive(tx, tenant, changes, loaded).await?);
+            derived.push(self.derive(tx, tenant, changes, loaded, &[]).await?);
         }
         Ok(derived)
+    }
+
+    /// Derives a group commit's writes once for all of them: one revision,
+    /// one recomputation of every user any of them affected, one set of
+    /// rows and events. Each event names the cause of the last write in
+    /// `units` that affected its user.
+    pub(super) async fn derive_batch(
+        &self,
+        tx: &mut WriteTx,
+        loaded: &LoadedMappings,
+        units: &[UnitChanges],
+    ) -> Result<Vec<Derived>> {
+        let mut merged: BTreeMap<TenantId, Changes> = BTreeMap::new();
+        for (_, written) in units {
+            for (tenant, c) in written {
+                let m = merged.entry(*tenant).or_default();
+                m.users.extend(c.users.iter().cloned());
+                m.groups.extend(c.groups.iter().cloned());
+            }
+        }
+        let mut derived = Vec::new();
+        for (tenant, changes) in merged {
+            let own: Vec<(&ChangeCause, &Changes)> = units
+                .iter()
+                .filter_map(|(cause, written)| written.get(&tenant).map(|c| (cause, c)))
+                .collect();
+            derived.push(self.derive(tx, tenant, changes, loaded, &own).await?);
+        }
+        Ok(derived)
+    }
+
+    /// Which write of a batch each affected user's event names: the last
+    /// that changed the user or a group above them. Empty for one write
+    /// (its cause is the transaction's).
+    async fn attribute(
+        tx: &mut WriteTx,
+        tenant: TenantId,
+        units: &[(&ChangeCause, &Changes)],
+    ) -> Result<HashMap<String, ChangeCause>> {
+        let mut by_user = HashMap::new();
+        if units.len() < 2 {
+            return Ok(by_user);
+        }
+        for (cause, c) in units {
+            let mut users: Vec<String> = c.users.iter().cloned().collect();
+            if !c.groups.is_empty() {
+                let groups: Vec<String> = c.groups.iter().cloned().collect();
+                users.extend(tx.users_under(tenant, &groups).await?);
+            }
+            for u in users {
+                by_user.insert(u, (*cause).clone());
+            }
+        }
+        Ok(by_user)
     }
 
     /// After commit: wakes the feed's readers and updates the caches with
@@ -134,6 +194,7 @@ impl App {
         tenant: TenantId,
         changes: Changes,
         loaded: &LoadedMappings,
+        units: &[(&ChangeCause, &Changes)],
     ) -> Result<Derived> {
         let t = tx.advance_tenant(tenant).await?;
         let mut out = Derived {
@@ -145,6 +206,7 @@ impl App {
             permissions_changed: 0,
             events: 0,
             cause: tx.cause().cloned().unwrap_or(ChangeCause::Recompute),
+            causes: HashMap::new(),
         };
         let Some(compiled) = loaded
             .set
@@ -181,6 +243,7 @@ impl App {
         if affected.is_empty() {
             return Ok(out);
         }
+        out.causes = Self::attribute(tx, tenant, units).await?;
         if affected.len() > WHOLE_TENANT_ABOVE {
             let total = tx.user_count(tenant).await?;
             if affected.len() as i64 * 2 > total {
@@ -269,12 +332,10 @@ impl App {
             if before.as_ref().is_some_and(|b| !b.permissions.is_empty()) {
                 out.permissions_changed += 1;
             }
-            events.extend(changes::new_change(
-                id,
-                before.as_ref(),
-                None,
-                out.revision,
-            )?);
+            events.extend(
+                changes::new_change(id, before.as_ref(), None, out.revision)?
+                    .map(|c| own_cause(c, &out.causes)),
+            );
         }
         for (row, name) in &rows {
             let before = old.get(&row.user_id);
@@ -290,12 +351,10 @@ impl App {
             if perms(&was) != perms(&now) {
                 out.permissions_changed += 1;
             }
-            events.extend(changes::new_change(
-                &row.user_id,
-                was.as_ref(),
-                now.as_ref(),
-                out.revision,
-            )?);
+            events.extend(
+                changes::new_change(&row.user_id, was.as_ref(), now.as_ref(), out.revision)?
+                    .map(|c| own_cause(c, &out.causes)),
+            );
             if row.refused.is_some() && row.refused != before.and_then(|o| o.refused.clone()) {
                 tracing::warn!(
                     tenant = %out.tenant,
@@ -378,6 +437,15 @@ impl App {
         }
         Ok(done)
     }
+}
+
+/// An event naming its user's own write, when a batch had several.
+fn own_cause(
+    mut c: crate::store::NewChange,
+    causes: &HashMap<String, ChangeCause>,
+) -> crate::store::NewChange {
+    c.cause = causes.get(&c.user_id).cloned();
+    c
 }
 
 /// The revision `tenant` reached in these derivations (the last one).

@@ -100,6 +100,10 @@ impl App {
                 })
             })
             .await?;
+        if kind == ResourceKind::User {
+            // A user just created is in no group: nothing to look up.
+            return Ok(outcome(ctx, kind, &stored, None));
+        }
         self.render(ctx, kind, stored).await
     }
 
@@ -432,22 +436,32 @@ impl App {
             }
             _ => {}
         }
-        let related_key = match kind {
-            ResourceKind::User => "groups",
-            ResourceKind::Group => "members",
-        };
         Ok(items
             .into_iter()
             .map(|stored| {
                 let rel = related.remove(stored.id.as_str());
-                let full = wire(ctx, kind, &stored, related_key, rel);
-                let body = scim::projection::project(kind, &full, &ctx.attributes, &ctx.excluded);
-                Outcome {
-                    body,
-                    etag: etag(stored.version),
-                }
+                outcome(ctx, kind, &stored, rel)
             })
             .collect())
+    }
+}
+
+/// A resource's wire representation, with its memberships (`groups` of a
+/// user, `members` of a group) as loaded.
+fn outcome(
+    ctx: &RequestContext,
+    kind: ResourceKind,
+    stored: &StoredResource,
+    related: Option<Vec<Value>>,
+) -> Outcome {
+    let related_key = match kind {
+        ResourceKind::User => "groups",
+        ResourceKind::Group => "members",
+    };
+    let full = wire(ctx, kind, stored, related_key, related);
+    Outcome {
+        body: scim::projection::project(kind, &full, &ctx.attributes, &ctx.excluded),
+        etag: etag(stored.version),
     }
 }
 

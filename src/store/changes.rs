@@ -24,6 +24,10 @@ pub struct NewChange {
     pub revision: i64,
     /// JSON of what was added and removed.
     pub diff: String,
+    /// The write that caused this change, when not the one
+    /// [`WriteTx::append_changes`] names for all (a group commit's writes
+    /// each name their own).
+    pub cause: Option<ChangeCause>,
 }
 
 /// One stored event.
@@ -93,8 +97,11 @@ impl WriteTx {
         .bind(tenant.to_string())
         .fetch_one(&mut *self.tx)
         .await?;
-        let cause = serde_json::to_string(cause)
-            .map_err(|e| super::Error::Sql(sqlx::Error::Encode(Box::new(e))))?;
+        let encode = |cause: &ChangeCause| {
+            serde_json::to_string(cause)
+                .map_err(|e| super::Error::Sql(sqlx::Error::Encode(Box::new(e))))
+        };
+        let common = encode(cause)?;
         let mut seq = last - changes.len() as i64;
         for chunk in changes.chunks(MULTI_ROW) {
             let sql = format!(
@@ -111,7 +118,10 @@ impl WriteTx {
                     .bind(c.user_id.as_str())
                     .bind(c.user_name.as_str())
                     .bind(at)
-                    .bind(cause.as_str())
+                    .bind(match &c.cause {
+                        Some(own) => encode(own)?,
+                        None => common.clone(),
+                    })
                     .bind(c.diff.as_str());
             }
             q.execute(&mut *self.tx).await?;

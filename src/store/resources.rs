@@ -250,7 +250,6 @@ pub struct WriteTx {
 /// The transaction's bookkeeping when a savepoint was opened, restored when
 /// the unit after it is rolled back.
 #[derive(Debug)]
-#[must_use = "release or roll back a savepoint"]
 pub struct Savepoint {
     changes: Vec<TenantId>,
     settled: std::collections::BTreeMap<TenantId, i64>,
@@ -278,8 +277,10 @@ impl WriteTx {
 
     /// Opens a savepoint: one unit of a group commit, undone alone by
     /// [`WriteTx::rollback_to`] when it fails, while the units before it
-    /// stay in the transaction. Savepoints do not nest here: release or roll
-    /// back one before opening the next.
+    /// stay in the transaction. A unit that succeeds leaves its savepoint
+    /// open until the transaction ends (releasing it would cost a round
+    /// trip and change nothing); the next unit's savepoint, of the same
+    /// name, nests inside it, and `ROLLBACK TO` names the innermost.
     pub async fn savepoint(&mut self) -> Result<Savepoint> {
         sqlx::query("SAVEPOINT unit").execute(&mut *self.tx).await?;
         Ok(Savepoint {
@@ -287,14 +288,6 @@ impl WriteTx {
             settled: self.settled.clone(),
             cause: self.cause.clone(),
         })
-    }
-
-    /// Keeps what was written since the savepoint.
-    pub async fn release(&mut self, _savepoint: Savepoint) -> Result<()> {
-        sqlx::query("RELEASE SAVEPOINT unit")
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
     }
 
     /// Undoes everything since the savepoint, in the database (on
@@ -389,7 +382,9 @@ impl WriteTx {
             ResourceKind::Group => self.touch_tenant(tenant),
         }
         let cols = IndexedColumns::of(kind, &res.doc);
-        self.check_unique(tenant, kind, &res.id, &cols).await?;
+        // No read first: the unique index on (tenant, lower-cased userName)
+        // refuses a taken name (`unique_or` names it), across replicas too,
+        // and a failed unit is undone by its savepoint.
         let data = res.doc.to_string();
         let result = match kind {
             ResourceKind::User => {
