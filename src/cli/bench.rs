@@ -43,9 +43,17 @@ pub struct ScimArgs {
     /// Concurrent clients for the POST /Users measurement.
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
-    /// Users created through POST /Users.
+    /// Users created through POST /Users, per round.
     #[arg(long, default_value_t = 4000)]
     pub posts: usize,
+    /// Users created through the reference server's POST /Users, per round
+    /// (it is slower: fewer keep a round short).
+    #[arg(long, default_value_t = 1500)]
+    pub reference_posts: usize,
+    /// Alternated rounds of rolebridge and the reference; figures are the
+    /// medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// GET /Users?filter=userName eq ... requests timed.
     #[arg(long, default_value_t = 2000)]
     pub queries: usize,
@@ -66,11 +74,14 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
 async fn scim(config: &Config, args: ScimArgs) -> anyhow::Result<()> {
     let max_group = args.group_sizes.iter().copied().max().unwrap_or(0);
     let store = Store::connect(&config.database_url).await?;
-    let app = App::new(store.clone());
     let tenant_name = TenantName::parse(&format!(
         "bench-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     ))?;
+    let app = App::with_mappings(
+        store.clone(),
+        super::bench_webhooks::bench_mappings(config, &tenant_name)?,
+    );
     let tenant = store.create_tenant(&tenant_name, &now()).await?;
     let token = app.create_token(&tenant_name, Scope::Scim).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -102,53 +113,55 @@ async fn scim(config: &Config, args: ScimArgs) -> anyhow::Result<()> {
             .unwrap_or(1)
     );
 
-    // 1. POST /Users with N concurrent clients.
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.clients {
-        let (client, base, auth, next) = (client.clone(), base.clone(), auth.clone(), next.clone());
-        let total = args.posts;
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let t = Instant::now();
-                let resp = client
-                    .post(format!("{base}/Users"))
-                    .header("Authorization", &auth)
-                    .json(&json!({
-                        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-                        "userName": format!("post{i}@bench.example"),
-                        "name": {"givenName": "Post", "familyName": format!("{i}")},
-                        "emails": [{"value": format!("post{i}@bench.example"), "type": "work", "primary": true}],
-                        "active": true
-                    }))
-                    .send()
-                    .await?;
-                if resp.status().as_u16() != 201 {
-                    bail!("POST /Users answered {}", resp.status());
-                }
-                lat.push(t.elapsed());
-            }
-            anyhow::Ok(lat)
-        }));
+    // 1. POST /Users with N concurrent clients, alternated with the
+    // reference server under the same load.
+    let reference_auth = format!("Bearer {}", super::bench_reference::TOKEN);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        // A fresh reference each round: it keeps resources in memory and
+        // slows as they grow (404, 172, 103 req/s over three rounds of 1,500
+        // on one instance), so every round measures it at the same size.
+        let reference = super::bench_reference::Reference::start().await?;
+        let r = post_users(
+            &client,
+            &reference.base,
+            &reference_auth,
+            &format!("ref{round}-"),
+            args.reference_posts,
+            args.clients,
+        )
+        .await?;
+        println!("  round {round}: reference {}", r.line());
+        theirs.push(r);
+        drop(reference);
+        let r = post_users(
+            &client,
+            &base,
+            &auth,
+            &format!("post{round}-"),
+            args.posts,
+            args.clients,
+        )
+        .await?;
+        println!("  round {round}: rolebridge {}", r.line());
+        ours.push(r);
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let (ours, theirs) = (PostRun::median(ours), PostRun::median(theirs));
+    let batches = app.metrics_text().await;
     println!(
-        "POST /Users: {} users, {} clients: {:.0} req/s, latency p50 {:.2} ms p99 {:.2} ms",
-        args.posts,
+        "POST /Users, {} clients, medians of {} rounds: rolebridge {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms), \
+         reference {} {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms): ratio {:.1}x (goal >= 20x); {}",
         args.clients,
-        args.posts as f64 / secs,
-        pct(&mut lat, 50.0),
-        pct(&mut lat, 99.0)
+        args.rounds.max(1),
+        ours.rate,
+        ours.p50,
+        ours.p99,
+        super::bench_reference::SCIM2_SERVER,
+        theirs.rate,
+        theirs.p50,
+        theirs.p99,
+        ours.rate / theirs.rate,
+        mean_batch(&batches),
     );
 
     // 2. Seed the rest directly through the store, 1,000 per transaction.
@@ -253,6 +266,141 @@ async fn scim(config: &Config, args: ScimArgs) -> anyhow::Result<()> {
     }
     server.abort();
     Ok(())
+}
+
+/// One POST /Users measurement.
+struct PostRun {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+impl PostRun {
+    fn line(&self) -> String {
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+            self.rate, self.p50, self.p99
+        )
+    }
+
+    /// Each figure's median over the rounds.
+    fn median(runs: Vec<PostRun>) -> PostRun {
+        let mid = |f: fn(&PostRun) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        PostRun {
+            rate: mid(|r| r.rate),
+            p50: mid(|r| r.p50),
+            p99: mid(|r| r.p99),
+        }
+    }
+}
+
+/// `posts` POST /Users from `clients` concurrent clients, after one
+/// untimed request per client (connections open, the reference's lazy
+/// imports done); every answer must be 201.
+async fn post_users(
+    client: &reqwest::Client,
+    base: &str,
+    auth: &str,
+    prefix: &str,
+    posts: usize,
+    clients: usize,
+) -> anyhow::Result<PostRun> {
+    timed_posts(
+        client,
+        base,
+        auth,
+        &format!("{prefix}warm-"),
+        clients,
+        clients,
+    )
+    .await?;
+    timed_posts(client, base, auth, prefix, posts, clients).await
+}
+
+async fn timed_posts(
+    client: &reqwest::Client,
+    base: &str,
+    auth: &str,
+    prefix: &str,
+    posts: usize,
+    clients: usize,
+) -> anyhow::Result<PostRun> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url, auth, next, prefix) = (
+            client.clone(),
+            format!("{base}/Users"),
+            auth.to_string(),
+            next.clone(),
+            prefix.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= posts {
+                    break;
+                }
+                let t = Instant::now();
+                let resp = client
+                    .post(&url)
+                    .header("Authorization", &auth)
+                    .header("Content-Type", "application/scim+json")
+                    .body(
+                        json!({
+                            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                            "userName": format!("{prefix}{i}@bench.example"),
+                            "name": {"givenName": "Post", "familyName": format!("{i}")},
+                            "emails": [{"value": format!("{prefix}{i}@bench.example"), "type": "work", "primary": true}],
+                            "active": true
+                        })
+                        .to_string(),
+                    )
+                    .send()
+                    .await?;
+                if resp.status().as_u16() != 201 {
+                    bail!("POST {url} answered {}", resp.status());
+                }
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(PostRun {
+        rate: posts as f64 / secs,
+        p50: pct(&mut lat, 50.0),
+        p99: pct(&mut lat, 99.0),
+    })
+}
+
+/// "mean batch N writes" from the group-commit counters in `/metrics`.
+fn mean_batch(metrics: &str) -> String {
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    match (
+        value("rolebridge_group_commit_writes_total "),
+        value("rolebridge_group_commit_batches_total "),
+    ) {
+        (Some(w), Some(b)) if b > 0.0 => format!(
+            "group commit: {w:.0} writes in {b:.0} transactions, {:.1} per commit",
+            w / b
+        ),
+        _ => "group commit: no batches counted".into(),
+    }
 }
 
 /// Inserts `n` users straight through the store, 1,000 per transaction

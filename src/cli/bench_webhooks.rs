@@ -162,12 +162,10 @@ async fn writes(
     Ok((out, started.elapsed()))
 }
 
-pub async fn run(config: &Config, args: WebhooksArgs) -> anyhow::Result<()> {
-    let store = Store::connect(&config.database_url).await?;
-    let name = TenantName::parse(&format!(
-        "benchhook-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    ))?;
+/// Mappings in which the bench tenant is mapped like a customer's: the
+/// shipped `gms` catalog, and group "Designers" granting `designer`. So a
+/// bench write pays for its derivation as a production write does.
+pub(super) fn bench_mappings(config: &Config, name: &TenantName) -> anyhow::Result<Mappings> {
     let dir = std::env::temp_dir().join(format!("rolebridge-bench-{name}"));
     std::fs::create_dir_all(dir.join("catalogs"))?;
     std::fs::create_dir_all(dir.join("tenants"))?;
@@ -177,8 +175,16 @@ pub async fn run(config: &Config, args: WebhooksArgs) -> anyhow::Result<()> {
     )
     .context("the gms catalog under --mappings")?;
     std::fs::write(dir.join(format!("tenants/{name}.yaml")), TENANT_FILE)?;
-    let mappings =
-        Mappings::load(&dir).map_err(|e| anyhow::anyhow!("bench mappings invalid: {e:?}"))?;
+    Mappings::load(&dir).map_err(|e| anyhow::anyhow!("bench mappings invalid: {e:?}"))
+}
+
+pub async fn run(config: &Config, args: WebhooksArgs) -> anyhow::Result<()> {
+    let store = Store::connect(&config.database_url).await?;
+    let name = TenantName::parse(&format!(
+        "benchhook-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ))?;
+    let mappings = bench_mappings(config, &name)?;
     let settings = crate::config::WebhookSettings {
         batch: args.batch,
         ..config.webhooks.clone()

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_checks;
 mod bench_plan;
+mod bench_reference;
 mod bench_webhooks;
 mod changes;
 mod mappings;
