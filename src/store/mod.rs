@@ -115,6 +115,11 @@ impl Store {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = FULL").await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        // A group commit keeps a savepoint open per write,
+                        // so each page it changes is first copied to the
+                        // statement journal: in memory (a batch's few pages),
+                        // not a temp file written per page.
+                        conn.execute("PRAGMA temp_store = MEMORY").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         // 32 MiB of page cache per connection (the default is
                         // about 8 MiB), so large groups' index pages stay hot.
