@@ -327,3 +327,58 @@ async fn kill_nine_under_load_keeps_every_acknowledged_write_sqlite() {
 async fn kill_nine_under_load_keeps_every_acknowledged_write_postgres() {
     kill_nine_under_load(Backend::Postgres).await;
 }
+
+/// A write PostgreSQL undoes to break a deadlock is answered 503
+/// `not_committed` (retry), not 500: two transactions lock two rows in
+/// opposite orders, as a sync apply and a SCIM batch of one tenant can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_undone_by_a_deadlock_is_not_committed_and_retryable() {
+    let db = fresh_database(Backend::Postgres).await;
+    // Connecting installs sqlx's drivers and migrates the database.
+    let _store = rolebridge::store::Store::connect(&db).await.unwrap();
+    for name in ["dla", "dlb"] {
+        assert_eq!(cli(&db, &["tenant", "create", name]).0, 0);
+    }
+    let lock =
+        |name: &'static str| format!("UPDATE tenants SET epoch = epoch WHERE name = '{name}'");
+    let (mut a, mut b) = (
+        sqlx::AnyConnection::connect(&db).await.unwrap(),
+        sqlx::AnyConnection::connect(&db).await.unwrap(),
+    );
+    for (conn, first) in [(&mut a, "dla"), (&mut b, "dlb")] {
+        sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(lock(first)))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    let second_a = tokio::spawn(async move {
+        let r = sqlx::query(sqlx::AssertSqlSafe(lock("dlb")))
+            .execute(&mut a)
+            .await
+            .map(|_| ());
+        (r, a)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rb = sqlx::query(sqlx::AssertSqlSafe(lock("dla")))
+        .execute(&mut b)
+        .await
+        .map(|_| ());
+    let _ = sqlx::query("ROLLBACK").execute(&mut b).await;
+    let (ra, mut a) = second_a.await.unwrap();
+    let _ = sqlx::query("ROLLBACK").execute(&mut a).await;
+    // Exactly one of the two was chosen to break the cycle.
+    let err = match (ra, rb) {
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => rolebridge::store::Error::Sql(e),
+        other => panic!("expected one deadlock victim: {other:?}"),
+    };
+    assert!(err.is_transient_conflict(), "{err}");
+    let app = rolebridge::app::Error::from(err);
+    assert!(
+        matches!(app, rolebridge::app::Error::NotCommitted(_)),
+        "{app:?}"
+    );
+    let (status, body) = rolebridge::http::error::error_body(&app);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["detail"], "the write was not committed; retry it");
+}

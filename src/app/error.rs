@@ -98,6 +98,10 @@ impl From<store::Error> for Error {
                 format!("{attribute} '{value}' is already taken in this tenant"),
             ),
             store::Error::Conflict => Error::Conflict,
+            // The database undid the write to break a deadlock with a
+            // concurrent transaction (a sync apply and a SCIM batch on
+            // PostgreSQL): nothing of it was kept; a retry may succeed.
+            other if other.is_transient_conflict() => Error::NotCommitted(other.to_string()),
             store::Error::VersionConflict { expected, latest } => Error::MappingConflict {
                 base: expected,
                 latest,

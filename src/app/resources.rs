@@ -142,13 +142,7 @@ impl App {
                         .ok_or_else(|| not_found(kind, &id))?;
                     check_if_match(if_match.as_deref(), current.version)?;
                     keep_server_owned(&current.doc, &mut doc);
-                    let stored = StoredResource {
-                        id: current.id.clone(),
-                        doc,
-                        created: current.created.clone(),
-                        last_modified: now(),
-                        version: current.version + 1,
-                    };
+                    let stored = current.next_version(doc, now());
                     tx.update(tenant, kind, &stored, current.version).await?;
                     if kind == ResourceKind::Group {
                         tx.clear_members(tenant, &stored.id).await?;
@@ -215,13 +209,7 @@ impl App {
                         };
                     }
                     let stored = if doc != current.doc || membership_changed {
-                        let next = StoredResource {
-                            id: current.id.clone(),
-                            doc,
-                            created: current.created.clone(),
-                            last_modified: now(),
-                            version: current.version + 1,
-                        };
+                        let next = current.next_version(doc, now());
                         tx.update(tenant, kind, &next, current.version).await?;
                         next
                     } else {

@@ -54,4 +54,12 @@ impl Error {
     pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
         matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
     }
+
+    /// True when PostgreSQL aborted the statement to break a deadlock
+    /// (40P01) or a serialisation conflict (40001): the transaction (or
+    /// savepoint) it ran in is undone, and running it again may succeed.
+    pub fn is_transient_conflict(&self) -> bool {
+        matches!(self, Error::Sql(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("40P01") | Some("40001")))
+    }
 }

@@ -32,6 +32,20 @@ pub struct StoredResource {
     pub version: i64,
 }
 
+impl StoredResource {
+    /// The resource replaced by `doc` at `at`: same id and creation, the
+    /// next version (what an update writes, and what If-Match compares).
+    pub fn next_version(&self, doc: Value, at: String) -> StoredResource {
+        StoredResource {
+            id: self.id.clone(),
+            doc,
+            created: self.created.clone(),
+            last_modified: at,
+            version: self.version + 1,
+        }
+    }
+}
+
 /// One membership edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberRow {
