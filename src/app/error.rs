@@ -90,6 +90,18 @@ pub enum Error {
     Store(store::Error),
 }
 
+impl Error {
+    /// True for an error raised by the database or the server itself, as
+    /// opposed to a refusal of the request (a taken name, a failed
+    /// precondition, bad input).
+    pub(super) fn is_server_side(&self) -> bool {
+        matches!(
+            self,
+            Error::Store(_) | Error::Internal(_) | Error::NotCommitted(_)
+        )
+    }
+}
+
 impl From<store::Error> for Error {
     fn from(err: store::Error) -> Self {
         match err {

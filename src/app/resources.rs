@@ -9,6 +9,7 @@ use scim::patch::{MemberOp, MemberRef};
 use scim::schema::ResourceKind;
 use serde_json::{json, Map, Value};
 
+use super::group_commit::Undo;
 use super::{now, App, Error, Result};
 use crate::domain::{ResourceId, TenantId};
 use crate::store::{MemberRow, StoredResource, WriteTx};
@@ -88,8 +89,14 @@ impl App {
             version: 1,
         };
         let tenant = ctx.tenant;
+        // A create without members is one INSERT, which refuses a taken
+        // userName without an error in the database: it needs no savepoint.
+        let undo = match members {
+            None => Undo::OneStatement,
+            Some(_) => Undo::Savepoint,
+        };
         let stored = self
-            .write(ctx, move |tx| {
+            .write_undone_by(ctx, undo, move |tx| {
                 Box::pin(async move {
                     tx.insert(tenant, kind, &stored).await?;
                     if let Some(members) = members {

@@ -265,6 +265,8 @@ pub struct WriteTx {
 /// the unit after it is rolled back.
 #[derive(Debug)]
 pub struct Savepoint {
+    /// False for a [`WriteTx::mark`]: bookkeeping only.
+    in_database: bool,
     changes: Vec<TenantId>,
     settled: std::collections::BTreeMap<TenantId, i64>,
     cause: Option<crate::domain::ChangeCause>,
@@ -298,10 +300,22 @@ impl WriteTx {
     pub async fn savepoint(&mut self) -> Result<Savepoint> {
         sqlx::query("SAVEPOINT unit").execute(&mut *self.tx).await?;
         Ok(Savepoint {
+            in_database: true,
+            ..self.mark()
+        })
+    }
+
+    /// The transaction's bookkeeping only, without a savepoint in the
+    /// database: for a unit of one statement that either writes or refuses
+    /// without an error inside the database (a user insert), so there is
+    /// nothing to roll back there. Saves a round trip per write.
+    pub fn mark(&self) -> Savepoint {
+        Savepoint {
+            in_database: false,
             changes: self.changes.keys().copied().collect(),
             settled: self.settled.clone(),
             cause: self.cause.clone(),
-        })
+        }
     }
 
     /// Undoes everything since the savepoint, in the database (on
@@ -309,12 +323,14 @@ impl WriteTx {
     /// in the transaction's bookkeeping: changes recorded and revisions
     /// settled since then are forgotten.
     pub async fn rollback_to(&mut self, savepoint: Savepoint) -> Result<()> {
-        sqlx::query("ROLLBACK TO SAVEPOINT unit")
-            .execute(&mut *self.tx)
-            .await?;
-        sqlx::query("RELEASE SAVEPOINT unit")
-            .execute(&mut *self.tx)
-            .await?;
+        if savepoint.in_database {
+            sqlx::query("ROLLBACK TO SAVEPOINT unit")
+                .execute(&mut *self.tx)
+                .await?;
+            sqlx::query("RELEASE SAVEPOINT unit")
+                .execute(&mut *self.tx)
+                .await?;
+        }
         self.changes = savepoint
             .changes
             .into_iter()
@@ -404,7 +420,8 @@ impl WriteTx {
             ResourceKind::User => {
                 sqlx::query(
                     "INSERT INTO scim_users (tenant_id, id, user_name, user_name_lc, external_id, active, data, created, last_modified, version) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     ON CONFLICT (tenant_id, user_name_lc) DO NOTHING",
                 )
                 .bind(tenant.to_string())
                 .bind(res.id.as_str())
@@ -437,7 +454,16 @@ impl WriteTx {
                 .await
             }
         };
-        result.map_err(|e| unique_or(e, &cols))?;
+        let done = result.map_err(|e| unique_or(e, &cols))?;
+        if kind == ResourceKind::User && done.rows_affected() == 0 {
+            // ON CONFLICT DO NOTHING: the name is taken. Refused without an
+            // error inside the database, so the transaction stays usable
+            // and a group commit's other writes are not lost with it.
+            return Err(Error::Uniqueness {
+                attribute: "userName",
+                value: cols.name.clone(),
+            });
+        }
         Ok(())
     }
 
