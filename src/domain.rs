@@ -221,6 +221,11 @@ impl Timestamp {
         (0..=9999).contains(&t.year()).then_some(Timestamp(t))
     }
 
+    /// The system's time (fixtures; use cases read an `App`'s clock).
+    pub fn now() -> Timestamp {
+        SystemClock.now()
+    }
+
     /// Reads the stored format back; `None` for anything else.
     pub fn parse(s: &str) -> Option<Timestamp> {
         parse_timestamp(s).and_then(Timestamp::new)

@@ -135,13 +135,13 @@ pub async fn seed_members(
     stem: &str,
     n: usize,
 ) -> Vec<String> {
-    let ts = rolebridge::app::now();
+    let ts = rolebridge::domain::Timestamp::now();
     let docs: Vec<StoredResource> = (0..n)
         .map(|i| StoredResource {
             id: ResourceId::generate(),
             doc: json!({"schemas": [USER], "userName": format!("{stem}{i}")}),
-            created: ts.clone(),
-            last_modified: ts.clone(),
+            created: ts,
+            last_modified: ts,
             version: 1,
         })
         .collect();

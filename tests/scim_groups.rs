@@ -122,8 +122,8 @@ both_backends! {
             let r = StoredResource {
                 id: ResourceId::generate(),
                 doc: json!({"schemas": [crate::support::USER], "userName": format!("bulk{i}")}),
-                created: rolebridge::app::now(),
-                last_modified: rolebridge::app::now(),
+                created: rolebridge::domain::Timestamp::now(),
+                last_modified: rolebridge::domain::Timestamp::now(),
                 version: 1,
             };
             tx.insert(tenant.id, ResourceKind::User, &r).await.unwrap();

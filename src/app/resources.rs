@@ -10,7 +10,7 @@ use scim::schema::ResourceKind;
 use serde_json::{json, Map, Value};
 
 use super::group_commit::Undo;
-use super::{now, App, Error, Result};
+use super::{App, Error, Result};
 use crate::domain::{ResourceId, TenantId};
 use crate::store::{MemberRow, StoredResource, WriteTx};
 
@@ -80,11 +80,11 @@ impl App {
     ) -> Result<Outcome> {
         let (doc, members, ignored) = prepare(kind, body, Writer::Client)?;
         log_ignored(ctx, kind, "POST", &ignored);
-        let ts = now();
+        let ts = self.clock().now();
         let stored = StoredResource {
             id: ResourceId::generate(),
             doc,
-            created: ts.clone(),
+            created: ts,
             last_modified: ts,
             version: 1,
         };
@@ -140,6 +140,7 @@ impl App {
         let (mut doc, members, ignored) = prepare(kind, body, Writer::Client)?;
         log_ignored(ctx, kind, "PUT", &ignored);
         let (tenant, id, if_match) = (ctx.tenant, id.clone(), if_match.map(str::to_string));
+        let at = self.clock().now();
         let stored = self
             .write(ctx, move |tx| {
                 Box::pin(async move {
@@ -149,7 +150,7 @@ impl App {
                         .ok_or_else(|| not_found(kind, &id))?;
                     check_if_match(if_match.as_deref(), current.version)?;
                     keep_server_owned(&current.doc, &mut doc);
-                    let stored = current.next_version(doc, now());
+                    let stored = current.next_version(doc, at);
                     tx.update(tenant, kind, &stored, current.version).await?;
                     if kind == ResourceKind::Group {
                         tx.clear_members(tenant, &stored.id).await?;
@@ -178,6 +179,7 @@ impl App {
     ) -> Result<Option<Outcome>> {
         let ops = scim::patch::parse_request(&body)?;
         let (tenant, id, if_match) = (ctx.tenant, id.clone(), if_match.map(str::to_string));
+        let at = self.clock().now();
         let (stored, ignored) = self
             .write(ctx, move |tx| {
                 Box::pin(async move {
@@ -216,7 +218,7 @@ impl App {
                         };
                     }
                     let stored = if doc != current.doc || membership_changed {
-                        let next = current.next_version(doc, now());
+                        let next = current.next_version(doc, at);
                         tx.update(tenant, kind, &next, current.version).await?;
                         next
                     } else {
@@ -524,8 +526,8 @@ fn wire(
         "meta".into(),
         json!({
             "resourceType": kind.name(),
-            "created": stored.created,
-            "lastModified": stored.last_modified,
+            "created": stored.created.to_string(),
+            "lastModified": stored.last_modified.to_string(),
             "location": format!("{}{}/{}", ctx.base_url, kind.endpoint(), stored.id),
             "version": etag(stored.version),
         }),

@@ -415,7 +415,7 @@ pub(super) async fn seed_users(
     while ids.len() < target {
         let mut tx = app.store().begin_write().await?;
         for _ in 0..1000.min(target - ids.len()) {
-            let ts = now();
+            let ts = crate::domain::Timestamp::now();
             let r = StoredResource {
                 id: ResourceId::generate(),
                 doc: json!({
@@ -423,7 +423,7 @@ pub(super) async fn seed_users(
                     "userName": format!("seed{}@bench.example", ids.len()),
                     "active": true
                 }),
-                created: ts.clone(),
+                created: ts,
                 last_modified: ts,
                 version: 1,
             };

@@ -730,11 +730,11 @@ pub(super) async fn seed(
 ) -> anyhow::Result<(crate::store::WriteTx, Vec<ResourceId>, Groups, usize)> {
     let mut tx = store.begin_write().await?;
     let resource = |doc: Value| {
-        let ts = now();
+        let ts = crate::domain::Timestamp::now();
         StoredResource {
             id: ResourceId::generate(),
             doc,
-            created: ts.clone(),
+            created: ts,
             last_modified: ts,
             version: 1,
         }

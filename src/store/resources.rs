@@ -18,8 +18,9 @@ use sqlx::query::Query;
 use sqlx::{Any, AssertSqlSafe, Row};
 
 use super::effective::Changes;
+use super::sync::required_timestamp;
 use super::{Dialect, Error, Result, Store};
-use crate::domain::{ResourceId, TenantId};
+use crate::domain::{ResourceId, TenantId, Timestamp};
 
 /// A resource as stored: the document without `id`, `meta` and (for groups)
 /// `members`, plus the metadata columns.
@@ -27,19 +28,20 @@ use crate::domain::{ResourceId, TenantId};
 pub struct StoredResource {
     pub id: ResourceId,
     pub doc: Value,
-    pub created: String,
-    pub last_modified: String,
+    /// `meta.created` and `meta.lastModified`.
+    pub created: Timestamp,
+    pub last_modified: Timestamp,
     pub version: i64,
 }
 
 impl StoredResource {
     /// The resource replaced by `doc` at `at`: same id and creation, the
     /// next version (what an update writes, and what If-Match compares).
-    pub fn next_version(&self, doc: Value, at: String) -> StoredResource {
+    pub fn next_version(&self, doc: Value, at: Timestamp) -> StoredResource {
         StoredResource {
             id: self.id.clone(),
             doc,
-            created: self.created.clone(),
+            created: self.created,
             last_modified: at,
             version: self.version + 1,
         }
@@ -430,8 +432,8 @@ impl WriteTx {
                 .bind(cols.external_id.clone())
                 .bind(i64::from(cols.active))
                 .bind(data)
-                .bind(&res.created)
-                .bind(&res.last_modified)
+                .bind(res.created.to_string())
+                .bind(res.last_modified.to_string())
                 .bind(res.version)
                 .execute(&mut *self.tx)
                 .await
@@ -447,8 +449,8 @@ impl WriteTx {
                 .bind(cols.name_lc.clone())
                 .bind(cols.external_id.clone())
                 .bind(data)
-                .bind(&res.created)
-                .bind(&res.last_modified)
+                .bind(res.created.to_string())
+                .bind(res.last_modified.to_string())
                 .bind(res.version)
                 .execute(&mut *self.tx)
                 .await
@@ -548,8 +550,8 @@ impl WriteTx {
                 }
                 q = q
                     .bind(res.doc.to_string())
-                    .bind(res.created.clone())
-                    .bind(res.last_modified.clone())
+                    .bind(res.created.to_string())
+                    .bind(res.last_modified.to_string())
                     .bind(res.version);
             }
             q.execute(&mut *self.tx).await?;
@@ -611,7 +613,7 @@ impl WriteTx {
                 .bind(cols.external_id.clone())
                 .bind(i64::from(cols.active))
                 .bind(data)
-                .bind(&res.last_modified)
+                .bind(res.last_modified.to_string())
                 .bind(res.version)
                 .bind(tenant.to_string())
                 .bind(res.id.as_str())
@@ -628,7 +630,7 @@ impl WriteTx {
                 .bind(cols.name_lc.clone())
                 .bind(cols.external_id.clone())
                 .bind(data)
-                .bind(&res.last_modified)
+                .bind(res.last_modified.to_string())
                 .bind(res.version)
                 .bind(tenant.to_string())
                 .bind(res.id.as_str())
@@ -905,8 +907,8 @@ fn resource_from_row(kind: ResourceKind, row: &AnyRow) -> Result<StoredResource>
     Ok(StoredResource {
         id: ResourceId::from_client(&id),
         doc,
-        created: row.try_get(2)?,
-        last_modified: row.try_get(3)?,
+        created: required_timestamp("created", row.try_get(2)?)?,
+        last_modified: required_timestamp("last_modified", row.try_get(3)?)?,
         version: row.try_get(4)?,
     })
 }

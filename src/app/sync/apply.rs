@@ -60,7 +60,7 @@ impl App {
     ) -> Result<Applied> {
         let mut applied = Applied::default();
         let mut refused: HashSet<String> = HashSet::new();
-        let ts = self.clock().now().to_string();
+        let ts = self.clock().now();
         let mut tx = self.store.begin_write().await?;
         tx.set_cause(crate::domain::ChangeCause::Sync {
             source: source.to_string(),
@@ -97,7 +97,7 @@ impl App {
                     id,
                     &user.user_name,
                 )? {
-                    docs.push(new_resource(id, doc, &ts));
+                    docs.push(new_resource(id, doc, ts));
                     accepted.push((*id, *user));
                 }
             }
@@ -126,21 +126,21 @@ impl App {
                         // The entry is unusable, but a disable must still
                         // revoke access.
                         if !user.active {
-                            deactivate(&mut tx, tenant, id, &ts).await?;
+                            deactivate(&mut tx, tenant, id, ts).await?;
                         }
                         continue;
                     };
-                    if let Err(e) = replace(&mut tx, tenant, ResourceKind::User, id, doc, &ts).await
+                    if let Err(e) = replace(&mut tx, tenant, ResourceKind::User, id, doc, ts).await
                     {
                         refuse(e, &mut applied, &mut refused, id, &user.user_name)?;
                         // The rename is refused, but a disable in the same
                         // change must still revoke access.
                         if !user.active {
-                            deactivate(&mut tx, tenant, id, &ts).await?;
+                            deactivate(&mut tx, tenant, id, ts).await?;
                         }
                     }
                 }
-                UserOp::Deactivate { id, .. } => deactivate(&mut tx, tenant, id, &ts).await?,
+                UserOp::Deactivate { id, .. } => deactivate(&mut tx, tenant, id, ts).await?,
                 UserOp::Delete { .. } => {}
             }
         }
@@ -158,7 +158,7 @@ impl App {
                     id,
                     &group.display_name,
                 )? {
-                    new_groups.push(new_resource(id, doc, &ts));
+                    new_groups.push(new_resource(id, doc, ts));
                     new_names.push((id.as_str(), group.display_name.as_str()));
                 }
             }
@@ -187,8 +187,7 @@ impl App {
                     else {
                         continue;
                     };
-                    if let Err(e) =
-                        replace(&mut tx, tenant, ResourceKind::Group, id, doc, &ts).await
+                    if let Err(e) = replace(&mut tx, tenant, ResourceKind::Group, id, doc, ts).await
                     {
                         refuse(e, &mut applied, &mut refused, id, &group.display_name)?;
                     }
@@ -350,12 +349,12 @@ fn refuse(
     }
 }
 
-fn new_resource(id: &str, doc: Value, ts: &str) -> StoredResource {
+fn new_resource(id: &str, doc: Value, ts: Timestamp) -> StoredResource {
     StoredResource {
         id: ResourceId::from_client(id),
         doc,
-        created: ts.to_string(),
-        last_modified: ts.to_string(),
+        created: ts,
+        last_modified: ts,
         version: 1,
     }
 }
@@ -364,7 +363,7 @@ async fn deactivate(
     tx: &mut WriteTx,
     tenant: TenantId,
     id: &str,
-    ts: &str,
+    ts: Timestamp,
 ) -> Result<(), StoreError> {
     let rid = ResourceId::from_client(id);
     if let Some(cur) = tx.get_for_update(tenant, ResourceKind::User, &rid).await? {
@@ -381,7 +380,7 @@ async fn replace(
     kind: ResourceKind,
     id: &str,
     doc: Value,
-    ts: &str,
+    ts: Timestamp,
 ) -> Result<(), StoreError> {
     let rid = ResourceId::from_client(id);
     match tx.get_for_update(tenant, kind, &rid).await? {
@@ -396,15 +395,9 @@ async fn update(
     kind: ResourceKind,
     cur: StoredResource,
     doc: Value,
-    ts: &str,
+    ts: Timestamp,
 ) -> Result<(), StoreError> {
-    let next = StoredResource {
-        id: cur.id,
-        doc,
-        created: cur.created,
-        last_modified: ts.to_string(),
-        version: cur.version + 1,
-    };
+    let next = cur.next_version(doc, ts);
     tx.update(tenant, kind, &next, cur.version).await
 }
 
