@@ -12,22 +12,18 @@ use sqlx::Connection;
 
 use crate::changes_feed::mapped;
 use crate::durability::{cli, cli_token, spawn_server};
+use crate::quota_cluster::{metrics_text, series};
 use crate::support::{fresh_database, unique, Backend, Resp, TestServer, PATCH_OP, USER};
 
 /// The group-commit counters of `/metrics`: (transactions, writes).
 async fn counters(client: &reqwest::Client, addr: &str) -> (u64, u64) {
-    let text = client
-        .get(format!("{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(client, addr).await;
     let value = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} not in /metrics"
+        );
+        series(&text, name) as u64
     };
     (
         value("rolebridge_group_commit_batches_total "),

@@ -144,11 +144,8 @@ impl App {
         let stored = self
             .write(ctx, move |tx| {
                 Box::pin(async move {
-                    let current = tx
-                        .get_for_update(tenant, kind, &id)
-                        .await?
-                        .ok_or_else(|| not_found(kind, &id))?;
-                    check_if_match(if_match.as_deref(), current.version)?;
+                    let current =
+                        current_for_write(tx, tenant, kind, &id, if_match.as_deref()).await?;
                     keep_server_owned(&current.doc, &mut doc);
                     let stored = current.next_version(doc, at);
                     tx.update(tenant, kind, &stored, current.version).await?;
@@ -183,11 +180,8 @@ impl App {
         let (stored, ignored) = self
             .write(ctx, move |tx| {
                 Box::pin(async move {
-                    let current = tx
-                        .get_for_update(tenant, kind, &id)
-                        .await?
-                        .ok_or_else(|| not_found(kind, &id))?;
-                    check_if_match(if_match.as_deref(), current.version)?;
+                    let current =
+                        current_for_write(tx, tenant, kind, &id, if_match.as_deref()).await?;
                     // `id` lives in its own column; the PATCH engine sees it
                     // so that a path-less value echoing the id (Okta's group
                     // rename) is accepted as unchanged, while any other
@@ -246,11 +240,7 @@ impl App {
         let (tenant, id, if_match) = (ctx.tenant, id.clone(), if_match.map(str::to_string));
         self.write(ctx, move |tx| {
             Box::pin(async move {
-                let current = tx
-                    .get_for_update(tenant, kind, &id)
-                    .await?
-                    .ok_or_else(|| not_found(kind, &id))?;
-                check_if_match(if_match.as_deref(), current.version)?;
+                current_for_write(tx, tenant, kind, &id, if_match.as_deref()).await?;
                 tx.delete(tenant, kind, &id).await?;
                 Ok(())
             })
@@ -542,6 +532,24 @@ pub fn etag(version: i64) -> String {
 
 /// `If-Match`: `*`, or a list of ETags one of which must be current. Weak
 /// and strong forms compare equal, since versions are all we have.
+/// The resource a write replaces, locked until commit (PostgreSQL), after
+/// its `If-Match` precondition: 404 when it does not exist, 412 when the
+/// client's version is not the current one.
+async fn current_for_write(
+    tx: &mut WriteTx,
+    tenant: TenantId,
+    kind: ResourceKind,
+    id: &ResourceId,
+    if_match: Option<&str>,
+) -> Result<StoredResource> {
+    let current = tx
+        .get_for_update(tenant, kind, id)
+        .await?
+        .ok_or_else(|| not_found(kind, id))?;
+    check_if_match(if_match, current.version)?;
+    Ok(current)
+}
+
 fn check_if_match(if_match: Option<&str>, version: i64) -> Result<()> {
     let Some(header) = if_match else {
         return Ok(());

@@ -48,10 +48,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
-    /// SQLite allows one writer at a time and answers SQLITE_BUSY at once
-    /// (not after `busy_timeout`) when a deferred transaction upgrades from
-    /// reader to writer. Serialising write transactions in-process avoids
-    /// that failure mode; PostgreSQL needs no such lock.
+    /// SQLite allows one writer at a time. Write transactions begin
+    /// IMMEDIATE, so a writer of another process is waited for in SQLite's
+    /// busy handler (sleeping on the driver's thread, up to
+    /// `busy_timeout`); this process's own writers queue here instead, on
+    /// an async lock. PostgreSQL needs no such lock.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
