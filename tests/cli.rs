@@ -100,6 +100,110 @@ async fn serve_defaults_create_a_sqlite_file_under_data() {
     let _ = child.wait();
 }
 
+/// The README's quick start, run as written: the `sh` block that creates
+/// `acme-liveperson`, against `serve` on its embedded defaults (SQLite under
+/// `./data`, the shipped `./mappings`), with only `cargo run -q --release --`
+/// replaced by the built binary and the address by the test server's. It
+/// must end at ana's effective permissions and an explain of them.
+#[tokio::test]
+async fn the_readme_quick_start_reaches_permissions_and_explain() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let script = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("\n```").next())
+        .find(|b| b.contains("tenant create acme-liveperson"))
+        .expect("README has the quick-start block");
+    assert!(
+        script.contains("cargo run -q --release --") && script.contains("http://127.0.0.1:8080"),
+        "{script}"
+    );
+    assert!(
+        script.lines().filter(|l| !l.starts_with(' ')).count() <= 8,
+        "a handful of commands: {script}"
+    );
+
+    let dir = crate::support::test_dir().join(crate::support::unique("rb-quickstart"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"),
+        dir.join("mappings"),
+    )
+    .unwrap();
+    let (mut child, addr) = spawn_server("", Some(&dir), &[]);
+    let script = script
+        .replace("cargo run -q --release --", bin())
+        .replace("http://127.0.0.1:8080", &addr);
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(&dir)
+        .env_remove("ROLEBRIDGE_DATABASE_URL")
+        .env_remove("ROLEBRIDGE_CONFIG")
+        .output()
+        .expect("run bash");
+    let _ = child.kill();
+    let _ = child.wait();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "the quick start failed: {stderr}\n{stdout}"
+    );
+
+    // The outputs, in order: the tenant's name, the Bulk response, the
+    // permissions, the feed, then explain's text.
+    let json = stdout
+        .strip_prefix("acme-liveperson\n")
+        .unwrap_or_else(|| panic!("tenant create printed: {stdout}"));
+    let mut values = serde_json::Deserializer::from_str(json).into_iter::<serde_json::Value>();
+    let mut next = || {
+        values
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("expected JSON in: {stdout}"))
+    };
+    let bulk = next();
+    let statuses: Vec<&str> = bulk["Operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["201", "201"], "{bulk}");
+    let perms = next();
+    assert_eq!(
+        perms["profiles"],
+        serde_json::json!(["senior_agent"]),
+        "{perms}"
+    );
+    assert!(
+        perms["roles"].as_array().is_some_and(|r| !r.is_empty()),
+        "{perms}"
+    );
+    assert!(
+        perms["permissions"].as_array().is_some_and(|p| p.len() > 3),
+        "{perms}"
+    );
+    let feed = next();
+    let events = feed["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["user"]["userName"] == "ana@acme.example"
+                && e["added"]["profiles"] == serde_json::json!(["senior_agent"])),
+        "{feed}"
+    );
+    drop(next);
+    let explain = &json[values.byte_offset()..];
+    assert!(
+        explain.contains("Support Seniors") && explain.contains("senior_agent"),
+        "{explain}"
+    );
+}
+
 #[tokio::test]
 async fn mappings_validate_points_at_the_line() {
     let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings");
