@@ -727,8 +727,24 @@ impl WriteTx {
         group: &ResourceId,
         members: &[(String, &'static str)],
     ) -> Result<u64> {
+        let edges: Vec<(&ResourceId, &str, &'static str)> = members
+            .iter()
+            .map(|(id, ty)| (group, id.as_str(), *ty))
+            .collect();
+        self.add_edges(tenant, &edges).await
+    }
+
+    /// Adds `(group, member, member type)` edges of many groups, in
+    /// statements of [`MULTI_ROW`] edges whatever group they belong to: a
+    /// first directory sync adds 100,000 memberships of 5,000 groups, and
+    /// a statement per group was 5,020 round trips.
+    pub async fn add_edges(
+        &mut self,
+        tenant: TenantId,
+        edges: &[(&ResourceId, &str, &'static str)],
+    ) -> Result<u64> {
         self.touch_tenant(tenant);
-        for (id, ty) in members {
+        for (_, id, ty) in edges {
             if *ty == "Group" {
                 self.group_changed(tenant, id);
             } else {
@@ -737,7 +753,7 @@ impl WriteTx {
         }
         let mut added = 0;
         let tenant = tenant.to_string();
-        for chunk in members.chunks(CHUNK) {
+        for chunk in edges.chunks(MULTI_ROW) {
             // Every value bound in order (no shared `$1`), so SQLite binds
             // them positionally (see `positional`).
             let values = row_placeholders(chunk.len(), 4);
@@ -746,11 +762,11 @@ impl WriteTx {
                  ON CONFLICT (tenant_id, group_id, member_id) DO NOTHING"
             );
             let mut q = sqlx::query(positional(self.dialect, sql));
-            for (id, ty) in chunk {
+            for (group, id, ty) in chunk {
                 q = q
                     .bind(tenant.as_str())
                     .bind(group.as_str())
-                    .bind(id.as_str())
+                    .bind(*id)
                     .bind(*ty);
             }
             added += q.execute(&mut *self.tx).await?.rows_affected();

@@ -199,22 +199,30 @@ impl App {
             }
         }
         phases.mark("groups");
-        for (group, delta) in &plan.members {
-            if refused.contains(group) {
-                continue;
-            }
-            let gid = ResourceId::from_client(group);
-            let add: Vec<(String, &'static str)> = delta
-                .add
-                .iter()
-                .filter(|(id, _)| !refused.contains(id))
-                .map(|(id, kind)| (id.clone(), kind.name()))
-                .collect();
-            if !add.is_empty() {
-                tx.add_members(tenant, &gid, &add).await?;
-            }
+        // Every group's additions in shared statements, then each group's
+        // removals (additions before removals, as for one group before).
+        let groups: Vec<(ResourceId, &super::plan::MemberDelta)> = plan
+            .members
+            .iter()
+            .filter(|(group, _)| !refused.contains(*group))
+            .map(|(group, delta)| (ResourceId::from_client(group), delta))
+            .collect();
+        let edges: Vec<(&ResourceId, &str, &'static str)> = groups
+            .iter()
+            .flat_map(|(gid, delta)| {
+                delta
+                    .add
+                    .iter()
+                    .filter(|(id, _)| !refused.contains(id))
+                    .map(move |(id, kind)| (gid, id.as_str(), kind.name()))
+            })
+            .collect();
+        if !edges.is_empty() {
+            tx.add_edges(tenant, &edges).await?;
+        }
+        for (gid, delta) in &groups {
             if !delta.remove.is_empty() {
-                tx.remove_members(tenant, &gid, &delta.remove).await?;
+                tx.remove_members(tenant, gid, &delta.remove).await?;
             }
         }
         phases.mark("members");
