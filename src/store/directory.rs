@@ -4,7 +4,7 @@
 use serde_json::Value;
 use sqlx::Row;
 
-use super::{MemberRow, Result, Store};
+use super::{map_rows, MemberRow, Result, Store};
 use crate::domain::TenantId;
 
 /// A user as the permissions computation needs it.
@@ -70,40 +70,40 @@ pub(super) async fn directory_on(
 ) -> Result<Directory> {
     let t = tenant.to_string();
     let epoch = tenant_epoch(conn, tenant).await?;
-    let users = sqlx::query(
-        "SELECT id, user_name, active, created FROM scim_users WHERE tenant_id = $1 ORDER BY created, id",
+    let users = map_rows(
+        sqlx::query(
+            "SELECT id, user_name, active, created FROM scim_users WHERE tenant_id = $1 ORDER BY created, id",
+        )
+        .bind(&t)
+        .fetch(&mut *conn),
+        |r| {
+            Ok(DirectoryUser {
+                id: r.try_get(0)?,
+                user_name: r.try_get(1)?,
+                active: r.try_get::<i64, _>(2)? != 0,
+                created: r.try_get(3)?,
+            })
+        },
     )
-    .bind(&t)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(DirectoryUser {
-            id: r.try_get(0)?,
-            user_name: r.try_get(1)?,
-            active: r.try_get::<i64, _>(2)? != 0,
-            created: r.try_get(3)?,
-        })
-    })
-    .collect::<Result<Vec<_>>>()?;
-    let groups = sqlx::query(
-        "SELECT id, display_name, external_id, data FROM scim_groups WHERE tenant_id = $1 ORDER BY created, id",
+    .await?;
+    let groups = map_rows(
+        sqlx::query(
+            "SELECT id, display_name, external_id, data FROM scim_groups WHERE tenant_id = $1 ORDER BY created, id",
+        )
+        .bind(&t)
+        .fetch(&mut *conn),
+        group_from_row,
     )
-    .bind(&t)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(group_from_row)
-    .collect::<Result<Vec<_>>>()?;
-    let edges = sqlx::query(
-        "SELECT group_id, member_id, member_type FROM group_members WHERE tenant_id = $1 ORDER BY group_id, member_id",
+    .await?;
+    let edges = map_rows(
+        sqlx::query(
+            "SELECT group_id, member_id, member_type FROM group_members WHERE tenant_id = $1 ORDER BY group_id, member_id",
+        )
+        .bind(&t)
+        .fetch(&mut *conn),
+        super::resources::member_from_row,
     )
-    .bind(&t)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(super::resources::member_from_row)
-    .collect::<Result<Vec<_>>>()?;
+    .await?;
     Ok(Directory {
         epoch,
         users,

@@ -70,6 +70,26 @@ impl Store {
     }
 }
 
+/// Maps a query's rows as they arrive, for the loads that read a whole
+/// tenant (a complete sync run's links and stored directory). `fetch_all`
+/// keeps every driver row beside its mapped value until the last one is
+/// mapped: at 100,000 users that was 96 MiB of the 238 to 304 MiB a
+/// complete run's load and plan added to its peak RSS.
+pub(crate) async fn map_rows<T>(
+    mut rows: futures_util::stream::BoxStream<
+        '_,
+        std::result::Result<sqlx::any::AnyRow, sqlx::Error>,
+    >,
+    mut map: impl FnMut(&sqlx::any::AnyRow) -> Result<T>,
+) -> Result<Vec<T>> {
+    use futures_util::TryStreamExt;
+    let mut out = Vec::new();
+    while let Some(row) = rows.try_next().await? {
+        out.push(map(&row)?);
+    }
+    Ok(out)
+}
+
 impl Store {
     /// Connects, creating the SQLite file (and its directory) if needed, and
     /// applies pending migrations.

@@ -55,14 +55,13 @@ pub struct SyncRunRecord {
 impl Store {
     /// Every link a source holds in a tenant.
     pub async fn sync_links(&self, source: &str, tenant: TenantId) -> Result<Vec<SyncLink>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {LINK_COLUMNS} FROM sync_links WHERE source = $1 AND tenant_id = $2"
-        )))
-        .bind(source)
-        .bind(tenant.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| link_from_row(r, tenant)).collect()
+        let sql =
+            format!("SELECT {LINK_COLUMNS} FROM sync_links WHERE source = $1 AND tenant_id = $2");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(source)
+            .bind(tenant.to_string())
+            .fetch(&self.pool);
+        super::map_rows(rows, |r| link_from_row(r, tenant)).await
     }
 
     /// The tenants other than `tenant` in which a source still holds links:
