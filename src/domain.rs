@@ -107,6 +107,74 @@ impl fmt::Display for ResourceId {
     }
 }
 
+/// A directory entry's stable id as its source gives it (`entryUUID`,
+/// `objectGUID` as a canonical GUID string, a Graph object id): the
+/// identity a link ties to a resource, kept by renames and moves. Opaque:
+/// only compared, never parsed, so it is not confused with a
+/// [`ResourceId`] (ours) or a locator (a DN, which changes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ExternalKey(String);
+
+impl ExternalKey {
+    pub fn new(raw: impl Into<String>) -> Self {
+        ExternalKey(raw.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for ExternalKey {
+    fn from(raw: String) -> Self {
+        ExternalKey(raw)
+    }
+}
+
+impl From<&str> for ExternalKey {
+    fn from(raw: &str) -> Self {
+        ExternalKey(raw.to_string())
+    }
+}
+
+impl PartialEq<str> for ExternalKey {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ExternalKey {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for ExternalKey {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+/// Lookups by the text a test or a log line holds (hashing and ordering
+/// are those of the text itself).
+impl std::borrow::Borrow<String> for ExternalKey {
+    fn borrow(&self) -> &String {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for ExternalKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ExternalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// What an API token may do. A token works only for its tenant and scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -443,7 +443,7 @@ async fn incremental_reads_only_entries_changed_since_the_cursor() {
     );
     assert_eq!(
         batch.users.keys().cloned().collect::<BTreeSet<_>>(),
-        BTreeSet::from([g1.clone(), g4.clone(), gnew.clone()])
+        BTreeSet::from([g1.clone().into(), g4.clone().into(), gnew.clone().into()])
     );
     assert!(!batch.users[&g1].active);
     assert_eq!(
@@ -504,8 +504,8 @@ async fn incremental_reads_report_deletions_from_tombstones() {
     assert_eq!(
         batch.deleted,
         std::collections::HashMap::from([
-            (gone_user, Some(rolebridge::sync::Kind::User)),
-            (gone_group, Some(rolebridge::sync::Kind::Group)),
+            (gone_user.into(), Some(rolebridge::sync::Kind::User)),
+            (gone_group.into(), Some(rolebridge::sync::Kind::Group)),
         ]),
         "{batch:?}"
     );

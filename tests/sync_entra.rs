@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use graph::{GraphOptions, GraphStandIn};
 use rolebridge::sync::entra::{EntraConfig, EntraError, EntraSource};
 use rolebridge::sync::{
-    Batch, Kind, MemberRef, Members, ReadOutcome, ReadRequest, Source, SourceError,
+    Batch, ExternalKey, Kind, MemberRef, Members, ReadOutcome, ReadRequest, Source, SourceError,
 };
 use serde_json::json;
 
@@ -76,7 +76,7 @@ fn members(batch: &Batch, group: &str) -> BTreeSet<String> {
     }
     out.into_iter()
         .map(|m| match m {
-            MemberRef::Key(k) => k,
+            MemberRef::Key(k) => k.as_str().to_string(),
             other => panic!("Graph members are keys, not {other:?}"),
         })
         .collect()
@@ -84,6 +84,10 @@ fn members(batch: &Batch, group: &str) -> BTreeSet<String> {
 
 fn set(ids: &[&str]) -> BTreeSet<String> {
     ids.iter().map(|s| s.to_string()).collect()
+}
+
+fn keys(ids: &[&str]) -> BTreeSet<ExternalKey> {
+    ids.iter().map(|s| ExternalKey::from(*s)).collect()
 }
 
 /// A small directory: three users (one disabled), a security group holding
@@ -213,7 +217,7 @@ async fn delta_read_reports_changes_disables_deletions_and_membership() {
     assert!(!outcome.complete);
     assert_eq!(
         batch.users.keys().cloned().collect::<BTreeSet<_>>(),
-        set(&[&d.ann, &d.bob, &dan])
+        keys(&[&d.ann, &d.bob, &dan])
     );
     assert_eq!(
         batch.users[&d.ann].family_name.as_deref(),
@@ -244,14 +248,14 @@ async fn delta_read_reports_changes_disables_deletions_and_membership() {
     );
     assert_eq!(
         ops.added,
-        [MemberRef::Key(dan.clone())].into_iter().collect()
+        [MemberRef::Key(dan.clone().into())].into_iter().collect()
     );
     assert!(ops.removed.is_empty());
     let admins = &batch.groups[&d.admins];
     assert!(admins.group.is_none());
     assert_eq!(
         admins.removed,
-        [MemberRef::Key(d.ann.clone())].into_iter().collect()
+        [MemberRef::Key(d.ann.clone().into())].into_iter().collect()
     );
 
     // A rename carries the attributes, with member changes as a delta.
@@ -265,7 +269,7 @@ async fn delta_read_reports_changes_disables_deletions_and_membership() {
     assert!(matches!(group.members, Members::Delta { .. }));
     assert_eq!(
         admins.added,
-        [MemberRef::Key(dan.clone())].into_iter().collect()
+        [MemberRef::Key(dan.clone().into())].into_iter().collect()
     );
     assert_eq!(batch.users.len(), 0);
 }
@@ -435,7 +439,7 @@ async fn expired_delta_token_asks_for_a_full_resync() {
     assert!(outcome.complete);
     assert_eq!(
         batch.users.keys().cloned().collect::<BTreeSet<_>>(),
-        set(&[&d.ann, &d.cid])
+        keys(&[&d.ann, &d.cid])
     );
 
     // A cursor made for other settings, or garbage, is expired too.
@@ -636,7 +640,7 @@ async fn group_selection_security_and_named() {
     let (batch, outcome) = read(&mut security, None).await.unwrap();
     assert_eq!(
         batch.groups.keys().cloned().collect::<BTreeSet<_>>(),
-        set(&[&d.admins, &d.ops]),
+        keys(&[&d.admins, &d.ops]),
         "the Microsoft 365 group is not a security group"
     );
     assert_eq!(batch.users.len(), 3, "users are all synced");
@@ -648,7 +652,7 @@ async fn group_selection_security_and_named() {
         .unwrap();
     assert_eq!(
         batch.groups.keys().cloned().collect::<BTreeSet<_>>(),
-        set(&[&d.ops])
+        keys(&[&d.ops])
     );
     assert!(batch.deleted.is_empty(), "{:?}", batch.deleted);
 
@@ -658,7 +662,7 @@ async fn group_selection_security_and_named() {
     let (batch, outcome) = read(&mut named, None).await.unwrap();
     assert_eq!(
         batch.groups.keys().cloned().collect::<BTreeSet<_>>(),
-        set(&[&d.ops, &d.m365])
+        keys(&[&d.ops, &d.m365])
     );
     // Renamed out of the list: it leaves scope.
     g.rename_group(&d.ops, "Operations");

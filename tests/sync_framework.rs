@@ -92,7 +92,7 @@ impl Source for Directory {
 
 fn person(n: usize) -> ExternalUser {
     ExternalUser {
-        key: format!("key-{n}"),
+        key: format!("key-{n}").into(),
         locator: Some(format!("uid=user{n},ou=people")),
         base: "ou=people".into(),
         user_name: format!("user{n}@example.org"),

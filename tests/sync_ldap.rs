@@ -318,7 +318,7 @@ async fn modify_timestamp_polling_is_incomplete() {
     let ann = slapd.entry_uuid(&user_dn("ann"));
     assert_eq!(
         batch.users.keys().cloned().collect::<BTreeSet<_>>(),
-        BTreeSet::from([ann, bob.clone()]),
+        BTreeSet::from([ann.into(), bob.clone().into()]),
         "{batch:?}"
     );
     assert!(batch.groups.is_empty());

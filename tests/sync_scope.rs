@@ -146,9 +146,9 @@ impl Model {
             MemberGen::Key(false, n) => MemberRef::Key(
                 self.users
                     .get(n)
-                    .map_or(format!("no-user-{n}"), |u| u.key.clone()),
+                    .map_or(format!("no-user-{n}").into(), |u| u.key.clone()),
             ),
-            MemberGen::Key(true, n) => MemberRef::Key(format!("g{n}")),
+            MemberGen::Key(true, n) => MemberRef::Key(format!("g{n}").into()),
             MemberGen::Locator(false, n) => MemberRef::Locator(dn(*n).to_uppercase()),
             MemberGen::Locator(true, n) => MemberRef::Locator(group_dn(*n)),
             MemberGen::UserName(n) => {
@@ -159,7 +159,7 @@ impl Model {
 
     fn group(&self, n: usize, renamed: bool, members: Vec<MemberRef>) -> ExternalGroup {
         ExternalGroup {
-            key: format!("g{n}"),
+            key: format!("g{n}").into(),
             locator: Some(group_dn(n)),
             base: "ou=groups,dc=x".into(),
             display_name: format!("Group {n}{}", if renamed { " (renamed)" } else { "" }),
@@ -201,11 +201,11 @@ impl Model {
                             kind: None,
                         });
                         self.generation += 1;
-                        format!("u{n}-{}", self.generation)
+                        format!("u{n}-{}", self.generation).into()
                     }
                     None => {
                         self.generation += 1;
-                        format!("u{n}-{}", self.generation)
+                        format!("u{n}-{}", self.generation).into()
                     }
                 };
                 let user = ExternalUser {
@@ -257,7 +257,7 @@ impl Model {
                     }
                 }
                 vec![Change::GroupMembers {
-                    key: format!("g{n}"),
+                    key: format!("g{n}").into(),
                     added,
                     removed,
                 }]

@@ -16,7 +16,7 @@ pub const RUNS_KEPT: i64 = 1000;
 pub struct SyncLink {
     pub source: String,
     pub kind: ResourceKind,
-    pub external_key: String,
+    pub external_key: crate::domain::ExternalKey,
     pub tenant: TenantId,
     pub resource_id: String,
     pub locator: Option<String>,
@@ -288,12 +288,12 @@ impl WriteTx {
         &mut self,
         source: &str,
         kind: ResourceKind,
-        key: &str,
+        key: &crate::domain::ExternalKey,
     ) -> Result<()> {
         sqlx::query("DELETE FROM sync_links WHERE source = $1 AND kind = $2 AND external_key = $3")
             .bind(source)
             .bind(kind.name())
-            .bind(key)
+            .bind(key.as_str())
             .execute(self.conn())
             .await?;
         Ok(())
@@ -351,7 +351,7 @@ pub(super) fn link_from_row(r: &sqlx::any::AnyRow, tenant: TenantId) -> Result<S
     Ok(SyncLink {
         source: r.try_get(0)?,
         kind: kind_column(&r.try_get::<String, _>(1)?)?,
-        external_key: r.try_get(2)?,
+        external_key: crate::domain::ExternalKey::new(r.try_get::<String, _>(2)?),
         tenant,
         resource_id: r.try_get(4)?,
         locator: r.try_get(5)?,

@@ -17,13 +17,13 @@ use super::directory::group_from_row;
 use super::resources::{member_from_row, placeholders, positional, CHUNK};
 use super::sync::LINK_COLUMNS;
 use super::{Directory, DirectoryUser, MemberRow, Result, Store, SyncLink};
-use crate::domain::TenantId;
+use crate::domain::{ExternalKey, TenantId};
 
 /// What a batch names, for [`Store::sync_scope`].
 #[derive(Debug, Clone, Default)]
 pub struct ScopeKeys {
     /// Stable ids, of either kind.
-    pub keys: BTreeSet<String>,
+    pub keys: BTreeSet<ExternalKey>,
     /// Normalised DNs.
     pub locators: BTreeSet<String>,
     /// Lowercased userNames.
@@ -64,21 +64,23 @@ impl Store {
         let conn = &mut *tx;
         let t = tenant.to_string();
         let dialect = self.dialect;
-        let mut links: BTreeMap<(ResourceKind, String), SyncLink> = BTreeMap::new();
+        let mut links: BTreeMap<(ResourceKind, ExternalKey), SyncLink> = BTreeMap::new();
         let by = |column: &str| {
             format!(
                 "SELECT {LINK_COLUMNS} FROM sync_links WHERE source = $1 AND tenant_id = $2 AND {column} IN "
             )
         };
+        fn strs(set: &BTreeSet<String>) -> Vec<&str> {
+            set.iter().map(String::as_str).collect()
+        }
         for (sql, values) in [
             (
                 by("kind IN ('User', 'Group') AND external_key"),
-                &wanted.keys,
+                wanted.keys.iter().map(ExternalKey::as_str).collect(),
             ),
-            (by("locator"), &wanted.locators),
-            (by("kind = 'User' AND name_lc"), &wanted.names),
+            (by("locator"), strs(&wanted.locators)),
+            (by("kind = 'User' AND name_lc"), strs(&wanted.names)),
         ] {
-            let values: Vec<&str> = values.iter().map(String::as_str).collect();
             for r in rows_in(conn, dialect, &sql, &[source, &t], &values).await? {
                 let l = super::sync::link_from_row(&r, tenant)?;
                 links.insert((l.kind, l.external_key.clone()), l);

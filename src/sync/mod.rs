@@ -14,7 +14,7 @@ pub mod record;
 pub mod source;
 
 pub use config::{parse_sources, ConfigError, GuardConfig, SecretRef, SourceConfig, SourceKind};
-pub use record::{Change, ExternalGroup, ExternalUser, Kind, MemberRef, Members};
+pub use record::{Change, ExternalGroup, ExternalKey, ExternalUser, Kind, MemberRef, Members};
 pub use source::{Batch, GroupChange, ReadOutcome, ReadRequest, Source};
 
 /// Why a source could not be read. Every variant aborts the run with no

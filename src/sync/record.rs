@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::domain::ExternalKey;
+
 /// Users or groups: the SCIM resource kinds, so a source's records, the
 /// store's links and the SCIM endpoints name a kind with one type.
 pub use scim::schema::ResourceKind as Kind;
@@ -15,7 +17,7 @@ pub use scim::schema::ResourceKind as Kind;
 pub struct ExternalUser {
     /// The stable id (`entryUUID`, `objectGUID` as a canonical GUID string,
     /// a Graph object id). Renames and moves keep it; it is the identity.
-    pub key: String,
+    pub key: ExternalKey,
     /// Where the entry lives now (an LDAP DN), for resolving member
     /// references and for display; `None` where the protocol has none.
     pub locator: Option<String>,
@@ -35,7 +37,7 @@ pub struct ExternalUser {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum MemberRef {
     /// By stable id (Graph `members@delta`).
-    Key(String),
+    Key(ExternalKey),
     /// By locator (an LDAP `member`/`uniqueMember` DN).
     Locator(String),
     /// By user name (`posixGroup` `memberUid`).
@@ -55,7 +57,7 @@ pub enum Members {
 /// A group as the directory describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExternalGroup {
-    pub key: String,
+    pub key: ExternalKey,
     pub locator: Option<String>,
     pub base: String,
     pub display_name: String,
@@ -73,13 +75,16 @@ pub enum Change {
     /// A group seen again with member changes only: its other attributes are
     /// unknown on this page (Graph repeats a group across pages).
     GroupMembers {
-        key: String,
+        key: ExternalKey,
         added: Vec<MemberRef>,
         removed: Vec<MemberRef>,
     },
     /// The entry is gone (or left the source's scope). `kind` is `None` when
     /// the protocol does not say (syncrepl deletes carry only the UUID).
-    Deleted { key: String, kind: Option<Kind> },
+    Deleted {
+        key: ExternalKey,
+        kind: Option<Kind>,
+    },
     /// The entry still exists and did not change (syncrepl present phase).
-    Present { key: String },
+    Present { key: ExternalKey },
 }

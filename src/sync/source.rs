@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 
-use super::record::{Change, ExternalGroup, ExternalUser, Kind, MemberRef, Members};
+use super::record::{Change, ExternalGroup, ExternalKey, ExternalUser, Kind, MemberRef, Members};
 use super::SourceError;
 
 /// What the runner asks of a source.
@@ -51,12 +51,12 @@ pub trait Source: Send {
 /// memory holds one record per entry, never the raw pages.
 #[derive(Default)]
 pub struct Batch {
-    pub users: HashMap<String, ExternalUser>,
-    pub groups: HashMap<String, GroupChange>,
+    pub users: HashMap<ExternalKey, ExternalUser>,
+    pub groups: HashMap<ExternalKey, GroupChange>,
     /// Keys reported deleted, with their kind when the protocol says it.
-    pub deleted: HashMap<String, Option<Kind>>,
+    pub deleted: HashMap<ExternalKey, Option<Kind>>,
     /// Keys reported present and unchanged.
-    pub present: BTreeSet<String>,
+    pub present: BTreeSet<ExternalKey>,
     /// Entries received so far (for progress display).
     pub received: u64,
     progress: Option<Box<dyn Fn(u64) + Send + Sync>>,

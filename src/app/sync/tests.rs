@@ -498,7 +498,7 @@ fn an_incremental_run_that_empties_a_base_is_held() {
     let mut b = Batch::new();
     for i in 0..4 {
         b.push(Change::Deleted {
-            key: format!("u{i}"),
+            key: format!("u{i}").into(),
             kind: None,
         });
     }
@@ -517,7 +517,7 @@ fn an_incremental_run_that_empties_a_base_is_held() {
     let mut b = Batch::new();
     for i in 0..3 {
         b.push(Change::Deleted {
-            key: format!("u{i}"),
+            key: format!("u{i}").into(),
             kind: None,
         });
     }

@@ -369,7 +369,7 @@ async fn members_of(
             page.value
                 .into_iter()
                 .filter(GraphMember::is_user_or_group)
-                .map(|m| MemberRef::Key(m.id)),
+                .map(|m| MemberRef::Key(m.id.into())),
         );
         match page.next_link {
             Some(next) => url = next,
@@ -492,7 +492,7 @@ fn user_change(map: &AttributeMap, mut o: Map<String, Value>) -> Result<Change, 
         // "changed": soft-deleted (restorable for 30 days); "deleted":
         // gone for good. Either way it no longer signs in.
         return Ok(Change::Deleted {
-            key,
+            key: key.into(),
             kind: Some(Kind::User),
         });
     }
@@ -515,7 +515,7 @@ fn user_change(map: &AttributeMap, mut o: Map<String, Value>) -> Result<Change, 
             property = %map.user_name,
             "Entra user has no value for the property mapped to userName; not provisioned"
         );
-        return Ok(Change::Present { key });
+        return Ok(Change::Present { key: key.into() });
     };
     let external_id = text(&map.external_id);
     let display_name = text(&map.display_name);
@@ -544,7 +544,7 @@ fn user_change(map: &AttributeMap, mut o: Map<String, Value>) -> Result<Change, 
         }
     };
     Ok(Change::User(ExternalUser {
-        key,
+        key: key.into(),
         locator: None,
         base: BASE.to_string(),
         user_name,
@@ -643,7 +643,7 @@ impl GroupScan {
         if g.removed.is_some() {
             self.seen.insert(g.id.clone(), false);
             batch.push(Change::Deleted {
-                key: g.id,
+                key: g.id.into(),
                 kind: Some(Kind::Group),
             });
             return None;
@@ -655,16 +655,16 @@ impl GroupScan {
                 continue;
             }
             if m.removed.is_some() {
-                removed.push(MemberRef::Key(m.id));
+                removed.push(MemberRef::Key(m.id.into()));
             } else {
-                added.push(MemberRef::Key(m.id));
+                added.push(MemberRef::Key(m.id.into()));
             }
         }
         if let Some(&in_scope) = self.seen.get(&g.id) {
             // A repeat: more members of a group already reported.
             if in_scope && !(added.is_empty() && removed.is_empty()) {
                 batch.push(Change::GroupMembers {
-                    key: g.id,
+                    key: g.id.into(),
                     added,
                     removed,
                 });
@@ -712,7 +712,7 @@ impl GroupScan {
             // a list), it has left scope. Unknown keys are ignored.
             if !self.full && attributes_changed {
                 batch.push(Change::Deleted {
-                    key: id,
+                    key: id.into(),
                     kind: Some(Kind::Group),
                 });
             }
@@ -721,7 +721,7 @@ impl GroupScan {
         match name {
             Some(display_name) => batch.push(Change::Group(ExternalGroup {
                 external_id: Some(id.clone()),
-                key: id,
+                key: id.into(),
                 locator: None,
                 base: BASE.to_string(),
                 display_name,
@@ -732,7 +732,7 @@ impl GroupScan {
                 },
             })),
             None => batch.push(Change::GroupMembers {
-                key: id,
+                key: id.into(),
                 added,
                 removed,
             }),

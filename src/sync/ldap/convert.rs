@@ -102,7 +102,7 @@ pub fn user(entry: &RawEntry, a: &Attributes, base: &str) -> Result<Option<Exter
     }
     Ok(Some(ExternalUser {
         external_id: Some(key.clone()),
-        key,
+        key: key.into(),
         locator: Some(dn::normalize(&entry.dn)),
         base: base.to_string(),
         user_name,
@@ -224,7 +224,7 @@ pub fn group(
     Ok((
         ExternalGroup {
             external_id: Some(key.clone()),
-            key,
+            key: key.into(),
             locator: Some(locator),
             base: base.to_string(),
             display_name,

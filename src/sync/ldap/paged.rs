@@ -50,7 +50,7 @@ pub(super) fn push_entry(
     let left_as_it_was = |batch: &mut Batch, why: &str| -> Result<(), LdapError> {
         let key = convert::stable_id(entry, &attributes.external_id).map_err(bad)?;
         tracing::warn!(dn = %entry.dn, reason = why, "directory entry left as it was");
-        batch.push(Change::Present { key });
+        batch.push(Change::Present { key: key.into() });
         Ok(())
     };
     match kind {

@@ -29,9 +29,9 @@ pub(super) fn note_deleted(gone: &mut Gone, key: String, kind: Kind) {
 /// this read reported it; deletions are pushed once every search is done.
 pub(super) fn flush_deleted(gone: Gone, batch: &mut Batch) {
     for (key, (user, group)) in gone {
-        if batch.users.contains_key(&key)
-            || batch.groups.contains_key(&key)
-            || batch.present.contains(&key)
+        if batch.users.contains_key(key.as_str())
+            || batch.groups.contains_key(key.as_str())
+            || batch.present.contains(key.as_str())
         {
             continue;
         }
@@ -40,7 +40,10 @@ pub(super) fn flush_deleted(gone: Gone, batch: &mut Batch) {
             (false, true) => Some(Kind::Group),
             _ => None,
         };
-        batch.push(Change::Deleted { key, kind });
+        batch.push(Change::Deleted {
+            key: key.into(),
+            kind,
+        });
     }
 }
 
@@ -107,7 +110,7 @@ impl Conn {
                         match state.state {
                             ber::EntryState::Present => {
                                 *present_phase = true;
-                                batch.push(Change::Present { key: uuid });
+                                batch.push(Change::Present { key: uuid.into() });
                                 Ok(())
                             }
                             ber::EntryState::Delete => {
@@ -159,7 +162,7 @@ impl Conn {
                                     if refresh_deletes {
                                         note_deleted(gone, key, kind);
                                     } else {
-                                        batch.push(Change::Present { key });
+                                        batch.push(Change::Present { key: key.into() });
                                     }
                                 }
                             }

@@ -100,7 +100,7 @@ impl Conn {
         }
         for (key, kind) in gone {
             batch.push(Change::Deleted {
-                key,
+                key: key.into(),
                 kind: Some(kind),
             });
         }

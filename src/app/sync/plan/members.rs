@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{normalize_locator, GroupOp, MemberDelta, Plan, PlanInput, UserOp};
 use crate::store::SyncLink;
-use crate::sync::{Batch, Kind, MemberRef, Members};
+use crate::sync::{Batch, ExternalKey, Kind, MemberRef, Members};
 
 /// A user deleted and created again under the same DN (a new stable id)
 /// holds the groups that name that DN, though those groups did not change
@@ -88,7 +88,7 @@ pub(super) fn plan_members(
     input: &PlanInput<'_>,
     user_links: &HashMap<&str, &SyncLink>,
     group_links: &HashMap<&str, &SyncLink>,
-    user_ids: &HashMap<String, String>,
+    user_ids: &HashMap<ExternalKey, String>,
     group_ids: &HashMap<&str, String>,
     plan: &mut Plan,
 ) {
@@ -194,7 +194,7 @@ pub(super) fn plan_members(
     }
     let mut unresolved = 0usize;
     let mut emptied = 0u64;
-    let mut keys: Vec<&String> = batch.groups.keys().collect();
+    let mut keys: Vec<&ExternalKey> = batch.groups.keys().collect();
     keys.sort();
     for key in keys {
         let change = &batch.groups[key];

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::domain::Timestamp;
 use crate::store::{Directory, DirectoryUser, LinkTotals, SyncLink};
-use crate::sync::{Batch, ExternalGroup, ExternalUser, Kind, Members, ReadOutcome};
+use crate::sync::{Batch, ExternalGroup, ExternalKey, ExternalUser, Kind, Members, ReadOutcome};
 
 use identity::group_hash;
 pub use identity::{normalize_locator, user_hash};
@@ -39,7 +39,7 @@ pub struct Plan {
     /// ([`Plan::user_links`]), so a first sync does not hold 100,000 links
     /// beside the 100,000 users.
     pub link_upserts: Vec<SyncLink>,
-    pub link_deletes: Vec<(Kind, String)>,
+    pub link_deletes: Vec<(Kind, ExternalKey)>,
     pub skipped: Vec<String>,
     /// Users this source holds before the run, and groups (guard base; set
     /// by [`Plan::measure`]).
@@ -298,7 +298,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
         .collect();
 
     // Resource ids: linked ones (whose resource still exists), else new.
-    let mut user_ids: HashMap<String, String> = HashMap::new();
+    let mut user_ids: HashMap<ExternalKey, String> = HashMap::new();
     let mut group_ids: HashMap<&str, String> = HashMap::new();
 
     // Users, in key order so plans are deterministic.
@@ -358,7 +358,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
     }
 
     // Groups.
-    let mut keys: Vec<&String> = batch.groups.keys().collect();
+    let mut keys: Vec<&ExternalKey> = batch.groups.keys().collect();
     keys.sort();
     for key in keys {
         let change = &batch.groups[key];
@@ -413,7 +413,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
     }
 
     // Vanished entries.
-    let present = |key: &str| batch.present.contains(key);
+    let present = |key: &ExternalKey| batch.present.contains(key);
     let mut vanished_users: Vec<&SyncLink> = Vec::new();
     let mut vanished_groups: Vec<&SyncLink> = Vec::new();
     if outcome.complete {
