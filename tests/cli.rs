@@ -196,7 +196,6 @@ async fn the_readme_quick_start_reaches_permissions_and_explain() {
                 && e["added"]["profiles"] == serde_json::json!(["senior_agent"])),
         "{feed}"
     );
-    drop(next);
     let explain = &json[values.byte_offset()..];
     assert!(
         explain.contains("Support Seniors") && explain.contains("senior_agent"),
