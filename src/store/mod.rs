@@ -253,6 +253,17 @@ mod tests {
     }
 
     #[test]
+    fn placeholders_number_every_value_once_in_order() {
+        assert_eq!(resources::placeholders(2, 3), "$2, $3, $4");
+        assert_eq!(resources::placeholders(1, 0), "");
+        assert_eq!(
+            resources::row_placeholders(3, 2),
+            "($1, $2), ($3, $4), ($5, $6)"
+        );
+        assert_eq!(resources::row_placeholders(0, 4), "");
+    }
+
+    #[test]
     fn passwords_are_redacted_from_urls() {
         assert_eq!(
             redact_url("postgres://u:s3cret@db:5432/x"),

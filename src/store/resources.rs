@@ -483,6 +483,7 @@ impl WriteTx {
         const ROWS: usize = MULTI_ROW;
         let mut out: Vec<Option<Error>> = Vec::with_capacity(resources.len());
         let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let tenant_text = tenant.to_string();
         for chunk in resources.chunks(ROWS) {
             self.touch_tenant(tenant);
             let mut accepted: Vec<(usize, &StoredResource, IndexedColumns)> = Vec::new();
@@ -525,11 +526,11 @@ impl WriteTx {
             let mut q = sqlx::query(positional(self.dialect, sql));
             for (_, res, c) in &accepted {
                 q = q
-                    .bind(tenant.to_string())
+                    .bind(tenant_text.as_str())
                     .bind(res.id.as_str())
-                    .bind(c.name.clone())
-                    .bind(c.name_lc.clone())
-                    .bind(c.external_id.clone());
+                    .bind(c.name.as_str())
+                    .bind(c.name_lc.as_str())
+                    .bind(c.external_id.as_deref());
                 if kind == ResourceKind::User {
                     q = q.bind(i64::from(c.active));
                 }
@@ -942,10 +943,16 @@ pub(super) fn member_from_row(row: &AnyRow) -> Result<MemberRow> {
 /// `($1, ..., $width), ($width+1, ...), ...` for a multi-row INSERT of
 /// `rows` rows.
 pub(super) fn row_placeholders(rows: usize, width: usize) -> String {
-    (0..rows)
-        .map(|i| format!("({})", placeholders(1 + i * width, width)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::with_capacity(rows * width * 7);
+    for row in 0..rows {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        push_placeholders(&mut out, 1 + row * width, width);
+        out.push(')');
+    }
+    out
 }
 
 /// The statement as SQLite should get it. SQLite binds `$N` by name: sqlx
@@ -996,10 +1003,23 @@ pub(super) fn dialect_of(conn: &sqlx::AnyConnection) -> Dialect {
 
 /// `$first, $first+1, ...` for an IN list of `n` values.
 pub(super) fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::with_capacity(n * 7);
+    push_placeholders(&mut out, first, n);
+    out
+}
+
+/// Written into one buffer: a first sync's 2,000-parameter INSERTs spent
+/// about 10 % of the apply's own CPU formatting and joining a `String` per
+/// placeholder.
+fn push_placeholders(out: &mut String, first: usize, n: usize) {
+    use std::fmt::Write;
+    for i in first..first + n {
+        if i > first {
+            out.push_str(", ");
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(out, "${i}");
+    }
 }
 
 fn bind_values<'q>(
