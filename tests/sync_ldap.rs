@@ -294,23 +294,35 @@ async fn modify_timestamp_polling_is_incomplete() {
     seed_small(&slapd);
     // modifyTimestamp has a one-second resolution and the filter is >=, so
     // the newest second seen is read again next time: give ann a second of
-    // her own, then change bob a second later.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    slapd.modify(&format!(
-        "dn: {}\nchangetype: modify\nreplace: sn\nsn: Lee\n\n",
-        user_dn("ann")
+    // her own, then change bob a second later. The seconds are written
+    // (relax control), not slept through: one and two seconds after the
+    // seed's.
+    let second = |ahead: i64| {
+        (time::OffsetDateTime::now_utc() + time::Duration::seconds(ahead))
+            .format(time::macros::format_description!(
+                "[year][month][day][hour][minute][second]Z"
+            ))
+            .unwrap()
+    };
+    let (ann_at, bob_at) = (second(1), second(2));
+    slapd.modify_relaxed(&format!(
+        "dn: {}\nchangetype: modify\nreplace: sn\nsn: Lee\n-\nreplace: modifyTimestamp\nmodifyTimestamp: {}\n\n",
+        user_dn("ann"),
+        ann_at
     ));
+    assert_eq!(slapd.attribute(&user_dn("ann"), "modifyTimestamp"), ann_at);
     let cfg = config(&slapd, "incremental = \"modify_timestamp\"");
     let (b, first) = read(&cfg, full()).await.unwrap();
     assert!(first.complete);
     assert_eq!(b.users.len(), 3);
     let cursor: serde_json::Value = serde_json::from_str(first.cursor.as_deref().unwrap()).unwrap();
     assert_eq!(cursor["mode"], "modify_timestamp");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    slapd.modify(&format!(
-        "dn: {}\nchangetype: modify\nreplace: cn\ncn: Bob Renamed\n\n",
-        user_dn("bob")
+    slapd.modify_relaxed(&format!(
+        "dn: {}\nchangetype: modify\nreplace: cn\ncn: Bob Renamed\n-\nreplace: modifyTimestamp\nmodifyTimestamp: {}\n\n",
+        user_dn("bob"),
+        bob_at
     ));
+    assert_eq!(slapd.attribute(&user_dn("bob"), "modifyTimestamp"), bob_at);
     slapd.delete(&[user_dn("cyd")]);
     let (batch, outcome) = read(&cfg, after(&first)).await.unwrap();
     assert!(!outcome.complete, "polling cannot see deletions");

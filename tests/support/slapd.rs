@@ -298,6 +298,14 @@ impl Slapd {
         self.tool("ldapmodify", &[], ldif)
     }
 
+    /// Applies LDIF changes with the relax control (RFC draft-zeilenga-ldap-
+    /// relax, OpenLDAP's `-e relax`), which lets the root DN write
+    /// operational attributes such as `modifyTimestamp`: tests set a
+    /// second of their own instead of sleeping through slapd's clock.
+    pub fn modify_relaxed(&self, ldif: &str) {
+        self.tool("ldapmodify", &["-e", "relax"], ldif)
+    }
+
     /// Deletes entries by DN.
     pub fn delete(&self, dns: &[String]) {
         let mut ldif = String::new();
@@ -309,15 +317,22 @@ impl Slapd {
 
     /// The `entryUUID` of one entry.
     pub fn entry_uuid(&self, dn: &str) -> String {
+        self.attribute(dn, "entryUUID")
+    }
+
+    /// One entry's value of a single-valued attribute (operational ones
+    /// included).
+    pub fn attribute(&self, dn: &str, name: &str) -> String {
         let out = Command::new("ldapsearch")
             .args(["-x", "-LLL", "-H", &self.url, "-D", ROOT_DN, "-w", ROOT_PW])
-            .args(["-b", dn, "-s", "base", "entryUUID"])
+            .args(["-b", dn, "-s", "base", name])
             .output()
             .expect("ldapsearch");
         let text = String::from_utf8_lossy(&out.stdout);
+        let prefix = format!("{name}: ");
         text.lines()
-            .find_map(|l| l.strip_prefix("entryUUID: "))
-            .unwrap_or_else(|| panic!("no entryUUID for {dn}: {text}"))
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {name} for {dn}: {text}"))
             .to_string()
     }
 }
