@@ -736,7 +736,7 @@ impl WriteTx {
     }
 
     /// Adds `(group, member, member type)` edges of many groups, in
-    /// statements of [`MULTI_ROW`] edges whatever group they belong to: a
+    /// statements of [`CHUNK`] edges whatever group they belong to: a
     /// first directory sync adds 100,000 memberships of 5,000 groups, and
     /// a statement per group was 5,020 round trips.
     pub async fn add_edges(
@@ -754,7 +754,7 @@ impl WriteTx {
         }
         let mut added = 0;
         let tenant = tenant.to_string();
-        for chunk in edges.chunks(MULTI_ROW) {
+        for chunk in edges.chunks(CHUNK) {
             // Every value bound in order (no shared `$1`), so SQLite binds
             // them positionally (see `positional`).
             let values = row_placeholders(chunk.len(), 4);
