@@ -35,6 +35,40 @@ pub struct Applied {
     pub permissions_changed: usize,
 }
 
+/// One chunk of new users, ready to insert: their documents and who they are.
+#[derive(Default)]
+struct PreparedUsers<'p> {
+    docs: Vec<StoredResource>,
+    accepted: Vec<(&'p String, &'p ExternalUser)>,
+}
+
+/// Validates one chunk of new users' documents; an unusable entry is
+/// skipped and reported (see [`valid_doc`]).
+fn prepare_users<'p>(
+    chunk: &[(&'p String, &'p ExternalUser)],
+    source: &str,
+    ts: Timestamp,
+    applied: &mut Applied,
+    refused: &mut HashSet<String>,
+) -> Result<PreparedUsers<'p>> {
+    let mut prepared = PreparedUsers::default();
+    for (id, user) in chunk {
+        let doc = user_doc(user, source);
+        if let Some(doc) = valid_doc(
+            ResourceKind::User,
+            doc,
+            applied,
+            refused,
+            id,
+            &user.user_name,
+        )? {
+            prepared.docs.push(new_resource(id, doc, ts));
+            prepared.accepted.push((*id, *user));
+        }
+    }
+    Ok(prepared)
+}
+
 /// The cursor to save with the changes.
 pub struct CursorUpdate<'a> {
     /// The run's lease; the write is refused if another run holds it now.
@@ -84,25 +118,26 @@ impl App {
                 _ => None,
             })
             .collect();
-        for chunk in creates.chunks(1000) {
-            let mut docs = Vec::with_capacity(chunk.len());
-            let mut accepted = Vec::with_capacity(chunk.len());
-            for (id, user) in chunk {
-                let doc = user_doc(user, source);
-                if let Some(doc) = valid_doc(
-                    ResourceKind::User,
-                    doc,
-                    &mut applied,
-                    &mut refused,
-                    id,
-                    &user.user_name,
-                )? {
-                    docs.push(new_resource(id, doc, ts));
-                    accepted.push((*id, *user));
+        // A chunk's documents are prepared while the one before it is being
+        // written: the database (its own process, or SQLite's worker
+        // thread) works beside this task's CPU instead of after it.
+        let mut chunks = creates.chunks(1000);
+        let mut next = chunks
+            .next()
+            .map(|c| prepare_users(c, source, ts, &mut applied, &mut refused))
+            .transpose()?;
+        while let Some(current) = next.take() {
+            let following = chunks.next();
+            let (results, prepared) = futures_util::join!(
+                tx.insert_many(tenant, ResourceKind::User, &current.docs),
+                async {
+                    following
+                        .map(|c| prepare_users(c, source, ts, &mut applied, &mut refused))
+                        .transpose()
                 }
-            }
-            let results = tx.insert_many(tenant, ResourceKind::User, &docs).await?;
-            for ((id, user), result) in accepted.into_iter().zip(results) {
+            );
+            next = prepared?;
+            for ((id, user), result) in current.accepted.into_iter().zip(results?) {
                 if let Some(e) = result {
                     refuse(e, &mut applied, &mut refused, id, &user.user_name)?;
                 }
