@@ -499,3 +499,57 @@ crate::each_backend! {
         assert_eq!(revision(mine, designers[0].clone()).await.summary.roles, Vec::<String>::new());
     }
 }
+
+crate::each_backend! {
+    async fn a_catalog_change_is_planned_and_guarded_across_every_tenant_that_uses_it(backend) {
+        let (srv, designers, _) = setup(backend, 3).await;
+        let operator = rolebridge::app::mappings::operator();
+        // A second tenant on the same catalog, with one designer.
+        let (other, other_scim) = srv.other_tenant().await;
+        let mut files: MappingFiles = srv.app.mappings().current().files.as_ref().clone();
+        files.insert(format!("tenants/{other}.yaml"), V1.to_string());
+        let add = MappingChange { base: Some(MappingVersion(1)), scope: ChangeScope::Operator, files: files.clone() };
+        srv.app.apply_mappings(&add, None, &operator).await.unwrap();
+        let url = format!("http://{}/scim/v2/{other}", srv.addr);
+        let olga: Value = srv.client.post(format!("{url}/Users")).bearer_auth(&other_scim)
+            .json(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "olga"}))
+            .send().await.unwrap().json().await.unwrap();
+        let r = srv.client.post(format!("{url}/Groups")).bearer_auth(&other_scim)
+            .json(&json!({"schemas": [GROUP], "displayName": "Designers", "members": [{"value": olga["id"]}]}))
+            .send().await.unwrap();
+        assert_eq!(r.status(), 201);
+
+        // The operator takes agent_export out of the catalog's designer role.
+        let catalog = files.keys().find(|f| f.starts_with("catalogs/") && files[*f].contains("id: gms")).cloned()
+            .unwrap_or_else(|| panic!("the gms catalog among {:?}", files.keys().collect::<Vec<_>>()));
+        let text = files[&catalog].clone();
+        let role = text.find("  - id: designer\n").expect("designer role");
+        let line = role + text[role..].find("      - agent_export").expect("designer grants agent_export");
+        let end = line + text[line..].find('\n').unwrap() + 1;
+        files.insert(catalog.clone(), format!("{}{}", &text[..line], &text[end..]));
+        let change = MappingChange { base: Some(MappingVersion(2)), scope: ChangeScope::Operator, files };
+        let plan = srv.app.plan_mappings(&change).await.unwrap();
+        assert_eq!(plan.files_changed, std::slice::from_ref(&catalog));
+        let losing: std::collections::BTreeMap<&str, usize> =
+            plan.tenants.iter().map(|t| (t.tenant.as_str(), t.totals.users_losing)).collect();
+        assert_eq!(losing.get(srv.tenant.as_str()), Some(&3), "{losing:?}");
+        assert_eq!(losing.get(other.as_str()), Some(&1), "{losing:?}");
+        let theirs = plan.tenants.iter().find(|t| t.tenant == other).unwrap();
+        assert_eq!(theirs.users[0].user_name, "olga");
+        assert_eq!(theirs.users[0].permissions_lost, ["agent_export"]);
+        // 3 of 4 users of this tenant lose a permission: over the 5 % rule,
+        // so the apply wants the plan's hash, then takes it.
+        assert!(!plan.guard.is_empty(), "{:?}", plan.guard);
+        assert!(srv.app.apply_mappings(&change, None, &operator).await.is_err());
+        assert_eq!(srv.app.latest_mapping_version().await.unwrap(), Some(MappingVersion(2)));
+        let applied = srv.app.apply_mappings(&change, Some(&plan.hash), &operator).await.unwrap();
+        assert_eq!((applied.version, applied.tenants_recomputed), (MappingVersion(3), 2));
+        for (tenant, user) in [(srv.tenant.clone(), designers[0].clone()), (other.clone(), olga["id"].as_str().unwrap().to_string())] {
+            let t = srv.app.tenant(&TenantName::parse(&tenant).unwrap()).await.unwrap();
+            let served = srv.app.user_permissions(&t, &rolebridge::app::UserRef::Id(user), rolebridge::app::Consistency::Full).await.unwrap();
+            assert_eq!(served.summary.roles, ["designer"], "{tenant}");
+            assert!(!served.summary.permissions.iter().any(|p| p == "agent_export"), "{tenant}: {:?}", served.summary.permissions);
+            assert!(served.summary.permissions.iter().any(|p| p == "project_view"), "{tenant}: {:?}", served.summary.permissions);
+        }
+    }
+}
