@@ -452,27 +452,63 @@ async fn two_serve_processes(backend: Backend) {
     crate::support::drop_database(backend, &db).await;
 }
 
+/// A second tenant in `srv`'s store, mapped by the operator to V1 (version
+/// 2), with one user, olga, in its Designers group: (tenant, olga's id, the
+/// files of version 2, the apply).
+async fn second_tenant_with_a_designer(
+    srv: &TestServer,
+) -> (
+    String,
+    String,
+    MappingFiles,
+    rolebridge::app::mappings::AppliedChange,
+) {
+    let (other, other_scim) = srv.other_tenant().await;
+    let mut files: MappingFiles = srv.app.mappings().current().files.as_ref().clone();
+    files.insert(format!("tenants/{other}.yaml"), V1.to_string());
+    let add = MappingChange {
+        base: Some(MappingVersion(1)),
+        scope: ChangeScope::Operator,
+        files: files.clone(),
+    };
+    let applied = srv
+        .app
+        .apply_mappings(&add, None, &rolebridge::app::mappings::operator())
+        .await
+        .unwrap();
+    let url = format!("http://{}/scim/v2/{other}", srv.addr);
+    let olga: Value = srv
+        .client
+        .post(format!("{url}/Users"))
+        .bearer_auth(&other_scim)
+        .json(
+            &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "olga"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = srv
+        .client
+        .post(format!("{url}/Groups"))
+        .bearer_auth(&other_scim)
+        .json(&json!({"schemas": [GROUP], "displayName": "Designers", "members": [{"value": olga["id"]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let olga = olga["id"].as_str().expect("olga's id").to_string();
+    (other, olga, files, applied)
+}
+
 crate::each_backend! {
     async fn a_tenant_edit_recomputes_only_that_tenant(backend) {
         let (srv, designers, _) = setup(backend, 3).await;
         let operator = rolebridge::app::mappings::operator();
-        // A second mapped tenant in the same store, added by the operator.
-        let (other, other_scim) = srv.other_tenant().await;
-        let other_file = format!("tenants/{other}.yaml");
-        let mut files: MappingFiles = srv.app.mappings().current().files.as_ref().clone();
-        files.insert(other_file.clone(), V1.to_string());
-        let add = MappingChange { base: Some(MappingVersion(1)), scope: ChangeScope::Operator, files };
-        let applied = srv.app.apply_mappings(&add, None, &operator).await.unwrap();
+        let (other, olga, _, applied) = second_tenant_with_a_designer(&srv).await;
         assert_eq!((applied.version, applied.tenants_recomputed), (MappingVersion(2), 1), "only the new tenant");
-        // Give the other tenant a designer, so its rows hold something.
-        let url = format!("http://{}/scim/v2/{other}", srv.addr);
-        let user: Value = srv.client.post(format!("{url}/Users")).bearer_auth(&other_scim)
-            .json(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "olga"}))
-            .send().await.unwrap().json().await.unwrap();
-        let r = srv.client.post(format!("{url}/Groups")).bearer_auth(&other_scim)
-            .json(&json!({"schemas": [GROUP], "displayName": "Designers", "members": [{"value": user["id"]}]}))
-            .send().await.unwrap();
-        assert_eq!(r.status(), 201);
         let other_tenant = srv.app.tenant(&TenantName::parse(&other).unwrap()).await.unwrap();
         let revision = |t: rolebridge::domain::Tenant, id: String| {
             let app = srv.app.clone();
@@ -480,7 +516,6 @@ crate::each_backend! {
                 app.user_permissions(&t, &rolebridge::app::UserRef::Id(id), rolebridge::app::Consistency::Full).await.unwrap()
             }
         };
-        let olga = user["id"].as_str().unwrap().to_string();
         let before = revision(other_tenant.clone(), olga.clone()).await;
         assert_eq!(before.summary.roles, ["designer"]);
         // This tenant's own edit: its tenant is recomputed, the other keeps
@@ -504,20 +539,7 @@ crate::each_backend! {
     async fn a_catalog_change_is_planned_and_guarded_across_every_tenant_that_uses_it(backend) {
         let (srv, designers, _) = setup(backend, 3).await;
         let operator = rolebridge::app::mappings::operator();
-        // A second tenant on the same catalog, with one designer.
-        let (other, other_scim) = srv.other_tenant().await;
-        let mut files: MappingFiles = srv.app.mappings().current().files.as_ref().clone();
-        files.insert(format!("tenants/{other}.yaml"), V1.to_string());
-        let add = MappingChange { base: Some(MappingVersion(1)), scope: ChangeScope::Operator, files: files.clone() };
-        srv.app.apply_mappings(&add, None, &operator).await.unwrap();
-        let url = format!("http://{}/scim/v2/{other}", srv.addr);
-        let olga: Value = srv.client.post(format!("{url}/Users")).bearer_auth(&other_scim)
-            .json(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "olga"}))
-            .send().await.unwrap().json().await.unwrap();
-        let r = srv.client.post(format!("{url}/Groups")).bearer_auth(&other_scim)
-            .json(&json!({"schemas": [GROUP], "displayName": "Designers", "members": [{"value": olga["id"]}]}))
-            .send().await.unwrap();
-        assert_eq!(r.status(), 201);
+        let (other, olga, mut files, _) = second_tenant_with_a_designer(&srv).await;
 
         // The operator takes agent_export out of the catalog's designer role.
         let catalog = files.keys().find(|f| f.starts_with("catalogs/") && files[*f].contains("id: gms")).cloned()
@@ -544,7 +566,7 @@ crate::each_backend! {
         assert_eq!(srv.app.latest_mapping_version().await.unwrap(), Some(MappingVersion(2)));
         let applied = srv.app.apply_mappings(&change, Some(&plan.hash), &operator).await.unwrap();
         assert_eq!((applied.version, applied.tenants_recomputed), (MappingVersion(3), 2));
-        for (tenant, user) in [(srv.tenant.clone(), designers[0].clone()), (other.clone(), olga["id"].as_str().unwrap().to_string())] {
+        for (tenant, user) in [(srv.tenant.clone(), designers[0].clone()), (other.clone(), olga)] {
             let t = srv.app.tenant(&TenantName::parse(&tenant).unwrap()).await.unwrap();
             let served = srv.app.user_permissions(&t, &rolebridge::app::UserRef::Id(user), rolebridge::app::Consistency::Full).await.unwrap();
             assert_eq!(served.summary.roles, ["designer"], "{tenant}");
