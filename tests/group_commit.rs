@@ -12,6 +12,7 @@ use sqlx::Connection;
 
 use crate::changes_feed::mapped;
 use crate::durability::{cli, cli_token, spawn_server};
+use crate::mapping_admin::api;
 use crate::quota_cluster::{metrics_text, series};
 use crate::support::{fresh_database, unique, Backend, Resp, TestServer, PATCH_OP, USER};
 
@@ -174,24 +175,10 @@ crate::each_backend! {
         // names the request that changed that user.
         let perm = srv.permissions_token().await;
         for user in [&ann, &bob] {
-            let r = srv
-                .client
-                .get(format!("{addr}/api/v1/tenants/{}/users/{user}/permissions", srv.tenant))
-                .bearer_auth(&perm)
-                .send()
-                .await
-                .unwrap();
-            let body: Value = r.json().await.unwrap();
-            assert_eq!(body["roles"], json!(["designer"]), "{body}");
+            let r = api(&srv, &perm, Method::GET, &format!("/users/{user}/permissions"), None).await;
+            assert_eq!(r.body["roles"], json!(["designer"]), "{}", r.body);
         }
-        let r = srv
-            .client
-            .get(format!("{addr}/api/v1/tenants/{}/changes?limit=1000", srv.tenant))
-            .bearer_auth(&perm)
-            .send()
-            .await
-            .unwrap();
-        let feed: Value = r.json().await.unwrap();
+        let feed = api(&srv, &perm, Method::GET, "/changes?limit=1000", None).await.body;
         let events = feed["events"].as_array().unwrap();
         for user in [&ann, &bob] {
             let mine: Vec<&Value> = events.iter().filter(|e| e["user"]["id"] == user.as_str()).collect();
