@@ -745,23 +745,25 @@ async fn idp_client(idp: Arc<Idp>, c: usize, designers: String) {
 async fn verify_everywhere(idp: &Idp, model: &Model, designers: &str) {
     for v in &idp.views {
         let base = format!("{}/scim/v2/{}", v.addr, idp.tenant);
-        let a = send(
-            &idp.client,
-            Method::GET,
-            &format!("{base}/Users?count=1000"),
-            &idp.scim,
-            None,
-        )
-        .await
-        .unwrap();
-        assert_eq!(a.status, 200, "{}: {}", v.name, a.body);
-        assert_eq!(
-            a.body["totalResults"],
-            model.users.len(),
-            "{}: users",
-            v.name
-        );
-        for u in a.body["Resources"].as_array().unwrap() {
+        // Every resource of a kind, as this replica lists it: 200, with
+        // the model's count.
+        let list = |kind: &'static str, total: usize| {
+            let url = format!("{base}/{kind}?count=1000");
+            async move {
+                let a = send(&idp.client, Method::GET, &url, &idp.scim, None)
+                    .await
+                    .unwrap();
+                assert_eq!(a.status, 200, "{}: {}", v.name, a.body);
+                assert_eq!(
+                    a.body["totalResults"], total,
+                    "{}: {kind} {}",
+                    v.name, a.body
+                );
+                a.body
+            }
+        };
+        let users = list("Users", model.users.len()).await;
+        for u in users["Resources"].as_array().unwrap() {
             let id = u["id"].as_str().unwrap();
             let (name, title, active) = model
                 .users
@@ -780,24 +782,8 @@ async fn verify_everywhere(idp: &Idp, model: &Model, designers: &str) {
                 v.name
             );
         }
-        let a = send(
-            &idp.client,
-            Method::GET,
-            &format!("{base}/Groups?count=1000"),
-            &idp.scim,
-            None,
-        )
-        .await
-        .unwrap();
-        assert_eq!(a.status, 200, "{}: {}", v.name, a.body);
-        assert_eq!(
-            a.body["totalResults"],
-            model.groups.len(),
-            "{}: groups {}",
-            v.name,
-            a.body
-        );
-        for g in a.body["Resources"].as_array().unwrap() {
+        let groups = list("Groups", model.groups.len()).await;
+        for g in groups["Resources"].as_array().unwrap() {
             let id = g["id"].as_str().unwrap();
             let (name, members) = model
                 .groups
