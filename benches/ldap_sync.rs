@@ -226,7 +226,13 @@ fn main() {
     // run, then 100 changes (different ones per backend) and an
     // incremental run.
     let mut rows = Vec::new();
-    for (round, backend) in ["SQLite", "PostgreSQL"].into_iter().enumerate() {
+    // `LDAP_BENCH_BACKEND=SQLite` (or `PostgreSQL`) runs one backend only.
+    let only = std::env::var("LDAP_BENCH_BACKEND").ok();
+    for (round, backend) in ["SQLite", "PostgreSQL"]
+        .into_iter()
+        .enumerate()
+        .filter(|(_, b)| only.as_deref().is_none_or(|o| o.eq_ignore_ascii_case(b)))
+    {
         let database_url = match backend {
             "SQLite" => format!("sqlite://{}", dir.join("bench.db").display()),
             _ => fresh_postgres(),
@@ -601,10 +607,33 @@ fn rss_split(run: &Run) -> String {
             .map(|kib| format!("{:.0}", kib / 1024.0))
             .unwrap_or_else(|| "?".into())
     };
+    // The apply's steps, where the run logged them (a run with nothing to
+    // apply has none).
+    let steps: Vec<String> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("sync apply step done"))
+        .filter_map(|l| {
+            let what = l.split("what=\"").nth(1)?.split('"').next()?;
+            let kib: f64 = l
+                .split("peak_rss_kib=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some(format!("{what} {:.0}", kib / 1024.0))
+        })
+        .collect();
     format!(
-        "; peak RSS after the read {} MiB, after the plan {} MiB",
+        "; peak RSS after the read {} MiB, after the plan {} MiB{}",
         at("sync read done"),
-        at("sync plan done")
+        at("sync plan done"),
+        if steps.is_empty() {
+            String::new()
+        } else {
+            format!(", after the apply's steps: {} MiB", steps.join(", "))
+        }
     )
 }
 

@@ -34,7 +34,7 @@ pub use error::Error;
 pub use mapping_versions::{
     blob_hash, Actor, AuditAction, AuditRecord, NewVersion, StoredVersion, VersionOrigin,
 };
-pub use resources::{MemberRow, Page, Savepoint, StoredResource, WriteTx};
+pub use resources::{EncodedInsert, MemberRow, Page, Savepoint, StoredResource, WriteTx};
 pub use scim::sql::Dialect;
 pub use sync::{SyncLink, SyncRunRecord, SyncState, RUNS_KEPT};
 pub use sync_scope::{LinkTotals, ScopeKeys, SyncScope};

@@ -76,6 +76,105 @@ pub(super) const CHUNK: usize = 500;
 /// worker and fewer re-plans on PostgreSQL.
 pub(super) const MULTI_ROW: usize = 200;
 
+/// New resources as ready-to-run multi-row INSERTs: documents serialised and
+/// values bound. Building it costs as much CPU as the database spends
+/// running it, and needs no connection, so a bulk load builds the next one
+/// on another thread while [`WriteTx::insert_encoded`] runs this one.
+pub struct EncodedInsert {
+    tenant: TenantId,
+    kind: ResourceKind,
+    statements: Vec<EncodedStatement>,
+    /// One slot per resource given: the refusals known before the database
+    /// sees them (a userName repeated within the resources).
+    out: Vec<Option<Error>>,
+}
+
+struct EncodedStatement {
+    query: Query<'static, Any, AnyArguments>,
+    /// Users only: each row's slot, id and userName, to tell which ones the
+    /// database refused.
+    rows: Vec<(usize, ResourceId, String)>,
+}
+
+impl EncodedInsert {
+    pub fn new(
+        dialect: Dialect,
+        tenant: TenantId,
+        kind: ResourceKind,
+        resources: &[StoredResource],
+    ) -> Self {
+        let mut out: Vec<Option<Error>> = Vec::with_capacity(resources.len());
+        let mut statements = Vec::new();
+        let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let tenant_text = tenant.to_string();
+        for chunk in resources.chunks(MULTI_ROW) {
+            let mut accepted: Vec<(usize, &StoredResource, IndexedColumns)> = Vec::new();
+            for res in chunk {
+                let c = IndexedColumns::of(kind, &res.doc);
+                // A name repeated within `resources`: the database would
+                // see it only once the first copy is in.
+                if kind == ResourceKind::User && !names.insert(c.name_lc.clone()) {
+                    out.push(Some(Error::Uniqueness {
+                        attribute: "userName",
+                        value: c.name.clone(),
+                    }));
+                    continue;
+                }
+                accepted.push((out.len(), res, c));
+                out.push(None);
+            }
+            if accepted.is_empty() {
+                continue;
+            }
+            let width = match kind {
+                ResourceKind::User => 10,
+                ResourceKind::Group => 9,
+            };
+            let values = row_placeholders(accepted.len(), width);
+            // A name already taken in the tenant is refused by the unique
+            // index, not by a read first: that read cannot use the index's
+            // second column while the planner's statistics predate the load,
+            // and scanned the whole tenant once per chunk (5.6 of a 100,000
+            // user first sync's 20 s on PostgreSQL).
+            let sql = match kind {
+                ResourceKind::User => format!(
+                    "INSERT INTO scim_users (tenant_id, id, user_name, user_name_lc, external_id, active, data, created, last_modified, version) VALUES {values} \
+                     ON CONFLICT (tenant_id, user_name_lc) DO NOTHING RETURNING id"
+                ),
+                ResourceKind::Group => format!(
+                    "INSERT INTO scim_groups (tenant_id, id, display_name, display_name_lc, external_id, data, created, last_modified, version) VALUES {values}"
+                ),
+            };
+            let mut query = sqlx::query(positional(dialect, sql));
+            let mut rows = Vec::new();
+            for (slot, res, c) in accepted {
+                query = query
+                    .bind(tenant_text.clone())
+                    .bind(res.id.as_str().to_string())
+                    .bind(c.name.clone())
+                    .bind(c.name_lc)
+                    .bind(c.external_id);
+                if kind == ResourceKind::User {
+                    query = query.bind(i64::from(c.active));
+                    rows.push((slot, res.id.clone(), c.name));
+                }
+                query = query
+                    .bind(res.doc.to_string())
+                    .bind(res.created.to_string())
+                    .bind(res.last_modified.to_string())
+                    .bind(res.version);
+            }
+            statements.push(EncodedStatement { query, rows });
+        }
+        EncodedInsert {
+            tenant,
+            kind,
+            statements,
+            out,
+        }
+    }
+}
+
 /// One resource by tenant and id, with an optional locking suffix.
 fn select_one(kind: ResourceKind, suffix: &str) -> String {
     format!(
@@ -480,81 +579,36 @@ impl WriteTx {
         kind: ResourceKind,
         resources: &[StoredResource],
     ) -> Result<Vec<Option<Error>>> {
-        const ROWS: usize = MULTI_ROW;
-        let mut out: Vec<Option<Error>> = Vec::with_capacity(resources.len());
-        let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let tenant_text = tenant.to_string();
-        for chunk in resources.chunks(ROWS) {
-            self.touch_tenant(tenant);
-            let mut accepted: Vec<(usize, &StoredResource, IndexedColumns)> = Vec::new();
-            for res in chunk {
-                let c = IndexedColumns::of(kind, &res.doc);
-                // A name repeated within `resources`: the database would
-                // see it only once the first copy is in.
-                if kind == ResourceKind::User && !names.insert(c.name_lc.clone()) {
-                    out.push(Some(Error::Uniqueness {
-                        attribute: "userName",
-                        value: c.name.clone(),
-                    }));
-                    continue;
-                }
-                accepted.push((out.len(), res, c));
-                out.push(None);
-            }
-            if accepted.is_empty() {
-                continue;
-            }
-            let width = match kind {
-                ResourceKind::User => 10,
-                ResourceKind::Group => 9,
-            };
-            let values = row_placeholders(accepted.len(), width);
-            // A name already taken in the tenant is refused by the unique
-            // index, not by a read first: that read cannot use the index's
-            // second column while the planner's statistics predate the load,
-            // and scanned the whole tenant once per chunk (5.6 of a 100,000
-            // user first sync's 20 s on PostgreSQL).
-            let sql = match kind {
-                ResourceKind::User => format!(
-                    "INSERT INTO scim_users (tenant_id, id, user_name, user_name_lc, external_id, active, data, created, last_modified, version) VALUES {values} \
-                     ON CONFLICT (tenant_id, user_name_lc) DO NOTHING RETURNING id"
-                ),
-                ResourceKind::Group => format!(
-                    "INSERT INTO scim_groups (tenant_id, id, display_name, display_name_lc, external_id, data, created, last_modified, version) VALUES {values}"
-                ),
-            };
-            let mut q = sqlx::query(positional(self.dialect, sql));
-            for (_, res, c) in &accepted {
-                q = q
-                    .bind(tenant_text.as_str())
-                    .bind(res.id.as_str())
-                    .bind(c.name.as_str())
-                    .bind(c.name_lc.as_str())
-                    .bind(c.external_id.as_deref());
-                if kind == ResourceKind::User {
-                    q = q.bind(i64::from(c.active));
-                }
-                q = q
-                    .bind(res.doc.to_string())
-                    .bind(res.created.to_string())
-                    .bind(res.last_modified.to_string())
-                    .bind(res.version);
-            }
+        let encoded = EncodedInsert::new(self.dialect, tenant, kind, resources);
+        self.insert_encoded(encoded).await
+    }
+
+    /// Runs the statements of an [`EncodedInsert`]; the result is as
+    /// [`WriteTx::insert_many`]'s.
+    pub async fn insert_encoded(&mut self, encoded: EncodedInsert) -> Result<Vec<Option<Error>>> {
+        let EncodedInsert {
+            tenant,
+            kind,
+            statements,
+            mut out,
+        } = encoded;
+        self.touch_tenant(tenant);
+        for statement in statements {
             if kind == ResourceKind::Group {
-                q.execute(&mut *self.tx).await?;
+                statement.query.execute(&mut *self.tx).await?;
                 continue;
             }
             let mut inserted: std::collections::HashSet<String> = Default::default();
-            for row in q.fetch_all(&mut *self.tx).await? {
+            for row in statement.query.fetch_all(&mut *self.tx).await? {
                 inserted.insert(row.try_get(0)?);
             }
-            for (slot, res, c) in &accepted {
-                if inserted.contains(res.id.as_str()) {
-                    self.user_changed(tenant, res.id.as_str());
+            for (slot, id, name) in statement.rows {
+                if inserted.contains(id.as_str()) {
+                    self.user_changed(tenant, id.as_str());
                 } else {
-                    out[*slot] = Some(Error::Uniqueness {
+                    out[slot] = Some(Error::Uniqueness {
                         attribute: "userName",
-                        value: c.name.clone(),
+                        value: name,
                     });
                 }
             }

@@ -8,6 +8,7 @@
 //! service.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use scim::schema::ResourceKind;
 use serde_json::{json, Map, Value};
@@ -16,7 +17,9 @@ use super::plan::{GroupOp, Plan, UserOp};
 use crate::app::resources::{prepare, Writer};
 use crate::app::{App, Result, SYNC_URN};
 use crate::domain::{ResourceId, TenantId, Timestamp};
-use crate::store::{Error as StoreError, StoredResource, SyncLink, WriteTx};
+use crate::store::{
+    Dialect, EncodedInsert, Error as StoreError, StoredResource, SyncLink, WriteTx,
+};
 use crate::sync::{ExternalGroup, ExternalUser};
 
 /// Where directory sync records a user's source and DN in its document.
@@ -35,38 +38,49 @@ pub struct Applied {
     pub permissions_changed: usize,
 }
 
-/// One chunk of new users, ready to insert: their documents and who they are.
-#[derive(Default)]
-struct PreparedUsers<'p> {
-    docs: Vec<StoredResource>,
-    accepted: Vec<(&'p String, &'p ExternalUser)>,
+/// New users per encoded chunk: what one trip through the channel carries.
+const CREATE_CHUNK: usize = 400;
+
+/// One chunk of new users, encoded for the store: the INSERTs and which
+/// plan operations they hold.
+struct EncodedUsers {
+    insert: EncodedInsert,
+    /// The index in `plan.users` of each resource in `insert`, in order.
+    accepted: Vec<usize>,
+    /// Operations whose document no resource may hold, with why.
+    skipped: Vec<(usize, String)>,
 }
 
-/// Validates one chunk of new users' documents; an unusable entry is
-/// skipped and reported (see [`valid_doc`]).
-fn prepare_users<'p>(
-    chunk: &[(&'p String, &'p ExternalUser)],
+/// Builds and encodes one chunk of new users' documents (on the encoder's
+/// thread: this is most of a first sync's CPU outside the database).
+fn encode_users(
+    plan: &Plan,
+    chunk: &[usize],
     source: &str,
     ts: Timestamp,
-    applied: &mut Applied,
-    refused: &mut HashSet<String>,
-) -> Result<PreparedUsers<'p>> {
-    let mut prepared = PreparedUsers::default();
-    for (id, user) in chunk {
-        let doc = user_doc(user, source);
-        if let Some(doc) = valid_doc(
-            ResourceKind::User,
-            doc,
-            applied,
-            refused,
-            id,
-            &user.user_name,
-        )? {
-            prepared.docs.push(new_resource(id, doc, ts));
-            prepared.accepted.push((*id, *user));
+    dialect: Dialect,
+    tenant: TenantId,
+) -> Result<EncodedUsers> {
+    let mut docs = Vec::with_capacity(chunk.len());
+    let mut accepted = Vec::with_capacity(chunk.len());
+    let mut skipped = Vec::new();
+    for &i in chunk {
+        let UserOp::Create { id, user, .. } = &plan.users[i] else {
+            continue;
+        };
+        match checked_doc(ResourceKind::User, user_doc(user, source))? {
+            Ok(doc) => {
+                docs.push(new_resource(id, doc, ts));
+                accepted.push(i);
+            }
+            Err(detail) => skipped.push((i, detail)),
         }
     }
-    Ok(prepared)
+    Ok(EncodedUsers {
+        insert: EncodedInsert::new(dialect, tenant, ResourceKind::User, &docs),
+        accepted,
+        skipped,
+    })
 }
 
 /// The cursor to save with the changes.
@@ -89,7 +103,7 @@ impl App {
         &self,
         tenant: TenantId,
         source: &str,
-        plan: &Plan,
+        plan: &Arc<Plan>,
         cursor: CursorUpdate<'_>,
     ) -> Result<Applied> {
         let mut applied = Applied::default();
@@ -109,40 +123,52 @@ impl App {
             }
         }
         // New users in bulk (a first sync creates the whole directory), a
-        // chunk of documents at a time so they are never all in memory.
-        let creates: Vec<(&String, &ExternalUser)> = plan
-            .users
-            .iter()
-            .filter_map(|op| match op {
-                UserOp::Create { id, user, .. } => Some((id, user)),
-                _ => None,
-            })
-            .collect();
-        // A chunk's documents are prepared while the one before it is being
-        // written: the database (its own process, or SQLite's worker
-        // thread) works beside this task's CPU instead of after it.
-        let mut chunks = creates.chunks(1000);
-        let mut next = chunks
-            .next()
-            .map(|c| prepare_users(c, source, ts, &mut applied, &mut refused))
-            .transpose()?;
-        while let Some(current) = next.take() {
-            let following = chunks.next();
-            let (results, prepared) = futures_util::join!(
-                tx.insert_many(tenant, ResourceKind::User, &current.docs),
-                async {
-                    following
-                        .map(|c| prepare_users(c, source, ts, &mut applied, &mut refused))
-                        .transpose()
+        // chunk at a time so their documents are never all in memory. The
+        // documents are built, serialised and bound on a blocking thread,
+        // a chunk or two ahead of the one being written, so this task only
+        // hands statements to the database and the two CPUs work together.
+        let (chunks, mut encoded) = tokio::sync::mpsc::channel::<Result<EncodedUsers>>(1);
+        let encoder = {
+            let plan = Arc::clone(plan);
+            let source = source.to_string();
+            let dialect = self.store.dialect();
+            tokio::task::spawn_blocking(move || {
+                let creates: Vec<usize> = plan
+                    .users
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, op)| matches!(op, UserOp::Create { .. }))
+                    .map(|(i, _)| i)
+                    .collect();
+                for chunk in creates.chunks(CREATE_CHUNK) {
+                    let next = encode_users(&plan, chunk, &source, ts, dialect, tenant);
+                    let failed = next.is_err();
+                    // A closed channel: the apply failed and rolls back.
+                    if chunks.blocking_send(next).is_err() || failed {
+                        return;
+                    }
                 }
-            );
-            next = prepared?;
-            for ((id, user), result) in current.accepted.into_iter().zip(results?) {
-                if let Some(e) = result {
+            })
+        };
+        while let Some(chunk) = encoded.recv().await {
+            let chunk = chunk?;
+            for (i, detail) in chunk.skipped {
+                if let UserOp::Create { id, user, .. } = &plan.users[i] {
+                    skip(&mut applied, &mut refused, id, &user.user_name, &detail);
+                }
+            }
+            let results = tx.insert_encoded(chunk.insert).await?;
+            for (i, result) in chunk.accepted.into_iter().zip(results) {
+                if let (UserOp::Create { id, user, .. }, Some(e)) = (&plan.users[i], result) {
                     refuse(e, &mut applied, &mut refused, id, &user.user_name)?;
                 }
             }
         }
+        // The channel also closes when the encoder panics: that must fail
+        // the apply, not commit the users encoded so far.
+        encoder
+            .await
+            .map_err(|e| crate::app::Error::Internal(format!("encoding new users failed: {e}")))?;
         phases.mark("users created");
         for op in &plan.users {
             match op {
@@ -332,6 +358,11 @@ impl Phases {
     }
 
     fn mark(&mut self, what: &'static str) {
+        tracing::debug!(
+            what,
+            peak_rss_kib = crate::telemetry::peak_rss_kib(),
+            "sync apply step done"
+        );
         self.done.push((what, self.last.elapsed().as_millis()));
         self.last = std::time::Instant::now();
     }
@@ -358,17 +389,31 @@ fn valid_doc(
     id: &str,
     name: &str,
 ) -> Result<Option<Value>> {
-    match prepare(kind, doc, Writer::Directory) {
-        Ok((doc, _, _)) => Ok(Some(doc)),
-        Err(crate::app::Error::Scim(_, detail)) => {
-            applied
-                .skipped
-                .push(format!("'{}': {detail}", name.replace('\0', "\\u0000")));
-            refused.insert(id.to_string());
+    match checked_doc(kind, doc)? {
+        Ok(doc) => Ok(Some(doc)),
+        Err(detail) => {
+            skip(applied, refused, id, name, &detail);
             Ok(None)
         }
+    }
+}
+
+/// The prepared document, or why the entry cannot be stored (`Err` inside:
+/// the entry is skipped); the outer error is a fault that stops the apply.
+fn checked_doc(kind: ResourceKind, doc: Value) -> Result<Result<Value, String>> {
+    match prepare(kind, doc, Writer::Directory) {
+        Ok((doc, _, _)) => Ok(Ok(doc)),
+        Err(crate::app::Error::Scim(_, detail)) => Ok(Err(detail)),
         Err(e) => Err(e),
     }
+}
+
+/// Reports an entry whose document is unusable and leaves it out of the run.
+fn skip(applied: &mut Applied, refused: &mut HashSet<String>, id: &str, name: &str, detail: &str) {
+    applied
+        .skipped
+        .push(format!("'{}': {detail}", name.replace('\0', "\\u0000")));
+    refused.insert(id.to_string());
 }
 
 /// A uniqueness clash skips the entry (it is reported and retried next
