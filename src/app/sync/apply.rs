@@ -8,7 +8,6 @@
 //! service.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use scim::schema::ResourceKind;
 use serde_json::{json, Map, Value};
@@ -39,7 +38,7 @@ pub struct Applied {
 }
 
 /// New users per encoded chunk: what one trip through the channel carries.
-const CREATE_CHUNK: usize = 400;
+const CREATE_CHUNK: usize = 200;
 
 /// One chunk of new users, encoded for the store: the INSERTs and which
 /// plan operations they hold.
@@ -51,8 +50,8 @@ struct EncodedUsers {
     skipped: Vec<(usize, String)>,
 }
 
-/// Builds and encodes one chunk of new users' documents (on the encoder's
-/// thread: this is most of a first sync's CPU outside the database).
+/// Builds and encodes one chunk of new users' documents (most of a first
+/// sync's CPU outside the database).
 fn encode_users(
     plan: &Plan,
     chunk: &[usize],
@@ -103,7 +102,7 @@ impl App {
         &self,
         tenant: TenantId,
         source: &str,
-        plan: &Arc<Plan>,
+        plan: &Plan,
         cursor: CursorUpdate<'_>,
     ) -> Result<Applied> {
         let mut applied = Applied::default();
@@ -123,52 +122,68 @@ impl App {
             }
         }
         // New users in bulk (a first sync creates the whole directory), a
-        // chunk at a time so their documents are never all in memory. The
-        // documents are built, serialised and bound on a blocking thread,
-        // a chunk or two ahead of the one being written, so this task only
-        // hands statements to the database and the two CPUs work together.
-        let (chunks, mut encoded) = tokio::sync::mpsc::channel::<Result<EncodedUsers>>(1);
-        let encoder = {
-            let plan = Arc::clone(plan);
-            let source = source.to_string();
-            let dialect = self.store.dialect();
-            tokio::task::spawn_blocking(move || {
-                let creates: Vec<usize> = plan
-                    .users
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, op)| matches!(op, UserOp::Create { .. }))
-                    .map(|(i, _)| i)
-                    .collect();
-                for chunk in creates.chunks(CREATE_CHUNK) {
-                    let next = encode_users(&plan, chunk, &source, ts, dialect, tenant);
-                    let failed = next.is_err();
-                    // A closed channel: the apply failed and rolls back.
-                    if chunks.blocking_send(next).is_err() || failed {
-                        return;
-                    }
-                }
-            })
-        };
-        while let Some(chunk) = encoded.recv().await {
-            let chunk = chunk?;
-            for (i, detail) in chunk.skipped {
-                if let UserOp::Create { id, user, .. } = &plan.users[i] {
-                    skip(&mut applied, &mut refused, id, &user.user_name, &detail);
+        // chunk at a time so their documents are never all in memory. A
+        // task of its own writes each chunk while this one builds,
+        // serialises and binds the next, so the database and the encoding
+        // use both CPUs. The encoding stays on this task: the memory the
+        // plan freed is reused for it (on a thread of its own it added
+        // 15 to 25 MiB of fresh pages to a 100,000-user run's peak).
+        let (chunks, mut encoded) = tokio::sync::mpsc::channel::<EncodedUsers>(1);
+        let writer = tokio::spawn(async move {
+            let mut refusals: Vec<(usize, StoreError)> = Vec::new();
+            while let Some(chunk) = encoded.recv().await {
+                match tx.insert_encoded(chunk.insert).await {
+                    Ok(results) => refusals.extend(
+                        chunk
+                            .accepted
+                            .into_iter()
+                            .zip(results)
+                            .filter_map(|(i, r)| r.map(|e| (i, e))),
+                    ),
+                    Err(e) => return (tx, Err(e)),
                 }
             }
-            let results = tx.insert_encoded(chunk.insert).await?;
-            for (i, result) in chunk.accepted.into_iter().zip(results) {
-                if let (UserOp::Create { id, user, .. }, Some(e)) = (&plan.users[i], result) {
-                    refuse(e, &mut applied, &mut refused, id, &user.user_name)?;
+            (tx, Ok(refusals))
+        });
+        let creates: Vec<usize> = plan
+            .users
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| matches!(op, UserOp::Create { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        let dialect = self.store.dialect();
+        let mut encoding = Ok(());
+        for chunk in creates.chunks(CREATE_CHUNK) {
+            let next = match encode_users(plan, chunk, source, ts, dialect, tenant) {
+                Ok(next) => next,
+                Err(e) => {
+                    encoding = Err(e);
+                    break;
                 }
+            };
+            for &(i, ref detail) in &next.skipped {
+                if let UserOp::Create { id, user, .. } = &plan.users[i] {
+                    skip(&mut applied, &mut refused, id, &user.user_name, detail);
+                }
+            }
+            // Closed: the writer stopped on an error, returned below.
+            if chunks.send(next).await.is_err() {
+                break;
             }
         }
-        // The channel also closes when the encoder panics: that must fail
-        // the apply, not commit the users encoded so far.
-        encoder
+        drop(chunks);
+        // A panicking writer takes the transaction with it: rolled back.
+        let (returned, written) = writer
             .await
-            .map_err(|e| crate::app::Error::Internal(format!("encoding new users failed: {e}")))?;
+            .map_err(|e| crate::app::Error::Internal(format!("writing new users failed: {e}")))?;
+        tx = returned;
+        encoding?;
+        for (i, e) in written? {
+            if let UserOp::Create { id, user, .. } = &plan.users[i] {
+                refuse(e, &mut applied, &mut refused, id, &user.user_name)?;
+            }
+        }
         phases.mark("users created");
         for op in &plan.users {
             match op {

@@ -526,8 +526,6 @@ async fn run_leased<S: Source>(
     }
     // The stored directory is no longer needed: free it before the write.
     drop(before);
-    // Shared with the thread that encodes new users during the apply.
-    let plan = std::sync::Arc::new(plan);
     let phase = Instant::now();
     let applied = app
         .apply_sync(
