@@ -597,14 +597,22 @@ fn apply_split(run: &Run) -> String {
 
 /// The peak RSS the run logged after its read and after its plan (MiB).
 fn rss_split(run: &Run) -> String {
+    // A log line's `peak_rss_kib=…`, in MiB.
+    let mib = |line: &str| {
+        let kib: f64 = line
+            .split("peak_rss_kib=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some(format!("{:.0}", kib / 1024.0))
+    };
     let at = |event: &str| {
         run.stderr
             .lines()
             .filter(|l| l.contains(event))
-            .find_map(|l| l.split("peak_rss_kib=").nth(1))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|kib| format!("{:.0}", kib / 1024.0))
+            .find_map(mib)
             .unwrap_or_else(|| "?".into())
     };
     // The apply's steps, where the run logged them (a run with nothing to
@@ -615,14 +623,7 @@ fn rss_split(run: &Run) -> String {
         .filter(|l| l.contains("sync apply step done"))
         .filter_map(|l| {
             let what = l.split("what=\"").nth(1)?.split('"').next()?;
-            let kib: f64 = l
-                .split("peak_rss_kib=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()?;
-            Some(format!("{what} {:.0}", kib / 1024.0))
+            Some(format!("{what} {}", mib(l)?))
         })
         .collect();
     format!(

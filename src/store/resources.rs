@@ -79,7 +79,7 @@ pub(super) const MULTI_ROW: usize = 200;
 /// New resources as ready-to-run multi-row INSERTs: documents serialised and
 /// values bound. Building it costs as much CPU as the database spends
 /// running it, and needs no connection, so a bulk load builds the next one
-/// on another thread while [`WriteTx::insert_encoded`] runs this one.
+/// while another task's [`WriteTx::insert_encoded`] runs this one.
 pub struct EncodedInsert {
     tenant: TenantId,
     kind: ResourceKind,
@@ -592,7 +592,11 @@ impl WriteTx {
             statements,
             mut out,
         } = encoded;
-        self.touch_tenant(tenant);
+        // Nothing given, nothing written: the tenant's revision stays (a
+        // sync run with no new groups still calls this).
+        if !out.is_empty() {
+            self.touch_tenant(tenant);
+        }
         for statement in statements {
             if kind == ResourceKind::Group {
                 statement.query.execute(&mut *self.tx).await?;
