@@ -9,6 +9,34 @@ use time::format_description::FormatItem;
 use time::macros::format_description;
 use uuid::Uuid;
 
+/// The SHA-256 digest of what a synced entry's stored document is built
+/// from: an entry whose digest matches its link's did not change, and a
+/// complete read skips it. Held as bytes, not hex text, because a large
+/// sync holds one per user; stored as hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ContentHash([u8; 32]);
+
+impl ContentHash {
+    pub fn new(digest: [u8; 32]) -> Self {
+        ContentHash(digest)
+    }
+    /// The 64 lowercase hex digits; `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(text, &mut digest).ok()?;
+        Some(ContentHash(digest))
+    }
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContentHash({})", self.to_hex())
+    }
+}
+
 /// A tenant's internal id. Every store query is scoped by one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]

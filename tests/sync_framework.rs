@@ -295,6 +295,17 @@ each_backend! {
         assert_eq!(u["id"], scim_id.as_str(), "the SCIM user is untouched");
         assert!(u.get("groups").is_none_or(|g| g.as_array().unwrap().is_empty()), "{u}");
         assert_eq!(users(&srv).await["totalResults"], 3);
+        // Its link went with the refusal (written with the user's chunk,
+        // removed when the user was refused): no link names a resource
+        // that does not exist, and the next run tries the entry again.
+        let tenant = srv.app.store().tenant_by_name(&cfg.tenant).await.unwrap().unwrap().id;
+        let links = srv.app.store().sync_links(&cfg.name, tenant).await.unwrap();
+        assert_eq!(links.len(), 3, "two users and the group: {links:?}");
+        assert!(links.iter().all(|l| l.external_key.as_str() != "key-1"), "{links:?}");
+        let again = run_with_source(&srv.app, &cfg, &mut dir.clone(), RunOptions::default(), None).await.unwrap();
+        assert_eq!(again.counts.users_created, 1, "{again:?}");
+        assert!(again.skipped.iter().any(|s| s.contains("user1@example.org")), "{:?}", again.skipped);
+        assert_eq!(users(&srv).await["totalResults"], 3);
     }
 }
 

@@ -377,7 +377,7 @@ impl Ctx<'_> {
         Ok(p)
     }
 
-    async fn apply(&self, p: &Plan, complete: bool) -> Result<(), TestCaseError> {
+    async fn apply(&self, p: Plan, complete: bool) -> Result<(), TestCaseError> {
         let now = self.now();
         self.app
             .apply_sync(
@@ -467,12 +467,12 @@ async fn run_case(app: &App, steps: &[Step], stats: &Stats) -> Result<(), TestCa
         bases: BASES.iter().map(|b| b.to_string()).collect(),
     };
     let p = ctx.plan(&model.full(), &complete, false, false).await?;
-    ctx.apply(&p, true).await?;
+    ctx.apply(p, true).await?;
     for step in steps {
         match step {
             Step::Full { expire } => {
                 let p = ctx.plan(&model.full(), &complete, *expire, false).await?;
-                ctx.apply(&p, true).await?;
+                ctx.apply(p, true).await?;
             }
             Step::Incremental { changes, expire } => {
                 let reported: Vec<Change> = changes.iter().flat_map(|c| model.change(c)).collect();
@@ -522,7 +522,7 @@ async fn run_case(app: &App, steps: &[Step], stats: &Stats) -> Result<(), TestCa
                         .transfers_or_reclaims
                         .set(stats.transfers_or_reclaims.get() + 1);
                 }
-                ctx.apply(&oracle, false).await?;
+                ctx.apply(oracle, false).await?;
             }
         }
     }

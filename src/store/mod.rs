@@ -36,7 +36,7 @@ pub use mapping_versions::{
 };
 pub use resources::{EncodedInsert, MemberRow, Page, Savepoint, StoredResource, WriteTx};
 pub use scim::sql::Dialect;
-pub use sync::{SyncLink, SyncRunRecord, SyncState, RUNS_KEPT};
+pub use sync::{EncodedLinks, SyncLink, SyncRunRecord, SyncState, RUNS_KEPT};
 pub use sync_scope::{LinkTotals, ScopeKeys, SyncScope};
 pub use tenants::TokenRecord;
 pub use webhooks::{DeadLetter, WebhookRecord, WebhookSecret};

@@ -2,10 +2,12 @@
 //! resources, each source's cursor and run lease, and the run log.
 
 use scim::schema::ResourceKind;
-use sqlx::Row;
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::{Any, Row};
 
 use super::resources::positional;
-use super::{Result, Store, WriteTx};
+use super::{Dialect, Result, Store, WriteTx};
 use crate::domain::{TenantId, Timestamp};
 
 /// Runs kept per source in the run log.
@@ -22,7 +24,7 @@ pub struct SyncLink {
     pub locator: Option<String>,
     pub name_lc: String,
     pub base: String,
-    pub content_hash: String,
+    pub content_hash: crate::domain::ContentHash,
     pub missing_since: Option<Timestamp>,
 }
 
@@ -237,9 +239,17 @@ impl Store {
     }
 }
 
-impl WriteTx {
-    /// Creates or replaces many links, a few dozen per statement.
-    pub async fn upsert_sync_links(&mut self, links: &[&SyncLink]) -> Result<()> {
+/// Links as ready-to-run upserts, their values bound: like
+/// [`super::EncodedInsert`], built without a connection, so a bulk load
+/// builds the next chunk's while another task writes this one.
+pub struct EncodedLinks {
+    statements: Vec<Query<'static, Any, AnyArguments>>,
+}
+
+impl EncodedLinks {
+    pub fn new<'a>(dialect: Dialect, links: impl IntoIterator<Item = &'a SyncLink>) -> Self {
+        let links: Vec<&SyncLink> = links.into_iter().collect();
+        let mut statements = Vec::new();
         for chunk in links.chunks(super::resources::MULTI_ROW) {
             let values = super::resources::row_placeholders(chunk.len(), 10);
             // Only `$N` placeholders are interpolated; every value is bound.
@@ -249,20 +259,37 @@ impl WriteTx {
                  resource_id = excluded.resource_id, locator = excluded.locator, name_lc = excluded.name_lc, \
                  base = excluded.base, content_hash = excluded.content_hash, missing_since = excluded.missing_since"
             );
-            let mut q = sqlx::query(positional(self.dialect, sql));
+            let mut q = sqlx::query(positional(dialect, sql));
             for link in chunk {
                 q = q
-                    .bind(link.source.as_str())
+                    .bind(link.source.clone())
                     .bind(link.kind.name())
-                    .bind(link.external_key.as_str())
+                    .bind(link.external_key.as_str().to_string())
                     .bind(link.tenant.to_string())
-                    .bind(link.resource_id.as_str())
-                    .bind(link.locator.as_deref())
-                    .bind(link.name_lc.as_str())
-                    .bind(link.base.as_str())
-                    .bind(link.content_hash.as_str())
+                    .bind(link.resource_id.clone())
+                    .bind(link.locator.clone())
+                    .bind(link.name_lc.clone())
+                    .bind(link.base.clone())
+                    .bind(link.content_hash.to_hex())
                     .bind(link.missing_since.map(|t| t.to_string()));
             }
+            statements.push(q);
+        }
+        EncodedLinks { statements }
+    }
+}
+
+impl WriteTx {
+    /// Creates or replaces many links, [`super::resources::MULTI_ROW`] per
+    /// statement.
+    pub async fn upsert_sync_links(&mut self, links: &[&SyncLink]) -> Result<()> {
+        let encoded = EncodedLinks::new(self.dialect, links.iter().copied());
+        self.upsert_encoded_links(encoded).await
+    }
+
+    /// Runs the statements of an [`EncodedLinks`].
+    pub async fn upsert_encoded_links(&mut self, encoded: EncodedLinks) -> Result<()> {
+        for q in encoded.statements {
             q.execute(self.conn()).await?;
         }
         Ok(())
@@ -357,7 +384,13 @@ pub(super) fn link_from_row(r: &sqlx::any::AnyRow, tenant: TenantId) -> Result<S
         locator: r.try_get(5)?,
         name_lc: r.try_get(6)?,
         base: r.try_get(7)?,
-        content_hash: r.try_get(8)?,
+        content_hash: {
+            let text: String = r.try_get(8)?;
+            crate::domain::ContentHash::from_hex(&text).ok_or(super::Error::BadColumn {
+                column: "sync_links.content_hash",
+                value: text,
+            })?
+        },
         missing_since: timestamp_column("sync_links.missing_since", r.try_get(9)?)?,
     })
 }

@@ -524,14 +524,18 @@ async fn run_leased<S: Source>(
         }
         tracing::warn!(source = %config.name, %reason, "deletion guard overridden by --confirm-deletes");
     }
-    // The stored directory is no longer needed: free it before the write.
+    // The stored directory is no longer needed: free it before the write,
+    // and give the memory the read and the plan freed back, so the write's
+    // page cache reuses it instead of adding to it.
     drop(before);
+    crate::telemetry::return_freed_memory();
     let phase = Instant::now();
+    let unchanged = plan.is_empty();
     let applied = app
         .apply_sync(
             tenant,
             &config.name,
-            &plan,
+            plan,
             CursorUpdate {
                 lease_owner: owner,
                 run_id,
@@ -549,7 +553,7 @@ async fn run_leased<S: Source>(
     );
     report.permission_changes = applied.permissions_changed as u64;
     report.skipped.extend(applied.skipped);
-    report.outcome = if plan.is_empty() {
+    report.outcome = if unchanged {
         RunOutcome::Unchanged
     } else {
         RunOutcome::Applied

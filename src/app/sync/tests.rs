@@ -87,7 +87,11 @@ impl World {
     /// What `App::apply_sync` does, on the in-memory world.
     fn apply(&mut self, plan: &Plan) {
         self.dir = plan.simulate(&self.dir);
-        let user_links: Vec<SyncLink> = plan.user_links("s", self.tenant).collect();
+        let user_links: Vec<SyncLink> = plan
+            .users
+            .iter()
+            .filter_map(|op| op.link("s", self.tenant))
+            .collect();
         for l in plan.link_upserts.iter().chain(&user_links) {
             self.links
                 .retain(|x| !(x.kind == l.kind && x.external_key == l.external_key));

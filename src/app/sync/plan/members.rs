@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{normalize_locator, GroupOp, MemberDelta, Plan, PlanInput, UserOp};
+use super::{normalize_locator, GroupOp, MemberDelta, Plan, PlanInput, ReadUsers, UserOp};
 use crate::store::SyncLink;
 use crate::sync::{Batch, ExternalKey, Kind, MemberRef, Members};
 
@@ -47,7 +47,7 @@ fn memberships_of_a_reused_dn(
         };
         let Some(loc) = &user.locator else { continue };
         for old in old_by_locator
-            .get(normalize_locator(loc).as_str())
+            .get(normalize_locator(loc).as_ref())
             .into_iter()
             .flatten()
         {
@@ -81,6 +81,16 @@ fn memberships_of_a_reused_dn(
     out
 }
 
+/// `name` as `str::to_lowercase` gives it, borrowed when that is `name`
+/// itself (checked on ASCII only, where it is exact).
+fn lowercase(name: &str) -> Cow<'_, str> {
+    if name.is_ascii() && !name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Borrowed(name)
+    } else {
+        Cow::Owned(name.to_lowercase())
+    }
+}
+
 /// Resolves member references and diffs them against stored edges.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn plan_members(
@@ -88,10 +98,15 @@ pub(super) fn plan_members(
     input: &PlanInput<'_>,
     user_links: &HashMap<&str, &SyncLink>,
     group_links: &HashMap<&str, &SyncLink>,
-    user_ids: &HashMap<ExternalKey, String>,
+    n_read: usize,
+    unchanged: &[&SyncLink],
     group_ids: &HashMap<&str, String>,
     plan: &mut Plan,
 ) {
+    let read = ReadUsers {
+        changed: &plan.users[..n_read],
+        unchanged,
+    };
     let deleted_groups: HashSet<&str> = plan
         .groups
         .iter()
@@ -145,23 +160,23 @@ pub(super) fn plan_members(
     for op in &plan.users {
         if let UserOp::Create { id, user, .. } | UserOp::Update { id, user, .. } = op {
             if let Some(loc) = &user.locator {
-                by_locator.insert(Cow::Owned(normalize_locator(loc)), (id, Kind::User));
+                by_locator.insert(normalize_locator(loc), (id, Kind::User));
             }
-            by_name.insert(Cow::Owned(user.user_name.to_lowercase()), id);
+            by_name.insert(lowercase(&user.user_name), id);
         }
     }
     for (key, g) in &batch.groups {
         if let (Some(id), Some(group)) = (group_ids.get(key.as_str()), &g.group) {
             if let Some(loc) = &group.locator {
-                by_locator.insert(Cow::Owned(normalize_locator(loc)), (id, Kind::Group));
+                by_locator.insert(normalize_locator(loc), (id, Kind::Group));
             }
         }
     }
     let resolve = |m: &MemberRef| -> Option<(String, Kind)> {
         match m {
-            MemberRef::Key(k) => user_ids
-                .get(k.as_str())
-                .map(|id| (id.clone(), Kind::User))
+            MemberRef::Key(k) => read
+                .id(k.as_str())
+                .map(|id| (id.to_string(), Kind::User))
                 .or_else(|| {
                     user_links
                         .get(k.as_str())
@@ -178,10 +193,10 @@ pub(super) fn plan_members(
                         .map(|l| (l.resource_id.clone(), Kind::Group))
                 }),
             MemberRef::Locator(dn) => by_locator
-                .get(normalize_locator(dn).as_str())
+                .get(normalize_locator(dn).as_ref())
                 .map(|(id, kind)| (id.to_string(), *kind)),
             MemberRef::UserName(n) => by_name
-                .get(n.to_lowercase().as_str())
+                .get(lowercase(n).as_ref())
                 .map(|id| (id.to_string(), Kind::User)),
         }
     };

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::domain::Timestamp;
+use crate::domain::{ContentHash, Timestamp};
 use crate::store::{Directory, DirectoryUser, LinkTotals, SyncLink};
 use crate::sync::{Batch, ExternalGroup, ExternalKey, ExternalUser, Kind, Members, ReadOutcome};
 
@@ -36,7 +36,7 @@ pub struct Plan {
     pub members: BTreeMap<String, MemberDelta>,
     /// Links to write (groups', and users marked missing) and to drop.
     /// Created and changed users' links come from their operations
-    /// ([`Plan::user_links`]), so a first sync does not hold 100,000 links
+    /// ([`UserOp::link`]), so a first sync does not hold 100,000 links
     /// beside the 100,000 users.
     pub link_upserts: Vec<SyncLink>,
     pub link_deletes: Vec<(Kind, ExternalKey)>,
@@ -70,7 +70,7 @@ pub enum UserOp {
     Create {
         id: String,
         user: ExternalUser,
-        hash: String,
+        hash: ContentHash,
     },
     /// `relink` is the content hash to record in the user's link, when the
     /// link changes (the record did, or it was missing); `None` when only
@@ -80,7 +80,7 @@ pub enum UserOp {
         user: ExternalUser,
         reactivated: bool,
         deactivated: bool,
-        relink: Option<String>,
+        relink: Option<ContentHash>,
     },
     /// Vanished from the directory: deactivated now, deleted after the
     /// grace period.
@@ -92,6 +92,39 @@ pub enum UserOp {
         id: String,
         user_name: String,
     },
+}
+
+impl UserOp {
+    /// The link this operation records, built when it is written (a first
+    /// sync writes 100,000): a created user's, and a changed one's whose
+    /// record changed or whose link was missing.
+    pub fn link(&self, source: &str, tenant: crate::domain::TenantId) -> Option<SyncLink> {
+        let (id, user, hash) = match self {
+            UserOp::Create { id, user, hash } => (id, user, hash),
+            UserOp::Update {
+                id,
+                user,
+                relink: Some(hash),
+                ..
+            } => (id, user, hash),
+            _ => return None,
+        };
+        Some(SyncLink {
+            source: source.to_string(),
+            kind: Kind::User,
+            external_key: user.key.clone(),
+            tenant,
+            resource_id: id.clone(),
+            locator: user
+                .locator
+                .as_deref()
+                .map(|l| normalize_locator(l).into_owned()),
+            name_lc: user.user_name.to_lowercase(),
+            base: user.base.clone(),
+            content_hash: *hash,
+            missing_since: None,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -156,39 +189,6 @@ impl Plan {
         c
     }
 
-    /// The links of the users this plan creates or changes, built from
-    /// their operations one at a time.
-    pub fn user_links<'a>(
-        &'a self,
-        source: &'a str,
-        tenant: crate::domain::TenantId,
-    ) -> impl Iterator<Item = SyncLink> + 'a {
-        self.users.iter().filter_map(move |op| {
-            let (id, user, hash) = match op {
-                UserOp::Create { id, user, hash } => (id, user, hash),
-                UserOp::Update {
-                    id,
-                    user,
-                    relink: Some(hash),
-                    ..
-                } => (id, user, hash),
-                _ => return None,
-            };
-            Some(SyncLink {
-                source: source.to_string(),
-                kind: Kind::User,
-                external_key: user.key.clone(),
-                tenant,
-                resource_id: id.clone(),
-                locator: user.locator.as_deref().map(normalize_locator),
-                name_lc: user.user_name.to_lowercase(),
-                base: user.base.clone(),
-                content_hash: hash.clone(),
-                missing_since: None,
-            })
-        })
-    }
-
     /// Whether the plan removes anything: only then does the deletion
     /// guard need the totals it measures removals against (an incremental
     /// run that only adds and changes skips counting them).
@@ -242,6 +242,46 @@ pub struct PlanInput<'a> {
     pub delete_before: Option<Timestamp>,
     /// A new resource id (injectable for tests).
     pub new_id: &'a dyn Fn() -> String,
+}
+
+/// The users a batch read, by key: the creates and updates at the head of
+/// `plan.users`, and the links of the unchanged ones, both in key order.
+/// Looked up by binary search, so a first sync holds no map of 100,000
+/// keys and ids beside the operations that already carry them.
+pub(super) struct ReadUsers<'a> {
+    pub changed: &'a [UserOp],
+    pub unchanged: &'a [&'a SyncLink],
+}
+
+impl<'a> ReadUsers<'a> {
+    /// The resource id of a user read under `key`.
+    pub fn id(&self, key: &str) -> Option<&'a str> {
+        let changed = self.changed;
+        if let Ok(i) = changed.binary_search_by(|op| read_key(op).cmp(key)) {
+            return match &changed[i] {
+                UserOp::Create { id, .. } | UserOp::Update { id, .. } => Some(id.as_str()),
+                UserOp::Deactivate { .. } | UserOp::Delete { .. } => None,
+            };
+        }
+        let unchanged = self.unchanged;
+        unchanged
+            .binary_search_by(|l| l.external_key.as_str().cmp(key))
+            .ok()
+            .map(|i| unchanged[i].resource_id.as_str())
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.id(key).is_some()
+    }
+}
+
+/// The key of a read user's operation (the read prefix holds creates and
+/// updates only; the other two carry no record and sort first).
+fn read_key(op: &UserOp) -> &str {
+    match op {
+        UserOp::Create { user, .. } | UserOp::Update { user, .. } => user.key.as_str(),
+        UserOp::Deactivate { .. } | UserOp::Delete { .. } => "",
+    }
 }
 
 /// A group without its member list (members are planned separately), so
@@ -298,16 +338,15 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
         .collect();
 
     // Resource ids: linked ones (whose resource still exists), else new.
-    let mut user_ids: HashMap<ExternalKey, String> = HashMap::new();
     let mut group_ids: HashMap<&str, String> = HashMap::new();
 
     // Users, in key order so plans are deterministic.
     let mut batch_users: Vec<ExternalUser> =
         std::mem::take(&mut batch.users).into_values().collect();
     batch_users.sort_by(|a, b| a.key.cmp(&b.key));
-    // Every batch user gets its id in `user_ids`, which also answers
-    // whether a key was read (no second copy of 100,000 keys).
-    user_ids.reserve(batch_users.len());
+    // The links of the users read and unchanged, in key order: with the
+    // operations, they answer whether a key was read ([`ReadUsers`]).
+    let mut unchanged: Vec<&SyncLink> = Vec::new();
     // Sized once: doubling a Vec of 100,000 operations holds both buffers.
     plan.users.reserve(batch_users.len());
     let mut users_per_base: HashMap<String, u64> = HashMap::new();
@@ -333,12 +372,11 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
             }
             None => ((input.new_id)(), None),
         };
-        // The user's link is written from its operation (`user_links`),
+        // The user's link is written from its operation (`UserOp::link`),
         // not held here a second time.
         let relink = link
             .is_none_or(|l| l.content_hash != hash || l.missing_since.is_some())
             .then_some(hash);
-        user_ids.insert(key.clone(), id.clone());
         match (link, update) {
             (None, _) => plan.users.push(UserOp::Create {
                 id,
@@ -353,9 +391,12 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
                 relink,
             }),
             // Unchanged: the record is dropped here; its link keeps its DN.
-            (Some(_), None) => {}
+            (Some(l), None) => unchanged.push(l),
         }
     }
+    // So far the plan holds the read users' creates and updates, in key
+    // order; the operations on users that vanished come after them.
+    let n_read = plan.users.len();
 
     // Groups.
     let mut keys: Vec<&ExternalKey> = batch.groups.keys().collect();
@@ -394,7 +435,10 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
                         external_key: key.clone(),
                         tenant: input.tenant,
                         resource_id: id.clone(),
-                        locator: group.locator.as_deref().map(normalize_locator),
+                        locator: group
+                            .locator
+                            .as_deref()
+                            .map(|l| normalize_locator(l).into_owned()),
                         name_lc: group.display_name.to_lowercase(),
                         base: group.base.clone(),
                         content_hash: hash,
@@ -413,12 +457,16 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
     }
 
     // Vanished entries.
+    let read = ReadUsers {
+        changed: &plan.users[..n_read],
+        unchanged: &unchanged,
+    };
     let present = |key: &ExternalKey| batch.present.contains(key);
     let mut vanished_users: Vec<&SyncLink> = Vec::new();
     let mut vanished_groups: Vec<&SyncLink> = Vec::new();
     if outcome.complete {
         for l in user_links.values() {
-            if !user_ids.contains_key(&l.external_key) && !present(&l.external_key) {
+            if !read.contains(l.external_key.as_str()) && !present(&l.external_key) {
                 vanished_users.push(l);
             }
         }
@@ -443,7 +491,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
         // Users whose grace period ran out are deleted by any run.
         for l in user_links.values() {
             if l.missing_since.is_some()
-                && !user_ids.contains_key(&l.external_key)
+                && !read.contains(l.external_key.as_str())
                 && !batch.deleted.contains_key(&l.external_key)
             {
                 vanished_users.push(l);
@@ -473,7 +521,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
             .filter(|l| {
                 l.missing_since.is_some()
                     && new_names.contains(&l.name_lc)
-                    && !user_ids.contains_key(&l.external_key)
+                    && !read.contains(l.external_key.as_str())
                     && !listed.contains(l.external_key.as_str())
             })
             .copied()
@@ -481,6 +529,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
         waiting.sort_by(|a, b| a.external_key.cmp(&b.external_key));
         vanished_users.extend(waiting);
     }
+    let mut gone: Vec<UserOp> = Vec::new();
     for l in vanished_users {
         let reclaimed = new_names.contains(&l.name_lc);
         let Some(stored) = stored_users.get(l.resource_id.as_str()) else {
@@ -490,14 +539,14 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
         };
         match &l.missing_since {
             _ if reclaimed => {
-                plan.users.push(UserOp::Delete {
+                gone.push(UserOp::Delete {
                     id: l.resource_id.clone(),
                     user_name: stored.user_name.clone(),
                 });
                 plan.link_deletes.push((Kind::User, l.external_key.clone()));
             }
             Some(since) if input.delete_before.is_some_and(|d| *since <= d) => {
-                plan.users.push(UserOp::Delete {
+                gone.push(UserOp::Delete {
                     id: l.resource_id.clone(),
                     user_name: stored.user_name.clone(),
                 });
@@ -505,7 +554,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
             }
             Some(_) => {}
             None => {
-                plan.users.push(UserOp::Deactivate {
+                gone.push(UserOp::Deactivate {
                     id: l.resource_id.clone(),
                     user_name: stored.user_name.clone(),
                 });
@@ -515,6 +564,7 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
             }
         }
     }
+    plan.users.extend(gone);
     for l in vanished_groups {
         plan.link_deletes
             .push((Kind::Group, l.external_key.clone()));
@@ -590,7 +640,8 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
         input,
         &user_links,
         &group_links,
-        &user_ids,
+        n_read,
+        &unchanged,
         &group_ids,
         &mut plan,
     );

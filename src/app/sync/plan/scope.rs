@@ -17,7 +17,7 @@ pub fn scope_keys(batch: &Batch) -> ScopeKeys {
     for (key, user) in &batch.users {
         scope.keys.insert(key.clone());
         if let Some(loc) = &user.locator {
-            scope.locators.insert(normalize_locator(loc));
+            scope.locators.insert(normalize_locator(loc).into_owned());
         }
     }
     scope.keys.extend(batch.deleted.keys().cloned());
@@ -34,7 +34,7 @@ pub fn scope_keys(batch: &Batch) -> ScopeKeys {
             name_member(&mut scope, m);
         }
         if let Some(loc) = change.group.as_ref().and_then(|g| g.locator.as_ref()) {
-            scope.locators.insert(normalize_locator(loc));
+            scope.locators.insert(normalize_locator(loc).into_owned());
         }
     }
     scope
@@ -46,7 +46,7 @@ fn name_member(scope: &mut ScopeKeys, m: &MemberRef) {
             scope.keys.insert(k.clone());
         }
         MemberRef::Locator(dn) => {
-            scope.locators.insert(normalize_locator(dn));
+            scope.locators.insert(normalize_locator(dn).into_owned());
         }
         MemberRef::UserName(n) => {
             scope.names.insert(n.to_lowercase());
