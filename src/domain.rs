@@ -20,7 +20,8 @@ impl ContentHash {
     pub fn new(digest: [u8; 32]) -> Self {
         ContentHash(digest)
     }
-    /// The 64 lowercase hex digits; `None` for anything else.
+    /// From its 64 hex digits (as `to_hex` writes them, in lowercase);
+    /// `None` for anything else.
     pub fn from_hex(text: &str) -> Option<Self> {
         let mut digest = [0u8; 32];
         hex::decode_to_slice(text, &mut digest).ok()?;

@@ -358,11 +358,11 @@ impl App {
             .collect();
         tx.upsert_sync_links(&links).await?;
         // Changed users' links, built from their operations a chunk at a
-        // time (new users' went with their chunks).
+        // time (the new users' went with their chunks, and their operations
+        // are gone from the plan).
         let mut user_links = plan
             .users
             .iter()
-            .filter(|op| !matches!(op, UserOp::Create { .. }))
             .filter_map(|op| op.link(source, tenant))
             .filter(|l| !refused.contains(&l.resource_id));
         loop {
