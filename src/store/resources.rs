@@ -139,7 +139,7 @@ impl EncodedInsert {
             let sql = match kind {
                 ResourceKind::User => format!(
                     "INSERT INTO scim_users (tenant_id, id, user_name, user_name_lc, external_id, active, data, created, last_modified, version) VALUES {values} \
-                     ON CONFLICT (tenant_id, user_name_lc) DO NOTHING RETURNING id"
+                     ON CONFLICT (tenant_id, user_name_lc) DO NOTHING"
                 ),
                 ResourceKind::Group => format!(
                     "INSERT INTO scim_groups (tenant_id, id, display_name, display_name_lc, external_id, data, created, last_modified, version) VALUES {values}"
@@ -202,8 +202,8 @@ impl Store {
         // `busy_timeout`; a deferred transaction that read first would get
         // SQLITE_BUSY at once when it came to write.
         let tx = match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.pool.begin().await?,
+            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.writer.begin().await?,
         };
         Ok(WriteTx {
             tx,
@@ -442,6 +442,35 @@ impl WriteTx {
         Ok(())
     }
 
+    /// PostgreSQL: lets the statements that follow, until
+    /// [`WriteTx::custom_plans`], reuse a prepared statement's plan. Every
+    /// connection forces a fresh plan per execution (see
+    /// `Store::connect`), against plans cached while a new tenant's tables
+    /// were empty. An `INSERT … VALUES` has no scan such a plan could get
+    /// wrong, yet under that setting PostgreSQL re-planned it, and the
+    /// foreign-key check of every row it inserts, on each run: 26% of the
+    /// backend's time while a first sync wrote 100,000 users. Only the bulk
+    /// inserts call this, and a savepoint rolled back undoes it with the
+    /// rest (`SET LOCAL`).
+    pub(super) async fn generic_plans(&mut self) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SET LOCAL plan_cache_mode = auto")
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Back to a fresh plan per execution, after [`WriteTx::generic_plans`].
+    pub(super) async fn custom_plans(&mut self) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Locks the tenant's row until commit (PostgreSQL; SQLite's single
     /// writer already excludes everyone). A group commit takes it before
     /// any unit runs, so every batch of a tenant locks the tenant first and
@@ -597,17 +626,40 @@ impl WriteTx {
         if !out.is_empty() {
             self.touch_tenant(tenant);
         }
+        if statements.is_empty() {
+            return Ok(out);
+        }
+        self.generic_plans().await?;
         for statement in statements {
             if kind == ResourceKind::Group {
                 statement.query.execute(&mut *self.tx).await?;
                 continue;
             }
-            let mut inserted: std::collections::HashSet<String> = Default::default();
-            for row in statement.query.fetch_all(&mut *self.tx).await? {
-                inserted.insert(row.try_get(0)?);
-            }
+            let written = statement
+                .query
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected();
+            // Every row written is the common case, told by the count
+            // alone. Returning each inserted id instead cost a row per user
+            // through the driver. Otherwise the ids now present are the
+            // ones written: each is new, and a taken id fails the statement.
+            let inserted: Option<std::collections::HashSet<String>> =
+                if written == statement.rows.len() as u64 {
+                    None
+                } else {
+                    let ids: Vec<&str> = statement
+                        .rows
+                        .iter()
+                        .map(|(_, id, _)| id.as_str())
+                        .collect();
+                    Some(self.present_user_ids(tenant, &ids).await?)
+                };
             for (slot, id, name) in statement.rows {
-                if inserted.contains(id.as_str()) {
+                if inserted
+                    .as_ref()
+                    .is_none_or(|ids| ids.contains(id.as_str()))
+                {
                     self.user_changed(tenant, id.as_str());
                 } else {
                     out[slot] = Some(Error::Uniqueness {
@@ -617,7 +669,31 @@ impl WriteTx {
                 }
             }
         }
+        self.custom_plans().await?;
         Ok(out)
+    }
+
+    /// Which of these user ids the tenant holds, in this transaction.
+    async fn present_user_ids(
+        &mut self,
+        tenant: TenantId,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut present = std::collections::HashSet::new();
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT id FROM scim_users WHERE tenant_id = $1 AND id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(positional(self.dialect, sql)).bind(tenant.to_string());
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                present.insert(row.try_get(0)?);
+            }
+        }
+        Ok(present)
     }
 
     /// Replaces a resource's document and metadata; fails with
@@ -812,6 +888,10 @@ impl WriteTx {
         }
         let mut added = 0;
         let tenant = tenant.to_string();
+        if edges.is_empty() {
+            return Ok(0);
+        }
+        self.generic_plans().await?;
         for chunk in edges.chunks(CHUNK) {
             // Every value bound in order (no shared `$1`), so SQLite binds
             // them positionally (see `positional`).
@@ -830,6 +910,7 @@ impl WriteTx {
             }
             added += q.execute(&mut *self.tx).await?.rows_affected();
         }
+        self.custom_plans().await?;
         Ok(added)
     }
 

@@ -289,10 +289,14 @@ impl WriteTx {
 
     /// Runs the statements of an [`EncodedLinks`].
     pub async fn upsert_encoded_links(&mut self, encoded: EncodedLinks) -> Result<()> {
+        if encoded.statements.is_empty() {
+            return Ok(());
+        }
+        self.generic_plans().await?;
         for q in encoded.statements {
             q.execute(self.conn()).await?;
         }
-        Ok(())
+        self.custom_plans().await
     }
 
     /// Drops a source's links in every tenant but `tenant`: the resources
