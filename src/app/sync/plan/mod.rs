@@ -602,37 +602,43 @@ pub fn plan(batch: &mut Batch, outcome: &ReadOutcome, input: &PlanInput<'_>) -> 
     // reported. What the plan removes per base is kept here; `measure`
     // compares it with the base's active users.
     {
-        let base_of: HashMap<&str, &str> = user_links
-            .values()
-            .map(|l| (l.resource_id.as_str(), l.base.as_str()))
-            .collect();
-        for op in &plan.users {
-            let id = match op {
-                UserOp::Deactivate { id, .. } => id,
-                UserOp::Update {
-                    id,
-                    deactivated: true,
-                    ..
-                } => id,
-                _ => continue,
-            };
-            if let Some(base) = base_of.get(id.as_str()) {
-                *plan.removed_per_base.entry(base.to_string()).or_default() += 1;
-            }
-        }
-        plan.filled_bases = plan
+        // Few runs remove anyone: the links are walked only when one does
+        // (a map of every link's base cost an unchanged 100,000-user run
+        // 0.1 s).
+        let removed: HashSet<&str> = plan
             .users
             .iter()
             .filter_map(|op| match op {
-                UserOp::Create { user, .. } => Some(user.base.clone()),
-                UserOp::Update {
-                    user,
-                    deactivated: false,
+                UserOp::Deactivate { id, .. }
+                | UserOp::Update {
+                    id,
+                    deactivated: true,
                     ..
-                } => Some(user.base.clone()),
+                } => Some(id.as_str()),
                 _ => None,
             })
             .collect();
+        if !removed.is_empty() {
+            for l in user_links.values() {
+                if removed.contains(l.resource_id.as_str()) {
+                    *plan.removed_per_base.entry(l.base.clone()).or_default() += 1;
+                }
+            }
+        }
+        let filled: BTreeSet<&str> = plan
+            .users
+            .iter()
+            .filter_map(|op| match op {
+                UserOp::Create { user, .. }
+                | UserOp::Update {
+                    user,
+                    deactivated: false,
+                    ..
+                } => Some(user.base.as_str()),
+                _ => None,
+            })
+            .collect();
+        plan.filled_bases = filled.into_iter().map(str::to_string).collect();
     }
 
     members::plan_members(
