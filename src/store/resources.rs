@@ -630,6 +630,8 @@ impl WriteTx {
             return Ok(out);
         }
         self.generic_plans().await?;
+        // Rows of the statements that wrote fewer rows than they carried.
+        let mut short: Vec<(usize, ResourceId, String)> = Vec::new();
         for statement in statements {
             if kind == ResourceKind::Group {
                 statement.query.execute(&mut *self.tx).await?;
@@ -641,25 +643,25 @@ impl WriteTx {
                 .await?
                 .rows_affected();
             // Every row written is the common case, told by the count
-            // alone. Returning each inserted id instead cost a row per user
-            // through the driver. Otherwise the ids now present are the
-            // ones written: each is new, and a taken id fails the statement.
-            let inserted: Option<std::collections::HashSet<String>> =
-                if written == statement.rows.len() as u64 {
-                    None
-                } else {
-                    let ids: Vec<&str> = statement
-                        .rows
-                        .iter()
-                        .map(|(_, id, _)| id.as_str())
-                        .collect();
-                    Some(self.present_user_ids(tenant, &ids).await?)
-                };
-            for (slot, id, name) in statement.rows {
-                if inserted
-                    .as_ref()
-                    .is_none_or(|ids| ids.contains(id.as_str()))
-                {
+            // alone (returning each inserted id cost a row per user through
+            // the driver).
+            if written == statement.rows.len() as u64 {
+                for (_, id, _) in &statement.rows {
+                    self.user_changed(tenant, id.as_str());
+                }
+            } else {
+                short.extend(statement.rows);
+            }
+        }
+        self.custom_plans().await?;
+        if !short.is_empty() {
+            // The ids now present are the ones written: each is new, and a
+            // taken id fails the statement. Asked after the inserts, under
+            // fresh plans like every other read.
+            let ids: Vec<&str> = short.iter().map(|(_, id, _)| id.as_str()).collect();
+            let present = self.present_user_ids(tenant, &ids).await?;
+            for (slot, id, name) in short {
+                if present.contains(id.as_str()) {
                     self.user_changed(tenant, id.as_str());
                 } else {
                     out[slot] = Some(Error::Uniqueness {
@@ -669,7 +671,6 @@ impl WriteTx {
                 }
             }
         }
-        self.custom_plans().await?;
         Ok(out)
     }
 
