@@ -453,20 +453,19 @@ impl WriteTx {
     /// inserts call this, and a savepoint rolled back undoes it with the
     /// rest (`SET LOCAL`).
     pub(super) async fn generic_plans(&mut self) -> Result<()> {
-        if self.dialect == Dialect::Postgres {
-            sqlx::query("SET LOCAL plan_cache_mode = auto")
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        Ok(())
+        self.plan_cache_mode("SET LOCAL plan_cache_mode = auto")
+            .await
     }
 
     /// Back to a fresh plan per execution, after [`WriteTx::generic_plans`].
     pub(super) async fn custom_plans(&mut self) -> Result<()> {
+        self.plan_cache_mode("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await
+    }
+
+    async fn plan_cache_mode(&mut self, set: &'static str) -> Result<()> {
         if self.dialect == Dialect::Postgres {
-            sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
-                .execute(&mut *self.tx)
-                .await?;
+            sqlx::query(set).execute(&mut *self.tx).await?;
         }
         Ok(())
     }
