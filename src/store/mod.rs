@@ -134,8 +134,10 @@ impl Store {
         // its own, the only one with a large page cache. PostgreSQL's
         // writers share the pool.
         let writer = match dialect {
+            // Kept open, so its page cache stays warm between writes.
             Dialect::Sqlite => pool_options(dialect, PoolRole::Writer)
                 .max_connections(1)
+                .idle_timeout(None)
                 .connect_with(options)
                 .await
                 .map_err(|source| Error::Connect {

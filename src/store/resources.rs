@@ -450,8 +450,9 @@ impl WriteTx {
     /// wrong, yet under that setting PostgreSQL re-planned it, and the
     /// foreign-key check of every row it inserts, on each run: 26% of the
     /// backend's time while a first sync wrote 100,000 users. Only the bulk
-    /// inserts call this, and a savepoint rolled back undoes it with the
-    /// rest (`SET LOCAL`).
+    /// inserts call this. It is `SET LOCAL`: a savepoint taken before it
+    /// and rolled back undoes it with the rest, and so does the end of the
+    /// transaction.
     pub(super) async fn generic_plans(&mut self) -> Result<()> {
         self.plan_cache_mode("SET LOCAL plan_cache_mode = auto")
             .await
@@ -601,6 +602,9 @@ impl WriteTx {
     /// once). A user whose userName is taken, in the tenant or earlier in
     /// `resources`, is not inserted: its slot in the result holds the
     /// [`Error::Uniqueness`]. externalId is not unique (migration 0005).
+    ///
+    /// Every id must be new (from [`ResourceId::generate`]): which users were
+    /// written is told by the ids present afterwards (`insert_encoded`).
     pub async fn insert_many(
         &mut self,
         tenant: TenantId,
@@ -654,9 +658,10 @@ impl WriteTx {
         }
         self.custom_plans().await?;
         if !short.is_empty() {
-            // The ids now present are the ones written: each is new, and a
-            // taken id fails the statement. Asked after the inserts, under
-            // fresh plans like every other read.
+            // The ids now present are the ones written, since every id is
+            // new (see `insert_many`): a row skipped for its taken userName
+            // left its id absent. Asked after the inserts, under fresh plans
+            // like every other read.
             let ids: Vec<&str> = short.iter().map(|(_, id, _)| id.as_str()).collect();
             let present = self.present_user_ids(tenant, &ids).await?;
             for (slot, id, name) in short {

@@ -413,7 +413,11 @@ async fn run_leased<S: Source>(
     // the run reads in full from the start, that state loads while the
     // source is read: the read waits on the directory server, the load on
     // the database (at 100,000 users each took about a second, one after
-    // the other). Dropped unfinished if the read fails.
+    // the other). Dropped unfinished if the read fails. The stored state is
+    // then as of the read's start, not its end: a resource a SCIM client
+    // deletes meanwhile is planned as an update, which the apply finds gone
+    // and skips (the next run creates it again), as it always has for a
+    // deletion between the plan and the apply.
     let preload = full.then(|| Preload::start(app, &config.name, tenant));
     let request = ReadRequest {
         full,
@@ -575,11 +579,9 @@ struct Preload(tokio::task::JoinHandle<Result<(Vec<SyncLink>, Directory), crate:
 
 impl Preload {
     fn start(app: &App, source: &str, tenant: TenantId) -> Preload {
-        Preload(tokio::spawn(Preload::load(
-            app.store.clone(),
-            source.to_string(),
-            tenant,
-        )))
+        Preload(tokio::spawn(
+            Preload::load(app.store.clone(), source.to_string(), tenant).in_current_span(),
+        ))
     }
 
     async fn load(
