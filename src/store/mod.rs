@@ -109,10 +109,11 @@ impl Store {
             Dialect::Sqlite => prepare_sqlite_url(url)?,
             Dialect::Postgres => url.to_string(),
         };
-        let options = AnyConnectOptions::from_str(&url).map_err(|source| Error::Connect {
+        let connect_error = |source| Error::Connect {
             url: redact_url(&url),
             source,
-        })?;
+        };
+        let options = AnyConnectOptions::from_str(&url).map_err(connect_error)?;
         let pool = pool_options(dialect, PoolRole::Readers)
             .max_connections(match dialect {
                 Dialect::Sqlite => 8,
@@ -122,10 +123,7 @@ impl Store {
             })
             .connect_with(options.clone())
             .await
-            .map_err(|source| Error::Connect {
-                url: redact_url(&url),
-                source,
-            })?;
+            .map_err(connect_error)?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
@@ -140,10 +138,7 @@ impl Store {
                 .idle_timeout(None)
                 .connect_with(options)
                 .await
-                .map_err(|source| Error::Connect {
-                    url: redact_url(&url),
-                    source,
-                })?,
+                .map_err(connect_error)?,
             Dialect::Postgres => pool.clone(),
         };
         let store = Store {

@@ -663,7 +663,7 @@ impl WriteTx {
             // left its id absent. Asked after the inserts, under fresh plans
             // like every other read.
             let ids: Vec<&str> = short.iter().map(|(_, id, _)| id.as_str()).collect();
-            let present = self.present_user_ids(tenant, &ids).await?;
+            let present = self.present_ids(tenant, ResourceKind::User, &ids).await?;
             for (slot, id, name) in short {
                 if present.contains(id.as_str()) {
                     self.user_changed(tenant, id.as_str());
@@ -678,21 +678,24 @@ impl WriteTx {
         Ok(out)
     }
 
-    /// Which of these user ids the tenant holds, in this transaction.
-    async fn present_user_ids(
+    /// Which of these ids name a resource of `kind` in the tenant, in this
+    /// transaction.
+    async fn present_ids<S: AsRef<str>>(
         &mut self,
         tenant: TenantId,
-        ids: &[&str],
+        kind: ResourceKind,
+        ids: &[S],
     ) -> Result<std::collections::HashSet<String>> {
         let mut present = std::collections::HashSet::new();
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
-                "SELECT id FROM scim_users WHERE tenant_id = $1 AND id IN ({})",
+                "SELECT id FROM {} WHERE tenant_id = $1 AND id IN ({})",
+                table(kind),
                 placeholders(2, chunk.len())
             );
             let mut q = sqlx::query(positional(self.dialect, sql)).bind(tenant.to_string());
             for id in chunk {
-                q = q.bind(*id);
+                q = q.bind(id.as_ref());
             }
             for row in q.fetch_all(&mut *self.tx).await? {
                 present.insert(row.try_get(0)?);
@@ -841,19 +844,8 @@ impl WriteTx {
     ) -> Result<HashMap<String, &'static str>> {
         let mut out = HashMap::with_capacity(ids.len());
         for (kind, name) in [(ResourceKind::User, "User"), (ResourceKind::Group, "Group")] {
-            for chunk in ids.chunks(CHUNK) {
-                let sql = format!(
-                    "SELECT id FROM {} WHERE tenant_id = $1 AND id IN ({})",
-                    table(kind),
-                    placeholders(2, chunk.len())
-                );
-                let mut q = sqlx::query(positional(self.dialect, sql)).bind(tenant.to_string());
-                for id in chunk {
-                    q = q.bind(id.as_str());
-                }
-                for row in q.fetch_all(&mut *self.tx).await? {
-                    out.entry(row.try_get::<String, _>(0)?).or_insert(name);
-                }
+            for id in self.present_ids(tenant, kind, ids).await? {
+                out.entry(id).or_insert(name);
             }
         }
         Ok(out)

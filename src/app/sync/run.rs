@@ -145,6 +145,18 @@ pub enum SyncError {
     Store(#[from] crate::store::Error),
 }
 
+impl SyncError {
+    /// A panic caught in the run, with its message when it has one.
+    fn panicked(source_name: &str, payload: &(dyn std::any::Any + Send)) -> SyncError {
+        SyncError::Panicked {
+            source_name: source_name.to_string(),
+            message: crate::telemetry::panic_message(payload)
+                .unwrap_or("a panic without a message")
+                .to_string(),
+        }
+    }
+}
+
 /// Diff lines kept per run in the run log.
 const LOGGED_DIFF_LINES: usize = 1000;
 
@@ -314,14 +326,7 @@ async fn run_in_span<S: Source>(
     ))
     .catch_unwind()
     .await
-    .unwrap_or_else(|payload| {
-        Err(SyncError::Panicked {
-            source_name: config.name.clone(),
-            message: crate::telemetry::panic_message(payload.as_ref())
-                .unwrap_or("a panic without a message")
-                .to_string(),
-        })
-    });
+    .unwrap_or_else(|payload| Err(SyncError::panicked(&config.name, payload.as_ref())));
     drop(keeper);
     let finished = app.clock().now();
     let released = app.store.release_sync_lease(&config.name, &owner).await;
@@ -599,13 +604,11 @@ impl Preload {
     async fn finish(mut self, source: &str) -> Result<(Vec<SyncLink>, Directory), SyncError> {
         match (&mut self.0).await {
             Ok(loaded) => Ok(loaded?),
-            Err(e) => Err(SyncError::Panicked {
-                source_name: source.to_string(),
-                message: match e.try_into_panic() {
-                    Ok(payload) => crate::telemetry::panic_message(payload.as_ref())
-                        .unwrap_or("a panic without a message")
-                        .to_string(),
-                    Err(e) => e.to_string(),
+            Err(e) => Err(match e.try_into_panic() {
+                Ok(payload) => SyncError::panicked(source, payload.as_ref()),
+                Err(e) => SyncError::Panicked {
+                    source_name: source.to_string(),
+                    message: e.to_string(),
                 },
             }),
         }
